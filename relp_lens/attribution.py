@@ -1,0 +1,394 @@
+"""Node attribution: how much each node (default: each MLP neuron) drives a metric m.
+
+Score conventions (one per data kind, as in the field):
+
+- paired (clean/patch): ``score = ∇̃m(clean) · (a_patch − a_clean)`` — the first-order estimate of how m
+  changes when the node takes its patch value (negative for nodes that carry the clean behaviour).
+- unpaired: ``score = ∇̃m · (a − a_ref)`` with ``a_ref`` zero (``baseline="zero"``: ``a · ∇̃m``) or the
+  node's mean activation per position over the data (``baseline="mean"``) — the node's contribution to m.
+
+Methods:
+
+1. ``relp``: one clean forward (with the reference forward for paired data or ``mean``) and one backward in
+   RelP mode (:func:`relp_lens.relp`); ∇̃ is the RelP modified gradient.
+2. ``grad``: the same with the plain gradient (attribution patching).
+3. ``ig``: integrated gradients along clean → reference with ``ig_steps`` points (α = 0, 1/s, …, (s−1)/s),
+   interpolating one layer's nodes at a time with downstream layers recomputed (Marks et al. 2025);
+   ``n_layers × ig_steps`` forward+backward passes.
+4. ``exact``: ground truth by activation patching — each node in ``nodes`` alone is set to its reference
+   value and m is measured again (same sign convention as above). Other entries are NaN.
+
+Activations are captured through TransformerLens hooks added in a ``model.hooks()`` context, so the model
+keeps no hook after a call, whether it succeeds or raises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+from transformer_lens import HookedTransformer
+
+from relp_lens.data import Batch, Prompts, make_batches, tokenize
+from relp_lens.errors import RelPLensError
+from relp_lens.metrics import MetricFn, evaluate_metric, resolve_metric
+from relp_lens.nodes import basis_name, resolve_hooks
+from relp_lens.relp_mode import RelPConfig, relp
+
+METHODS = ("relp", "grad", "ig", "exact")
+Node = tuple[int, int | None, int]  # (layer, pos or None for all positions, index)
+
+
+@dataclass
+class Attribution:
+    """Per-example node scores with everything needed to read them.
+
+    ``scores``: ``[batch, layer, pos, node]``; positions past an example's length hold 0 (NaN for
+    ``exact``, which also holds NaN for nodes it did not patch). ``layer`` indexes ``hook_names``.
+    """
+
+    scores: torch.Tensor  # [batch, layer, pos, node]
+    str_tokens: list[list[str]]
+    hook_names: list[str]
+    basis: str
+    method: str
+    metric: str
+    paired: bool
+    metric_clean: torch.Tensor  # [batch]
+    metric_ref: torch.Tensor | None = None  # [batch]: metric on the patch prompts (paired data)
+    prompts: Prompts | None = field(default=None, repr=False)
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(t) for t in self.str_tokens]
+
+    @property
+    def n_layers(self) -> int:
+        return self.scores.shape[1]
+
+    def mean(self) -> torch.Tensor:
+        """Signed mean over examples (NaN-aware). → ``[layer, pos, node]``."""
+        return self.scores.nanmean(0)
+
+    def sum_pos(self) -> torch.Tensor:
+        """Sum over positions (NaN-aware). → ``[batch, layer, node]``."""
+        return self.scores.nansum(2)
+
+    def top_k(self, k: int = 20, *, aggregate_pos: bool = False, example: int | None = None,
+              signed: bool = False) -> list[tuple[Node, float]]:
+        """The ``k`` nodes with the largest |score| (or largest score with ``signed=True``).
+
+        Scores are the mean over examples (or one ``example``), per position, or summed over
+        positions with ``aggregate_pos=True`` (then pos is ``None``). Returns ``[((layer, pos, index), score)]``.
+        """
+        s = self.scores if example is None else self.scores[example: example + 1]
+        if aggregate_pos:
+            s = s.nansum(2, keepdim=True)
+        s = s.nanmean(0).nan_to_num(0.0)  # [layer, pos, node]
+        key = s if signed else s.abs()
+        k = min(k, key.numel())
+        flat = key.flatten().topk(k).indices
+        out = []
+        for f in flat.tolist():
+            layer, rem = divmod(f, s.shape[1] * s.shape[2])
+            pos, idx = divmod(rem, s.shape[2])
+            out.append(((layer, None if aggregate_pos else pos, idx), float(s[layer, pos, idx])))
+        return out
+
+    def node_label(self, node: Node, example: int = 0) -> str:
+        layer, pos, idx = node
+        where = "all" if pos is None else f"{pos}:{self.str_tokens[example][pos]!r}" \
+            if pos < self.lengths[example] else str(pos)
+        return f"L{layer}/{idx}@{where}"
+
+    def correlation(self, other: "Attribution", *, mean_over_examples: bool = False) -> float:
+        """Pearson r with ``other`` over the entries both define (e.g. the nodes ``exact`` patched)."""
+        if self.scores.shape != other.scores.shape:
+            raise RelPLensError(f"score shapes differ: {tuple(self.scores.shape)} vs {tuple(other.scores.shape)}")
+        a, b = self.scores, other.scores
+        if mean_over_examples:
+            a, b = a.nanmean(0), b.nanmean(0)
+        mask = torch.isfinite(a) & torch.isfinite(b)
+        if int(mask.sum()) < 2:
+            raise RelPLensError("fewer than 2 entries defined in both attributions")
+        return pearson(a[mask], b[mask])
+
+    def summary(self, k: int = 10) -> str:
+        lines = [f"{self.method} attribution on {self.basis} ({len(self.hook_names)} layers), "
+                 f"{self.scores.shape[0]} examples, metric {self.metric} "
+                 f"(clean mean {self.metric_clean.mean():.3f})"]
+        for node, score in self.top_k(k):
+            lines.append(f"  {self.node_label(node):>28s}  {score:+.4f}")
+        return "\n".join(lines)
+
+
+def pearson(x: torch.Tensor, y: torch.Tensor) -> float:
+    x, y = x.double().flatten(), y.double().flatten()
+    x, y = x - x.mean(), y - y.mean()
+    denom = (x.norm() * y.norm()).item()
+    return float((x @ y).item() / denom) if denom > 0 else float("nan")
+
+
+def _flat(x: torch.Tensor) -> torch.Tensor:
+    """[batch, pos, ...] → [batch, pos, node]."""
+    return x.reshape(x.shape[0], x.shape[1], -1)
+
+
+def _cache_acts(model: HookedTransformer, tokens: torch.Tensor, hooks: list[str]) -> tuple[torch.Tensor, list]:
+    """No-grad forward; returns (logits [batch, pos, vocab], [acts [batch, pos, node] per hook])."""
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n in set(hooks))
+    return logits, [_flat(cache[h]) for h in hooks]
+
+
+@dataclass
+class _Run:
+    """Everything fixed for one attribute() call."""
+
+    model: HookedTransformer
+    hooks: list[str]
+    metric_fn: MetricFn
+    paired: bool
+    baseline: str
+    mean_acts: list[torch.Tensor] | None  # per hook [pos, node]
+    rules: RelPConfig
+
+    def reference(self, batch: Batch) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """Reference activations per hook [batch, pos, node] and the metric on the patch run."""
+        pos = batch.clean_tokens.shape[1]
+        if self.paired:
+            logits, acts = _cache_acts(self.model, batch.patch_tokens.to(self.model.cfg.device), self.hooks)
+            # the metric on the patch run is informative (e.g. for thresholds), never a hard error
+            with torch.no_grad():
+                try:
+                    m_ref = evaluate_metric(self.metric_fn, logits, batch)
+                except RelPLensError:
+                    m_ref = None
+            return acts, m_ref
+        if self.baseline == "mean":
+            return [m[:pos].unsqueeze(0) for m in self.mean_acts], None
+        return [torch.zeros(1, 1, 1)] * len(self.hooks), None
+
+    def delta(self, clean: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+        """The activation difference a score multiplies with the gradient."""
+        return ref - clean if self.paired else clean - ref
+
+
+def _grad_batch(run: _Run, batch: Batch, use_relp: bool):
+    model, hooks = run.model, run.hooks
+    ref, m_ref = run.reference(batch)
+    captured: dict[str, torch.Tensor] = {}
+
+    def capture(x, hook):
+        if not x.requires_grad:  # frozen weights: the first captured hook starts the graph
+            x = x.detach().requires_grad_(True)
+            captured[hook.name] = x
+            return x
+        captured[hook.name] = x
+        return None
+
+    mode = relp(model, **vars(run.rules)) if use_relp else contextlib.nullcontext()
+    with torch.enable_grad(), mode, model.hooks(fwd_hooks=[(h, capture) for h in hooks]):
+        logits = model(batch.clean_tokens.to(model.cfg.device))
+        m = evaluate_metric(run.metric_fn, logits, batch)
+        xs = [captured.pop(h) for h in hooks]
+        grads = torch.autograd.grad(m.sum(), xs, allow_unused=True)
+    scores = []
+    for x, g, r in zip(xs, grads, ref):
+        a = _flat(x.detach())
+        g = torch.zeros_like(a) if g is None else _flat(g)
+        scores.append((g * run.delta(a, r.to(a.device))).cpu())
+    return torch.stack(scores, 1), m.detach().cpu(), m_ref  # [batch, layer, pos, node]
+
+
+def _ig_batch(run: _Run, batch: Batch, steps: int):
+    model, hooks = run.model, run.hooks
+    tokens = batch.clean_tokens.to(model.cfg.device)
+    logits, clean = _cache_acts(model, tokens, hooks)
+    m_clean = evaluate_metric(run.metric_fn, logits, batch)
+    ref, m_ref = run.reference(batch)
+    scores = []
+    for layer, hook_name in enumerate(hooks):
+        a, r = clean[layer], ref[layer].to(clean[layer].device).expand_as(clean[layer])
+        grad_sum = torch.zeros_like(a)
+        for step in range(steps):
+            alpha = step / steps
+            # the path runs from clean (alpha = 0) towards the reference
+            point = ((1 - alpha) * a + alpha * r).detach().requires_grad_(True)
+
+            def patch(x, hook, point=point):
+                return point.reshape(x.shape)
+
+            with torch.enable_grad(), model.hooks(fwd_hooks=[(hook_name, patch)]):
+                m = evaluate_metric(run.metric_fn, model(tokens), batch)
+                (g,) = torch.autograd.grad(m.sum(), [point], allow_unused=True)
+            if g is not None:
+                grad_sum += g
+        scores.append(((grad_sum / steps) * run.delta(a, r)).cpu())
+    return torch.stack(scores, 1), m_clean.cpu(), m_ref
+
+
+def _exact_batch(run: _Run, batch: Batch, nodes: list[Node], node_batch: int):
+    model, hooks = run.model, run.hooks
+    tokens = batch.clean_tokens.to(model.cfg.device)
+    b, pos = tokens.shape
+    logits, clean = _cache_acts(model, tokens, hooks)
+    m_clean = evaluate_metric(run.metric_fn, logits, batch)
+    ref, m_ref = run.reference(batch)
+    ref = [r.to(c.device).expand_as(c) for r, c in zip(ref, clean)]
+    scores = torch.full((b, len(hooks), pos, clean[0].shape[-1]), float("nan"))
+    todo = [n for n in nodes if n[1] is None or n[1] < pos]
+    chunk = max(1, node_batch // b)
+    for start in range(0, len(todo), chunk):
+        group = todo[start:start + chunk]
+        reps = len(group)
+        rows = torch.arange(reps * b, device=tokens.device).view(reps, b)  # [node, batch]
+        by_hook: dict[int, list[tuple[int, Node]]] = {}
+        for j, node in enumerate(group):
+            by_hook.setdefault(node[0], []).append((j, node))
+        fwd_hooks = []
+        for layer, items in by_hook.items():
+            def patch(x, hook, items=items, layer=layer):
+                flat = x.reshape(x.shape[0], x.shape[1], -1).clone()
+                for j, (_, p, idx) in items:
+                    sl = slice(None) if p is None else slice(p, p + 1)
+                    flat[rows[j], sl, idx] = ref[layer][:, sl, idx]
+                return flat.reshape(x.shape)
+
+            fwd_hooks.append((hooks[layer], patch))
+        with torch.no_grad(), model.hooks(fwd_hooks=fwd_hooks):
+            big = tokens.repeat(reps, 1)
+            out = model(big)
+            rep_batch = Batch(indices=batch.indices * reps, clean_tokens=big, patch_tokens=None,
+                              answer_ids=None if batch.answer_ids is None else batch.answer_ids * reps,
+                              patch_answer_ids=None if batch.patch_answer_ids is None
+                              else batch.patch_answer_ids * reps)
+            m = evaluate_metric(run.metric_fn, out, rep_batch).view(reps, b)
+        for j, (layer, p, idx) in enumerate(group):
+            effect = (m[j] - m_clean) if run.paired else (m_clean - m[j])
+            if p is None:
+                scores[:, layer, :, idx] = 0.0
+                scores[:, layer, 0, idx] = effect.cpu()  # all-position node: effect stored at pos 0
+            else:
+                scores[:, layer, p, idx] = effect.cpu()
+    return scores, m_clean.cpu(), m_ref
+
+
+def _mean_acts(model: HookedTransformer, batches: list[Batch], hooks: list[str], max_len: int):
+    """Per-position mean activation over the examples that reach that position. → per hook [pos, node]."""
+    sums, counts = None, torch.zeros(max_len, 1)
+    for batch in batches:
+        _, acts = _cache_acts(model, batch.clean_tokens.to(model.cfg.device), hooks)
+        if sums is None:
+            sums = [torch.zeros(max_len, a.shape[-1]) for a in acts]
+        pos = batch.clean_tokens.shape[1]
+        for s, a in zip(sums, acts):
+            s[:pos] += a.sum(0).cpu()
+        counts[:pos] += len(batch)
+    return [s / counts.clamp(min=1) for s in sums]
+
+
+def attribute(
+    model: HookedTransformer,
+    prompts: Prompts | Sequence[dict] | str | Sequence[str],
+    answers: str | Sequence | None = None,
+    *,
+    patch: str | Sequence[str] | None = None,
+    patch_answers: str | Sequence | None = None,
+    basis: str | Sequence[str] = "mlp_post",
+    method: str = "relp",
+    metric: str | MetricFn | None = None,
+    baseline: str | None = None,
+    nodes: Sequence[Node] | None = None,
+    ig_steps: int = 10,
+    rules: RelPConfig | None = None,
+    batch_size: int = 16,
+    node_batch: int = 64,
+    progress: bool = True,
+) -> Attribution:
+    """Score every node of ``basis`` for ``metric`` on ``prompts``.
+
+    Args:
+        model: any ``HookedTransformer`` (the shipped one: :func:`relp_lens.load_model`).
+        prompts: a :class:`Prompts`, JSONL-style rows (``clean_prefix``, ``patch_prefix``, ``clean_answer``,
+            ``patch_answer``), a prompt string or a list of them.
+        answers, patch, patch_answers: with string prompts: the clean answers (one token each), patch prompts
+            (same token length as the clean ones), patch answers.
+        basis: ``mlp_post`` (neurons; default), ``mlp_out``, ``attn_out``, ``resid_pre``, ``resid_post``, a
+            hook name, a ``{L}`` template or a list of hook names (see :mod:`relp_lens.nodes`).
+        method: ``relp`` | ``grad`` | ``ig`` | ``exact``.
+        metric: ``logit_diff`` (paired default) | ``logit`` (unpaired default) | ``logprob`` | a callable.
+        baseline: unpaired data only: ``zero`` (default) or ``mean`` (per-position mean over the prompts).
+        nodes: for ``exact``: the ``(layer, pos, index)`` nodes to patch (``pos=None``: all positions).
+        ig_steps: integration points for ``ig``.
+        rules: RelP rule switches for ``relp`` (default: the paper's set, AH rule off).
+        batch_size: examples per forward pass (memory is bounded by it); prompts are grouped by length.
+        node_batch: rows per forward pass for ``exact`` (nodes × examples).
+        progress: show a tqdm progress bar.
+    """
+    # -- validate everything before touching the model -------------------------------------------------
+    if method not in METHODS:
+        raise RelPLensError(f"unknown method {method!r}; choose from {list(METHODS)}")
+    if isinstance(prompts, Prompts):
+        data = prompts
+    elif isinstance(prompts, str):
+        data = Prompts([prompts], answers, patch, patch_answers)
+    elif isinstance(prompts, Sequence) and prompts and isinstance(prompts[0], dict):
+        data = Prompts.from_rows(prompts)
+    else:
+        data = Prompts(list(prompts), answers, patch, patch_answers)
+    hooks = resolve_hooks(model, basis)
+    paired = data.paired
+    metric_name, metric_fn = resolve_metric(metric, paired and data.patch_answers is not None)
+    if baseline is not None and paired:
+        raise RelPLensError("baseline applies to unpaired data; paired data uses the patch activations")
+    baseline = baseline or "zero"
+    if baseline not in ("zero", "mean"):
+        raise RelPLensError(f"unknown baseline {baseline!r}; choose 'zero' or 'mean'")
+    if method == "ig" and ig_steps < 1:
+        raise RelPLensError(f"ig_steps must be >= 1, got {ig_steps}")
+    if method == "exact":
+        if not nodes:
+            raise RelPLensError("method 'exact' needs nodes=[(layer, pos, index), ...] to patch")
+        nodes = [tuple(n) for n in nodes]
+        for n in nodes:
+            if len(n) != 3 or not 0 <= n[0] < len(hooks) or (n[1] is not None and n[1] < 0) or n[2] < 0:
+                raise RelPLensError(f"bad node {n!r}: expected (layer in [0, {len(hooks)}), pos >= 0 or None, index >= 0)")
+    tok = tokenize(model, data)
+    batches = make_batches(tok, batch_size)
+    max_len = max(tok.lengths)
+
+    # -- run ---------------------------------------------------------------------------------------
+    mean_acts = _mean_acts(model, batches, hooks, max_len) if (not paired and baseline == "mean") else None
+    run = _Run(model, hooks, metric_fn, paired, baseline, mean_acts, rules or RelPConfig())
+    results: list[tuple[Batch, torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
+    for batch in tqdm(batches, desc=f"{method} attribution", disable=not progress, leave=False):
+        if method in ("relp", "grad"):
+            s, m, m_ref = _grad_batch(run, batch, use_relp=method == "relp")
+        elif method == "ig":
+            s, m, m_ref = _ig_batch(run, batch, ig_steps)
+        else:
+            s, m, m_ref = _exact_batch(run, batch, list(nodes), node_batch)
+        results.append((batch, s, m, m_ref))
+
+    n_node = results[0][1].shape[-1]
+    for batch, s, _, _ in results:
+        if s.shape[-1] != n_node:
+            raise RelPLensError(f"hooks of basis {basis_name(basis)!r} have different widths; attribute them separately")
+    fill = float("nan") if method == "exact" else 0.0
+    scores = torch.full((len(data), len(hooks), max_len, n_node), fill)
+    metric_clean = torch.zeros(len(data))
+    metric_ref = torch.zeros(len(data)) if paired else None
+    for batch, s, m, m_ref in results:
+        idx = torch.tensor(batch.indices)
+        scores[idx, :, : s.shape[2]] = s
+        metric_clean[idx] = m
+        if metric_ref is not None:
+            metric_ref[idx] = m_ref if m_ref is not None else float("nan")
+    str_tokens = [model.to_str_tokens(t) for t in tok.clean_tokens]
+    return Attribution(scores=scores, str_tokens=str_tokens, hook_names=hooks, basis=basis_name(basis),
+                       method=method, metric=metric_name, paired=paired, metric_clean=metric_clean,
+                       metric_ref=metric_ref, prompts=data)

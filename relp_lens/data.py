@@ -1,0 +1,217 @@
+"""Prompts for attribution: paired (clean/patch) or unpaired, validated and batched without padding.
+
+Paired rows use the field's JSONL format ``{clean_prefix, patch_prefix, clean_answer, patch_answer}``
+(Marks et al.). Unpaired rows need only ``clean_prefix`` (answers optional: the model's top-1 token is the
+target when absent).
+
+1. :class:`Prompts` validates shapes and types on construction.
+2. :func:`tokenize` turns every prompt into tokens (BOS prepended, as ``model.to_tokens`` does) and every
+   answer into exactly one token id; a clean/patch pair must have equal token length.
+3. :func:`make_batches` groups examples of equal token length into batches of at most ``batch_size``, so
+   no padding ever enters the model; each batch remembers the example indices it holds.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformer_lens import HookedTransformer
+
+from relp_lens.errors import RelPLensError
+
+
+def _as_targets(answer, what: str, i: int) -> list[str]:
+    if isinstance(answer, str):
+        return [answer]
+    if isinstance(answer, Sequence) and answer and all(isinstance(a, str) for a in answer):
+        return list(answer)
+    raise RelPLensError(f"example {i}: {what} must be a string or a non-empty list of strings, got {answer!r}")
+
+
+@dataclass
+class Prompts:
+    """Attribution data. ``answers[i]``/``patch_answers[i]`` are lists of target strings (usually one)."""
+
+    clean: list[str]
+    answers: list[list[str]] | None = None
+    patch: list[str] | None = None
+    patch_answers: list[list[str]] | None = None
+    cases: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.clean, str):
+            self.clean = [self.clean]
+        if isinstance(self.patch, str):
+            self.patch = [self.patch]
+        if not self.clean:
+            raise RelPLensError("no prompts given (empty input)")
+        n = len(self.clean)
+        for i, s in enumerate(self.clean):
+            if not isinstance(s, str) or not s:
+                raise RelPLensError(f"example {i}: clean prompt must be a non-empty string, got {s!r}")
+        if self.answers is not None:
+            self.answers = self._targets(self.answers, "answer")
+        if self.patch is not None:
+            if len(self.patch) != n:
+                raise RelPLensError(f"{n} clean prompts but {len(self.patch)} patch prompts")
+            for i, s in enumerate(self.patch):
+                if not isinstance(s, str) or not s:
+                    raise RelPLensError(f"example {i}: patch prompt must be a non-empty string, got {s!r}")
+        if self.patch_answers is not None:
+            if self.answers is None:
+                raise RelPLensError("patch answers given without clean answers")
+            self.patch_answers = self._targets(self.patch_answers, "patch answer")
+
+    def _targets(self, answers, what: str) -> list[list[str]]:
+        if isinstance(answers, str):
+            answers = [answers] * len(self.clean)
+        answers = list(answers)
+        if len(answers) != len(self.clean):
+            raise RelPLensError(f"{len(self.clean)} prompts but {len(answers)} {what}s")
+        return [_as_targets(a, what, i) for i, a in enumerate(answers)]
+
+    @property
+    def paired(self) -> bool:
+        return self.patch is not None
+
+    def __len__(self) -> int:
+        return len(self.clean)
+
+    def subset(self, indices: Iterable[int]) -> "Prompts":
+        idx = list(indices)
+
+        def pick(xs):
+            return None if xs is None else [xs[i] for i in idx]
+
+        return Prompts(pick(self.clean), pick(self.answers), pick(self.patch), pick(self.patch_answers),
+                       pick(self.cases))
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[dict]) -> "Prompts":
+        """Rows ``{clean_prefix, clean_answer?, patch_prefix?, patch_answer?, case?}`` (JSONL format)."""
+        rows = list(rows)
+        if not rows:
+            raise RelPLensError("no prompts given (empty input)")
+        for i, row in enumerate(rows):
+            if not isinstance(row, dict) or "clean_prefix" not in row:
+                raise RelPLensError(f"row {i}: expected an object with 'clean_prefix', got {row!r}")
+        paired = "patch_prefix" in rows[0]
+        for i, row in enumerate(rows):
+            if ("patch_prefix" in row) != paired:
+                raise RelPLensError(f"row {i}: mixes paired and unpaired rows ('patch_prefix' presence differs)")
+        has_answers = "clean_answer" in rows[0]
+        return cls(
+            clean=[r["clean_prefix"] for r in rows],
+            answers=[r["clean_answer"] for r in rows] if has_answers else None,
+            patch=[r["patch_prefix"] for r in rows] if paired else None,
+            patch_answers=[r["patch_answer"] for r in rows] if paired and "patch_answer" in rows[0] else None,
+            cases=[str(r.get("case", "")) for r in rows],
+        )
+
+    @classmethod
+    def from_jsonl(cls, path: str | Path) -> "Prompts":
+        rows = []
+        with open(path) as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise RelPLensError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+        return cls.from_rows(rows)
+
+
+@dataclass
+class Batch:
+    """Examples of one token length. Token tensors are ``[batch, pos]``."""
+
+    indices: list[int]
+    clean_tokens: torch.Tensor  # [batch, pos]
+    patch_tokens: torch.Tensor | None  # [batch, pos]
+    answer_ids: list[list[int]] | None
+    patch_answer_ids: list[list[int]] | None = None
+    extra: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+@dataclass
+class Tokenized:
+    prompts: Prompts
+    clean_tokens: list[torch.Tensor]  # each [pos]
+    patch_tokens: list[torch.Tensor] | None
+    answer_ids: list[list[int]] | None
+    patch_answer_ids: list[list[int]] | None
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(t) for t in self.clean_tokens]
+
+
+def answer_token(model: HookedTransformer, answer: str) -> int:
+    """The single token id of ``answer``; a clear error when it is not exactly one token."""
+    ids = model.to_tokens(answer, prepend_bos=False)[0]
+    if len(ids) != 1:
+        pieces = model.to_str_tokens(ids)
+        raise RelPLensError(f"answer {answer!r} is {len(ids)} tokens {pieces}, not a single token")
+    return int(ids[0])
+
+
+def tokenize(model: HookedTransformer, prompts: Prompts) -> Tokenized:
+    if model.tokenizer is None:
+        raise RelPLensError("model has no tokenizer; pass tokens through a model with a tokenizer")
+    clean = [model.to_tokens(s, prepend_bos=True)[0].cpu() for s in prompts.clean]
+    patch = None
+    if prompts.patch is not None:
+        patch = [model.to_tokens(s, prepend_bos=True)[0].cpu() for s in prompts.patch]
+        for i, (c, p) in enumerate(zip(clean, patch)):
+            if len(c) != len(p):
+                raise RelPLensError(
+                    f"example {i}: clean prompt {prompts.clean[i]!r} has {len(c)} tokens but patch prompt "
+                    f"{prompts.patch[i]!r} has {len(p)}; paired prompts must have equal token length"
+                )
+    cache: dict[str, int] = {}
+
+    def ids(targets: list[str]) -> list[int]:
+        out = []
+        for a in targets:
+            if a not in cache:
+                cache[a] = answer_token(model, a)
+            out.append(cache[a])
+        return out
+
+    answer_ids = None if prompts.answers is None else [ids(a) for a in prompts.answers]
+    patch_ids = None if prompts.patch_answers is None else [ids(a) for a in prompts.patch_answers]
+    return Tokenized(prompts, clean, patch, answer_ids, patch_ids)
+
+
+def make_batches(tok: Tokenized, batch_size: int) -> list[Batch]:
+    """Batches of equal-length examples, at most ``batch_size`` each, in order of first appearance."""
+    if batch_size < 1:
+        raise RelPLensError(f"batch_size must be >= 1, got {batch_size}")
+    groups: dict[int, list[int]] = defaultdict(list)
+    for i, t in enumerate(tok.clean_tokens):
+        groups[len(t)].append(i)
+    batches = []
+    for idx_all in groups.values():
+        for start in range(0, len(idx_all), batch_size):
+            idx = idx_all[start:start + batch_size]
+            batches.append(
+                Batch(
+                    indices=idx,
+                    clean_tokens=torch.stack([tok.clean_tokens[i] for i in idx]),
+                    patch_tokens=None if tok.patch_tokens is None
+                    else torch.stack([tok.patch_tokens[i] for i in idx]),
+                    answer_ids=None if tok.answer_ids is None else [tok.answer_ids[i] for i in idx],
+                    patch_answer_ids=None if tok.patch_answer_ids is None
+                    else [tok.patch_answer_ids[i] for i in idx],
+                )
+            )
+    return batches

@@ -1,0 +1,77 @@
+"""Node bases: which TransformerLens hook holds the nodes of each layer.
+
+The default basis is ``mlp_post``: the MLP neurons, i.e. the activations that feed each MLP's
+down-projection (``blocks.{L}.mlp.hook_post``, width ``d_mlp``). Other bases:
+
+===============  ==============================  =========
+basis            hook                            width
+===============  ==============================  =========
+``mlp_post``     ``blocks.{L}.mlp.hook_post``    d_mlp
+``mlp_out``      ``blocks.{L}.hook_mlp_out``     d_model
+``attn_out``     ``blocks.{L}.hook_attn_out``    d_model
+``resid_pre``    ``blocks.{L}.hook_resid_pre``   d_model
+``resid_post``   ``blocks.{L}.hook_resid_post``  d_model
+===============  ==============================  =========
+
+Any other hook is accepted too: an exact hook name (one "layer"), a template with ``{L}`` expanded over
+all layers (``"blocks.{L}.attn.hook_z"``), or a list of hook names. Activations with more than three
+dimensions (``hook_z``: [batch, pos, head, d_head]) are flattened after ``pos``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+
+from transformer_lens import HookedTransformer
+
+from relp_lens.errors import RelPLensError
+
+BASES: dict[str, str] = {
+    "mlp_post": "blocks.{L}.mlp.hook_post",
+    "mlp_out": "blocks.{L}.hook_mlp_out",
+    "attn_out": "blocks.{L}.hook_attn_out",
+    "resid_pre": "blocks.{L}.hook_resid_pre",
+    "resid_post": "blocks.{L}.hook_resid_post",
+}
+
+
+def _check_exists(model: HookedTransformer, names: list[str], what: str) -> None:
+    for name in names:
+        if name not in model.hook_dict:
+            if ".mlp." in name and not any(".mlp.hook_post" in n for n in model.hook_dict):
+                raise RelPLensError(
+                    f"model has no MLP neuron hooks (no {name!r}; attn_only={model.cfg.attn_only}): "
+                    f"the neuron basis needs MLPs; try basis='attn_out' or 'resid_post'"
+                )
+            close = difflib.get_close_matches(name, list(model.hook_dict), n=3)
+            hint = f"; did you mean {close}?" if close else ""
+            raise RelPLensError(
+                f"unknown node basis or hook {what!r}: the model has no hook {name!r}{hint} "
+                f"(bases: {sorted(BASES)}, or any name in model.hook_dict)"
+            )
+
+
+def resolve_hooks(model: HookedTransformer, basis: str | Sequence[str]) -> list[str]:
+    """Hook names, one per "layer" of nodes, for a basis name, hook name, ``{L}`` template or list."""
+    if isinstance(basis, str):
+        if not basis:
+            raise RelPLensError("empty node basis")
+        template = BASES.get(basis, basis)
+        if "{L}" in template:
+            names = [template.format(L=layer) for layer in range(model.cfg.n_layers)]
+        else:
+            names = [template]
+    else:
+        names = list(basis)
+        if not names:
+            raise RelPLensError("empty list of hook names for the node basis")
+        if not all(isinstance(n, str) for n in names):
+            raise RelPLensError(f"hook names must be strings, got {names!r}")
+    _check_exists(model, names, basis if isinstance(basis, str) else str(names))
+    return names
+
+
+def basis_name(basis: str | Sequence[str]) -> str:
+    """A short printable name for a basis argument."""
+    return basis if isinstance(basis, str) else ",".join(basis)

@@ -1,0 +1,88 @@
+"""The RelP propagation rules, as autograd functions whose forward value is untouched.
+
+RelP (Jafari et al. 2025; Arora et al. 2026) back-propagates through a *locally linear replacement* of the
+model. Each rule below changes only the backward pass:
+
+1. LN rule — a normalisation ``y = x / s(x) * w`` treats its scale ``s`` as a constant:
+   ``∂y/∂x = w / s``.  (:func:`ln_rule`)
+2. Identity rule — an elementwise activation ``y = f(x)`` is read as ``y = (f(x)/x) · x`` with the ratio
+   constant: ``∂y/∂x = f(x)/x``. Where ``|x| < eps`` the ratio is ``f(x)/(±eps)`` (same sign as x, + at 0),
+   so it stays finite; the relevance it passes there is at most ``|f(x)|``.  (:class:`IdentityRule`)
+3. Half rule — a gated product ``h = a · b`` gives each factor half of the gradient:
+   ``∂h/∂a = b/2``, ``∂h/∂b = a/2``. For ``h`` homogeneous of degree 2 in the input this conserves
+   relevance: ``a·∂h/∂a + b·∂h/∂b = h``.  (:class:`HalfRule`)
+4. AH rule (optional) — attention patterns are constants: ``pattern.detach()``.  (:func:`ah_rule`)
+
+With all four on, a bias-free model is a linear function of its input embeddings in the backward pass,
+so relevance is conserved: ``Σ embedding · ∇̃ logit = logit``.
+
+:class:`ForwardAs` returns a live forward value while routing the gradient through a surrogate; it is
+how the rules are spliced into a model through hooks without changing a single bit of the forward pass.
+"""
+
+from __future__ import annotations
+
+import torch
+
+DEFAULT_EPS = 1e-6
+
+
+def ln_rule(scale: torch.Tensor) -> torch.Tensor:
+    """LN rule: the normalisation scale ``[batch, pos, 1]`` becomes a constant in backward."""
+    return scale.detach()
+
+
+def ah_rule(pattern: torch.Tensor) -> torch.Tensor:
+    """AH rule: attention pattern ``[batch, head, q_pos, k_pos]`` becomes a constant in backward."""
+    return pattern.detach()
+
+
+def safe_denominator(x: torch.Tensor, eps: float = DEFAULT_EPS) -> torch.Tensor:
+    """``x`` with values in ``(-eps, eps)`` pushed out to ``±eps`` (``+eps`` at exactly 0)."""
+    sign = torch.where(x < 0, -torch.ones_like(x), torch.ones_like(x))
+    return torch.where(x.abs() < eps, sign * eps, x)
+
+
+class IdentityRule(torch.autograd.Function):
+    """``y = f(x)`` with backward ``∂y/∂x = y / x`` (identity rule). Forward returns ``y`` as is."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, y: torch.Tensor, eps: float = DEFAULT_EPS) -> torch.Tensor:
+        ratio = y.detach() / safe_denominator(x.detach(), eps)
+        ctx.save_for_backward(ratio)
+        return y.detach().clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (ratio,) = ctx.saved_tensors
+        return grad * ratio, None, None
+
+
+class HalfRule(torch.autograd.Function):
+    """``h = a · b`` with backward ``∂h/∂a = b/2``, ``∂h/∂b = a/2`` (half rule)."""
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(a.detach(), b.detach())
+        return a * b
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        a, b = ctx.saved_tensors
+        return 0.5 * grad * b, 0.5 * grad * a
+
+
+class ForwardAs(torch.autograd.Function):
+    """Forward: ``value`` bit for bit. Backward: the whole gradient goes to ``surrogate``.
+
+    ``surrogate`` must have ``value``'s shape and be computed from the same inputs; ``value`` gets no
+    gradient, so the model's own backward path to ``value`` is replaced by the surrogate's.
+    """
+
+    @staticmethod
+    def forward(ctx, value: torch.Tensor, surrogate: torch.Tensor) -> torch.Tensor:
+        return value.detach().clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return None, grad
