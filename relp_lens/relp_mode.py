@@ -46,7 +46,7 @@ def _mlp_hooks(model: HookedTransformer, cfg: RelPConfig) -> list[tuple[str, obj
     hooks: list[tuple[str, object]] = []
     if not (cfg.identity or cfg.half):
         return hooks
-    for layer, block in enumerate(model.blocks):
+    for layer, block in enumerate(getattr(model, "blocks", [])):
         mlp = getattr(block, "mlp", None)
         if mlp is None or not hasattr(mlp, "hook_post") or not hasattr(mlp, "hook_pre"):
             continue  # attention-only block, or an MLP type without neuron hooks (e.g. MoE)

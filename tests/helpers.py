@@ -1,0 +1,96 @@
+"""Builders for tiny random models (with a real word-level tokenizer) used across the tests."""
+
+from __future__ import annotations
+
+import tempfile
+from functools import lru_cache
+
+import torch
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+WORDS = (
+    "The the a key keys cabinet cabinets parent parents author authors doctor doctors near to of by "
+    "is are was were has have does do and that like likes"
+).split()
+
+AGREEMENT_ROWS = [
+    dict(clean_prefix="The keys to the cabinet", patch_prefix="The key to the cabinet",
+         clean_answer=" are", patch_answer=" is"),
+    dict(clean_prefix="The parents", patch_prefix="The parent", clean_answer=" are", patch_answer=" is"),
+    dict(clean_prefix="The author near the doctors", patch_prefix="The authors near the doctors",
+         clean_answer=" is", patch_answer=" are"),
+    dict(clean_prefix="The doctor", patch_prefix="The doctors", clean_answer=" is", patch_answer=" are"),
+]
+
+
+@lru_cache(maxsize=None)
+def word_tokenizer_dir() -> str:
+    """A word-level HF tokenizer saved to a temp folder (TransformerLens reloads tokenizers by path)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(["<bos>", "<unk>", *WORDS])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", unk_token="<unk>",
+                                   eos_token="<bos>", pad_token="<bos>")
+    path = tempfile.mkdtemp(prefix="relp_lens_tok_")
+    fast.save_pretrained(path)
+    return path
+
+
+def _tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(word_tokenizer_dir())
+
+
+def _finish(cfg: HookedTransformerConfig, biases: bool, seed: int) -> HookedTransformer:
+    torch.manual_seed(seed)
+    model = HookedTransformer(cfg, tokenizer=_tokenizer(), move_to_device=False)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.split(".")[-1].startswith(("b", "_b")):
+                p.copy_(0.1 * torch.randn_like(p) if biases else torch.zeros_like(p))
+            elif name.endswith(".w"):  # norm weights: not all ones, so their effect is visible
+                p.copy_(1 + 0.2 * torch.randn_like(p))
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def tiny_gpt2(biases: bool = False, seed: int = 0, **overrides) -> HookedTransformer:
+    """GPT-2 style: LayerNorm, GELU MLP, learned positions."""
+    cfg = dict(n_layers=3, d_model=32, n_ctx=16, d_head=8, n_heads=4, d_mlp=64, d_vocab=len(WORDS) + 2,
+               act_fn="gelu_new", normalization_type="LN", positional_embedding_type="standard",
+               init_weights=True, seed=seed)
+    cfg.update(overrides)
+    return _finish(HookedTransformerConfig(**cfg), biases, seed)
+
+
+def tiny_llama(biases: bool = False, seed: int = 0, **overrides) -> HookedTransformer:
+    """Llama style: RMSNorm, gated SiLU MLP, rotary, grouped-query attention."""
+    cfg = dict(n_layers=3, d_model=32, n_ctx=16, d_head=8, n_heads=4, n_key_value_heads=2, d_mlp=48,
+               d_vocab=len(WORDS) + 2, act_fn="silu", gated_mlp=True, normalization_type="RMS",
+               final_rms=True, positional_embedding_type="rotary", rotary_dim=8,
+               original_architecture="LlamaForCausalLM", init_weights=True, seed=seed)
+    cfg.update(overrides)
+    return _finish(HookedTransformerConfig(**cfg), biases, seed)
+
+
+def tiny_gemma(biases: bool = False, seed: int = 0) -> HookedTransformer:
+    """Gemma-2 style: RMSNorm before and after each sublayer (post-norms), gated GELU MLP."""
+    return tiny_llama(biases, seed, act_fn="gelu_pytorch_tanh", use_normalization_before_and_after=True,
+                      original_architecture="Gemma2ForCausalLM")
+
+
+def tiny_attn_only(seed: int = 0) -> HookedTransformer:
+    cfg = HookedTransformerConfig(n_layers=2, d_model=32, n_ctx=16, d_head=8, n_heads=4,
+                                  d_vocab=len(WORDS) + 2, attn_only=True, act_fn="gelu",
+                                  normalization_type="LN", init_weights=True, seed=seed)
+    return _finish(cfg, False, seed)
+
+
+def hooks_left(model: HookedTransformer) -> list[str]:
+    """Names of hook points that still carry a forward or backward hook."""
+    return [n for n, hp in model.hook_dict.items() if hp.fwd_hooks or hp.bwd_hooks]
