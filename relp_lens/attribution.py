@@ -25,6 +25,7 @@ keeps no hook after a call, whether it succeeds or raises.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -40,6 +41,7 @@ from relp_lens.relp_mode import RelPConfig, relp
 
 METHODS = ("relp", "grad", "ig", "exact")
 Node = tuple[int, int | None, int]  # (layer, pos or None for all positions, index)
+_BLOCK = re.compile(r"^blocks\.(\d+)\.")
 
 
 @dataclass
@@ -69,9 +71,14 @@ class Attribution:
     def n_layers(self) -> int:
         return self.scores.shape[1]
 
+    def valid(self) -> torch.Tensor:
+        """``[batch, pos]`` mask: True where the position exists in that example."""
+        return torch.arange(self.scores.shape[2])[None, :] < torch.tensor(self.lengths)[:, None]
+
     def mean(self) -> torch.Tensor:
-        """Signed mean over examples (NaN-aware). → ``[layer, pos, node]``."""
-        return self.scores.nanmean(0)
+        """Signed mean over the examples that reach each position (NaN-aware). → ``[layer, pos, node]``."""
+        s = self.scores.masked_fill(~self.valid()[:, None, :, None], float("nan"))
+        return s.nanmean(0)
 
     def sum_pos(self) -> torch.Tensor:
         """Sum over positions (NaN-aware). → ``[batch, layer, node]``."""
@@ -84,10 +91,14 @@ class Attribution:
         Scores are the mean over examples (or one ``example``), per position, or summed over
         positions with ``aggregate_pos=True`` (then pos is ``None``). Returns ``[((layer, pos, index), score)]``.
         """
-        s = self.scores if example is None else self.scores[example: example + 1]
-        if aggregate_pos:
-            s = s.nansum(2, keepdim=True)
-        s = s.nanmean(0).nan_to_num(0.0)  # [layer, pos, node]
+        if example is not None:
+            s = self.scores[example]
+            s = s.nansum(1, keepdim=True) if aggregate_pos else s
+        elif aggregate_pos:
+            s = self.scores.nansum(2, keepdim=True).nanmean(0)
+        else:
+            s = self.mean()
+        s = s.nan_to_num(0.0)  # [layer, pos, node]
         key = s if signed else s.abs()
         k = min(k, key.numel())
         flat = key.flatten().topk(k).indices
@@ -98,11 +109,16 @@ class Attribution:
             out.append(((layer, None if aggregate_pos else pos, idx), float(s[layer, pos, idx])))
         return out
 
-    def node_label(self, node: Node, example: int = 0) -> str:
+    def node_label(self, node: Node, example: int | None = None) -> str:
         layer, pos, idx = node
-        where = "all" if pos is None else f"{pos}:{self.str_tokens[example][pos]!r}" \
-            if pos < self.lengths[example] else str(pos)
-        return f"L{layer}/{idx}@{where}"
+        return f"L{layer}/{idx}@" + ("all" if pos is None else f"{pos}:{self.token_at(pos, example)!r}")
+
+    def token_at(self, pos: int, example: int | None = None) -> str:
+        """The token at ``pos`` of ``example`` (default: the first example long enough)."""
+        if example is None:
+            example = next((i for i, n in enumerate(self.lengths) if n > pos), 0)
+        toks = self.str_tokens[example]
+        return toks[pos] if pos < len(toks) else "?"
 
     def correlation(self, other: "Attribution", *, mean_over_examples: bool = False) -> float:
         """Pearson r with ``other`` over the entries both define (e.g. the nodes ``exact`` patched)."""
@@ -137,11 +153,37 @@ def _flat(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], x.shape[1], -1)
 
 
-def _cache_acts(model: HookedTransformer, tokens: torch.Tensor, hooks: list[str]) -> tuple[torch.Tensor, list]:
-    """No-grad forward; returns (logits [batch, pos, vocab], [acts [batch, pos, node] per hook])."""
+def _cache_acts(model: HookedTransformer, tokens: torch.Tensor, hooks: list[str], resume: bool = False):
+    """No-grad forward → (logits [batch, pos, vocab], [acts [batch, pos, node] per hook], resume points).
+
+    With ``resume``, also keeps each needed ``blocks.{L}.hook_resid_pre`` so that later passes which
+    patch a hook inside block L can start there (see :func:`_forward_from`).
+    """
+    wanted = set(hooks)
+    if resume:
+        wanted |= {f"blocks.{layer}.hook_resid_pre" for h in hooks if (layer := _block_of(model, h)) is not None}
     with torch.no_grad():
-        logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n in set(hooks))
-    return logits, [_flat(cache[h]) for h in hooks]
+        logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n in wanted)
+    starts = {layer: cache[f"blocks.{layer}.hook_resid_pre"] for h in hooks
+              if resume and (layer := _block_of(model, h)) is not None}
+    return logits, [_flat(cache[h]) for h in hooks], starts
+
+
+def _block_of(model: HookedTransformer, hook_name: str) -> int | None:
+    """The block a hook lives in, when a forward pass may start at that block's residual input."""
+    match = _BLOCK.match(hook_name)
+    if match is None or model.cfg.positional_embedding_type == "shortformer":
+        return None
+    return int(match.group(1))
+
+
+def _forward_from(model: HookedTransformer, tokens: torch.Tensor, starts: dict[int, torch.Tensor],
+                  layer: int | None, reps: int = 1) -> torch.Tensor:
+    """Logits of ``tokens`` repeated ``reps`` times, skipping the blocks before ``layer`` when its cached
+    residual input is known (the skipped blocks are unaffected by a patch at or after ``layer``)."""
+    if layer is None or layer not in starts:
+        return model(tokens.repeat(reps, 1))
+    return model(starts[layer].repeat(reps, 1, 1), start_at_layer=layer)
 
 
 @dataclass
@@ -160,7 +202,7 @@ class _Run:
         """Reference activations per hook [batch, pos, node] and the metric on the patch run."""
         pos = batch.clean_tokens.shape[1]
         if self.paired:
-            logits, acts = _cache_acts(self.model, batch.patch_tokens.to(self.model.cfg.device), self.hooks)
+            logits, acts, _ = _cache_acts(self.model, batch.patch_tokens.to(self.model.cfg.device), self.hooks)
             # the metric on the patch run is informative (e.g. for thresholds), never a hard error
             with torch.no_grad():
                 try:
@@ -207,11 +249,12 @@ def _grad_batch(run: _Run, batch: Batch, use_relp: bool):
 def _ig_batch(run: _Run, batch: Batch, steps: int):
     model, hooks = run.model, run.hooks
     tokens = batch.clean_tokens.to(model.cfg.device)
-    logits, clean = _cache_acts(model, tokens, hooks)
+    logits, clean, starts = _cache_acts(model, tokens, hooks, resume=True)
     m_clean = evaluate_metric(run.metric_fn, logits, batch)
     ref, m_ref = run.reference(batch)
     scores = []
     for layer, hook_name in enumerate(hooks):
+        block = _block_of(model, hook_name)
         a, r = clean[layer], ref[layer].to(clean[layer].device).expand_as(clean[layer])
         grad_sum = torch.zeros_like(a)
         for step in range(steps):
@@ -223,7 +266,7 @@ def _ig_batch(run: _Run, batch: Batch, steps: int):
                 return point.reshape(x.shape)
 
             with torch.enable_grad(), model.hooks(fwd_hooks=[(hook_name, patch)]):
-                m = evaluate_metric(run.metric_fn, model(tokens), batch)
+                m = evaluate_metric(run.metric_fn, _forward_from(model, tokens, starts, block), batch)
                 (g,) = torch.autograd.grad(m.sum(), [point], allow_unused=True)
             if g is not None:
                 grad_sum += g
@@ -235,12 +278,14 @@ def _exact_batch(run: _Run, batch: Batch, nodes: list[Node], node_batch: int):
     model, hooks = run.model, run.hooks
     tokens = batch.clean_tokens.to(model.cfg.device)
     b, pos = tokens.shape
-    logits, clean = _cache_acts(model, tokens, hooks)
+    logits, clean, starts = _cache_acts(model, tokens, hooks, resume=True)
     m_clean = evaluate_metric(run.metric_fn, logits, batch)
     ref, m_ref = run.reference(batch)
     ref = [r.to(c.device).expand_as(c) for r, c in zip(ref, clean)]
+    blocks = [_block_of(model, h) for h in hooks]
     scores = torch.full((b, len(hooks), pos, clean[0].shape[-1]), float("nan"))
-    todo = [n for n in nodes if n[1] is None or n[1] < pos]
+    # sorted by layer so that a chunk can skip the blocks before its first patched layer
+    todo = sorted((n for n in nodes if n[1] is None or n[1] < pos), key=lambda n: (n[0], n[1] or 0, n[2]))
     chunk = max(1, node_batch // b)
     for start in range(0, len(todo), chunk):
         group = todo[start:start + chunk]
@@ -261,7 +306,8 @@ def _exact_batch(run: _Run, batch: Batch, nodes: list[Node], node_batch: int):
             fwd_hooks.append((hooks[layer], patch))
         with torch.no_grad(), model.hooks(fwd_hooks=fwd_hooks):
             big = tokens.repeat(reps, 1)
-            out = model(big)
+            first = [blocks[layer] for layer in by_hook]
+            out = _forward_from(model, tokens, starts, None if None in first else min(first), reps)
             rep_batch = Batch(indices=batch.indices * reps, clean_tokens=big, patch_tokens=None,
                               answer_ids=None if batch.answer_ids is None else batch.answer_ids * reps,
                               patch_answer_ids=None if batch.patch_answer_ids is None
@@ -281,7 +327,7 @@ def _mean_acts(model: HookedTransformer, batches: list[Batch], hooks: list[str],
     """Per-position mean activation over the examples that reach that position. → per hook [pos, node]."""
     sums, counts = None, torch.zeros(max_len, 1)
     for batch in batches:
-        _, acts = _cache_acts(model, batch.clean_tokens.to(model.cfg.device), hooks)
+        _, acts, _ = _cache_acts(model, batch.clean_tokens.to(model.cfg.device), hooks)
         if sums is None:
             sums = [torch.zeros(max_len, a.shape[-1]) for a in acts]
         pos = batch.clean_tokens.shape[1]

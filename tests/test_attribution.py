@@ -173,6 +173,10 @@ def test_attribution_helpers(llama):
     agg = attr.top_k(3, aggregate_pos=True)
     assert all(node[1] is None for node, _ in agg)
     assert attr.correlation(attr) == pytest.approx(1.0)
+    # lengths are [6, 3, 6, 3]: position 4 is averaged over the two long examples only
+    torch.testing.assert_close(attr.mean()[:, 4], (attr.scores[0, :, 4] + attr.scores[2, :, 4]) / 2)
+    torch.testing.assert_close(attr.mean()[:, 1], attr.scores[:, :, 1].mean(0))
+    assert attr.token_at(4) == "the" and attr.token_at(1, example=1) == "The"
     assert "L" in attr.summary(3) and attr.metric_ref.shape == (4,)
 
 
@@ -183,3 +187,24 @@ def test_prompts_from_jsonl(tmp_path, llama):
     p = Prompts.from_jsonl(path)
     assert p.paired and len(p) == 4 and p.patch_answers[0] == [" is"]
     assert attribute(llama, p, progress=False).scores.shape[0] == 4
+
+
+@pytest.mark.parametrize("basis", ["resid_pre", "attn_out", "mlp_out", "blocks.{L}.attn.hook_z"])
+def test_passes_that_skip_early_blocks_match_full_passes(llama, basis):
+    """ig/exact start the forward pass at the patched block; that must not change any number."""
+    ig = attribute(llama, [ROW], method="ig", ig_steps=1, basis=basis, progress=False).scores
+    g = attribute(llama, [ROW], method="grad", basis=basis, progress=False).scores
+    torch.testing.assert_close(ig, g, atol=1e-5, rtol=1e-4)
+    nodes = [(0, 2, 3), (2, 5, 1)]
+    ex = attribute(llama, [ROW], method="exact", nodes=nodes, basis=basis, progress=False)
+    hooks = relp_lens.resolve_hooks(llama, basis)
+    clean, patch = llama.to_tokens(ROW["clean_prefix"]), llama.to_tokens(ROW["patch_prefix"])
+    _, cache = llama.run_with_cache(patch)
+    m_clean = logit_diff(llama, llama(clean))
+    for layer, pos, idx in nodes:
+        def patch_one(x, hook):
+            flat = x.reshape(*x.shape[:2], -1).clone()
+            flat[:, pos, idx] = cache[hook.name].reshape(*x.shape[:2], -1)[:, pos, idx]
+            return flat.reshape(x.shape)
+        m = logit_diff(llama, llama.run_with_hooks(clean, fwd_hooks=[(hooks[layer], patch_one)]))
+        assert ex.scores[0, layer, pos, idx].item() == pytest.approx((m - m_clean).item(), abs=1e-5)
