@@ -203,12 +203,15 @@ class _Run:
         pos = batch.clean_tokens.shape[1]
         if self.paired:
             logits, acts, _ = _cache_acts(self.model, batch.patch_tokens.to(self.model.cfg.device), self.hooks)
-            # the metric on the patch run is informative (e.g. for thresholds), never a hard error
-            with torch.no_grad():
-                try:
-                    m_ref = evaluate_metric(self.metric_fn, logits, batch)
-                except RelPLensError:
-                    m_ref = None
+            # the metric on the patch run is informative (e.g. for thresholds), never a hard error; it
+            # is skipped while the targets are still unknown, or the patch run would choose them
+            m_ref = None
+            if batch.answer_ids is not None:
+                with torch.no_grad():
+                    try:
+                        m_ref = evaluate_metric(self.metric_fn, logits, batch)
+                    except RelPLensError:
+                        pass
             return acts, m_ref
         if self.baseline == "mean":
             return [m[:pos].unsqueeze(0) for m in self.mean_acts], None

@@ -208,3 +208,11 @@ def test_passes_that_skip_early_blocks_match_full_passes(llama, basis):
             return flat.reshape(x.shape)
         m = logit_diff(llama, llama.run_with_hooks(clean, fwd_hooks=[(hooks[layer], patch_one)]))
         assert ex.scores[0, layer, pos, idx].item() == pytest.approx((m - m_clean).item(), abs=1e-5)
+
+
+def test_paired_without_answers_targets_the_clean_top_token(llama):
+    """Targets come from the clean run, never from the patch run."""
+    attr = attribute(llama, "The keys to the cabinet", patch="The key to the cabinet", metric="logit",
+                     progress=False)
+    top = llama(llama.to_tokens("The keys to the cabinet"))[0, -1].max()
+    assert attr.metric_clean.item() == pytest.approx(top.item(), abs=1e-5)
