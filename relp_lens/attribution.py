@@ -222,7 +222,13 @@ class _Run:
         return ref - clean if self.paired else clean - ref
 
 
-def _grad_batch(run: _Run, batch: Batch, use_relp: bool):
+def batch_gradients(run: _Run, batch: Batch, use_relp: bool):
+    """One clean forward + one backward (RelP or plain) of ``batch``.
+
+    Returns ``(acts, grads, deltas, m, m_ref)``: per hook ``[batch, pos, node]`` activations, gradients of
+    the summed metric and the activation differences a score multiplies them with; the metric ``[batch]``
+    on the clean run and (paired data) on the patch run.
+    """
     model, hooks = run.model, run.hooks
     ref, m_ref = run.reference(batch)
     captured: dict[str, torch.Tensor] = {}
@@ -241,12 +247,16 @@ def _grad_batch(run: _Run, batch: Batch, use_relp: bool):
         m = evaluate_metric(run.metric_fn, logits, batch)
         xs = [captured.pop(h) for h in hooks]
         grads = torch.autograd.grad(m.sum(), xs, allow_unused=True)
-    scores = []
-    for x, g, r in zip(xs, grads, ref):
-        a = _flat(x.detach())
-        g = torch.zeros_like(a) if g is None else _flat(g)
-        scores.append((g * run.delta(a, r.to(a.device))).cpu())
-    return torch.stack(scores, 1), m.detach().cpu(), m_ref  # [batch, layer, pos, node]
+    acts = [_flat(x.detach()) for x in xs]
+    grads = [torch.zeros_like(a) if g is None else _flat(g) for a, g in zip(acts, grads)]
+    deltas = [run.delta(a, r.to(a.device)) for a, r in zip(acts, ref)]
+    return acts, grads, deltas, m.detach().cpu(), m_ref
+
+
+def _grad_batch(run: _Run, batch: Batch, use_relp: bool):
+    _, grads, deltas, m, m_ref = batch_gradients(run, batch, use_relp)
+    scores = [(g * d).cpu() for g, d in zip(grads, deltas)]
+    return torch.stack(scores, 1), m, m_ref  # [batch, layer, pos, node]
 
 
 def _ig_batch(run: _Run, batch: Batch, steps: int):
@@ -340,6 +350,35 @@ def _mean_acts(model: HookedTransformer, batches: list[Batch], hooks: list[str],
     return [s / counts.clamp(min=1) for s in sums]
 
 
+def as_prompts(prompts, answers=None, patch=None, patch_answers=None) -> Prompts:
+    """A :class:`Prompts` from any accepted form: Prompts, JSONL-style rows, a string or list of strings."""
+    if isinstance(prompts, Prompts):
+        return prompts
+    if isinstance(prompts, str):
+        return Prompts([prompts], answers, patch, patch_answers)
+    if isinstance(prompts, Sequence) and prompts and isinstance(prompts[0], dict):
+        return Prompts.from_rows(prompts)
+    return Prompts(list(prompts), answers, patch, patch_answers)
+
+
+def prepare_run(model: HookedTransformer, data: Prompts, basis, metric=None, baseline: str | None = None,
+                rules: RelPConfig | None = None, batch_size: int = 16):
+    """Validate the arguments and tokenize: ``(run, batches, tokenized, metric_name)``."""
+    hooks = resolve_hooks(model, basis)
+    paired = data.paired
+    metric_name, metric_fn = resolve_metric(metric, paired and data.patch_answers is not None)
+    if baseline is not None and paired:
+        raise RelPLensError("baseline applies to unpaired data; paired data uses the patch activations")
+    baseline = baseline or "zero"
+    if baseline not in ("zero", "mean"):
+        raise RelPLensError(f"unknown baseline {baseline!r}; choose 'zero' or 'mean'")
+    tok = tokenize(model, data)
+    batches = make_batches(tok, batch_size)
+    mean_acts = _mean_acts(model, batches, hooks, max(tok.lengths)) if (not paired and baseline == "mean") else None
+    run = _Run(model, hooks, metric_fn, paired, baseline, mean_acts, rules or RelPConfig())
+    return run, batches, tok, metric_name
+
+
 def attribute(
     model: HookedTransformer,
     prompts: Prompts | Sequence[dict] | str | Sequence[str],
@@ -381,38 +420,22 @@ def attribute(
     # -- validate everything before touching the model -------------------------------------------------
     if method not in METHODS:
         raise RelPLensError(f"unknown method {method!r}; choose from {list(METHODS)}")
-    if isinstance(prompts, Prompts):
-        data = prompts
-    elif isinstance(prompts, str):
-        data = Prompts([prompts], answers, patch, patch_answers)
-    elif isinstance(prompts, Sequence) and prompts and isinstance(prompts[0], dict):
-        data = Prompts.from_rows(prompts)
-    else:
-        data = Prompts(list(prompts), answers, patch, patch_answers)
-    hooks = resolve_hooks(model, basis)
-    paired = data.paired
-    metric_name, metric_fn = resolve_metric(metric, paired and data.patch_answers is not None)
-    if baseline is not None and paired:
-        raise RelPLensError("baseline applies to unpaired data; paired data uses the patch activations")
-    baseline = baseline or "zero"
-    if baseline not in ("zero", "mean"):
-        raise RelPLensError(f"unknown baseline {baseline!r}; choose 'zero' or 'mean'")
+    data = as_prompts(prompts, answers, patch, patch_answers)
     if method == "ig" and ig_steps < 1:
         raise RelPLensError(f"ig_steps must be >= 1, got {ig_steps}")
     if method == "exact":
         if not nodes:
             raise RelPLensError("method 'exact' needs nodes=[(layer, pos, index), ...] to patch")
         nodes = [tuple(n) for n in nodes]
+        n_hooks = len(resolve_hooks(model, basis))
         for n in nodes:
-            if len(n) != 3 or not 0 <= n[0] < len(hooks) or (n[1] is not None and n[1] < 0) or n[2] < 0:
-                raise RelPLensError(f"bad node {n!r}: expected (layer in [0, {len(hooks)}), pos >= 0 or None, index >= 0)")
-    tok = tokenize(model, data)
-    batches = make_batches(tok, batch_size)
+            if len(n) != 3 or not 0 <= n[0] < n_hooks or (n[1] is not None and n[1] < 0) or n[2] < 0:
+                raise RelPLensError(f"bad node {n!r}: expected (layer in [0, {n_hooks}), pos >= 0 or None, index >= 0)")
+    run, batches, tok, metric_name = prepare_run(model, data, basis, metric, baseline, rules, batch_size)
+    hooks, paired = run.hooks, run.paired
     max_len = max(tok.lengths)
 
     # -- run ---------------------------------------------------------------------------------------
-    mean_acts = _mean_acts(model, batches, hooks, max_len) if (not paired and baseline == "mean") else None
-    run = _Run(model, hooks, metric_fn, paired, baseline, mean_acts, rules or RelPConfig())
     results: list[tuple[Batch, torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
     for batch in tqdm(batches, desc=f"{method} attribution", disable=not progress, leave=False):
         if method in ("relp", "grad"):
