@@ -254,14 +254,7 @@ def _from_scores(attr: Attribution, model: HookedTransformer, keep: torch.Tensor
     nodes = [CircuitNode(layer=l, pos=None if aggregate_pos else p, index=i, score=float(s[l, p, i]))
              for l, p, i in idx]
     nodes.sort(key=lambda n: -abs(n.score))
-    rows = None
-    if attr.prompts is not None:
-        P = attr.prompts
-        rows = [dict(clean_prefix=P.clean[i],
-                     **({"patch_prefix": P.patch[i]} if P.patch else {}),
-                     **({"clean_answer": P.answers[i][0]} if P.answers and len(P.answers[i]) == 1 else {}),
-                     **({"patch_answer": P.patch_answers[i][0]} if P.patch_answers and len(P.patch_answers[i]) == 1 else {}))
-                for i in range(len(P))]
+    rows = attr.prompts.to_rows() if attr.prompts is not None else None
     return Circuit(nodes=nodes, basis=attr.basis, hook_names=list(attr.hook_names), node_width=attr.scores.shape[3],
                    model=model_facts(model), method=attr.method, metric=attr.metric,
                    data=dict(task=task, rows=rows, n_prompts=attr.scores.shape[0]),

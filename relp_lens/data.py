@@ -92,31 +92,39 @@ class Prompts:
                        pick(self.cases))
 
     @classmethod
-    def from_rows(cls, rows: Sequence[dict]) -> "Prompts":
-        """Rows ``{clean_prefix, clean_answer?, patch_prefix?, patch_answer?, case?}`` (JSONL format)."""
+    def from_rows(cls, rows: Sequence[dict], where: Sequence[str] | None = None) -> "Prompts":
+        """Rows ``{clean_prefix, clean_answer?, patch_prefix?, patch_answer?, case?}`` (JSONL format).
+
+        ``where[i]`` names row i in error messages (default ``"row i"``; JSONL files pass ``"file:line"``).
+        """
         rows = list(rows)
         if not rows:
             raise RelPLensError("no prompts given (empty input)")
-        for i, row in enumerate(rows):
-            if not isinstance(row, dict) or "clean_prefix" not in row:
-                raise RelPLensError(f"row {i}: expected an object with 'clean_prefix', got {row!r}")
-        paired = "patch_prefix" in rows[0]
-        for i, row in enumerate(rows):
-            if ("patch_prefix" in row) != paired:
-                raise RelPLensError(f"row {i}: mixes paired and unpaired rows ('patch_prefix' presence differs)")
-        has_answers = "clean_answer" in rows[0]
+        where = list(where) if where is not None else [f"row {i}" for i in range(len(rows))]
+        for row, at in zip(rows, where):
+            validate_row(row, at)
+        first = rows[0]
+        for row, at in zip(rows, where):
+            for key in ("patch_prefix", "clean_answer", "patch_answer"):
+                if (key in row) != (key in first):
+                    state = "has" if key in row else "lacks"
+                    raise RelPLensError(f"{at}: {state} {key!r} unlike the first row (rows must share a format)")
         return cls(
             clean=[r["clean_prefix"] for r in rows],
-            answers=[r["clean_answer"] for r in rows] if has_answers else None,
-            patch=[r["patch_prefix"] for r in rows] if paired else None,
-            patch_answers=[r["patch_answer"] for r in rows] if paired and "patch_answer" in rows[0] else None,
+            answers=[r["clean_answer"] for r in rows] if "clean_answer" in first else None,
+            patch=[r["patch_prefix"] for r in rows] if "patch_prefix" in first else None,
+            patch_answers=[r["patch_answer"] for r in rows] if "patch_answer" in first else None,
             cases=[str(r.get("case", "")) for r in rows],
         )
 
     @classmethod
     def from_jsonl(cls, path: str | Path) -> "Prompts":
-        rows = []
-        with open(path) as f:
+        rows, where = [], []
+        try:
+            f = open(path)
+        except FileNotFoundError:
+            raise RelPLensError(f"data file not found: {path}") from None
+        with f:
             for lineno, line in enumerate(f, 1):
                 if not line.strip():
                     continue
@@ -124,7 +132,52 @@ class Prompts:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as e:
                     raise RelPLensError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-        return cls.from_rows(rows)
+                where.append(f"{path}:{lineno}")
+        if not rows:
+            raise RelPLensError(f"{path}: no rows (empty input)")
+        return cls.from_rows(rows, where)
+
+    def to_rows(self) -> list[dict]:
+        """The JSONL-style rows (first answer of each example)."""
+        rows = []
+        for i in range(len(self)):
+            row = {"clean_prefix": self.clean[i]}
+            if self.patch is not None:
+                row["patch_prefix"] = self.patch[i]
+            if self.answers is not None:
+                row["clean_answer"] = self.answers[i] if len(self.answers[i]) > 1 else self.answers[i][0]
+            if self.patch_answers is not None:
+                pa = self.patch_answers[i]
+                row["patch_answer"] = pa if len(pa) > 1 else pa[0]
+            if self.cases is not None and self.cases[i]:
+                row["case"] = self.cases[i]
+            rows.append(row)
+        return rows
+
+
+ROW_KEYS = {"clean_prefix", "patch_prefix", "clean_answer", "patch_answer", "case"}
+
+
+def validate_row(row, where: str) -> None:
+    """A clear error naming ``where`` when a row is not a valid prompt row."""
+    if not isinstance(row, dict):
+        raise RelPLensError(f"{where}: expected an object with 'clean_prefix', got {type(row).__name__}")
+    if "clean_prefix" not in row:
+        raise RelPLensError(f"{where}: expected an object with 'clean_prefix', got keys {sorted(row)}")
+    unknown = set(row) - ROW_KEYS
+    if unknown:
+        raise RelPLensError(f"{where}: unknown field(s) {sorted(unknown)}; known: {sorted(ROW_KEYS)}")
+    for key in ("clean_prefix", "patch_prefix"):
+        if key in row and (not isinstance(row[key], str) or not row[key]):
+            raise RelPLensError(f"{where}: {key!r} must be a non-empty string, got {row[key]!r}")
+    for key in ("clean_answer", "patch_answer"):
+        if key in row:
+            a = row[key]
+            ok = isinstance(a, str) and a or (isinstance(a, list) and a and all(isinstance(x, str) and x for x in a))
+            if not ok:
+                raise RelPLensError(f"{where}: {key!r} must be a non-empty string or list of strings, got {a!r}")
+    if "patch_answer" in row and "patch_prefix" not in row:
+        raise RelPLensError(f"{where}: 'patch_answer' without 'patch_prefix'")
 
 
 @dataclass

@@ -91,5 +91,22 @@ def test_bad_jsonl(tmp_path):
     with pytest.raises(RelPLensError, match=r"bad.jsonl:2: not valid JSON"):
         Prompts.from_jsonl(path)
     path.write_text(json.dumps({"prompt": "x"}) + "\n")
-    with pytest.raises(RelPLensError, match=r"row 0: expected an object with 'clean_prefix'"):
+    with pytest.raises(RelPLensError, match=r"bad.jsonl:1: expected an object with 'clean_prefix'"):
         Prompts.from_jsonl(path)
+    good = json.dumps(AGREEMENT_ROWS[0])
+    cases = [
+        (dict(AGREEMENT_ROWS[0], clean_answer=3), r"bad.jsonl:4: 'clean_answer' must be a non-empty string"),
+        (dict(AGREEMENT_ROWS[0], clean_prefix=""), r"bad.jsonl:4: 'clean_prefix' must be a non-empty string"),
+        (dict(AGREEMENT_ROWS[0], verb="are"), r"bad.jsonl:4: unknown field\(s\) \['verb'\]"),
+        ({"clean_prefix": "The keys", "clean_answer": " are"}, r"bad.jsonl:4: lacks 'patch_prefix' unlike the first row"),
+        ([1, 2], r"bad.jsonl:4: expected an object"),
+    ]
+    for row, match in cases:
+        path.write_text(good + "\n" + good + "\n\n" + json.dumps(row) + "\n")  # line 3 is blank
+        with pytest.raises(RelPLensError, match=match):
+            Prompts.from_jsonl(path)
+    path.write_text("\n")
+    with pytest.raises(RelPLensError, match="no rows"):
+        Prompts.from_jsonl(path)
+    with pytest.raises(RelPLensError, match="data file not found"):
+        Prompts.from_jsonl(tmp_path / "nope.jsonl")
