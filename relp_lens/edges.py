@@ -8,17 +8,19 @@ with Δu = a_patch − a_clean (paired) or a − a_ref (unpaired), ∇̃_d m the
 in the full model, and ∂̃d/∂u taken with every MLP strictly between s and t made constant, so only direct
 paths — through the residual stream and attention — count. RelP rules apply in every backward pass.
 
-Algorithm (one backward pass serves many downstream nodes, as circuit-tracer does):
+Algorithm (one backward pass serves many downstream nodes):
 
 1. One attribution pass gives ∇̃_d m and Δu for every node of the basis, per example.
-2. Downstream nodes are taken in chunks of R; the batch is repeated R times (rows = R × examples).
-3. A forward pass up to the last downstream layer of the chunk replaces every layer's basis activation by
-   a detached leaf for what follows, while remembering the live activation. A leaf cuts its MLP off from
-   everything upstream, so the gradient from a live activation at layer t reaches a leaf at layer s < t
+2. One forward pass, up to the last downstream block, replaces every MLP output (``hook_mlp_out``) by a
+   detached leaf for what follows, while remembering the live node activations. A leaf cuts its MLP off
+   from everything upstream, so the gradient from a live node at layer t reaches the leaf of layer s < t
    only along paths that avoid every MLP in between: exactly the direct effect.
-4. Row block r is seeded at its downstream node with ∇̃_d m (its positions, its index); one backward
-   pass gives ∇̃_d m · ∂̃d/∂(leaf) for all R nodes at once; multiplying by Δu at each upstream node and
-   summing over positions gives the edge weights, averaged over examples.
+3. Downstream nodes are taken in chunks of R. Seed r holds ∇̃_d m at downstream node chunk[r] (its
+   positions, its index) and zeros elsewhere; one vectorised backward pass
+   (``torch.autograd.grad(..., is_grads_batched=True)``) gives ∇̃_d m · ∂̃d/∂(MLP output of layer s) for
+   all R seeds at once — the forward pass is shared by all of them.
+4. For neurons, ∂d/∂u = W_out[u] · ∂d/∂(MLP output), so only the circuit's neurons are projected;
+   multiplying by Δu and summing over positions gives the edge weights, averaged over examples.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from relp_lens.attribution import as_prompts, batch_gradients, prepare_run
-from relp_lens.circuit import Circuit, CircuitEdge, CircuitNode
+from relp_lens.circuit import Circuit, CircuitEdge
 from relp_lens.errors import RelPLensError
 from relp_lens.relp_mode import RelPConfig, relp
 
@@ -61,14 +63,6 @@ def edge_layers(hook_names: Sequence[str]) -> list[int]:
     return blocks
 
 
-def _gather(t: torch.Tensor, nodes: list[CircuitNode]) -> torch.Tensor:
-    """Σ over each node's positions of ``t[..., pos, index]``. t: [..., pos, node] → [..., n_nodes]."""
-    cols = []
-    for n in nodes:
-        cols.append(t[..., :, n.index].sum(-1) if n.pos is None else t[..., n.pos, n.index])
-    return torch.stack(cols, -1)
-
-
 def attribute_edges(
     model: HookedTransformer,
     circuit: Circuit,
@@ -83,8 +77,8 @@ def attribute_edges(
 ) -> tuple[Circuit, EdgeStats]:
     """The circuit with its edges weighted (direct effects); plus pass counts for benchmarks.
 
-    ``edge_batch`` bounds the rows of one pass (downstream nodes per pass × examples per batch); with
-    ``edge_batch <= batch_size`` every downstream node gets its own backward pass.
+    ``edge_batch`` bounds the rows of one backward pass (downstream nodes per pass × examples per batch);
+    with ``edge_batch <= batch_size`` every downstream node gets its own backward pass.
     """
     if method not in ("relp", "grad"):
         raise RelPLensError(f"edge method must be 'relp' or 'grad', got {method!r}")
@@ -103,61 +97,76 @@ def attribute_edges(
                                 f"({min(tok.lengths)} tokens)")
 
     nodes = circuit.nodes
+    neurons = circuit.hook_names[0].endswith("mlp.hook_post")
     by_layer: dict[int, list[int]] = {}
     for i, n in enumerate(nodes):
         by_layer.setdefault(n.layer, []).append(i)
     targets = sorted((i for i, n in enumerate(nodes) if n.layer > min(by_layer)), key=lambda i: nodes[i].layer)
+    t_max = max((nodes[i].layer for i in targets), default=0)
+    src_layers = [l for l in sorted(by_layer) if l < t_max]
     weights = torch.zeros(len(nodes), len(nodes), dtype=torch.float64)  # [source, target]
     passes, rows_per_pass = 0, 0
     use_relp = method == "relp"
 
-    for batch in tqdm(batches, desc="edge attribution", disable=not progress, leave=False):
+    for batch in tqdm(batches if targets else [], desc="edge attribution", disable=not progress, leave=False):
         _, grads, deltas, _, _ = batch_gradients(run, batch, use_relp)  # per layer [B, pos, node]
         b = len(batch)
-        r_max = max(1, edge_batch // b)
-        tokens = batch.clean_tokens.to(model.cfg.device)
-        for start in range(0, len(targets), r_max):
-            chunk = targets[start:start + r_max]
-            R = len(chunk)
-            t_max = max(nodes[i].layer for i in chunk)
-            live: dict[int, torch.Tensor] = {}
-            leaves: dict[int, torch.Tensor] = {}
+        live: dict[int, torch.Tensor] = {}
+        leaves: dict[int, torch.Tensor] = {}
 
-            def split(x, hook):
-                layer = circuit.hook_names.index(hook.name)
-                live[layer] = x
-                leaves[layer] = x.detach().requires_grad_(True)
-                return leaves[layer]
+        def cut(x, hook):  # every MLP output becomes a leaf: MLPs are constants for what follows
+            leaves[blocks_of[hook.name]] = x.detach().requires_grad_(True)
+            return leaves[blocks_of[hook.name]]
 
-            hook_list = [(circuit.hook_names[l], split) for l in range(t_max + 1)]
-            mode = relp(model, **vars(run.rules)) if use_relp else contextlib.nullcontext()
-            with torch.enable_grad(), mode, model.hooks(fwd_hooks=hook_list):
-                model(tokens.repeat(R, 1), stop_at_layer=blocks[t_max] + 1)
-                seeds = {}
+        def keep(x, hook):
+            live[blocks_of[hook.name]] = x
+
+        blocks_of = {}
+        fwd = []
+        for layer in range(t_max + 1):
+            out_name = f"blocks.{blocks[layer]}.hook_mlp_out"
+            blocks_of[out_name] = blocks_of[circuit.hook_names[layer]] = layer
+            fwd += [(circuit.hook_names[layer], keep), (out_name, cut)]  # same hook for mlp_out: keep, then cut
+        mode = relp(model, **vars(run.rules)) if use_relp else contextlib.nullcontext()
+        with torch.enable_grad(), mode, model.hooks(fwd_hooks=fwd):
+            # one forward pass (up to the last downstream block) serves every chunk of downstream nodes
+            model(batch.clean_tokens.to(model.cfg.device), stop_at_layer=blocks[t_max] + 1)
+            r_max = max(1, edge_batch // b)
+            for start in range(0, len(targets), r_max):
+                chunk = targets[start:start + r_max]
+                R = len(chunk)
+                out_layers = sorted({nodes[i].layer for i in chunk})
+                seeds = {l: torch.zeros(R, *live[l].shape, device=live[l].device) for l in out_layers}
                 for r, i in enumerate(chunk):
                     n = nodes[i]
-                    x = live[n.layer]
-                    s = seeds.setdefault(n.layer, torch.zeros_like(x).reshape(R, b, x.shape[1], -1))
+                    s = seeds[n.layer].view(R, b, live[n.layer].shape[1], -1)
                     if n.pos is None:
                         s[r, :, :, n.index] = grads[n.layer][:, :, n.index]
                     else:
                         s[r, :, n.pos, n.index] = grads[n.layer][:, n.pos, n.index]
-                out_layers = sorted(seeds)
-                src_layers = [l for l in sorted(by_layer) if l < t_max]
-                g = torch.autograd.grad([live[l] for l in out_layers],
-                                        [leaves[l] for l in src_layers],
-                                        [seeds[l].reshape(live[l].shape) for l in out_layers], allow_unused=True)
-            passes += 1
-            rows_per_pass = max(rows_per_pass, R * b)
-            for layer, grad in zip(src_layers, g):
-                if grad is None:
-                    continue
-                src = by_layer[layer]
-                contrib = grad.reshape(R, b, grad.shape[1], -1) * deltas[layer][None]  # [R, B, pos, node]
-                w = _gather(contrib, [nodes[j] for j in src]).sum(1)  # [R, n_src]
-                for r, i in enumerate(chunk):
-                    if nodes[i].layer > layer:
-                        weights[src, i] += w[r].double().cpu()
+                chunk_src = [l for l in src_layers if l < max(out_layers)]
+                # one vectorised backward pass: row r of every gradient belongs to downstream node chunk[r]
+                g = torch.autograd.grad([live[l] for l in out_layers], [leaves[l] for l in chunk_src],
+                                        [seeds[l] for l in out_layers], allow_unused=True,
+                                        retain_graph=True, is_grads_batched=True)
+                passes += 1
+                rows_per_pass = max(rows_per_pass, R * b)
+                for layer, grad in zip(chunk_src, g):  # grad: [R, B, pos, d_model] at the MLP output
+                    if grad is None:
+                        continue
+                    src = by_layer[layer]
+                    idx = [nodes[j].index for j in src]
+                    if neurons:  # ∂d/∂post[j] = W_out[j] · ∂d/∂mlp_out: project only the circuit's neurons
+                        grad = grad @ model.blocks[blocks[layer]].mlp.W_out[idx].T  # [R, B, pos, n_src]
+                        delta = deltas[layer][..., idx]  # [B, pos, n_src]
+                    else:
+                        grad, delta = grad[..., idx], deltas[layer][..., idx]
+                    contrib = grad * delta[None]  # [R, B, pos, n_src]
+                    w = torch.stack([contrib[..., k].sum(-1) if nodes[j].pos is None else contrib[..., nodes[j].pos, k]
+                                     for k, j in enumerate(src)], -1).sum(1)  # [R, n_src]
+                    for r, i in enumerate(chunk):
+                        if nodes[i].layer > layer:
+                            weights[src, i] += w[r].double().cpu()
 
     weights /= len(data)
     edges = [CircuitEdge(source=int(s), target=int(t), weight=float(weights[s, t]))

@@ -43,14 +43,23 @@ def safe_denominator(x: torch.Tensor, eps: float = DEFAULT_EPS) -> torch.Tensor:
     return torch.where(x.abs() < eps, sign * eps, x)
 
 
+# The functions below use the ``setup_context`` form with ``generate_vmap_rule`` so that their backward
+# passes can be vectorised (``torch.autograd.grad(..., is_grads_batched=True)``, used by edge attribution).
+
+
 class IdentityRule(torch.autograd.Function):
     """``y = f(x)`` with backward ``∂y/∂x = y / x`` (identity rule). Forward returns ``y`` as is."""
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, x: torch.Tensor, y: torch.Tensor, eps: float = DEFAULT_EPS) -> torch.Tensor:
-        ratio = y.detach() / safe_denominator(x.detach(), eps)
-        ctx.save_for_backward(ratio)
-        return y.detach().clone()
+    def forward(x: torch.Tensor, y: torch.Tensor, eps: float = DEFAULT_EPS) -> torch.Tensor:
+        return y.clone()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        x, y, eps = inputs
+        ctx.save_for_backward(y.detach() / safe_denominator(x.detach(), eps))
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -61,10 +70,16 @@ class IdentityRule(torch.autograd.Function):
 class HalfRule(torch.autograd.Function):
     """``h = a · b`` with backward ``∂h/∂a = b/2``, ``∂h/∂b = a/2`` (half rule)."""
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(a.detach(), b.detach())
+    def forward(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return a * b
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        a, b = inputs
+        ctx.save_for_backward(a.detach(), b.detach())
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -79,9 +94,15 @@ class ForwardAs(torch.autograd.Function):
     gradient, so the model's own backward path to ``value`` is replaced by the surrogate's.
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, value: torch.Tensor, surrogate: torch.Tensor) -> torch.Tensor:
-        return value.detach().clone()
+    def forward(value: torch.Tensor, surrogate: torch.Tensor) -> torch.Tensor:
+        return value.clone()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        pass
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
