@@ -4,7 +4,9 @@
 2. Report task accuracy (clean logit difference > 0) — a circuit of a behaviour the model lacks means little.
 3. RelP attribution on the MLP neurons (``mlp_post``), paired clean/patch, metric logit difference.
 4. Check against ground truth: exact single-neuron patching on a node sample, Pearson r for relp and grad.
-5. Print the top neurons with their token positions and write ``summary.txt``, ``top_neurons.json`` and a
+5. Take the top-100 neurons as a circuit and measure its faithfulness and completeness by mean ablation on
+   held-out pairs.
+6. Print the top neurons with their token positions and write ``summary.txt``, ``top_neurons.json`` and a
    self-contained ``heatmap.html`` (plotly.js embedded; opens offline).
 """
 
@@ -18,7 +20,9 @@ import time
 from pathlib import Path
 
 import relp_lens
+from relp_lens.ablation import evaluate_circuit
 from relp_lens.agreement import agreement_rows
+from relp_lens.circuit import select_top_k
 from relp_lens.plots import attribution_heatmap
 
 
@@ -40,7 +44,8 @@ def main(argv: list[str] | None = None) -> None:
 
     t0 = time.time()
     model = relp_lens.load_model()
-    rows = agreement_rows(model, args.n_prompts, simple_fraction=0.0)  # one template: positions align
+    all_rows = agreement_rows(model, args.n_prompts + 8, simple_fraction=0.0)  # one template: positions align
+    rows, held_out = all_rows[: args.n_prompts], all_rows[args.n_prompts:]
     print(f"loaded {model.cfg.model_name} ({model.cfg.n_layers} layers, d_mlp {model.cfg.d_mlp}) "
           f"in {time.time() - t0:.1f}s; {len(rows)} agreement pairs, e.g. {rows[0]['clean_prefix']!r} → "
           f"{rows[0]['clean_answer']!r} / {rows[0]['patch_prefix']!r} → {rows[0]['patch_answer']!r}")
@@ -68,7 +73,11 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.time()
     cmp = relp_lens.compare_with_exact(model, rows[:8], methods=("relp", "grad"), n_nodes=args.n_exact,
                                        progress=False)
-    lines += ["", cmp.table() + f"   ({time.time() - t0:.1f}s, 8 pairs)"]
+    lines += ["", cmp.table() + f"   ({time.time() - t0:.1f}s, {len(rows[:8])} pairs)"]
+    circuit = select_top_k(attr, model, 100)
+    ev = evaluate_circuit(model, circuit, held_out)
+    lines += ["", f"circuit of the top {len(circuit)} neurons on {len(held_out)} held-out pairs: "
+                  f"faithfulness {ev['faithfulness']:+.3f}, completeness {ev['completeness']:+.3f}"]
     text = "\n".join(lines)
     print(text)
 

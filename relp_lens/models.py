@@ -181,6 +181,25 @@ def load_gguf_tokenizer(gguf_path: Path, bos: str = DEFAULT_BOS):
     return AutoTokenizer.from_pretrained(str(cached))
 
 
+def _linear_layout(model: HookedTransformer) -> None:
+    """Store matrices so that TransformerLens' per-forward ``W.T.contiguous()`` is a no-op.
+
+    TL's gated MLP and unembedding call ``F.linear(x, W.T.contiguous())``; with ``W`` kept as a transposed
+    view of a contiguous [out, in] tensor, no copy is made (the unembedding copy alone is 113 MB per
+    forward pass for SmolLM2). Values are unchanged; the tied unembedding becomes a view of the embedding.
+    """
+    with torch.no_grad():
+        for block in model.blocks:
+            for name in ("W_gate", "W_in", "W_out"):
+                p = getattr(block.mlp, name, None)
+                if p is not None:
+                    p.data = p.data.T.contiguous().T
+        if model.cfg.tie_word_embeddings:
+            model.unembed.W_U.data = model.embed.W_E.data.T
+        else:
+            model.unembed.W_U.data = model.unembed.W_U.data.T.contiguous().T
+
+
 def load_model(
     name: str = "smollm2-135m",
     *,
@@ -218,6 +237,7 @@ def load_model(
     params = {n for n, _ in model.named_parameters()}
     if params & set(missing):
         raise RuntimeError(f"GGUF conversion left parameters unset: {sorted(params & set(missing))}")
+    _linear_layout(model)
     model.to(device, print_details=False)
     model.eval()
     if freeze:
