@@ -21,7 +21,7 @@ def attribution_heatmap(attr: Attribution, *, example: int | None = None, value:
     if value not in ("mass", "top"):
         raise ValueError(f"value must be 'mass' or 'top', got {value!r}")
     ex = 0 if example is None else example
-    s = attr.scores.nanmean(0) if example is None else attr.scores[example]  # [layer, pos, node]
+    s = attr.mean() if example is None else attr.scores[example]  # [layer, pos, node]
     length = attr.lengths[ex]
     s = s[:, :length].nan_to_num(0.0)
     top_val, top_idx = s.abs().max(-1)  # [layer, pos]
