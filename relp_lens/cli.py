@@ -28,7 +28,9 @@ from pathlib import Path
 
 from relp_lens.errors import RelPLensError
 
-TASKS = ("agreement",)
+from relp_lens.tasks import TASKS as _TASKS
+
+TASKS = ("agreement", *_TASKS)  # "agreement": the built-in nounpp-style pairs of relp_lens.agreement
 
 
 def _model(args):
@@ -42,10 +44,16 @@ def _task_rows(model, task: str, n: int, seed: int) -> list[dict]:
         from relp_lens.agreement import agreement_rows
 
         rows = agreement_rows(model, n, seed=seed, simple_fraction=0.0)
-        if len(rows) < n:
-            raise RelPLensError(f"task 'agreement' has only {len(rows)} prompt pairs, asked for {n}")
-        return rows
-    raise RelPLensError(f"unknown task {task!r}; built-in tasks: {list(TASKS)} (or pass --data FILE.jsonl)")
+    else:
+        from relp_lens.tasks import load_task
+
+        rows = load_task(model, task, n, seed)
+    if len(rows) < 2:
+        raise RelPLensError(f"task {task!r} gave only {len(rows)} prompts under this tokenizer")
+    if len(rows) < n:
+        print(f"note: task {task!r} has {len(rows)} prompts after filtering, fewer than the {n} asked for",
+              file=sys.stderr)
+    return rows
 
 
 def _load_rows(args, model, n_total: int) -> tuple[list[dict], str | None]:
@@ -83,12 +91,14 @@ def cmd_trace(args) -> int:
     progress = not args.no_progress
     attr = relp_lens.attribute(model, build, basis=args.basis, method=args.method, batch_size=args.batch_size,
                                progress=progress)
-    acc = (attr.metric_clean > 0).float().mean().item()
-    print(f"{len(build)} build prompts, {len(held_out)} held out; task accuracy {acc:.0%} "
-          f"(mean {attr.metric} {attr.metric_clean.mean():+.3f})")
-    if acc < 0.6:
-        print(f"warning: the model gets only {acc:.0%} of the build prompts right; a circuit for a behaviour "
-              f"the model does not have means little", file=sys.stderr)
+    if attr.prompts.answers is not None:
+        from relp_lens.tasks import task_report
+
+        report = task_report(model, attr.prompts, batch_size=args.batch_size, warn=False)
+        print(f"{len(build)} build prompts, {len(held_out)} held out; task {report}")
+        if report.accuracy < 0.5:
+            print(f"warning: the model gets only {report.accuracy:.0%} of the build prompts right; a circuit "
+                  f"for a behaviour the model does not have means little", file=sys.stderr)
     circuit = (select_top_k(attr, model, args.k, aggregate_pos=args.aggregate_pos, task=task) if args.k is not None
                else select_threshold(attr, model, args.tau, aggregate_pos=args.aggregate_pos, task=task))
     if not circuit.nodes:
@@ -173,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Attribute, select nodes, evaluate on held-out prompts, write the circuit JSON.")
     model_opts(t)
     src = t.add_mutually_exclusive_group()
-    src.add_argument("--task", default="agreement", choices=TASKS, help="built-in task (default: agreement)")
+    src.add_argument("--task", default="agreement", choices=TASKS, metavar="TASK",
+                     help=f"built-in task: {', '.join(TASKS)} (default: agreement)")
     src.add_argument("--data", default=None, help="JSONL of {clean_prefix, patch_prefix, clean_answer, patch_answer}")
     t.add_argument("--basis", default="mlp_post", help="node basis: mlp_post (neurons), mlp_out, attn_out, "
                    "resid_pre, resid_post, or a hook name / {L} template (default: mlp_post)")

@@ -1,0 +1,290 @@
+"""Tasks: prompt sets the package generates (no downloads), plus user JSONL files, and task checks.
+
+- Subject–verb agreement, the four sets of Marks et al. (paired; the patch flips the number of the noun
+  that controls agreement):
+  ``simple`` ("The parents" → are/is), ``nounpp`` ("The teachers near the desk" → are/is), ``rc`` ("The
+  athlete that the managers like" → agrees with the head noun), ``within_rc`` ("The athlete that the
+  managers" → like/likes, agrees with the embedded noun).
+- Multi-hop capitals for all 50 US states (unpaired): two-hop ("the capital of the state containing
+  Dallas is" → Austin) and the single hops (city → state, state → capital), plain or chat form.
+- Addition ("36 + 59 = " → 9, the first token of the sum) and antonyms in English, French, Spanish and
+  German ("The opposite of big is" → small), unpaired, plain or chat form.
+
+Every generator is seeded and keeps only rows whose answers are single tokens under the model's tokenizer
+(unpaired targets: the first token the answer contributes after the prompt) and, for pairs, whose clean and
+patch prompts have equal token length. :func:`task_report` measures how well the model does a task before
+anyone traces a circuit for it, and :func:`load_task` resolves a task name or a JSONL path.
+"""
+
+from __future__ import annotations
+
+import random
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformer_lens import HookedTransformer
+
+from relp_lens.data import Prompts, make_batches, tokenize
+from relp_lens.errors import RelPLensError
+
+# -- vocabulary written for this package ------------------------------------------------------------------
+PEOPLE = [("author", "authors"), ("pilot", "pilots"), ("surgeon", "surgeons"), ("farmer", "farmers"),
+          ("manager", "managers"), ("customer", "customers"), ("officer", "officers"), ("teacher", "teachers"),
+          ("senator", "senators"), ("athlete", "athletes"), ("dancer", "dancers"), ("doctor", "doctors"),
+          ("student", "students"), ("lawyer", "lawyers"), ("singer", "singers"), ("child", "children"),
+          ("woman", "women"), ("parent", "parents"), ("friend", "friends"), ("driver", "drivers"),
+          ("artist", "artists"), ("nurse", "nurses"), ("painter", "painters"), ("guard", "guards")]
+THINGS = [("desk", "desks"), ("table", "tables"), ("house", "houses"), ("school", "schools"), ("car", "cars"),
+          ("door", "doors"), ("window", "windows"), ("garden", "gardens"), ("office", "offices"),
+          ("cabinet", "cabinets"), ("bridge", "bridges"), ("tree", "trees"), ("tower", "towers"),
+          ("station", "stations"), ("farm", "farms"), ("road", "roads")]
+PREPOSITIONS = ["near", "behind", "beside", "by", "next to", "across from", "in front of"]
+BE_VERBS = [(" is", " are"), (" was", " were"), (" has", " have"), (" does", " do")]  # (singular, plural)
+RC_VERBS = [("likes", "like"), ("admires", "admire"), ("loves", "love"), ("hates", "hate"), ("knows", "know"),
+            ("sees", "see"), ("trusts", "trust"), ("helps", "help")]
+AGREEMENT_SETS = ("simple", "nounpp", "rc", "within_rc")
+
+# (a city, its state, the state's capital): every state, cities that do not contain the state's name
+CAPITALS = [
+    ("Birmingham", "Alabama", "Montgomery"), ("Anchorage", "Alaska", "Juneau"), ("Tucson", "Arizona", "Phoenix"),
+    ("Fayetteville", "Arkansas", "Little Rock"), ("Los Angeles", "California", "Sacramento"),
+    ("Boulder", "Colorado", "Denver"), ("Bridgeport", "Connecticut", "Hartford"), ("Wilmington", "Delaware", "Dover"),
+    ("Miami", "Florida", "Tallahassee"), ("Savannah", "Georgia", "Atlanta"), ("Hilo", "Hawaii", "Honolulu"),
+    ("Pocatello", "Idaho", "Boise"), ("Chicago", "Illinois", "Springfield"), ("Fort Wayne", "Indiana", "Indianapolis"),
+    ("Cedar Rapids", "Iowa", "Des Moines"), ("Wichita", "Kansas", "Topeka"), ("Louisville", "Kentucky", "Frankfort"),
+    ("New Orleans", "Louisiana", "Baton Rouge"), ("Bangor", "Maine", "Augusta"), ("Baltimore", "Maryland", "Annapolis"),
+    ("Worcester", "Massachusetts", "Boston"), ("Detroit", "Michigan", "Lansing"),
+    ("Minneapolis", "Minnesota", "Saint Paul"), ("Biloxi", "Mississippi", "Jackson"),
+    ("St. Louis", "Missouri", "Jefferson City"), ("Billings", "Montana", "Helena"), ("Omaha", "Nebraska", "Lincoln"),
+    ("Las Vegas", "Nevada", "Carson City"), ("Manchester", "New Hampshire", "Concord"),
+    ("Newark", "New Jersey", "Trenton"), ("Albuquerque", "New Mexico", "Santa Fe"), ("Buffalo", "New York", "Albany"),
+    ("Charlotte", "North Carolina", "Raleigh"), ("Fargo", "North Dakota", "Bismarck"),
+    ("Cleveland", "Ohio", "Columbus"), ("Tulsa", "Oklahoma", "Oklahoma City"), ("Portland", "Oregon", "Salem"),
+    ("Philadelphia", "Pennsylvania", "Harrisburg"), ("Warwick", "Rhode Island", "Providence"),
+    ("Myrtle Beach", "South Carolina", "Columbia"), ("Sioux Falls", "South Dakota", "Pierre"),
+    ("Memphis", "Tennessee", "Nashville"), ("Dallas", "Texas", "Austin"), ("Provo", "Utah", "Salt Lake City"),
+    ("Burlington", "Vermont", "Montpelier"), ("Norfolk", "Virginia", "Richmond"),
+    ("Seattle", "Washington", "Olympia"), ("Morgantown", "West Virginia", "Charleston"),
+    ("Milwaukee", "Wisconsin", "Madison"), ("Casper", "Wyoming", "Cheyenne"),
+]
+CAPITAL_PROMPTS = {
+    "two_hop": ("Fact: the capital of the state containing {city} is", "What is the capital of the state containing {city}?", "capital"),
+    "city_to_state": ("Fact: {city} is a city in the state of", "Which US state is {city} in?", "state"),
+    "state_to_capital": ("Fact: the capital of {state} is", "What is the capital of {state}?", "capital"),
+}
+ANTONYMS = {
+    "en": ("The opposite of {w} is", "What is the opposite of {w}?",
+           [("big", "small"), ("hot", "cold"), ("fast", "slow"), ("happy", "sad"), ("rich", "poor"),
+            ("strong", "weak"), ("full", "empty"), ("long", "short"), ("high", "low"), ("early", "late"),
+            ("wet", "dry"), ("hard", "soft"), ("light", "dark"), ("open", "closed"), ("old", "young"),
+            ("thick", "thin"), ("loud", "quiet"), ("up", "down")]),
+    "fr": ("Le contraire de {w} est", "Quel est le contraire de {w} ?",
+           [("grand", "petit"), ("chaud", "froid"), ("rapide", "lent"), ("heureux", "triste"), ("riche", "pauvre"),
+            ("fort", "faible"), ("plein", "vide"), ("long", "court"), ("haut", "bas"), ("jeune", "vieux")]),
+    "es": ("Lo contrario de {w} es", "¿Cuál es lo contrario de {w}?",
+           [("grande", "pequeño"), ("caliente", "frío"), ("rápido", "lento"), ("feliz", "triste"), ("rico", "pobre"),
+            ("fuerte", "débil"), ("lleno", "vacío"), ("largo", "corto"), ("alto", "bajo"), ("joven", "viejo")]),
+    "de": ("Das Gegenteil von {w} ist", "Was ist das Gegenteil von {w}?",
+           [("groß", "klein"), ("heiß", "kalt"), ("schnell", "langsam"), ("glücklich", "traurig"), ("reich", "arm"),
+            ("stark", "schwach"), ("voll", "leer"), ("lang", "kurz"), ("hoch", "niedrig"), ("jung", "alt")]),
+}
+UNPAIRED_TASKS = ("capitals", "city_to_state", "state_to_capital", "addition", "antonyms")
+TASKS = AGREEMENT_SETS + UNPAIRED_TASKS
+
+
+def _single(model: HookedTransformer, text: str) -> bool:
+    return len(model.to_tokens(text, prepend_bos=False)[0]) == 1
+
+
+def _n_tokens(model: HookedTransformer, text: str) -> int:
+    return len(model.to_tokens(text)[0])
+
+
+def agreement(model: HookedTransformer, kind: str = "simple", n: int = 64, seed: int = 0) -> list[dict]:
+    """``n`` paired rows of one of Marks et al.'s four agreement sets (fewer if the filters leave fewer)."""
+    if kind not in AGREEMENT_SETS:
+        raise RelPLensError(f"unknown agreement set {kind!r}; choose from {list(AGREEMENT_SETS)}")
+    rng = random.Random(f"{kind}:{seed}")
+    rows: list[dict] = []
+    seen: set[str] = set()
+    for _ in range(50 * n):
+        if len(rows) == n:
+            break
+        head, plural = rng.choice(PEOPLE), rng.random() < 0.5
+        if kind == "within_rc":
+            other = rng.choice([p for p in PEOPLE if p != head])
+            verb = rng.choice(RC_VERBS)
+            head_word = head[rng.random() < 0.5]
+            clean = f"The {head_word} that the {other[plural]}"
+            patch = f"The {head_word} that the {other[not plural]}"
+            good, bad = " " + verb[plural], " " + verb[not plural]
+        else:
+            verb = rng.choice(BE_VERBS)
+            good, bad = verb[plural], verb[not plural]
+            if kind == "simple":
+                tail = ""
+            elif kind == "nounpp":
+                thing = rng.choice(THINGS)
+                tail = f" {rng.choice(PREPOSITIONS)} the {thing[rng.random() < 0.5]}"
+            else:  # rc: the embedded verb agrees with the embedded noun, the answer with the head noun
+                other = rng.choice([p for p in PEOPLE if p != head])
+                other_plural = rng.random() < 0.5
+                tail = f" that the {other[other_plural]} {rng.choice(RC_VERBS)[other_plural]}"
+            clean, patch = f"The {head[plural]}{tail}", f"The {head[not plural]}{tail}"
+        if clean in seen or not (_single(model, good) and _single(model, bad)):
+            continue
+        if _n_tokens(model, clean) != _n_tokens(model, patch):
+            continue
+        seen.add(clean)
+        rows.append(dict(clean_prefix=clean, patch_prefix=patch, clean_answer=good, patch_answer=bad,
+                         case=f"{kind}:{'plural' if plural else 'singular'}"))
+    return rows
+
+
+def chat(model: HookedTransformer, question: str) -> str:
+    """``question`` as one user turn in the model's chat template, ready for the assistant's reply."""
+    tok = model.tokenizer
+    if getattr(tok, "chat_template", None):
+        text = tok.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
+                                       add_generation_prompt=True)
+        return text.removeprefix(tok.bos_token or "")
+    return f"Question: {question}\nAnswer:"
+
+
+def first_answer_token(model: HookedTransformer, prompt: str, answer: str) -> str | None:
+    """The first token ``answer`` contributes after ``prompt`` (None when tokenization merges across them)."""
+    p = model.to_tokens(prompt)[0]
+    full = model.to_tokens(prompt + answer)[0]
+    if len(full) <= len(p) or not torch.equal(full[: len(p)], p):
+        return None
+    return model.to_string(full[len(p): len(p) + 1])
+
+
+def _unpaired(model, items: list[tuple[str, str, str]], n: int, seed: int, name: str) -> list[dict]:
+    """rows from (prompt, answer text, case); target = the answer's first token after the prompt."""
+    rng = random.Random(f"{name}:{seed}")
+    items = list(items)
+    rng.shuffle(items)
+    rows = []
+    for prompt, answer, case in items:
+        target = first_answer_token(model, prompt, answer)
+        if target is None:
+            continue
+        rows.append(dict(clean_prefix=prompt, clean_answer=target, case=case))
+        if len(rows) == n:
+            break
+    return rows
+
+
+def capitals(model: HookedTransformer, hop: str = "two_hop", n: int = 50, seed: int = 0,
+             form: str = "plain") -> list[dict]:
+    """Capital prompts: ``hop`` in two_hop / city_to_state / state_to_capital; ``form`` plain or chat."""
+    if hop not in CAPITAL_PROMPTS:
+        raise RelPLensError(f"unknown hop {hop!r}; choose from {list(CAPITAL_PROMPTS)}")
+    plain, question, what = CAPITAL_PROMPTS[hop]
+    items = []
+    for city, state, capital in CAPITALS:
+        answer = capital if what == "capital" else state
+        if form == "chat":
+            items.append((chat(model, question.format(city=city, state=state)), answer, f"{hop}:{state}"))
+        else:
+            items.append((plain.format(city=city, state=state), " " + answer, f"{hop}:{state}"))
+    return _unpaired(model, items, n, seed, f"capitals:{hop}:{form}")
+
+
+def addition(model: HookedTransformer, n: int = 64, seed: int = 0, form: str = "plain") -> list[dict]:
+    """``x + y`` with x, y < 100; the target is the first token of the sum."""
+    rng = random.Random(f"addition:{seed}")
+    items = []
+    for _ in range(n * 3):
+        x, y = rng.randrange(100), rng.randrange(100)
+        if form == "chat":
+            items.append((chat(model, f"What is {x} + {y}?"), str(x + y), f"{x}+{y}"))
+        else:
+            items.append((f"{x} + {y} = ", str(x + y), f"{x}+{y}"))
+    seen, unique = set(), []
+    for it in items:
+        if it[0] not in seen:
+            seen.add(it[0])
+            unique.append(it)
+    return _unpaired(model, unique, n, seed, "addition")
+
+
+def antonyms(model: HookedTransformer, n: int = 48, seed: int = 0, languages=("en", "fr", "es", "de"),
+             form: str = "plain") -> list[dict]:
+    """Antonym prompts in several languages; the target is the antonym's first token."""
+    items = []
+    for lang in languages:
+        if lang not in ANTONYMS:
+            raise RelPLensError(f"unknown language {lang!r}; choose from {list(ANTONYMS)}")
+        plain, question, pairs = ANTONYMS[lang]
+        for w, opposite in pairs:
+            if form == "chat":
+                items.append((chat(model, question.format(w=w)), opposite, f"{lang}:{w}"))
+            else:
+                items.append((plain.format(w=w), " " + opposite, f"{lang}:{w}"))
+    return _unpaired(model, items, n, seed, "antonyms")
+
+
+def load_task(model: HookedTransformer, task: str, n: int = 64, seed: int = 0, form: str = "plain") -> list[dict]:
+    """Rows of a built-in task (see ``TASKS``) or of a JSONL file (validated, errors name ``file:line``)."""
+    if task in AGREEMENT_SETS:
+        return agreement(model, task, n, seed)
+    if task == "capitals":
+        return capitals(model, "two_hop", n, seed, form)
+    if task in ("city_to_state", "state_to_capital"):
+        return capitals(model, task, n, seed, form)
+    if task == "addition":
+        return addition(model, n, seed, form)
+    if task == "antonyms":
+        return antonyms(model, n, seed, form=form)
+    if task.endswith(".jsonl") or Path(task).is_file():
+        return Prompts.from_jsonl(task).to_rows()[:n]
+    raise RelPLensError(f"unknown task {task!r}; built-in tasks: {list(TASKS)}, or a .jsonl file")
+
+
+class TaskWarning(UserWarning):
+    """The model mostly fails the task: a circuit for it would explain a behaviour it does not have."""
+
+
+@dataclass
+class TaskReport:
+    n: int
+    accuracy: float  # paired: logit diff > 0; unpaired: target is the top-1 token
+    mean_logit_diff: float | None  # paired only
+    mean_target_prob: float  # probability of the clean target
+
+    def __str__(self) -> str:
+        diff = "" if self.mean_logit_diff is None else f", mean logit diff {self.mean_logit_diff:+.3f}"
+        return f"accuracy {self.accuracy:.1%} on {self.n} prompts{diff}, mean target probability {self.mean_target_prob:.3f}"
+
+
+def task_report(model: HookedTransformer, rows, *, batch_size: int = 32, min_accuracy: float = 0.5,
+                warn: bool = True) -> TaskReport:
+    """How well the model does the task; warns (:class:`TaskWarning`) below ``min_accuracy``."""
+    data = rows if isinstance(rows, Prompts) else Prompts.from_rows(rows)
+    if data.answers is None:
+        raise RelPLensError("task_report needs answers (clean_answer) to score the model")
+    tok = tokenize(model, data)
+    correct, diffs, probs = [], [], []
+    for b in make_batches(tok, batch_size):
+        with torch.no_grad():
+            logits = model(b.clean_tokens.to(model.cfg.device))[:, -1].float()
+        p = logits.softmax(-1)
+        for r, ids in enumerate(b.answer_ids):
+            probs.append(p[r, ids].sum().item())
+            if b.patch_answer_ids is not None:
+                d = (logits[r, ids].max() - logits[r, b.patch_answer_ids[r]].max()).item()
+                diffs.append(d)
+                correct.append(d > 0)
+            else:
+                correct.append(int(logits[r].argmax()) in ids)
+    report = TaskReport(n=len(correct), accuracy=sum(correct) / len(correct),
+                        mean_logit_diff=sum(diffs) / len(diffs) if diffs else None,
+                        mean_target_prob=sum(probs) / len(probs))
+    if warn and report.accuracy < min_accuracy:
+        warnings.warn(f"the model gets only {report.accuracy:.0%} of this task right (below {min_accuracy:.0%}); "
+                      f"a circuit for a behaviour the model does not have means little", TaskWarning, stacklevel=2)
+    return report
