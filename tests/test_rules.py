@@ -165,13 +165,17 @@ def test_plain_mlp_identity_rule():
     torch.testing.assert_close(g[names[0]], g[names[1]] * F.gelu(pre) / pre)
 
 
-def test_rms_norm_ln_rule():
-    norm = RMSNorm(_cfg(normalization_type="RMS"))
+def _norm_case(cls, normalization_type):
+    """A norm with random weights in a host, an input requiring grad and an output cotangent."""
+    norm = cls(_cfg(normalization_type=normalization_type))
     with torch.no_grad():
         norm.w.copy_(torch.randn(8, dtype=torch.float64))
-    host = NormHost(norm)
     x = torch.randn(2, 3, 8, dtype=torch.float64, requires_grad=True)
-    g = torch.randn(2, 3, 8, dtype=torch.float64)
+    return norm, NormHost(norm), x, torch.randn(2, 3, 8, dtype=torch.float64)
+
+
+def test_rms_norm_ln_rule():
+    norm, host, x, g = _norm_case(RMSNorm, "RMS")
     with relp(host):
         y = host(x)
         (gx,) = torch.autograd.grad(y, x, g)
@@ -181,12 +185,7 @@ def test_rms_norm_ln_rule():
 
 
 def test_layer_norm_ln_rule():
-    norm = LayerNorm(_cfg(normalization_type="LN"))
-    with torch.no_grad():
-        norm.w.copy_(torch.randn(8, dtype=torch.float64))
-    host = NormHost(norm)
-    x = torch.randn(2, 3, 8, dtype=torch.float64, requires_grad=True)
-    g = torch.randn(2, 3, 8, dtype=torch.float64)
+    norm, host, x, g = _norm_case(LayerNorm, "LN")
     with relp(host):
         (gx,) = torch.autograd.grad(host(x), x, g)
     xc = x.detach() - x.detach().mean(-1, keepdim=True)
