@@ -1,7 +1,12 @@
 """Plotly views of attributions. Every function returns a ``plotly.graph_objects.Figure``.
 
 - :func:`attribution_heatmap`: layers × token positions; a cell is the summed |score| of its nodes (the
-  attribution mass) or the single top node's score; hover names the top neuron, its score and activation.
+  attribution mass) or the single top node's score; hover names the top neuron and its score.
+- :func:`top_neurons_bar`: the top nodes as bars.
+- :func:`circuit_graph`: nodes placed by token position (x) and layer (y), sized and coloured by score,
+  edges drawn by weight.
+- :func:`faithfulness_curves`: faithfulness/completeness against circuit size, several bases/methods.
+- :func:`steering_plot`: token probabilities against the steering factor.
 """
 
 from __future__ import annotations
@@ -41,4 +46,88 @@ def attribution_heatmap(attr: Attribution, *, example: int | None = None, value:
         title=title or f"{attr.method} attribution on {attr.basis} ({attr.metric}, {where})",
         xaxis_title="token position", yaxis_title="layer", height=max(400, 18 * len(layers) + 150),
     )
+    return fig
+
+
+def top_neurons_bar(attr: Attribution, k: int = 20, *, aggregate_pos: bool = True) -> go.Figure:
+    """Horizontal bars of the ``k`` nodes with the largest |mean score| (labels ``L{layer}/{index}@pos``)."""
+    top = attr.top_k(k, aggregate_pos=aggregate_pos)
+    labels = [attr.node_label(node) for node, _ in top][::-1]
+    scores = [s for _, s in top][::-1]
+    fig = go.Figure(go.Bar(x=scores, y=labels, orientation="h",
+                           marker_color=["#d62728" if s < 0 else "#1f77b4" for s in scores],
+                           hovertemplate="%{y}<br>score %{x:+.4f}<extra></extra>"))
+    fig.update_layout(title=f"top {len(top)} {attr.basis} nodes ({attr.method}, {attr.metric})",
+                      xaxis_title="mean score", height=max(350, 22 * len(top) + 120))
+    return fig
+
+
+def circuit_graph(circuit, str_tokens: list[str] | None = None, *, max_edges: int = 2000) -> go.Figure:
+    """Circuit nodes at (token position, layer), size ∝ |score|, colour = signed score; edges by |weight|.
+
+    Position-aggregated nodes (``pos=None``) sit in an "all" column right of the last position.
+    """
+    n_pos = max([n.pos for n in circuit.nodes if n.pos is not None] + [len(str_tokens or []) - 1, 0]) + 1
+    xs = [n_pos if n.pos is None else n.pos for n in circuit.nodes]
+    ys = [n.layer for n in circuit.nodes]
+    scores = [n.score for n in circuit.nodes]
+    biggest = max((abs(s) for s in scores), default=1.0) or 1.0
+    traces = []
+    edges = sorted(circuit.edges, key=lambda e: -abs(e.weight))[:max_edges]
+    if edges:
+        wmax = abs(edges[0].weight) or 1.0
+        for sign, colour in ((1, "rgba(31,119,180,0.35)"), (-1, "rgba(214,39,40,0.35)")):
+            ex, ey = [], []
+            for e in edges:
+                if (e.weight >= 0) == (sign > 0) and abs(e.weight) >= 0.01 * wmax:
+                    ex += [xs[e.source], xs[e.target], None]
+                    ey += [ys[e.source], ys[e.target], None]
+            traces.append(go.Scatter(x=ex, y=ey, mode="lines", line=dict(color=colour, width=1),
+                                     hoverinfo="skip", name="positive edges" if sign > 0 else "negative edges"))
+    hover = [f"{circuit.hook_names[n.layer]}[{n.index}]<br>pos {'all' if n.pos is None else n.pos}"
+             + (f" {str_tokens[n.pos]!r}" if str_tokens and n.pos is not None and n.pos < len(str_tokens) else "")
+             + f"<br>score {n.score:+.4f}" for n in circuit.nodes]
+    traces.append(go.Scatter(
+        x=xs, y=ys, mode="markers", text=hover, hoverinfo="text", name="nodes",
+        marker=dict(size=[6 + 24 * abs(s) / biggest for s in scores], color=scores, colorscale="RdBu",
+                    cmid=0.0, colorbar=dict(title="score"), line=dict(width=0.5, color="black")),
+    ))
+    ticks = list(range(n_pos)) + ([n_pos] if any(n.pos is None for n in circuit.nodes) else [])
+    labels = [f"{p}: {str_tokens[p]!r}" if str_tokens and p < len(str_tokens) else str(p) for p in range(n_pos)]
+    labels += ["all"] if len(ticks) > n_pos else []
+    fig = go.Figure(traces)
+    fig.update_layout(title=f"circuit: {len(circuit.nodes)} {circuit.basis} nodes, {len(circuit.edges)} edges",
+                      xaxis=dict(title="token position", tickvals=ticks, ticktext=labels),
+                      yaxis=dict(title="layer"), height=700)
+    return fig
+
+
+def faithfulness_curves(rows: list[dict]) -> go.Figure:
+    """Faithfulness (solid) and completeness (dashed) against circuit size, one colour per basis · method.
+
+    ``rows``: output of :func:`relp_lens.ablation.faithfulness_sweep` (several sweeps may be concatenated).
+    """
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(f"{r.get('basis', '?')} · {r.get('method', '?')}", []).append(r)
+    fig = go.Figure()
+    for i, (name, rs) in enumerate(groups.items()):
+        rs = sorted(rs, key=lambda r: r["n_nodes"])
+        colour = f"hsl({(i * 67) % 360}, 65%, 45%)"
+        fig.add_trace(go.Scatter(x=[r["n_nodes"] for r in rs], y=[r["faithfulness"] for r in rs],
+                                 mode="lines+markers", name=f"{name} faithfulness", line=dict(color=colour)))
+        fig.add_trace(go.Scatter(x=[r["n_nodes"] for r in rs], y=[r["completeness"] for r in rs],
+                                 mode="lines+markers", name=f"{name} completeness",
+                                 line=dict(color=colour, dash="dash")))
+    fig.update_layout(title="faithfulness / completeness vs circuit size", xaxis=dict(type="log", title="nodes"),
+                      yaxis_title="fraction of the metric recovered")
+    return fig
+
+
+def steering_plot(sweep: dict) -> go.Figure:
+    """Token probabilities against the steering factor (output of :func:`relp_lens.steering.steering_sweep`)."""
+    fig = go.Figure([go.Scatter(x=sweep["factors"], y=p, mode="lines+markers", name=repr(t))
+                     for t, p in sweep["probs"].items()])
+    fig.update_layout(title=f"steering ({sweep.get('mode', 'scale')})", xaxis_title="factor",
+                      yaxis_title="probability at the last position")
     return fig

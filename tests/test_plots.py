@@ -23,3 +23,28 @@ def test_heatmap_shapes_and_hover():
     assert len(one.data[0].z[0]) == 3 and one.data[0].zmid == 0
     with pytest.raises(ValueError, match="mass' or 'top'"):
         attribution_heatmap(attr, value="max")
+
+
+def test_other_figures():
+    from relp_lens.ablation import faithfulness_sweep
+    from relp_lens.circuit import select_top_k
+    from relp_lens.edges import attribute_edges
+    from relp_lens.plots import circuit_graph, faithfulness_curves, steering_plot, top_neurons_bar
+    from relp_lens.steering import steering_sweep
+
+    model = tiny_llama()
+    attr = attribute(model, AGREEMENT_ROWS, progress=False)
+    bar = top_neurons_bar(attr, 7)
+    assert isinstance(bar, go.Figure) and len(bar.data[0].y) == 7
+    six = [AGREEMENT_ROWS[0], AGREEMENT_ROWS[2]]
+    circuit, _ = attribute_edges(model, select_top_k(attr, model, 12), six, progress=False)
+    g = circuit_graph(circuit, attr.str_tokens[0])
+    nodes = [t for t in g.data if t.name == "nodes"][0]
+    assert len(nodes.x) == 12 and list(nodes.y) == [n.layer for n in circuit.nodes]
+    assert any(t.mode == "lines" for t in g.data)
+    rows = faithfulness_sweep(model, attr, six, sizes=[1, 5, 20], progress=False)
+    curves = faithfulness_curves(rows)
+    assert len(curves.data) == 2 and list(curves.data[0].x) == [1, 5, 20]
+    sweep = steering_sweep(model, "The keys", [(1, None, 3)], ["are", "is"], factors=[-1, 0, 1])
+    sp = steering_plot(sweep)
+    assert len(sp.data) == 2 and list(sp.data[0].x) == [-1, 0, 1]
