@@ -1,0 +1,102 @@
+"""Neuron cards: what one MLP neuron writes, and when it fires.
+
+For neuron ``index`` of layer ``layer`` (``blocks.{layer}.mlp.hook_post``):
+
+1. Output direction read through the unembedding: ``(W_out[index] ⊙ w_final) @ W_U`` — the logit change per
+   unit of activation, ignoring the final norm's per-position scale (``w_final``: the final norm's weight,
+   1 for models without one) — top promoted and suppressed tokens.
+2. Activation on task prompts: the neuron's value at each prompt's last position and its maximum.
+3. Top-activating contexts over a small text corpus (:data:`CORPUS`, written for this package, or yours):
+   the ``k`` (sentence, token) pairs with the highest activation, shown as the text up to that token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from transformer_lens import HookedTransformer
+
+from relp_lens.errors import RelPLensError
+
+CORPUS = [
+    "The keys to the cabinet are on the table.", "The key to the cabinets is on the table.",
+    "The teachers near the desk were talking about the exam.", "The teacher near the desks was tired.",
+    "The athlete that the managers like is very fast.", "The athletes that the manager likes are very fast.",
+    "My parents live in a small house near the river.", "Her brother has three dogs and a cat.",
+    "The children were playing in the garden all afternoon.", "A child was reading a book under the tree.",
+    "Dallas is a large city in Texas, and the capital of Texas is Austin.",
+    "Paris is the capital of France, and Berlin is the capital of Germany.",
+    "Seattle is in Washington; its capital is Olympia.", "We drove from Chicago to Springfield in Illinois.",
+    "36 + 59 = 95, and 12 + 30 = 42.", "What is 7 times 8? It is 56.", "The price rose from 120 to 145 dollars.",
+    "The opposite of big is small, and the opposite of hot is cold.", "Le contraire de grand est petit.",
+    "Lo contrario de grande es pequeño.", "Das Gegenteil von groß ist klein.",
+    "def add(a, b):\n    return a + b", "for i in range(10):\n    print(i)", "import numpy as np",
+    "The weather today is sunny with a light breeze.", "It rained heavily during the night.",
+    "She said that the doctors were already at the hospital.", "The doctor who treats the patients is kind.",
+    "Scientists have discovered a new species of frog.", "The committee has approved the new budget.",
+    "Once upon a time, there was a princess who lived in a castle.", "The dogs bark at the mailman every morning.",
+    "A dog barks at the cars that pass by.", "The students in the back of the room are sleeping.",
+    "The student in the front row is taking notes.", "The pilots flying the plane were experienced.",
+    "Water boils at 100 degrees Celsius.", "The sun rises in the east and sets in the west.",
+    "He has been working here since 2019.", "They have finished their homework.",
+]
+
+
+@dataclass
+class NeuronCard:
+    layer: int
+    index: int
+    promoted: list[tuple[str, float]]  # tokens whose logits the neuron raises most, per unit activation
+    suppressed: list[tuple[str, float]]
+    task_activations: list[tuple[str, float]] = field(default_factory=list)  # (prompt, last-position value)
+    top_contexts: list[tuple[str, float]] = field(default_factory=list)  # (text up to the token, value)
+
+    def summary(self) -> str:
+        lines = [f"neuron L{self.layer}/{self.index}",
+                 "  promotes:   " + ", ".join(f"{t!r} {v:+.2f}" for t, v in self.promoted),
+                 "  suppresses: " + ", ".join(f"{t!r} {v:+.2f}" for t, v in self.suppressed)]
+        if self.task_activations:
+            vals = [v for _, v in self.task_activations]
+            lines.append(f"  on {len(vals)} task prompts (last position): mean {sum(vals) / len(vals):+.3f}, "
+                         f"max {max(vals):+.3f}")
+        for text, v in self.top_contexts:
+            lines.append(f"  {v:+.3f}  …{text[-60:]!r}")
+        return "\n".join(lines)
+
+
+def neuron_card(model: HookedTransformer, layer: int, index: int, *, prompts: Sequence[str] = (),
+                corpus: Sequence[str] | None = None, k: int = 8) -> NeuronCard:
+    """The card of neuron ``index`` in layer ``layer`` (see the module docstring)."""
+    if not 0 <= layer < model.cfg.n_layers:
+        raise RelPLensError(f"layer {layer} outside [0, {model.cfg.n_layers})")
+    if model.cfg.d_mlp is None or not 0 <= index < model.cfg.d_mlp:
+        raise RelPLensError(f"neuron index {index} outside [0, {model.cfg.d_mlp})")
+    hook = f"blocks.{layer}.mlp.hook_post"
+    if hook not in model.hook_dict:
+        raise RelPLensError(f"model has no MLP neuron hook {hook!r}")
+    with torch.no_grad():
+        direction = model.blocks[layer].mlp.W_out[index]  # [d_model]
+        w_final = getattr(model.ln_final, "w", None) if hasattr(model, "ln_final") else None
+        if w_final is not None:
+            direction = direction * w_final
+        logits = direction @ model.W_U  # [d_vocab]
+        top, bottom = logits.topk(k), (-logits).topk(k)
+    promoted = [(model.to_string(int(i)), float(v)) for v, i in zip(top.values, top.indices)]
+    suppressed = [(model.to_string(int(i)), -float(v)) for v, i in zip(bottom.values, bottom.indices)]
+
+    def acts(text: str) -> tuple[torch.Tensor, list[str]]:
+        tokens = model.to_tokens(text)
+        with torch.no_grad():
+            _, cache = model.run_with_cache(tokens, names_filter=hook)
+        return cache[hook][0, :, index].cpu(), model.to_str_tokens(tokens[0])
+
+    task = [(p, float(acts(p)[0][-1])) for p in prompts]
+    found = []
+    for text in CORPUS if corpus is None else corpus:
+        a, toks = acts(text)
+        for pos in range(1, len(toks)):  # skip the BOS position
+            found.append(("".join(toks[1: pos + 1]), float(a[pos])))
+    found.sort(key=lambda t: -t[1])
+    return NeuronCard(layer, index, promoted, suppressed, task, found[:k])
