@@ -7,6 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import relp_lens
+from relp_lens.relp_mode import embedding_relevance
 
 PROMPTS = ["The capital of France is", "The keys to the cabinet", "def add(a, b):\n    return"]
 
@@ -21,19 +22,9 @@ def main() -> None:
             d = (model(tokens) - hf(tokens).logits).abs().max().item()
         print(f"max |Δlogit| {d:.2e}  on {p!r}")
     tokens = model.to_tokens("The keys to the cabinet")
-    store = []
-
-    def leaf(x, hook):
-        x = x.detach().requires_grad_(True)
-        store.append(x)
-        return x
-    target = model.to_single_token(" are")
-    with relp_lens.relp(model, attention=True), model.hooks(fwd_hooks=[("hook_embed", leaf)]):
-        logit = model(tokens)[0, -1, target]
-        (g,) = torch.autograd.grad(logit, store)
-    rel = (store[0] * g).sum().item()
-    print(f"conservation: logit {logit.item():.6f}, relevance at embeddings {rel:.6f}, "
-          f"relative error {abs(rel - logit.item()) / abs(logit.item()):.1e}")
+    logit, rel = embedding_relevance(model, tokens, model.to_single_token(" are"), attention=True)
+    print(f"conservation: logit {logit:.6f}, relevance at embeddings {rel:.6f}, "
+          f"relative error {abs(rel - logit) / abs(logit):.1e}")
 
 
 if __name__ == "__main__":

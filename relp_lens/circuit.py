@@ -26,8 +26,6 @@ JSON schema, version 1::
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +35,7 @@ from transformer_lens import HookedTransformer
 
 from relp_lens.attribution import Attribution
 from relp_lens.errors import RelPLensError
+from relp_lens.files import write_json_atomic
 
 SCHEMA = "relp_lens.circuit"
 VERSION = 1
@@ -218,22 +217,6 @@ class Circuit:
             qParams=dict(pinnedIds=[], supernodes=[], linkType="both", clickedId="", sg_pos=""),
             nodes=nodes, links=links,
         )
-
-
-def write_json_atomic(path: str | Path, obj: Any) -> Path:
-    """Serialise first, then write a temp file beside ``path`` and rename it: never a partial file."""
-    path = Path(path)
-    text = json.dumps(obj, indent=1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def model_facts(model: HookedTransformer) -> dict[str, Any]:

@@ -120,7 +120,7 @@ def cmd_trace(args) -> int:
     print(circuit.summary(args.show, str_tokens=attr.str_tokens[0]))
     print(f"wrote {out}")
     if args.export_circuit_tracer:
-        from relp_lens.circuit import write_json_atomic
+        from relp_lens.files import write_json_atomic
 
         graph = circuit.to_circuit_tracer(attr.str_tokens[0], prompt=build[0]["clean_prefix"])
         write_json_atomic(args.export_circuit_tracer, graph)

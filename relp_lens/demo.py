@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,14 +21,8 @@ import relp_lens
 from relp_lens.ablation import evaluate_circuit
 from relp_lens.agreement import agreement_rows
 from relp_lens.circuit import select_top_k
+from relp_lens.files import write_text_atomic
 from relp_lens.plots import attribution_heatmap
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -81,11 +73,11 @@ def main(argv: list[str] | None = None) -> None:
     text = "\n".join(lines)
     print(text)
 
-    _write_atomic(out / "summary.txt", text + "\n")
-    _write_atomic(out / "top_neurons.json", json.dumps(
+    write_text_atomic(out / "summary.txt", text + "\n")
+    write_text_atomic(out / "top_neurons.json", json.dumps(
         [dict(layer=l, pos=p, neuron=i, score=s, hook=attr.hook_names[l]) for (l, p, i), s in top], indent=1))
     fig = attribution_heatmap(attr, title="RelP neuron attribution, subject–verb agreement (mean over pairs)")
-    _write_atomic(out / "heatmap.html", fig.to_html(include_plotlyjs=True, full_html=True))
+    write_text_atomic(out / "heatmap.html", fig.to_html(include_plotlyjs=True, full_html=True))
     print(f"\nwrote {out}/summary.txt, {out}/top_neurons.json and {out}/heatmap.html (open in a browser)")
 
 

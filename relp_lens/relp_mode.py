@@ -22,6 +22,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import Iterator
 
+import torch
 from transformer_lens import HookedTransformer
 
 from relp_lens.rules import DEFAULT_EPS, ForwardAs, HalfRule, IdentityRule, ah_rule, ln_rule
@@ -125,3 +126,24 @@ def relp(
     cfg = RelPConfig(ln=ln, identity=identity, half=half, attention=attention, eps=eps)
     with model.hooks(fwd_hooks=relp_hooks(model, cfg)):
         yield model
+
+
+def embedding_relevance(model: HookedTransformer, tokens, target: int, *, position: int = -1,
+                        **rules) -> tuple[float, float]:
+    """``(logit, Σ embedding · ∇̃ logit)`` for ``tokens`` [1, pos] in RelP mode with ``rules``.
+
+    The outputs of ``hook_embed`` (and ``hook_pos_embed`` where present) are the graph's inputs. With all
+    rules and the AH rule on a bias-free model the two numbers are equal: relevance is conserved.
+    """
+    store = []
+
+    def leaf(x, hook):
+        x = x.detach().requires_grad_(True)
+        store.append(x)
+        return x
+
+    embed_hooks = [(n, leaf) for n in ("hook_embed", "hook_pos_embed") if n in model.hook_dict]
+    with torch.enable_grad(), relp(model, **rules), model.hooks(fwd_hooks=embed_hooks):
+        logit = model(tokens)[0, position, target]
+        grads = torch.autograd.grad(logit, store)
+    return logit.item(), sum((x * g).sum() for x, g in zip(store, grads)).item()

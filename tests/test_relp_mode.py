@@ -4,27 +4,11 @@ import pytest
 import torch
 
 from relp_lens import relp
-from relp_lens.relp_mode import relp_hooks
+from relp_lens.relp_mode import embedding_relevance, relp_hooks
 from helpers import hooks_left, tiny_attn_only, tiny_gemma, tiny_gpt2, tiny_llama
 
 BUILDERS = {"gpt2": tiny_gpt2, "llama": tiny_llama, "gemma_postnorm": tiny_gemma}
 PROMPT = "The keys to the cabinet near the doctors"
-
-
-def embedding_relevance(model, tokens, target, **rules):
-    """(logit, Σ embedding · ∇̃ logit) with the embedding outputs as the inputs of the graph."""
-    store = []
-
-    def leaf(x, hook):
-        x = x.detach().requires_grad_(True)
-        store.append(x)
-        return x
-
-    embed_hooks = [(n, leaf) for n in ("hook_embed", "hook_pos_embed") if n in model.hook_dict]
-    with relp(model, **rules), model.hooks(fwd_hooks=embed_hooks):
-        logit = model(tokens)[0, -1, target]
-        grads = torch.autograd.grad(logit, store)
-    return logit.item(), sum((x * g).sum() for x, g in zip(store, grads)).item()
 
 
 @pytest.mark.parametrize("arch", list(BUILDERS))
