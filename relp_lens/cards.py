@@ -69,34 +69,49 @@ class NeuronCard:
 def neuron_card(model: HookedTransformer, layer: int, index: int, *, prompts: Sequence[str] = (),
                 corpus: Sequence[str] | None = None, k: int = 8) -> NeuronCard:
     """The card of neuron ``index`` in layer ``layer`` (see the module docstring)."""
-    if not 0 <= layer < model.cfg.n_layers:
-        raise RelPLensError(f"layer {layer} outside [0, {model.cfg.n_layers})")
-    if model.cfg.d_mlp is None or not 0 <= index < model.cfg.d_mlp:
-        raise RelPLensError(f"neuron index {index} outside [0, {model.cfg.d_mlp})")
-    hook = f"blocks.{layer}.mlp.hook_post"
-    if hook not in model.hook_dict:
-        raise RelPLensError(f"model has no MLP neuron hook {hook!r}")
-    with torch.no_grad():
-        direction = model.blocks[layer].mlp.W_out[index]  # [d_model]
-        w_final = getattr(model.ln_final, "w", None) if hasattr(model, "ln_final") else None
-        if w_final is not None:
-            direction = direction * w_final
-        logits = direction @ model.W_U  # [d_vocab]
-        top, bottom = logits.topk(k), (-logits).topk(k)
-    promoted = [(model.to_string(int(i)), float(v)) for v, i in zip(top.values, top.indices)]
-    suppressed = [(model.to_string(int(i)), -float(v)) for v, i in zip(bottom.values, bottom.indices)]
+    return neuron_cards(model, [(layer, index)], prompts=prompts, corpus=corpus, k=k)[0]
+
+
+def neuron_cards(model: HookedTransformer, neurons: Sequence[tuple[int, int]], *, prompts: Sequence[str] = (),
+                 corpus: Sequence[str] | None = None, k: int = 8) -> list[NeuronCard]:
+    """Cards of several ``(layer, index)`` neurons; each prompt and corpus text is run once for all of them."""
+    neurons = [(int(layer), int(index)) for layer, index in neurons]
+    for layer, index in neurons:
+        if not 0 <= layer < model.cfg.n_layers:
+            raise RelPLensError(f"layer {layer} outside [0, {model.cfg.n_layers})")
+        if model.cfg.d_mlp is None or not 0 <= index < model.cfg.d_mlp:
+            raise RelPLensError(f"neuron index {index} outside [0, {model.cfg.d_mlp})")
+        if f"blocks.{layer}.mlp.hook_post" not in model.hook_dict:
+            raise RelPLensError(f"model has no MLP neuron hook 'blocks.{layer}.mlp.hook_post'")
+    hooks = sorted({f"blocks.{layer}.mlp.hook_post" for layer, _ in neurons})
 
     def acts(text: str) -> tuple[torch.Tensor, list[str]]:
         tokens = model.to_tokens(text)
         with torch.no_grad():
-            _, cache = model.run_with_cache(tokens, names_filter=hook)
-        return cache[hook][0, :, index].cpu(), model.to_str_tokens(tokens[0])
+            _, cache = model.run_with_cache(tokens, names_filter=lambda name: name in hooks)
+        values = torch.stack([cache[f"blocks.{layer}.mlp.hook_post"][0, :, index] for layer, index in neurons])
+        return values.float().cpu(), model.to_str_tokens(tokens[0])  # [neuron, pos], tokens
 
-    task = [(p, float(acts(p)[0][-1])) for p in prompts]
-    found = []
+    task = [acts(p)[0][:, -1].tolist() for p in prompts]  # [prompt][neuron], last position
+    found: list[list[tuple[str, float]]] = [[] for _ in neurons]
     for text in CORPUS if corpus is None else corpus:
         a, toks = acts(text)
         for pos in range(1, len(toks)):  # skip the BOS position
-            found.append(("".join(toks[1: pos + 1]), float(a[pos])))
-    found.sort(key=lambda t: -t[1])
-    return NeuronCard(layer, index, promoted, suppressed, task, found[:k])
+            context = "".join(toks[1: pos + 1])
+            for j in range(len(neurons)):
+                found[j].append((context, float(a[j, pos])))
+    cards = []
+    with torch.no_grad():
+        w_final = getattr(model.ln_final, "w", None) if hasattr(model, "ln_final") else None
+        for j, (layer, index) in enumerate(neurons):
+            direction = model.blocks[layer].mlp.W_out[index]  # [d_model]
+            if w_final is not None:
+                direction = direction * w_final
+            logits = direction @ model.W_U  # [d_vocab]
+            top, bottom = logits.topk(k), (-logits).topk(k)
+            promoted = [(model.to_string(int(i)), float(v)) for v, i in zip(top.values, top.indices)]
+            suppressed = [(model.to_string(int(i)), -float(v)) for v, i in zip(bottom.values, bottom.indices)]
+            contexts = sorted(found[j], key=lambda t: -t[1])[:k]
+            cards.append(NeuronCard(layer, index, promoted, suppressed,
+                                    [(p, vals[j]) for p, vals in zip(prompts, task)], contexts))
+    return cards

@@ -94,3 +94,38 @@ def tiny_attn_only(seed: int = 0) -> HookedTransformer:
 def hooks_left(model: HookedTransformer) -> list[str]:
     """Names of hook points that still carry a forward or backward hook."""
     return [n for n, hp in model.hook_dict.items() if hp.fwd_hooks or hp.bwd_hooks]
+
+
+# --- headless browser (the report test) -------------------------------------------------------------------
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--disable-quic", "--enable-logging=stderr",
+                  "--v=0", "--virtual-time-budget=15000"]
+
+
+def find_chromium() -> str | None:
+    import shutil
+
+    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
+        if path := shutil.which(name):
+            return path
+    return None
+
+
+def render_in_browser(path, chromium: str) -> tuple[str, list[str]]:
+    """Load ``path`` in headless Chromium (fresh profile); the DOM after scripts ran, and the console lines."""
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory(prefix="relp-chromium-") as profile:
+        done = subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom",
+                               Path(path).resolve().as_uri()], capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        raise RuntimeError(f"chromium exited {done.returncode}: {done.stderr[-2000:]}")
+    console = [line for line in done.stderr.splitlines() if ":CONSOLE" in line]
+    return done.stdout, console
+
+
+def js_errors(console: list[str]) -> list[str]:
+    """Console lines that report a JavaScript error (uncaught exceptions and console.error calls)."""
+    return [line for line in console if "Uncaught" in line or "error" in line.lower()]

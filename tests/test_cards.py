@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from relp_lens import RelPLensError
-from relp_lens.cards import CORPUS, neuron_card
+from relp_lens.cards import CORPUS, neuron_card, neuron_cards
 from helpers import tiny_llama
 
 
@@ -34,3 +34,12 @@ def test_card_bad_input():
 
 def test_corpus_is_varied():
     assert len(CORPUS) >= 40 and len(set(CORPUS)) == len(CORPUS)
+
+
+def test_batched_cards_equal_single_cards():
+    model = tiny_llama()
+    corpus = ["The keys are near the door", "The key is near the doors"]
+    many = neuron_cards(model, [(1, 5), (0, 3), (1, 7)], prompts=["The keys to the cabinet"], corpus=corpus, k=4)
+    for card in many:
+        one = neuron_card(model, card.layer, card.index, prompts=["The keys to the cabinet"], corpus=corpus, k=4)
+        assert card == one

@@ -1,0 +1,207 @@
+"""One self-contained HTML report of a traced circuit (plotly.js embedded once; opens offline).
+
+1. :func:`report_inputs` computes what the page needs beyond the attribution and the circuit: task accuracy
+   on the build prompts, a faithfulness/completeness sweep on held-out prompts, and the cards of the top
+   circuit neurons (MLP-neuron basis only; other bases have no neuron cards).
+2. :func:`render_report` lays the page out: the task and model, task accuracy and circuit evaluation, the
+   attribution heatmap, the top-neuron bars, the circuit graph, the curves, an optional steering sweep, and a
+   table of circuit nodes whose neuron rows open to their cards. It is pure: inputs in, HTML string out.
+3. :func:`write_report` does both and writes the file atomically (no partial file on error).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import html
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import plotly.graph_objects as go
+from transformer_lens import HookedTransformer
+
+from relp_lens.attribution import Attribution
+from relp_lens.cards import NeuronCard, neuron_cards
+from relp_lens.circuit import Circuit
+from relp_lens.errors import RelPLensError
+from relp_lens.files import write_text_atomic
+from relp_lens.plots import attribution_heatmap, circuit_graph, faithfulness_curves, steering_plot, top_neurons_bar
+
+DEFAULT_SIZES = (5, 10, 20, 50, 100, 200, 500, 1000)
+
+
+@dataclass
+class ReportInputs:
+    """Everything on the page besides the attribution and the circuit."""
+
+    task: str | None = None  # task name or data source
+    accuracy: str | None = None  # e.g. str(TaskReport)
+    curves: list[dict] = field(default_factory=list)  # rows of relp_lens.ablation.faithfulness_sweep
+    cards: list[NeuronCard] = field(default_factory=list)
+    steering: dict | None = None  # output of relp_lens.steering.steering_sweep
+    notes: list[str] = field(default_factory=list)  # free lines shown under the summary
+
+
+def report_inputs(model: HookedTransformer, attr: Attribution, circuit: Circuit, *,
+                  held_out: Sequence[dict] | None = None, task: str | None = None, n_cards: int = 12,
+                  sizes: Sequence[int] = DEFAULT_SIZES, accuracy: str | None = None,
+                  steering: dict | None = None, batch_size: int = 16, progress: bool = False) -> ReportInputs:
+    """Task accuracy (unless given), a held-out faithfulness sweep (when ``held_out`` is given) and the cards
+    of the top ``n_cards`` circuit neurons."""
+    from relp_lens.ablation import faithfulness_sweep
+    from relp_lens.tasks import task_report
+
+    inputs = ReportInputs(task=task, accuracy=accuracy, steering=steering)
+    if accuracy is None and attr.prompts is not None and attr.prompts.answers is not None:
+        inputs.accuracy = str(task_report(model, attr.prompts, batch_size=batch_size, warn=False))
+    if held_out:
+        n_max = int(attr.scores[0].numel())
+        grid = sorted({min(int(s), n_max) for s in sizes} | {len(circuit)})
+        inputs.curves = faithfulness_sweep(model, attr, held_out, sizes=grid, aggregate_pos=_aggregate(circuit),
+                                           metric=circuit.metric, batch_size=batch_size, progress=progress)
+    if circuit.basis == "mlp_post" and n_cards > 0:
+        ranked = sorted(circuit.nodes, key=lambda n: -abs(n.score))
+        neurons = list(dict.fromkeys((n.layer, n.index) for n in ranked))[:n_cards]
+        prompts = attr.prompts.clean[:16] if attr.prompts is not None else []
+        inputs.cards = neuron_cards(model, neurons, prompts=prompts, k=6)
+    return inputs
+
+
+_CSS = """
+body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 2em auto; max-width: 1200px;
+       padding: 0 1em; color: #222; }
+h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: .2em; margin-top: 2em; }
+table { border-collapse: collapse; font-size: .9em; } td, th { padding: .25em .6em; border-bottom: 1px solid #eee;
+  text-align: left; vertical-align: top; } th { background: #f6f6f6; }
+.num { text-align: right; font-variant-numeric: tabular-nums; } .neg { color: #c0392b; } .pos { color: #1f5fa8; }
+code, .tok { font-family: ui-monospace, Menlo, monospace; background: #f3f3f3; padding: 0 .2em; border-radius: 3px; }
+details summary { cursor: pointer; } .card { margin: .4em 0 .8em 1em; } .muted { color: #777; }
+dl.facts { display: grid; grid-template-columns: max-content auto; gap: .2em 1em; } dt { font-weight: 600; }
+"""
+
+
+def _aggregate(circuit: Circuit) -> bool:
+    return bool(circuit.selection.get("aggregate_pos", False))
+
+
+def _selection(circuit: Circuit) -> str:
+    sel = circuit.selection
+    if sel.get("k") is not None:
+        return f"top {sel['k']} by |score|"
+    if sel.get("tau") is not None:
+        return f"|score| ≥ τ·|metric|, τ = {sel['tau']}"
+    return "custom"
+
+
+def _first_prompt(attr: Attribution) -> str:
+    return attr.prompts.clean[0] if attr.prompts is not None else "".join(attr.str_tokens[0])
+
+
+def _e(x) -> str:
+    return html.escape(str(x))
+
+
+def _tok(t: str) -> str:
+    return f"<span class='tok'>{_e(repr(t))}</span>"
+
+
+def _card_html(card: NeuronCard) -> str:
+    promoted = ", ".join(f"{_tok(t)} {v:+.2f}" for t, v in card.promoted)
+    suppressed = ", ".join(f"{_tok(t)} {v:+.2f}" for t, v in card.suppressed)
+    parts = [f"<div class='card'><b>promotes</b>: {promoted}<br><b>suppresses</b>: {suppressed}"]
+    if card.task_activations:
+        vals = [v for _, v in card.task_activations]
+        parts.append(f"<br><b>on {len(vals)} task prompts</b> (last position): mean {sum(vals) / len(vals):+.3f}, "
+                     f"min {min(vals):+.3f}, max {max(vals):+.3f}")
+    if card.top_contexts:
+        rows = "".join(f"<tr><td class='num'>{v:+.3f}</td><td>…{_e(text[-80:])}</td></tr>"
+                       for text, v in card.top_contexts)
+        parts.append(f"<br><b>top-activating contexts</b> (activation at the last token shown)"
+                     f"<table>{rows}</table>")
+    return "".join(parts) + "</div>"
+
+
+def render_report(attr: Attribution, circuit: Circuit, inputs: ReportInputs | None = None, *,
+                  model_facts: dict | None = None, title: str | None = None) -> str:
+    """The report page as one HTML string (plotly.js inlined in the first figure)."""
+    inputs = inputs or ReportInputs()
+    if not circuit.nodes:
+        raise RelPLensError("the circuit is empty: nothing to report")
+    facts = dict(model_facts or {})
+    facts.setdefault("model", circuit.model.get("name", "?") if isinstance(circuit.model, dict) else "?")
+    title = title or f"relp_lens circuit report — {inputs.task or circuit.data.get('task') or 'custom prompts'}"
+    str_tokens = attr.str_tokens[0][: attr.lengths[0]]
+
+    figures: list[tuple[str, go.Figure]] = [
+        ("Attribution heatmap", attribution_heatmap(attr, title="attribution mass per layer and position "
+                                                                "(mean over build prompts)")),
+        ("Top nodes", top_neurons_bar(attr, 20, aggregate_pos=_aggregate(circuit))),
+        ("Circuit graph", circuit_graph(circuit, str_tokens)),
+    ]
+    if inputs.curves:
+        figures.append(("Faithfulness and completeness", faithfulness_curves(inputs.curves)))
+    if inputs.steering:
+        figures.append(("Steering", steering_plot(inputs.steering)))
+
+    ev = circuit.evaluation or {}
+    summary = [
+        ("model", facts.pop("model")),
+        *[(k, v) for k, v in facts.items()],
+        ("task", inputs.task or circuit.data.get('task') or "custom prompts"),
+        ("build prompts", f"{len(attr.lengths)}, e.g. {_first_prompt(attr)!r}"),
+        ("task accuracy", inputs.accuracy or "not computed (no answers)"),
+        ("attribution", f"{attr.method} on {attr.basis}, metric {attr.metric}"
+                        + (", paired clean/patch" if attr.paired else ", unpaired")),
+        ("circuit", f"{len(circuit)} nodes ({_selection(circuit)}), {len(circuit.edges)} edges"),
+    ]
+    if ev:
+        summary.append(("evaluation", f"faithfulness {ev['faithfulness']:+.3f}, completeness "
+                                      f"{ev['completeness']:+.3f} on {ev.get('n_prompts', '?')} held-out prompts "
+                                      f"(mean ablation)"))
+    body = [f"<h1>{_e(title)}</h1>",
+            "<dl class='facts'>" + "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in summary) + "</dl>"]
+    body += [f"<p class='muted'>{_e(n)}</p>" for n in inputs.notes]
+    for i, (name, fig) in enumerate(figures):
+        body.append(f"<h2>{_e(name)}</h2>")
+        body.append(fig.to_html(full_html=False, include_plotlyjs=(i == 0), config={"responsive": True},
+                                div_id=f"fig-{i}"))
+
+    cards = {(c.layer, c.index): c for c in inputs.cards}
+    rows = []
+    for rank, n in enumerate(sorted(circuit.nodes, key=lambda n: -abs(n.score)), 1):
+        where = "all" if n.pos is None else f"{n.pos} {_tok(str_tokens[n.pos])}" if n.pos < len(str_tokens) else n.pos
+        cls = "neg" if n.score < 0 else "pos"
+        card = cards.get((n.layer, n.index))
+        label = f"L{n.layer}/{n.index}"
+        cell = (f"<details><summary>{label}</summary>{_card_html(card)}</details>" if card else label)
+        rows.append(f"<tr><td class='num'>{rank}</td><td>{cell}</td><td>{_e(circuit.hook_names[n.layer])}</td>"
+                    f"<td>{where}</td><td class='num {cls}'>{n.score:+.4f}</td></tr>")
+    body.append(f"<h2>Circuit nodes</h2><p class='muted'>Sorted by |score|. "
+                f"{len(cards)} neuron cards (click a node): output direction read through the unembedding, "
+                f"activation on the task prompts, top-activating contexts over the package corpus.</p>")
+    body.append("<table id='nodes'><tr><th>#</th><th>node</th><th>hook</th><th>position</th><th>score</th></tr>"
+                + "".join(rows) + "</table>")
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    from relp_lens import __version__
+
+    body.append(f"<p class='muted'>relp_lens {__version__}, {stamp}</p>")
+    return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+            f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>{_e(title)}</title>"
+            f"<style>{_CSS}</style></head><body>" + "\n".join(body) + "</body></html>\n")
+
+
+def write_report(path: str | Path, model: HookedTransformer, attr: Attribution, circuit: Circuit, *,
+                 inputs: ReportInputs | None = None, held_out: Sequence[dict] | None = None,
+                 task: str | None = None, n_cards: int = 12, title: str | None = None,
+                 batch_size: int = 16, progress: bool = False) -> Path:
+    """Compute the report's inputs (unless given), render, write ``path`` atomically; returns the path."""
+    path = Path(path)
+    if path.exists() and path.is_dir():
+        raise RelPLensError(f"report path {path} is a folder; give a file name")
+    if inputs is None:
+        inputs = report_inputs(model, attr, circuit, held_out=held_out, task=task, n_cards=n_cards,
+                               batch_size=batch_size, progress=progress)
+    facts = {"model": model.cfg.model_name,
+             "architecture": f"{model.cfg.n_layers} layers, d_model {model.cfg.d_model}, d_mlp {model.cfg.d_mlp}"}
+    write_text_atomic(path, render_report(attr, circuit, inputs, model_facts=facts, title=title))
+    return path
