@@ -11,7 +11,8 @@
 3. report task accuracy on the build set, warn when the model mostly fails the task;
 4. attribute (``--method``, ``--basis``), select nodes (``--k`` or ``--tau``), evaluate faithfulness and
    completeness by mean ablation on the held-out set, optionally weigh edges (``--edges``) and prune them;
-5. write the circuit JSON atomically and print a summary.
+5. write the circuit JSON atomically and print a summary; with ``--report FILE.html`` also one self-contained
+   HTML report (heatmap, circuit graph, faithfulness curves on the held-out set, neuron cards).
 
 ``evaluate`` recomputes faithfulness/completeness of a circuit file on held-out data (the split stored
 with the circuit, or ``--data``), optionally for the circuit's top-k sub-circuits (``--sweep``).
@@ -83,18 +84,21 @@ def cmd_trace(args) -> int:
     if (args.k is None) == (args.tau is None):
         raise RelPLensError("give exactly one of --k N or --tau T")
     out = Path(args.out)
-    if out.exists() and out.is_dir():
-        raise RelPLensError(f"--out {out} is a folder; give a file name")
+    for flag, path in (("--out", out), ("--report", args.report), ("--export-circuit-tracer", args.export_circuit_tracer)):
+        if path is not None and Path(path).is_dir():
+            raise RelPLensError(f"{flag} {path} is a folder; give a file name")
     model = _model(args)
     rows, task = _load_rows(args, model, args.n_prompts + args.n_eval)
     build, held_out = _split(rows, args.n_prompts, args.n_eval, args.seed)
     progress = not args.no_progress
     attr = relp_lens.attribute(model, build, basis=args.basis, method=args.method, batch_size=args.batch_size,
                                progress=progress)
+    accuracy = None
     if attr.prompts.answers is not None:
         from relp_lens.tasks import task_report
 
         report = task_report(model, attr.prompts, batch_size=args.batch_size, warn=False)
+        accuracy = str(report)
         print(f"{len(build)} build prompts, {len(held_out)} held out; task {report}")
         if report.accuracy < 0.5:
             print(f"warning: the model gets only {report.accuracy:.0%} of the build prompts right; a circuit "
@@ -125,6 +129,14 @@ def cmd_trace(args) -> int:
         graph = circuit.to_circuit_tracer(attr.str_tokens[0], prompt=build[0]["clean_prefix"])
         write_json_atomic(args.export_circuit_tracer, graph)
         print(f"wrote {args.export_circuit_tracer} (circuit-tracer graph)")
+    if args.report:
+        from relp_lens.report import report_inputs, write_report
+
+        inputs = report_inputs(model, attr, circuit, held_out=held_out, task=circuit.data["source"],
+                               n_cards=args.report_cards, accuracy=accuracy, batch_size=args.batch_size,
+                               progress=progress)
+        write_report(args.report, model, attr, circuit, inputs=inputs)
+        print(f"wrote {args.report} (self-contained HTML report; open it in a browser)")
     return 0
 
 
@@ -200,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--edge-keep", type=float, default=1.0, help="keep this fraction of edges (top |weight|)")
     t.add_argument("--out", default="circuit.json", help="circuit JSON to write (default circuit.json)")
     t.add_argument("--export-circuit-tracer", default=None, metavar="FILE", help="also write circuit-tracer graph JSON")
+    t.add_argument("--report", default=None, metavar="FILE.html",
+                   help="also write a self-contained HTML report (plots, curves, neuron cards)")
+    t.add_argument("--report-cards", type=int, default=12, help="neuron cards in the report (default 12)")
     t.add_argument("--show", type=int, default=15, help="top nodes to print")
     t.add_argument("--no-progress", action="store_true", help="hide progress bars")
     t.set_defaults(func=cmd_trace)

@@ -4,10 +4,13 @@
 2. Report task accuracy (clean logit difference > 0) — a circuit of a behaviour the model lacks means little.
 3. RelP attribution on the MLP neurons (``mlp_post``), paired clean/patch, metric logit difference.
 4. Check against ground truth: exact single-neuron patching on a node sample, Pearson r for relp and grad.
-5. Take the top-100 neurons as a circuit and measure its faithfulness and completeness by mean ablation on
-   held-out pairs.
-6. Print the top neurons with their token positions and write ``summary.txt``, ``top_neurons.json`` and a
-   self-contained ``heatmap.html`` (plotly.js embedded; opens offline).
+5. Take the top-100 neurons as a circuit, weigh its edges (direct effects, intermediate MLPs held constant)
+   and measure faithfulness and completeness by mean ablation on held-out pairs.
+6. Steer the circuit's top-20 neurons along their singular-minus-plural mean activation difference
+   (factors −2…4) on plural held-out prompts and record P(" are") and P(" is").
+7. Print the top neurons with their token positions and write ``summary.txt``, ``top_neurons.json`` and a
+   self-contained ``report.html`` (plotly.js embedded; opens offline): heatmap, circuit graph, faithfulness
+   curves, steering sweep, neuron cards.
 """
 
 from __future__ import annotations
@@ -21,8 +24,10 @@ import relp_lens
 from relp_lens.ablation import evaluate_circuit
 from relp_lens.agreement import agreement_rows
 from relp_lens.circuit import select_top_k
+from relp_lens.edges import attribute_edges
 from relp_lens.files import write_text_atomic
-from relp_lens.plots import attribution_heatmap
+from relp_lens.report import report_inputs, write_report
+from relp_lens.steering import steering_direction, steering_sweep
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -30,6 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default="out/demo", help="output folder (default: out/demo)")
     ap.add_argument("--n-prompts", type=int, default=16)
     ap.add_argument("--n-exact", type=int, default=32, help="nodes patched exactly for the correlation check")
+    ap.add_argument("--n-cards", type=int, default=12, help="neuron cards in the report")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -66,19 +72,32 @@ def main(argv: list[str] | None = None) -> None:
     cmp = relp_lens.compare_with_exact(model, rows[:8], methods=("relp", "grad"), n_nodes=args.n_exact,
                                        progress=False)
     lines += ["", cmp.table() + f"   ({time.time() - t0:.1f}s, {len(rows[:8])} pairs)"]
-    circuit = select_top_k(attr, model, 100)
-    ev = evaluate_circuit(model, circuit, held_out)
+    circuit = select_top_k(attr, model, 100, task="agreement")
+    circuit, _ = attribute_edges(model, circuit, rows[:4], progress=False)
+    ev = circuit.evaluation = evaluate_circuit(model, circuit, held_out)
     lines += ["", f"circuit of the top {len(circuit)} neurons on {len(held_out)} held-out pairs: "
-                  f"faithfulness {ev['faithfulness']:+.3f}, completeness {ev['completeness']:+.3f}"]
+                  f"faithfulness {ev['faithfulness']:+.3f}, completeness {ev['completeness']:+.3f}; "
+                  f"{len(circuit.edges)} edges"]
+    top20 = [(n.layer, n.pos, n.index) for n in sorted(circuit.nodes, key=lambda n: -abs(n.score))[:20]]
+    plural = [r for r in rows if r["clean_answer"] == " are"]
+    direction = steering_direction(model, top20, [r["clean_prefix"] for r in plural], [r["patch_prefix"] for r in plural])
+    prompts = [r["clean_prefix"] for r in held_out if r["clean_answer"] == " are"]
+    sweep = steering_sweep(model, prompts, top20, [" are", " is"], factors=(-2, -1, 0, 1, 2, 4), mode="add",
+                           direction=direction)
+    lines += ["", f"steering the top 20 circuit neurons by factor × (singular − plural mean activation) on "
+                  f"{len(prompts)} plural held-out prompts (factor: P(' are') / P(' is')): "
+                  + ", ".join(f"{f:+g}: {a:.2f}/{b:.2f}" for f, a, b in
+                              zip(sweep["factors"], sweep["probs"][" are"], sweep["probs"][" is"]))]
     text = "\n".join(lines)
     print(text)
 
     write_text_atomic(out / "summary.txt", text + "\n")
     write_text_atomic(out / "top_neurons.json", json.dumps(
         [dict(layer=l, pos=p, neuron=i, score=s, hook=attr.hook_names[l]) for (l, p, i), s in top], indent=1))
-    fig = attribution_heatmap(attr, title="RelP neuron attribution, subject–verb agreement (mean over pairs)")
-    write_text_atomic(out / "heatmap.html", fig.to_html(include_plotlyjs=True, full_html=True))
-    print(f"\nwrote {out}/summary.txt, {out}/top_neurons.json and {out}/heatmap.html (open in a browser)")
+    inputs = report_inputs(model, attr, circuit, held_out=held_out, task="subject–verb agreement (nounpp)",
+                           n_cards=args.n_cards, sizes=(5, 10, 20, 50, 100, 200, 500), steering=sweep)
+    write_report(out / "report.html", model, attr, circuit, inputs=inputs)
+    print(f"\nwrote {out}/summary.txt, {out}/top_neurons.json and {out}/report.html (open in a browser)")
 
 
 if __name__ == "__main__":

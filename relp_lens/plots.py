@@ -62,14 +62,23 @@ def top_neurons_bar(attr: Attribution, k: int = 20, *, aggregate_pos: bool = Tru
     return fig
 
 
-def circuit_graph(circuit, str_tokens: list[str] | None = None, *, max_edges: int = 2000) -> go.Figure:
+def circuit_graph(circuit, str_tokens: list[str] | None = None, *, max_edges: int = 500) -> go.Figure:
     """Circuit nodes at (token position, layer), size ∝ |score|, colour = signed score; edges by |weight|.
 
+    Nodes sharing a (layer, position) cell are spread across the cell, strongest in the middle, so each one
+    can be hovered. Only the ``max_edges`` strongest edges are drawn (all of them stay in the circuit).
     Position-aggregated nodes (``pos=None``) sit in an "all" column right of the last position.
     """
     n_pos = max([n.pos for n in circuit.nodes if n.pos is not None] + [len(str_tokens or []) - 1, 0]) + 1
-    xs = [n_pos if n.pos is None else n.pos for n in circuit.nodes]
-    ys = [n.layer for n in circuit.nodes]
+    cells: dict[tuple[int, int], list[int]] = {}
+    for i, n in enumerate(circuit.nodes):
+        cells.setdefault((n_pos if n.pos is None else n.pos, n.layer), []).append(i)
+    xs, ys = [0.0] * len(circuit.nodes), [float(n.layer) for n in circuit.nodes]
+    for (x, _), members in cells.items():
+        members.sort(key=lambda i: -abs(circuit.nodes[i].score))
+        for rank, i in enumerate(members):  # 0, +1, −1, +2, −2, … spread over ±0.4 of the cell
+            slot = (rank + 1) // 2 * (1 if rank % 2 else -1)
+            xs[i] = x + (0.0 if len(members) == 1 else 0.8 * slot / len(members))
     scores = [n.score for n in circuit.nodes]
     biggest = max((abs(s) for s in scores), default=1.0) or 1.0
     traces = []
@@ -96,9 +105,11 @@ def circuit_graph(circuit, str_tokens: list[str] | None = None, *, max_edges: in
     labels = [f"{p}: {str_tokens[p]!r}" if str_tokens and p < len(str_tokens) else str(p) for p in range(n_pos)]
     labels += ["all"] if len(ticks) > n_pos else []
     fig = go.Figure(traces)
-    fig.update_layout(title=f"circuit: {len(circuit.nodes)} {circuit.basis} nodes, {len(circuit.edges)} edges",
+    shown = f", strongest {len(edges)} drawn" if len(edges) < len(circuit.edges) else ""
+    fig.update_layout(title=f"circuit: {len(circuit.nodes)} {circuit.basis} nodes, {len(circuit.edges)} edges{shown}",
                       xaxis=dict(title="token position", tickvals=ticks, ticktext=labels),
-                      yaxis=dict(title="layer"), height=700)
+                      yaxis=dict(title="layer"), height=700,
+                      legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0))
     return fig
 
 

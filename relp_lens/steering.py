@@ -3,7 +3,12 @@
 1. :func:`steer` — context manager; for each node ``(layer, pos, index)`` of a basis (default the MLP
    neurons, ``blocks.{L}.mlp.hook_post``) it scales, sets or adds to the activation at that position
    (``pos=None``: every position, including tokens produced by ``model.generate``).
-2. :func:`steering_sweep` — for each factor, the probabilities of chosen tokens at the last position.
+   ``value`` is one number for all nodes, or one per node.
+2. :func:`steering_direction` — per node, the mean activation on target prompts minus that on source prompts
+   (e.g. singular minus plural subjects): adding ``f ×`` it moves the nodes from the source behaviour towards
+   the target one (``f = 1`` ≈ mean-patching the nodes to the target).
+3. :func:`steering_sweep` — for each factor, the probabilities of chosen tokens at the last position; the
+   factor is the value itself, or multiplies a per-node ``direction``.
 
 Position-specific nodes apply only to forward passes that contain that position; with ``model.generate``
 use ``pos=None`` nodes, or ``use_past_kv_cache=False`` so every step sees the whole sequence.
@@ -25,35 +30,41 @@ Node = tuple[int, int | None, int]
 MODES = ("scale", "set", "add")
 
 
-def _group(model: HookedTransformer, nodes: Iterable[Node], basis) -> dict[str, list[tuple[int | None, int]]]:
+def _group(model: HookedTransformer, nodes: Iterable[Node], values: Sequence[float],
+           basis) -> dict[str, list[tuple[int | None, int, float]]]:
     hooks = resolve_hooks(model, basis)
-    by_hook: dict[str, list[tuple[int | None, int]]] = {}
-    for node in nodes:
+    by_hook: dict[str, list[tuple[int | None, int, float]]] = {}
+    for node, value in zip(nodes, values):
         if len(node) != 3:
             raise RelPLensError(f"bad node {node!r}: expected (layer, pos or None, index)")
         layer, pos, idx = node
         if not 0 <= layer < len(hooks):
             raise RelPLensError(f"node {node!r}: layer outside [0, {len(hooks)})")
-        by_hook.setdefault(hooks[layer], []).append((pos, idx))
+        by_hook.setdefault(hooks[layer], []).append((pos, idx, float(value)))
     if not by_hook:
         raise RelPLensError("no nodes to steer")
     return by_hook
 
 
 @contextlib.contextmanager
-def steer(model: HookedTransformer, nodes: Sequence[Node], value: float, *, mode: str = "scale",
-          basis="mlp_post") -> Iterator[HookedTransformer]:
-    """Inside the block, every forward pass has ``nodes`` scaled by / set to / shifted by ``value``."""
+def steer(model: HookedTransformer, nodes: Sequence[Node], value: float | Sequence[float], *,
+          mode: str = "scale", basis="mlp_post") -> Iterator[HookedTransformer]:
+    """Inside the block, every forward pass has ``nodes`` scaled by / set to / shifted by ``value`` (a number,
+    or one number per node)."""
     if mode not in MODES:
         raise RelPLensError(f"unknown steering mode {mode!r}; choose from {list(MODES)}")
-    by_hook = _group(model, nodes, basis)
+    nodes = list(nodes)
+    values = [float(value)] * len(nodes) if isinstance(value, (int, float)) else [float(v) for v in value]
+    if len(values) != len(nodes):
+        raise RelPLensError(f"got {len(values)} steering values for {len(nodes)} nodes; give one number or one per node")
+    by_hook = _group(model, nodes, values, basis)
 
     def make(items):
         def hook(x, hook):  # x: [batch, pos, ...]
             flat = x.reshape(x.shape[0], x.shape[1], -1)
             width = flat.shape[-1]
             out = flat.clone()
-            for pos, idx in items:
+            for pos, idx, value in items:
                 if not 0 <= idx < width:
                     raise RelPLensError(f"neuron index {idx} outside [0, {width}) at {hook.name}")
                 if pos is not None and pos >= flat.shape[1]:
@@ -72,14 +83,53 @@ def steer(model: HookedTransformer, nodes: Sequence[Node], value: float, *, mode
         yield model
 
 
+def steering_direction(model: HookedTransformer, nodes: Sequence[Node], source: Sequence[str],
+                       target: Sequence[str], *, basis="mlp_post") -> list[float]:
+    """Per node: mean activation over ``target`` prompts minus mean over ``source`` prompts.
+
+    A node with a position reads that position (prompts shorter than it are skipped); ``pos=None`` reads
+    the mean over all positions of each prompt.
+    """
+    nodes = list(nodes)
+    _group(model, nodes, [0.0] * len(nodes), basis)  # validates the nodes
+    hooks = resolve_hooks(model, basis)
+    names = {hooks[layer] for layer, _, _ in nodes}
+
+    def mean_acts(prompts: Sequence[str], side: str) -> list[float]:
+        if not prompts:
+            raise RelPLensError(f"no {side} prompts for the steering direction")
+        sums, counts = [0.0] * len(nodes), [0] * len(nodes)
+        for p in prompts:
+            with torch.no_grad():
+                _, cache = model.run_with_cache(model.to_tokens(p), names_filter=lambda n: n in names)
+            for j, (layer, pos, idx) in enumerate(nodes):
+                acts = cache[hooks[layer]][0].reshape(cache[hooks[layer]].shape[1], -1)[:, idx]  # [pos]
+                if pos is None:
+                    sums[j] += acts.mean().item()
+                    counts[j] += 1
+                elif pos < acts.shape[0]:
+                    sums[j] += acts[pos].item()
+                    counts[j] += 1
+        missing = [nodes[j] for j, c in enumerate(counts) if c == 0]
+        if missing:
+            raise RelPLensError(f"no {side} prompt reaches the position of node(s) {missing[:3]}")
+        return [s / c for s, c in zip(sums, counts)]
+
+    return [t - s for s, t in zip(mean_acts(source, "source"), mean_acts(target, "target"))]
+
+
 def steering_sweep(model: HookedTransformer, prompts: str | Sequence[str], nodes: Sequence[Node],
                    tokens: Sequence[str], factors: Sequence[float] = (-4, -2, -1, 0, 1, 2, 4), *,
-                   mode: str = "scale", basis="mlp_post") -> dict:
+                   mode: str = "scale", direction: Sequence[float] | None = None, basis="mlp_post") -> dict:
     """Mean probability of each of ``tokens`` (single tokens) at the last position, per steering factor.
 
+    The steering value at factor ``f`` is ``f`` itself, or ``f × direction`` per node when a ``direction``
+    is given (e.g. from :func:`steering_direction`, with ``mode="add"``).
     Returns ``{"factors": [...], "probs": {token: [p per factor]}, "mode": mode}``; prompts of different
     token lengths are run one at a time.
     """
+    if direction is not None and len(direction) != len(nodes):
+        raise RelPLensError(f"direction has {len(direction)} values for {len(nodes)} nodes")
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompts:
         raise RelPLensError("no prompts to steer")
@@ -87,9 +137,10 @@ def steering_sweep(model: HookedTransformer, prompts: str | Sequence[str], nodes
     probs = {t: [] for t in tokens}
     for f in factors:
         acc = torch.zeros(len(ids))
-        with steer(model, nodes, f, mode=mode, basis=basis), torch.no_grad():
+        value = f if direction is None else [f * d for d in direction]
+        with steer(model, nodes, value, mode=mode, basis=basis), torch.no_grad():
             for p in prompts:
                 acc += model(model.to_tokens(p))[0, -1].softmax(-1)[ids].cpu()
         for t, v in zip(tokens, (acc / len(prompts)).tolist()):
             probs[t].append(v)
-    return {"factors": list(factors), "probs": probs, "mode": mode}
+    return {"factors": list(factors), "probs": probs, "mode": mode if direction is None else f"{mode} × direction"}

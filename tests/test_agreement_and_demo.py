@@ -26,11 +26,13 @@ def test_agreement_rows(smollm):
 def test_demo_writes_files(tmp_path, capsys):
     from relp_lens.demo import main
 
-    main(["--out", str(tmp_path), "--n-prompts", "8", "--n-exact", "12"])
+    main(["--out", str(tmp_path), "--n-prompts", "8", "--n-exact", "12", "--n-cards", "3"])
     out = capsys.readouterr().out
     assert "task accuracy" in out and "correlation with exact patching" in out and "faithfulness" in out
     top = json.loads((tmp_path / "top_neurons.json").read_text())
     assert len(top) == 15 and {"layer", "pos", "neuron", "score"} <= set(top[0])
-    html = (tmp_path / "heatmap.html").read_text()
-    assert "plotly" in html.lower() and len(html) > 1_000_000  # plotly.js embedded: works offline
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["heatmap.html", "summary.txt", "top_neurons.json"]
+    assert "steering the top 20 circuit neurons" in out
+    html = (tmp_path / "report.html").read_text()
+    assert "<script src=" not in html and len(html) > 1_000_000  # plotly.js embedded: works offline
+    assert html.count("Plotly.newPlot") == 5 and html.count("<details>") >= 3  # 5 figures, neuron cards
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html", "summary.txt", "top_neurons.json"]

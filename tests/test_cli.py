@@ -40,6 +40,11 @@ def test_bad_circuit_files(tmp_path, capsys):
     assert main(["evaluate", str(bad), "--n-eval", "0"]) == 2
 
 
+def test_trace_report_into_a_folder_fails_early(tmp_path, capsys):
+    assert main(["trace", "--k", "5", "--out", str(tmp_path / "c.json"), "--report", str(tmp_path)]) == 2
+    assert "--report" in capsys.readouterr().err and list(tmp_path.iterdir()) == []
+
+
 def test_trace_needs_k_or_tau(tmp_path, capsys):
     assert main(["trace", "--out", str(tmp_path / "c.json")]) == 2
     assert "exactly one of --k N or --tau T" in capsys.readouterr().err
@@ -48,9 +53,10 @@ def test_trace_needs_k_or_tau(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_trace_and_evaluate_on_shipped_model(tmp_path, capsys):
-    out, graph = tmp_path / "c.json", tmp_path / "g.json"
+    out, graph, report = tmp_path / "c.json", tmp_path / "g.json", tmp_path / "report.html"
     rc = main(["trace", "--k", "40", "--n-prompts", "16", "--n-eval", "8", "--edges", "--edge-prompts", "2",
-               "--edge-keep", "0.5", "--out", str(out), "--export-circuit-tracer", str(graph), "--no-progress"])
+               "--edge-keep", "0.5", "--out", str(out), "--export-circuit-tracer", str(graph), "--no-progress",
+               "--report", str(report), "--report-cards", "3"])
     text = capsys.readouterr().out
     assert rc == 0, text
     assert "task accuracy" in text and "faithfulness" in text and "layer" in text
@@ -60,6 +66,9 @@ def test_trace_and_evaluate_on_shipped_model(tmp_path, capsys):
     build = {r["clean_prefix"] for r in d["data"]["rows"]}
     assert not build & {r["clean_prefix"] for r in d["data"]["eval_rows"]}  # held out
     assert json.loads(graph.read_text())["links"]
+    page = report.read_text()
+    assert "SmolLM2" in page and "accuracy" in page and page.count("<details>") >= 3
+    assert page.count("Plotly.newPlot") == 4  # heatmap, bars, graph, held-out curves
     assert main(["evaluate", str(out), "--sweep", "5,20"]) == 0
     text = capsys.readouterr().out
     assert "faithfulness" in text and "    20" in text

@@ -42,6 +42,12 @@ def test_other_figures():
     nodes = [t for t in g.data if t.name == "nodes"][0]
     assert len(nodes.x) == 12 and list(nodes.y) == [n.layer for n in circuit.nodes]
     assert any(t.mode == "lines" for t in g.data)
+    for x, n in zip(nodes.x, circuit.nodes):  # each node inside its position's cell
+        assert abs(x - n.pos) <= 0.4 + 1e-9
+    assert len({(x, y) for x, y in zip(nodes.x, nodes.y)}) == 12  # no two nodes on the same spot
+    few = circuit_graph(circuit, attr.str_tokens[0], max_edges=3)
+    drawn = sum(t.x.count(None) for t in few.data if t.mode == "lines")
+    assert drawn <= 3 and "strongest 3 drawn" in few.layout.title.text
     rows = faithfulness_sweep(model, attr, six, sizes=[1, 5, 20], progress=False)
     curves = faithfulness_curves(rows)
     assert len(curves.data) == 2 and list(curves.data[0].x) == [1, 5, 20]

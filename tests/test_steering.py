@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from relp_lens import RelPLensError
-from relp_lens.steering import steer, steering_sweep
+from relp_lens.steering import steer, steering_direction, steering_sweep
 from helpers import hooks_left, tiny_llama
 
 PROMPT = "The keys to the cabinet"
@@ -38,6 +38,40 @@ def test_modes_edit_exactly_the_chosen_activations(llama):
     for edited in (s, t, a):
         assert torch.equal(edited[untouched], base[untouched])
     assert hooks_left(llama) == []
+
+
+def test_one_value_per_node(llama):
+    base = post(llama)
+    with steer(llama, [(1, 2, 5), (1, 3, 5), (1, None, 7)], [2.0, -1.0, 0.5], mode="add"):
+        a = post(llama)
+    assert a[2, 5] == pytest.approx(base[2, 5].item() + 2) and a[3, 5] == pytest.approx(base[3, 5].item() - 1)
+    assert torch.allclose(a[:, 7], base[:, 7] + 0.5)
+    with pytest.raises(RelPLensError, match="2 steering values for 3 nodes"):
+        with steer(llama, [(1, 2, 5), (1, 3, 5), (1, None, 7)], [1.0, 2.0]):
+            pass
+    assert hooks_left(llama) == []
+
+
+def test_direction_is_a_mean_difference_and_sweeps_along_it(llama):
+    nodes = [(1, 1, 5), (0, None, 3)]
+    source, target = ["The keys to the cabinet", "The parents near the doctor"], ["The key to the cabinet"]
+
+    def acts(p):
+        _, cache = llama.run_with_cache(llama.to_tokens(p))
+        return cache["blocks.1.mlp.hook_post"][0, 1, 5].item(), cache["blocks.0.mlp.hook_post"][0, :, 3].mean().item()
+
+    d = steering_direction(llama, nodes, source, target)
+    src = [acts(p) for p in source]
+    assert d[0] == pytest.approx(acts(target[0])[0] - (src[0][0] + src[1][0]) / 2, rel=1e-5, abs=1e-6)
+    assert d[1] == pytest.approx(acts(target[0])[1] - (src[0][1] + src[1][1]) / 2, rel=1e-5, abs=1e-6)
+    res = steering_sweep(llama, PROMPT, nodes, ["are"], factors=[0.0, 2.0], mode="add", direction=d)
+    with steer(llama, nodes, [2 * v for v in d], mode="add"), torch.no_grad():
+        p2 = llama(llama.to_tokens(PROMPT))[0, -1].softmax(-1)[llama.to_single_token("are")].item()
+    assert res["probs"]["are"][1] == pytest.approx(p2, rel=1e-5) and res["mode"] == "add × direction"
+    with pytest.raises(RelPLensError, match="no target prompts"):
+        steering_direction(llama, nodes, source, [])
+    with pytest.raises(RelPLensError, match="reaches the position"):
+        steering_direction(llama, [(1, 9, 5)], source, target)
 
 
 def test_scale_one_is_identity_and_generate_works(llama):
@@ -99,3 +133,32 @@ def test_agreement_neurons_flip_the_verb(smollm):
     assert base > 0  # the model prefers " are" for plural subjects
     assert flipped < base - 0.02  # negating the circuit's neurons pushes towards " is"
     assert (base - flipped) > 3 * abs(base - random_flipped)
+
+
+@pytest.mark.slow
+def test_worked_case_circuit_direction_flips_the_verb(smollm):
+    """The README's worked case: adding the singular-minus-plural mean difference on the top-20 circuit neurons
+    turns plural held-out prompts from " are" to " is"; the same on 20 random neurons (same slots) does nothing."""
+    import relp_lens
+    from relp_lens.agreement import agreement_rows
+
+    rows = agreement_rows(smollm, 64, simple_fraction=0.0)
+    build, held = rows[:40], rows[40:]
+    attr = relp_lens.attribute(smollm, build, progress=False)
+    circuit = relp_lens.select_top_k(attr, smollm, 20)
+    nodes = [(n.layer, n.pos, n.index) for n in circuit.nodes]
+    gen = torch.Generator().manual_seed(0)
+    rand = [(layer, pos, int(torch.randint(smollm.cfg.d_mlp, (1,), generator=gen))) for layer, pos, _ in nodes]
+    plural_build = [r for r in build if r["clean_answer"] == " are"]
+    prompts = [r["clean_prefix"] for r in held if r["clean_answer"] == " are"]
+
+    def share_are(nodes):  # P(are) / (P(are) + P(is)) at factors 0 and 2
+        d = steering_direction(smollm, nodes, [r["clean_prefix"] for r in plural_build],
+                               [r["patch_prefix"] for r in plural_build])
+        res = steering_sweep(smollm, prompts, nodes, [" are", " is"], factors=[0.0, 2.0], mode="add", direction=d)
+        return [a / (a + b) for a, b in zip(res["probs"][" are"], res["probs"][" is"])]
+
+    (before, after), (_, random_after) = share_are(nodes), share_are(rand)
+    assert before > 0.7  # the model prefers " are" for plural subjects
+    assert after < 0.3  # flipped to " is"
+    assert random_after > 0.7  # random neurons in the same slots leave the verb alone
