@@ -21,11 +21,14 @@ from relp_lens.exact import compare_with_exact
 from relp_lens.models import load_model, shipped_gguf_path
 from relp_lens.nodes import BASES, resolve_hooks
 from relp_lens.relp_mode import RelPConfig, relp, relp_hooks
+from relp_lens.steering import steer, steering_direction, steering_sweep
+from relp_lens import plots as plot  # relp_lens.plot.circuit_graph(...), as in the docs' spelling
 
 __all__ = [
     "BASES", "METHODS", "Attribution", "Circuit", "CircuitEdge", "CircuitNode", "Prompts", "RelPConfig",
     "RelPLensError", "attribute", "attribute_edges", "compare_with_exact", "evaluate_circuit",
     "faithfulness_sweep", "load_model", "pearson", "prune_edges", "relp", "relp_hooks", "resolve_hooks",
-    "select_threshold", "select_top_k", "shipped_gguf_path",
+    "select_threshold", "select_top_k", "shipped_gguf_path", "steer", "steering_direction", "steering_sweep",
+    "plot",
 ]
 __version__ = "0.1.0"
