@@ -178,7 +178,8 @@ def render_report(attr: Attribution, circuit: Circuit, inputs: ReportInputs | No
                     f"<td>{where}</td><td class='num {cls}'>{n.score:+.4f}</td></tr>")
     body.append(f"<h2>Circuit nodes</h2><p class='muted'>Sorted by |score|. "
                 f"{len(cards)} neuron cards (click a node): output direction read through the unembedding, "
-                f"activation on the task prompts, top-activating contexts over the package corpus.</p>")
+                f"activation on the task prompts, top-activating contexts over the package corpus. Gated-MLP "
+                f"activations can be negative: such a neuron then writes the opposite of its promoted tokens.</p>")
     body.append("<table id='nodes'><tr><th>#</th><th>node</th><th>hook</th><th>position</th><th>score</th></tr>"
                 + "".join(rows) + "</table>")
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
