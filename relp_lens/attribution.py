@@ -132,6 +132,29 @@ class Attribution:
             raise RelPLensError("fewer than 2 entries defined in both attributions")
         return pearson(a[mask], b[mask])
 
+    def activations(self, model: HookedTransformer, example: int | None = None,
+                    batch_size: int = 32) -> torch.Tensor:
+        """Clean-prompt activations of the attributed nodes, from a no-grad forward on ``model``.
+
+        ``example``: that example's activations; ``None``: the per-position mean over the examples that reach
+        each position (as :meth:`mean` averages scores). → ``[layer, pos, node]`` (positions past the example,
+        or past every example, hold NaN).
+        """
+        if self.prompts is None:
+            raise RelPLensError("this attribution keeps no prompts; activations need them")
+        max_len = self.scores.shape[2]
+        if example is not None and not 0 <= example < self.scores.shape[0]:
+            raise RelPLensError(f"example {example} outside [0, {self.scores.shape[0]})")
+        prompts = self.prompts if example is None else Prompts([self.prompts.clean[example]])
+        tok = tokenize(model, prompts)
+        if tok.lengths != (self.lengths if example is None else [self.lengths[example]]):
+            raise RelPLensError("this model tokenizes the prompts differently from the attribution's model")
+        batches = make_batches(tok, batch_size)
+        means = _mean_acts(model, batches, self.hook_names, max_len)  # per hook [pos, node]
+        out = torch.stack(means)  # [layer, pos, node]
+        reached = self.valid().any(0) if example is None else self.valid()[example]  # [pos]
+        return out.masked_fill(~reached[None, :, None], float("nan"))
+
     def summary(self, k: int = 10) -> str:
         lines = [f"{self.method} attribution on {self.basis} ({len(self.hook_names)} layers), "
                  f"{self.scores.shape[0]} examples, metric {self.metric} "

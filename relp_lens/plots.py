@@ -18,10 +18,11 @@ from relp_lens.attribution import Attribution
 
 
 def attribution_heatmap(attr: Attribution, *, example: int | None = None, value: str = "mass",
-                        title: str | None = None) -> go.Figure:
+                        title: str | None = None, model=None) -> go.Figure:
     """Heatmap of one example (or the mean over examples, on the first example's tokens).
 
     ``value``: ``"mass"`` (Σ|score| over the nodes of a cell) or ``"top"`` (signed score of the top node).
+    With ``model``, the hover also shows the top node's clean activation (one no-grad forward pass).
     """
     if value not in ("mass", "top"):
         raise ValueError(f"value must be 'mass' or 'top', got {value!r}")
@@ -34,8 +35,13 @@ def attribution_heatmap(attr: Attribution, *, example: int | None = None, value:
     z = s.abs().sum(-1) if value == "mass" else signed_top
     tokens = [f"{i}: {t!r}" for i, t in enumerate(attr.str_tokens[ex][:length])]
     layers = [h.replace(".hook_", ":") for h in attr.hook_names]
+    act = None
+    if model is not None:
+        acts = attr.activations(model, example)[:, :length]  # [layer, pos, node]
+        act = torch.gather(acts, -1, top_idx[..., None])[..., 0]  # [layer, pos]
     hover = [[f"{layers[l]} @ {tokens[p]}<br>top node {int(top_idx[l, p])} score {float(signed_top[l, p]):+.4f}"
-              f"<br>mass {float(s[l, p].abs().sum()):.4f}" for p in range(length)] for l in range(len(layers))]
+              + ("" if act is None else f", activation {float(act[l, p]):+.3f}")
+              + f"<br>mass {float(s[l, p].abs().sum()):.4f}" for p in range(length)] for l in range(len(layers))]
     fig = go.Figure(go.Heatmap(
         z=z.tolist(), x=tokens, y=layers, text=hover, hoverinfo="text",
         colorscale="Blues" if value == "mass" else "RdBu", zmid=None if value == "mass" else 0.0,

@@ -122,8 +122,9 @@ def _card_html(card: NeuronCard) -> str:
 
 
 def render_report(attr: Attribution, circuit: Circuit, inputs: ReportInputs | None = None, *,
-                  model_facts: dict | None = None, title: str | None = None) -> str:
-    """The report page as one HTML string (plotly.js inlined in the first figure)."""
+                  model_facts: dict | None = None, title: str | None = None, model=None) -> str:
+    """The report page as one HTML string (plotly.js inlined in the first figure). With ``model``, the
+    heatmap's hover also shows activations."""
     inputs = inputs or ReportInputs()
     if not circuit.nodes:
         raise RelPLensError("the circuit is empty: nothing to report")
@@ -134,7 +135,7 @@ def render_report(attr: Attribution, circuit: Circuit, inputs: ReportInputs | No
 
     figures: list[tuple[str, go.Figure]] = [
         ("Attribution heatmap", attribution_heatmap(attr, title="attribution mass per layer and position "
-                                                                "(mean over build prompts)")),
+                                                                "(mean over build prompts)", model=model)),
         ("Top nodes", top_neurons_bar(attr, 20, aggregate_pos=_aggregate(circuit))),
         ("Circuit graph", circuit_graph(circuit, str_tokens)),
     ]
@@ -204,5 +205,5 @@ def write_report(path: str | Path, model: HookedTransformer, attr: Attribution, 
                                batch_size=batch_size, progress=progress)
     facts = {"model": model.cfg.model_name,
              "architecture": f"{model.cfg.n_layers} layers, d_model {model.cfg.d_model}, d_mlp {model.cfg.d_mlp}"}
-    write_text_atomic(path, render_report(attr, circuit, inputs, model_facts=facts, title=title))
+    write_text_atomic(path, render_report(attr, circuit, inputs, model_facts=facts, title=title, model=model))
     return path

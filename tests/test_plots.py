@@ -25,6 +25,25 @@ def test_heatmap_shapes_and_hover():
         attribution_heatmap(attr, value="max")
 
 
+def test_activations_and_heatmap_hover_show_them():
+    import torch
+
+    model = tiny_llama()
+    attr = attribute(model, AGREEMENT_ROWS, progress=False)  # lengths 6, 3, 6, 3
+    _, cache = model.run_with_cache(model.to_tokens(AGREEMENT_ROWS[1]["clean_prefix"]))
+    one = attr.activations(model, example=1)  # [layer, pos, node]
+    assert one.shape == attr.scores.shape[1:]
+    assert torch.allclose(one[2, :3], cache["blocks.2.mlp.hook_post"][0], atol=1e-6) and one[:, 3:].isnan().all()
+    mean = attr.activations(model)
+    a0 = model.run_with_cache(model.to_tokens(AGREEMENT_ROWS[0]["clean_prefix"]))[1]["blocks.0.mlp.hook_post"][0]
+    a2 = model.run_with_cache(model.to_tokens(AGREEMENT_ROWS[2]["clean_prefix"]))[1]["blocks.0.mlp.hook_post"][0]
+    assert torch.allclose(mean[0, 4], (a0[4] + a2[4]) / 2, atol=1e-6)  # only the 6-token examples reach pos 4
+    fig = attribution_heatmap(attr, example=1, model=model)
+    top = attr.scores[1, 2, 1].abs().argmax().item()
+    assert f"top node {top} " in fig.data[0].text[2][1]
+    assert f"activation {cache['blocks.2.mlp.hook_post'][0, 1, top].item():+.3f}" in fig.data[0].text[2][1]
+
+
 def test_other_figures():
     from relp_lens.ablation import faithfulness_sweep
     from relp_lens.circuit import select_top_k
