@@ -124,3 +124,14 @@ def test_report_draws_in_headless_chromium(traced, tmp_path):
     assert figs["fig-2"].count('class="point"') >= len(circuit)  # a marker per circuit node
     assert 'class="js-line"' in figs["fig-2"]  # edges drawn
     assert "<details>" in dom and "promotes" in dom  # the cards
+
+
+def test_report_for_another_basis_and_position_free_nodes(tmp_path):
+    """mlp_out nodes have no neuron cards; position-aggregated nodes show as "all"."""
+    model = tiny_llama()
+    attr = relp_lens.attribute(model, BUILD, basis="mlp_out", progress=False)
+    circuit = relp_lens.select_top_k(attr, model, 6, aggregate_pos=True)
+    inputs = report_inputs(model, attr, circuit, held_out=HELD_OUT, sizes=(2, 4))
+    assert inputs.cards == [] and {r["n_nodes"] for r in inputs.curves} == {2, 4, 6}
+    page = write_report(tmp_path / "r.html", model, attr, circuit, inputs=inputs).read_text()
+    assert "<details>" not in page and page.count("<td>all</td>") == 6 and "mlp_out" in page
