@@ -40,6 +40,7 @@ class ReportInputs:
     cards: list[NeuronCard] = field(default_factory=list)
     steering: dict | None = None  # output of relp_lens.steering.steering_sweep
     notes: list[str] = field(default_factory=list)  # free lines shown under the summary
+    held_out: list[dict] = field(default_factory=list)  # evaluation rows, listed on the page
 
 
 def report_inputs(model: HookedTransformer, attr: Attribution, circuit: Circuit, *,
@@ -51,7 +52,7 @@ def report_inputs(model: HookedTransformer, attr: Attribution, circuit: Circuit,
     from relp_lens.ablation import faithfulness_sweep
     from relp_lens.tasks import task_report
 
-    inputs = ReportInputs(task=task, accuracy=accuracy, steering=steering)
+    inputs = ReportInputs(task=task, accuracy=accuracy, steering=steering, held_out=list(held_out or []))
     if accuracy is None and attr.prompts is not None and attr.prompts.answers is not None:
         inputs.accuracy = str(task_report(model, attr.prompts, batch_size=batch_size, warn=False))
     if held_out:
@@ -121,6 +122,29 @@ def _card_html(card: NeuronCard) -> str:
     return "".join(parts) + "</div>"
 
 
+def _prompts_html(attr: Attribution, held_out: list[dict], limit: int = 50) -> str:
+    """Collapsible lists of the build prompts (with the clean metric) and the held-out prompts."""
+    p = attr.prompts
+    if p is None:
+        return ""
+    rows = []
+    for i, clean in enumerate(p.clean[:limit]):
+        answer = " / ".join(map(repr, p.answers[i])) if p.answers else ""
+        patch = f"{p.patch[i]!r} → {' / '.join(map(repr, p.patch_answers[i]))}" if p.patch and p.patch_answers else ""
+        rows.append(f"<tr><td>{_e(repr(clean))} → {_e(answer)}</td><td>{_e(patch)}</td>"
+                    f"<td class='num'>{float(attr.metric_clean[i]):+.3f}</td></tr>")
+    more = f" (first {limit})" if len(p.clean) > limit else ""
+    parts = [f"<h2>Prompts</h2><details><summary>{len(p.clean)} build prompts{more}</summary><table>"
+             f"<tr><th>clean → answer</th><th>patch → answer</th><th>{_e(attr.metric)}</th></tr>"
+             + "".join(rows) + "</table></details>"]
+    if held_out:
+        items = "".join(f"<li>{_e(repr(r.get('clean_prefix', '')))} → {_e(repr(r.get('clean_answer', '')))}</li>"
+                        for r in held_out[:limit])
+        parts.append(f"<details><summary>{len(held_out)} held-out prompts (faithfulness curves)</summary>"
+                     f"<ul>{items}</ul></details>")
+    return "".join(parts)
+
+
 def render_report(attr: Attribution, circuit: Circuit, inputs: ReportInputs | None = None, *,
                   model_facts: dict | None = None, title: str | None = None, model=None) -> str:
     """The report page as one HTML string (plotly.js inlined in the first figure). With ``model``, the
@@ -183,6 +207,7 @@ def render_report(attr: Attribution, circuit: Circuit, inputs: ReportInputs | No
                 f"activations can be negative: such a neuron then writes the opposite of its promoted tokens.</p>")
     body.append("<table id='nodes'><tr><th>#</th><th>node</th><th>hook</th><th>position</th><th>score</th></tr>"
                 + "".join(rows) + "</table>")
+    body.append(_prompts_html(attr, inputs.held_out))
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     from relp_lens import __version__
 

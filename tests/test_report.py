@@ -67,8 +67,10 @@ def test_page_has_every_part_and_is_self_contained(traced):
     assert page.count("Plotly.newPlot") == 5 and len(page) > 3_000_000 and page.count("plotly.js v") <= 2
     assert page.count("<tr><td class='num'>") >= len(circuit)  # one row per node (card context rows add more)
     carded = {(c.layer, c.index) for c in inputs.cards}
-    assert page.count("<details>") == sum((n.layer, n.index) in carded for n in circuit.nodes) >= len(carded)
+    n_carded = sum((n.layer, n.index) in carded for n in circuit.nodes)
+    assert page.count("<details><summary>L") == n_carded >= len(carded)
     assert "faithfulness" in page and "tiny-llama" in page and "accuracy" in page
+    assert "4 build prompts" in page and "2 held-out prompts" in page and "The authors of the key" in page
 
 
 def test_page_escapes_text(traced):
@@ -134,4 +136,4 @@ def test_report_for_another_basis_and_position_free_nodes(tmp_path):
     inputs = report_inputs(model, attr, circuit, held_out=HELD_OUT, sizes=(2, 4))
     assert inputs.cards == [] and {r["n_nodes"] for r in inputs.curves} == {2, 4, 6}
     page = write_report(tmp_path / "r.html", model, attr, circuit, inputs=inputs).read_text()
-    assert "<details>" not in page and page.count("<td>all</td>") == 6 and "mlp_out" in page
+    assert "<details><summary>L" not in page and page.count("<td>all</td>") == 6 and "mlp_out" in page
