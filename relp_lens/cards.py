@@ -7,7 +7,8 @@ For neuron ``index`` of layer ``layer`` (``blocks.{layer}.mlp.hook_post``):
    1 for models without one) — top promoted and suppressed tokens.
 2. Activation on task prompts: the neuron's value at each prompt's last position and its maximum.
 3. Top-activating contexts over a small text corpus (:data:`CORPUS`, written for this package, or yours):
-   the ``k`` (sentence, token) pairs with the highest activation, shown as the text up to that token.
+   the ``k`` (sentence, token) pairs with the highest activation, shown as the text up to that token, and
+   the ``k`` most negative ones (gated MLP activations are signed: a neuron can matter through either end).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class NeuronCard:
     suppressed: list[tuple[str, float]]
     task_activations: list[tuple[str, float]] = field(default_factory=list)  # (prompt, last-position value)
     top_contexts: list[tuple[str, float]] = field(default_factory=list)  # (text up to the token, value)
+    bottom_contexts: list[tuple[str, float]] = field(default_factory=list)  # most negative first
 
     def summary(self) -> str:
         lines = [f"neuron L{self.layer}/{self.index}",
@@ -63,6 +65,10 @@ class NeuronCard:
                          f"max {max(vals):+.3f}")
         for text, v in self.top_contexts:
             lines.append(f"  {v:+.3f}  …{text[-60:]!r}")
+        if self.bottom_contexts:
+            lines.append("  most negative:")
+            for text, v in self.bottom_contexts:
+                lines.append(f"  {v:+.3f}  …{text[-60:]!r}")
         return "\n".join(lines)
 
 
@@ -111,7 +117,8 @@ def neuron_cards(model: HookedTransformer, neurons: Sequence[tuple[int, int]], *
             top, bottom = logits.topk(k), (-logits).topk(k)
             promoted = [(model.to_string(int(i)), float(v)) for v, i in zip(top.values, top.indices)]
             suppressed = [(model.to_string(int(i)), -float(v)) for v, i in zip(bottom.values, bottom.indices)]
-            contexts = sorted(found[j], key=lambda t: -t[1])[:k]
+            ranked = sorted(found[j], key=lambda t: -t[1])
+            bottom = [c for c in ranked[::-1][:k] if c[1] < 0]
             cards.append(NeuronCard(layer, index, promoted, suppressed,
-                                    [(p, vals[j]) for p, vals in zip(prompts, task)], contexts))
+                                    [(p, vals[j]) for p, vals in zip(prompts, task)], ranked[:k], bottom))
     return cards

@@ -73,7 +73,7 @@ body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 2e
        padding: 0 1em; color: #222; }
 h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: .2em; margin-top: 2em; }
 table { border-collapse: collapse; font-size: .9em; } td, th { padding: .25em .6em; border-bottom: 1px solid #eee;
-  text-align: left; vertical-align: top; } th { background: #f6f6f6; }
+  text-align: left; vertical-align: top; } td.where { white-space: nowrap; } th { background: #f6f6f6; }
 .num { text-align: right; font-variant-numeric: tabular-nums; } .neg { color: #c0392b; } .pos { color: #1f5fa8; }
 code, .tok { font-family: ui-monospace, Menlo, monospace; background: #f3f3f3; padding: 0 .2em; border-radius: 3px; }
 details summary { cursor: pointer; } .card { margin: .4em 0 .8em 1em; } .muted { color: #777; }
@@ -114,11 +114,12 @@ def _card_html(card: NeuronCard) -> str:
         vals = [v for _, v in card.task_activations]
         parts.append(f"<br><b>on {len(vals)} task prompts</b> (last position): mean {sum(vals) / len(vals):+.3f}, "
                      f"min {min(vals):+.3f}, max {max(vals):+.3f}")
-    if card.top_contexts:
-        rows = "".join(f"<tr><td class='num'>{v:+.3f}</td><td>…{_e(text[-80:])}</td></tr>"
-                       for text, v in card.top_contexts)
-        parts.append(f"<br><b>top-activating contexts</b> (activation at the last token shown)"
-                     f"<table>{rows}</table>")
+    for name, contexts in (("top-activating contexts", card.top_contexts),
+                           ("most negative contexts", card.bottom_contexts)):
+        if contexts:
+            rows = "".join(f"<tr><td class='num'>{v:+.3f}</td><td>…{_e(text[-80:])}</td></tr>"
+                           for text, v in contexts)
+            parts.append(f"<br><b>{name}</b> (activation at the last token shown)<table>{rows}</table>")
     return "".join(parts) + "</div>"
 
 
@@ -200,7 +201,7 @@ def render_report(attr: Attribution, circuit: Circuit, inputs: ReportInputs | No
         label = f"L{n.layer}/{n.index}"
         cell = (f"<details><summary>{label}</summary>{_card_html(card)}</details>" if card else label)
         rows.append(f"<tr><td class='num'>{rank}</td><td>{cell}</td><td>{_e(circuit.hook_names[n.layer])}</td>"
-                    f"<td>{where}</td><td class='num {cls}'>{n.score:+.4f}</td></tr>")
+                    f"<td class='where'>{where}</td><td class='num {cls}'>{n.score:+.4f}</td></tr>")
     body.append(f"<h2>Circuit nodes</h2><p class='muted'>Sorted by |score|. "
                 f"{len(cards)} neuron cards (click a node): output direction read through the unembedding, "
                 f"activation on the task prompts, top-activating contexts over the package corpus. Gated-MLP "

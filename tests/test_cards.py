@@ -21,6 +21,10 @@ def test_card_matches_hand_computation():
     acts = cache["blocks.1.mlp.hook_post"][0, 1:, 5]
     assert card.top_contexts[0][1] == pytest.approx(acts.max().item(), rel=1e-5)
     assert [v for _, v in card.top_contexts] == sorted((v for _, v in card.top_contexts), reverse=True)
+    if acts.min() < 0:
+        assert card.bottom_contexts[0][1] == pytest.approx(acts.min().item(), rel=1e-5)
+    assert [v for _, v in card.bottom_contexts] == sorted(v for _, v in card.bottom_contexts)
+    assert all(v < 0 for _, v in card.bottom_contexts)
     assert "neuron L1/5" in card.summary()
 
 

@@ -136,4 +136,4 @@ def test_report_for_another_basis_and_position_free_nodes(tmp_path):
     inputs = report_inputs(model, attr, circuit, held_out=HELD_OUT, sizes=(2, 4))
     assert inputs.cards == [] and {r["n_nodes"] for r in inputs.curves} == {2, 4, 6}
     page = write_report(tmp_path / "r.html", model, attr, circuit, inputs=inputs).read_text()
-    assert "<details><summary>L" not in page and page.count("<td>all</td>") == 6 and "mlp_out" in page
+    assert "<details><summary>L" not in page and page.count("<td class='where'>all</td>") == 6 and "mlp_out" in page
