@@ -17,7 +17,7 @@ use ``pos=None`` nodes, or ``use_past_kv_cache=False`` so every step sees the wh
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from transformer_lens import HookedTransformer
@@ -30,20 +30,19 @@ Node = tuple[int, int | None, int]
 MODES = ("scale", "set", "add")
 
 
-def _group(model: HookedTransformer, nodes: Iterable[Node], values: Sequence[float],
-           basis) -> dict[str, list[tuple[int | None, int, float]]]:
+def _node_hooks(model: HookedTransformer, nodes: Sequence[Node], basis) -> list[str]:
+    """The hook name of each ``(layer, pos, index)`` node; a clear error for a malformed or missing node."""
     hooks = resolve_hooks(model, basis)
-    by_hook: dict[str, list[tuple[int | None, int, float]]] = {}
-    for node, value in zip(nodes, values):
+    names = []
+    for node in nodes:
         if len(node) != 3:
             raise RelPLensError(f"bad node {node!r}: expected (layer, pos or None, index)")
-        layer, pos, idx = node
-        if not 0 <= layer < len(hooks):
+        if not 0 <= node[0] < len(hooks):
             raise RelPLensError(f"node {node!r}: layer outside [0, {len(hooks)})")
-        by_hook.setdefault(hooks[layer], []).append((pos, idx, float(value)))
-    if not by_hook:
+        names.append(hooks[node[0]])
+    if not names:
         raise RelPLensError("no nodes to steer")
-    return by_hook
+    return names
 
 
 @contextlib.contextmanager
@@ -57,7 +56,9 @@ def steer(model: HookedTransformer, nodes: Sequence[Node], value: float | Sequen
     values = [float(value)] * len(nodes) if isinstance(value, (int, float)) else [float(v) for v in value]
     if len(values) != len(nodes):
         raise RelPLensError(f"got {len(values)} steering values for {len(nodes)} nodes; give one number or one per node")
-    by_hook = _group(model, nodes, values, basis)
+    by_hook: dict[str, list[tuple[int | None, int, float]]] = {}
+    for name, (_, pos, idx), v in zip(_node_hooks(model, nodes, basis), nodes, values):
+        by_hook.setdefault(name, []).append((pos, idx, v))
 
     def make(items):
         def hook(x, hook):  # x: [batch, pos, ...]
@@ -91,9 +92,8 @@ def steering_direction(model: HookedTransformer, nodes: Sequence[Node], source: 
     the mean over all positions of each prompt.
     """
     nodes = list(nodes)
-    _group(model, nodes, [0.0] * len(nodes), basis)  # validates the nodes
-    hooks = resolve_hooks(model, basis)
-    names = {hooks[layer] for layer, _, _ in nodes}
+    node_hooks = _node_hooks(model, nodes, basis)
+    names = set(node_hooks)
 
     def mean_acts(prompts: Sequence[str], side: str) -> list[float]:
         if not prompts:
@@ -102,8 +102,8 @@ def steering_direction(model: HookedTransformer, nodes: Sequence[Node], source: 
         for p in prompts:
             with torch.no_grad():
                 _, cache = model.run_with_cache(model.to_tokens(p), names_filter=lambda n: n in names)
-            for j, (layer, pos, idx) in enumerate(nodes):
-                acts = cache[hooks[layer]][0].reshape(cache[hooks[layer]].shape[1], -1)[:, idx]  # [pos]
+            for j, ((_, pos, idx), name) in enumerate(zip(nodes, node_hooks)):
+                acts = cache[name][0].reshape(cache[name].shape[1], -1)[:, idx]  # [pos]
                 if pos is None:
                     sums[j] += acts.mean().item()
                     counts[j] += 1
