@@ -1,18 +1,25 @@
-"""Judging circuits by mean ablation: faithfulness and completeness (Marks et al. 2025; Arora et al. 2026).
+"""Judging circuits by ablation: faithfulness and completeness (Marks et al. 2025; Arora et al. 2026).
 
 1. Tokenize the evaluation prompts (held out from the circuit's own prompts) and group them by length.
-2. For every hook of the circuit's basis, take the mean activation per position over the patch
-   (corrupted) prompts of each length — over the clean prompts for unpaired data.
-3. Run the model four ways, each hook's nodes either kept or replaced by their mean:
+2. Choose what an ablated node becomes (``ablation``, default: the circuit's own, consistent with how
+   its scores were computed — see :func:`relp_lens.circuit.consistent_ablation`):
+   ``mean`` — its mean activation at that position over the patch prompts (the clean prompts for unpaired
+   data), positions aligned as in :mod:`relp_lens.positions` (counted from the end when lengths differ);
+   ``zero`` — 0; ``counterfactual`` (paired data) — its value on the prompt's own patch prompt.
+3. Resolve every circuit node's position in every prompt; a node at a position some prompt lacks is an
+   error naming both (never skipped).
+4. Run the model four ways, each hook's nodes either kept or ablated:
    M (nothing ablated), C (everything outside the circuit ablated), M\\C (the circuit ablated),
    ∅ (every node of the basis ablated); F(·) is the mean metric over the prompts.
-4. faithfulness = (F(C) − F(∅)) / (F(M) − F(∅)); completeness = (F(M\\C) − F(∅)) / (F(M) − F(∅)).
+5. faithfulness = (F(C) − F(∅)) / (F(M) − F(∅)); completeness = (F(M\\C) − F(∅)) / (F(M) − F(∅)).
 
-A sweep reuses F(M) and F(∅) and runs C and M\\C once per circuit size.
+A sweep reuses F(M) and F(∅) and runs C and M\\C once per circuit size. :func:`verdict` says in words
+when a circuit explains little.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -20,87 +27,128 @@ import torch
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from relp_lens.attribution import Attribution, as_prompts
-from relp_lens.circuit import Circuit, select_threshold, select_top_k
+from relp_lens.attribution import Attribution, _mean_acts, as_prompts
+from relp_lens.circuit import ABLATIONS, Circuit, consistent_ablation, select_threshold, select_top_k
 from relp_lens.data import Prompts, make_batches, tokenize
 from relp_lens.errors import RelPLensError
 from relp_lens.metrics import MetricFn, evaluate_metric, resolve_metric
+from relp_lens.positions import Alignment, require
 
 Key = tuple[int, int | None, int]
+WEAK = 0.5  # below this faithfulness at every size, a circuit "explains little"
+
+
+class WeakCircuitWarning(UserWarning):
+    """The circuit recovers less than half of the metric: it is not a sparse explanation."""
 
 
 @dataclass
-class MeanAblation:
-    """Evaluation prompts tokenized once, with per-length mean activations of every hook of a basis."""
+class Ablation:
+    """Evaluation prompts tokenized once, with what each ablated node becomes."""
 
     model: HookedTransformer
     hook_names: list[str]
     metric_fn: MetricFn
     batches: list
-    means: dict[int, list[torch.Tensor]]  # length → per hook [pos, node]
+    prompts: Prompts
+    mode: str  # mean | zero | counterfactual
+    alignment: Alignment
+    means: list[torch.Tensor] | None  # per hook [column, node] (mode "mean")
+    patch_acts: dict[int, list[torch.Tensor]] | None  # batch number → per hook [batch, pos, node]
     n_prompts: int
-    max_len: int
+    width: int
 
     @classmethod
     def build(cls, model: HookedTransformer, hook_names: Sequence[str], prompts, metric: str | MetricFn | None = None,
-              batch_size: int = 16) -> "MeanAblation":
+              batch_size: int = 16, mode: str = "mean") -> "Ablation":
+        if mode not in ABLATIONS:
+            raise RelPLensError(f"unknown ablation {mode!r}; choose from {list(ABLATIONS)}")
         data = as_prompts(prompts)
         for name in hook_names:
             if name not in model.hook_dict:
                 raise RelPLensError(f"model has no hook {name!r}")
+        if mode == "counterfactual" and not data.paired:
+            raise RelPLensError("counterfactual ablation needs paired evaluation prompts (patch_prefix)")
         _, metric_fn = resolve_metric(metric, data.paired and data.patch_answers is not None)
         tok = tokenize(model, data)
         batches = make_batches(tok, batch_size)
-        sums: dict[int, list[torch.Tensor]] = {}
-        counts: dict[int, int] = {}
-        names = set(hook_names)
-        for b in batches:
-            src = b.patch_tokens if b.patch_tokens is not None else b.clean_tokens
+        alignment = tok.alignment
+        means = patch_acts = None
+        names = list(hook_names)
+        if mode == "mean":
+            means, _ = _mean_acts(model, batches, names, alignment, patch=data.paired)
+            width = means[0].shape[-1]
+        else:
             with torch.no_grad():
-                _, cache = model.run_with_cache(src.to(model.cfg.device), names_filter=lambda n: n in names)
-            acts = [cache[h].reshape(*src.shape, -1).sum(0).cpu() for h in hook_names]
-            length = src.shape[1]
-            sums[length] = acts if length not in sums else [s + a for s, a in zip(sums[length], acts)]
-            counts[length] = counts.get(length, 0) + len(b)
-        means = {length: [s / counts[length] for s in acts] for length, acts in sums.items()}
-        return cls(model, list(hook_names), metric_fn, batches, means, len(data), max(tok.lengths))
+                _, cache = model.run_with_cache(batches[0].clean_tokens[:1].to(model.cfg.device),
+                                                names_filter=lambda n: n == names[0])
+            width = cache[names[0]].reshape(1, cache[names[0]].shape[1], -1).shape[-1]
+        if mode == "counterfactual":
+            patch_acts = {}
+            for j, b in enumerate(batches):
+                with torch.no_grad():
+                    _, cache = model.run_with_cache(b.patch_tokens.to(model.cfg.device),
+                                                    names_filter=lambda n: n in set(names))
+                patch_acts[j] = [cache[h].reshape(*b.patch_tokens.shape, -1).cpu() for h in names]
+        return cls(model, names, metric_fn, batches, data, mode, alignment, means, patch_acts, len(data), width)
 
-    def masks(self, keys: set[Key] | None) -> list[torch.Tensor] | None:
-        """Per hook ``[max_len, node]`` bool: True for circuit nodes. ``None`` keys: the full model."""
+    def masks(self, keys: set[Key] | None) -> dict[int, list[torch.Tensor]] | None:
+        """Per prompt length, per hook ``[pos, node]`` bool: True for circuit nodes. ``None``: the full model.
+
+        Raises when a node's position is missing from a prompt (naming the node and the prompt).
+        """
         if keys is None:
             return None
-        width = self.means[next(iter(self.means))][0].shape[-1]
-        out = [torch.zeros(self.max_len, width, dtype=torch.bool) for _ in self.hook_names]
-        for layer, pos, idx in keys:
-            if pos is None:
-                out[layer][:, idx] = True
-            elif pos < self.max_len:
-                out[layer][pos, idx] = True
+        out: dict[int, list[torch.Tensor]] = {}
+        for b in self.batches:
+            length = b.clean_tokens.shape[1]
+            if length in out:
+                continue
+            m = [torch.zeros(length, self.width, dtype=torch.bool) for _ in self.hook_names]
+            for layer, pos, idx in keys:
+                if not 0 <= idx < self.width:
+                    raise RelPLensError(f"node L{layer}/{idx}: index outside [0, {self.width})")
+                if pos is None:
+                    m[layer][:, idx] = True
+                else:
+                    t = require(pos, length, f"L{layer}/{idx}@{pos}", self.prompts.clean[b.indices[0]])
+                    m[layer][t, idx] = True
+            out[length] = m
         return out
 
-    def score(self, keep: list[torch.Tensor] | None, ablate_kept: bool = False) -> float:
-        """Mean metric with nodes outside ``keep`` (or, with ``ablate_kept``, inside it) set to their mean."""
+    def _value(self, j: int, b, layer: int) -> torch.Tensor:
+        """What ablated nodes of hook ``layer`` become in batch ``j``: ``[pos, node]`` or ``[batch, pos, node]``."""
+        if self.mode == "mean":
+            return self.means[layer][self.alignment.columns(b.clean_tokens.shape[1])]
+        if self.mode == "zero":
+            return torch.zeros(())
+        return self.patch_acts[j][layer]
+
+    def score(self, keep: dict[int, list[torch.Tensor]] | None, ablate_kept: bool = False) -> float:
+        """Mean metric with nodes outside ``keep`` (or, with ``ablate_kept``, inside it) ablated."""
         total = 0.0
-        for b in self.batches:
+        for j, b in enumerate(self.batches):
             length = b.clean_tokens.shape[1]
             hooks = []
             if keep is not None:
                 for layer, name in enumerate(self.hook_names):
-                    mask = keep[layer][:length]
+                    mask = keep[length][layer]
                     if ablate_kept:
                         mask = ~mask
-                    mean = self.means[length][layer]
+                    value = self._value(j, b, layer)
 
-                    def ablate(x, hook, mask=mask, mean=mean):
+                    def ablate(x, hook, mask=mask, value=value):
                         flat = x.reshape(x.shape[0], x.shape[1], -1)
-                        m = mask.to(x.device)
-                        return torch.where(m, flat, mean.to(x.device, x.dtype)).reshape(x.shape)
+                        return torch.where(mask.to(x.device), flat, value.to(x.device, x.dtype)).reshape(x.shape)
 
                     hooks.append((name, ablate))
             with torch.no_grad(), self.model.hooks(fwd_hooks=hooks):
                 logits = self.model(b.clean_tokens.to(self.model.cfg.device))
                 total += evaluate_metric(self.metric_fn, logits, b).sum().item()
         return total / self.n_prompts
+
+
+MeanAblation = Ablation  # the name before zero and counterfactual ablation existed
 
 
 def _ratios(f_m: float, f_empty: float, f_c: float, f_comp: float) -> dict:
@@ -112,35 +160,77 @@ def _ratios(f_m: float, f_empty: float, f_c: float, f_comp: float) -> dict:
                 f_model=f_m, f_empty=f_empty, f_circuit=f_c, f_complement=f_comp)
 
 
+def verdict(rows: dict | Sequence[dict]) -> str | None:
+    """A sentence when a circuit (or every circuit of a sweep) explains little, else None.
+
+    Faithfulness below 0.5 at every size tried means the chosen nodes do not carry the behaviour on these
+    prompts — whether because the model has no sparse circuit for it or because the setup (data, metric,
+    baseline, ablation) is wrong; it must not be read as a sparse circuit.
+    """
+    rows = [rows] if isinstance(rows, dict) else list(rows)
+    if not rows:
+        return None
+    best = max(rows, key=lambda r: r["faithfulness"])
+    if best["faithfulness"] >= WEAK:
+        return None
+    sizes = "the size tried" if len(rows) == 1 else f"every size tried (up to {max(r['n_nodes'] for r in rows)} nodes)"
+    return (f"weak circuit: faithfulness below {WEAK} at {sizes}; best {best['faithfulness']:+.2f} with "
+            f"{best['n_nodes']} nodes, completeness {best['completeness']:+.2f}. These nodes do not explain the "
+            f"behaviour on the held-out prompts — do not read this as a sparse circuit.")
+
+
 def evaluate_circuit(model: HookedTransformer, circuit: Circuit, prompts: Prompts | Sequence[dict], *,
-                     metric: str | MetricFn | None = None, batch_size: int = 16) -> dict:
-    """Faithfulness and completeness of ``circuit`` on ``prompts`` (use prompts it was not built on)."""
+                     metric: str | MetricFn | None = None, ablation: str | None = None,
+                     batch_size: int = 16, warn: bool = True) -> dict:
+    """Faithfulness and completeness of ``circuit`` on ``prompts`` (use prompts it was not built on).
+
+    ``ablation``: ``mean`` | ``zero`` | ``counterfactual`` (default: the circuit's own, consistent with its
+    attribution baseline). The result names the ablation and, when the circuit explains little, carries a
+    ``verdict`` sentence (also issued as a :class:`WeakCircuitWarning` unless ``warn=False``).
+    """
     circuit.check_model(model)
     if not circuit.nodes:
         raise RelPLensError("the circuit is empty: nothing to evaluate")
     metric = metric if metric is not None else circuit.metric
-    abl = MeanAblation.build(model, circuit.hook_names, prompts, metric, batch_size)
+    mode = ablation or circuit.ablation
+    abl = Ablation.build(model, circuit.hook_names, prompts, metric, batch_size, mode)
     keep = abl.masks(circuit.keys)
     result = _ratios(abl.score(None), abl.score(abl.masks(set())), abl.score(keep), abl.score(keep, ablate_kept=True))
-    return dict(result, n_nodes=len(circuit), n_prompts=abl.n_prompts)
+    result = dict(result, n_nodes=len(circuit), n_prompts=abl.n_prompts, ablation=mode)
+    note = verdict(result)
+    if note:
+        result["verdict"] = note
+        if warn:
+            warnings.warn(note, WeakCircuitWarning, stacklevel=2)
+    return result
 
 
 def faithfulness_sweep(model: HookedTransformer, attr: Attribution, prompts: Prompts | Sequence[dict], *,
                        sizes: Sequence[int] | None = None, taus: Sequence[float] | None = None,
                        aggregate_pos: bool = False, metric: str | MetricFn | None = None,
+                       ablation: str | None = None, include_fixed: bool | None = None,
+                       exclude_neurons: Sequence[tuple[int, int]] | None = None,
                        batch_size: int = 16, progress: bool = True) -> list[dict]:
-    """Faithfulness/completeness against circuit size: top-k for each k in ``sizes``, or τ in ``taus``."""
+    """Faithfulness/completeness against circuit size: top-k for each k in ``sizes``, or τ in ``taus``.
+
+    Selection and ablation as :func:`relp_lens.circuit.select_top_k` and :func:`evaluate_circuit`
+    (default ablation: consistent with the attribution's baseline).
+    """
     if (sizes is None) == (taus is None):
         raise RelPLensError("give exactly one of sizes= (top-k) or taus= (thresholds)")
     metric = metric if metric is not None else attr.metric
-    abl = MeanAblation.build(model, attr.hook_names, prompts, metric, batch_size)
+    mode = ablation or consistent_ablation(attr.baseline)
+    abl = Ablation.build(model, attr.hook_names, prompts, metric, batch_size, mode)
     f_m, f_empty = abl.score(None), abl.score(abl.masks(set()))
     grid = [("k", k) for k in sizes] if sizes is not None else [("tau", t) for t in taus]
     rows = []
+    opts = dict(aggregate_pos=aggregate_pos, ablation=mode, include_fixed=include_fixed,
+                exclude_neurons=exclude_neurons)
     for kind, value in tqdm(grid, desc="ablation sweep", disable=not progress, leave=False):
-        circuit = (select_top_k(attr, model, value, aggregate_pos=aggregate_pos) if kind == "k"
-                   else select_threshold(attr, model, value, aggregate_pos=aggregate_pos))
+        circuit = (select_top_k(attr, model, value, **opts) if kind == "k"
+                   else select_threshold(attr, model, value, **opts))
         keep = abl.masks(circuit.keys)
         r = _ratios(f_m, f_empty, abl.score(keep), abl.score(keep, ablate_kept=True))
-        rows.append(dict(r, **{kind: value}, n_nodes=len(circuit), basis=attr.basis, method=attr.method))
+        rows.append(dict(r, **{kind: value}, n_nodes=len(circuit), basis=attr.basis, method=attr.method,
+                         ablation=mode))
     return rows

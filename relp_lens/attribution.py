@@ -33,10 +33,11 @@ import torch
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from relp_lens.data import Batch, Prompts, make_batches, tokenize
+from relp_lens.data import Batch, Prompts, make_batches, tokenize, warn_unlikely_answers
 from relp_lens.errors import RelPLensError
 from relp_lens.metrics import MetricFn, evaluate_metric, resolve_metric
 from relp_lens.nodes import basis_name, resolve_hooks
+from relp_lens.positions import Alignment, check_position, column_tokens, require, resolve, token_label
 from relp_lens.relp_mode import RelPConfig, relp
 
 METHODS = ("relp", "grad", "ig", "exact")
@@ -46,13 +47,19 @@ _BLOCK = re.compile(r"^blocks\.(\d+)\.")
 
 @dataclass
 class Attribution:
-    """Per-example node scores with everything needed to read them.
+    """Node scores with everything needed to read them.
 
-    ``scores``: ``[batch, layer, pos, node]``; positions past an example's length hold 0 (NaN for
-    ``exact``, which also holds NaN for nodes it did not patch). ``layer`` indexes ``hook_names``.
+    Positions follow :mod:`relp_lens.positions`: column ``c`` of the position axis is node position
+    ``positions[c]`` (absolute when every prompt has one length; else the shared prefix from the start and
+    the rest counted from the end, ``-1`` = last token).
+
+    ``scores``: ``[batch, layer, pos, node]`` per example (``reduce="none"``); entries an example does not
+    reach hold 0 (NaN for ``exact``, which also holds NaN for nodes it did not patch). With
+    ``reduce="mean"`` only running float64 sums are kept: ``score_sum`` ``[layer, pos, node]`` and
+    ``counts`` ``[pos]`` (examples that reach each column), and ``scores`` is None.
     """
 
-    scores: torch.Tensor  # [batch, layer, pos, node]
+    scores: torch.Tensor | None  # [batch, layer, pos, node], or None when reduced
     str_tokens: list[list[str]]
     hook_names: list[str]
     basis: str
@@ -62,69 +69,158 @@ class Attribution:
     metric_clean: torch.Tensor  # [batch]
     metric_ref: torch.Tensor | None = None  # [batch]: metric on the patch prompts (paired data)
     prompts: Prompts | None = field(default=None, repr=False)
+    alignment: Alignment | None = None
+    baseline: str = "patch"  # "patch" (paired), "zero" or "mean"
+    score_sum: torch.Tensor | None = field(default=None, repr=False)  # [layer, pos, node] float64
+    counts: torch.Tensor | None = None  # [pos] examples reaching each column
+
+    def __post_init__(self) -> None:
+        if self.alignment is None:  # built by hand: one length, absolute positions
+            n = self.scores.shape[2]
+            self.alignment = Alignment(n_shared=0, n_columns=n, end_aligned=False)
+        if self.counts is None:
+            self.counts = self.valid().sum(0)
+
+    # -- shape ---------------------------------------------------------------------------------------
+    @property
+    def reduced(self) -> bool:
+        return self.scores is None
 
     @property
     def lengths(self) -> list[int]:
         return [len(t) for t in self.str_tokens]
 
     @property
+    def n_examples(self) -> int:
+        return len(self.metric_clean)
+
+    @property
     def n_layers(self) -> int:
-        return self.scores.shape[1]
+        return len(self.hook_names)
+
+    @property
+    def n_positions(self) -> int:
+        return self.alignment.n_columns
+
+    @property
+    def width(self) -> int:
+        return (self.score_sum if self.reduced else self.scores).shape[-1]
+
+    @property
+    def positions(self) -> list[int]:
+        """Node position of each column of the position axis."""
+        return self.alignment.labels
+
+    @property
+    def fixed_positions(self) -> list[int]:
+        """Positions whose tokens — and so activations — are the same in every prompt (BOS, a shared
+        template start): mean ablation cannot move them."""
+        return self.positions[: self.alignment.n_shared]
+
+    def _per_example(self, what: str) -> torch.Tensor:
+        if self.reduced:
+            raise RelPLensError(f"{what} needs per-example scores; this attribution was run with reduce='mean' "
+                                f"(run attribute(..., reduce='none') for per-example scores)")
+        return self.scores
 
     def valid(self) -> torch.Tensor:
-        """``[batch, pos]`` mask: True where the position exists in that example."""
-        return torch.arange(self.scores.shape[2])[None, :] < torch.tensor(self.lengths)[:, None]
+        """``[batch, pos]`` mask: True where the example has a token in that column."""
+        out = torch.zeros(len(self.str_tokens), self.alignment.n_columns, dtype=torch.bool)
+        for i, n in enumerate(self.lengths):
+            out[i, self.alignment.columns(n)] = True
+        return out
 
+    # -- reading scores ------------------------------------------------------------------------------
     def mean(self) -> torch.Tensor:
-        """Signed mean over the examples that reach each position (NaN-aware). → ``[layer, pos, node]``."""
+        """Signed mean over the examples that reach each column (NaN where none does). → ``[layer, pos, node]``."""
+        if self.reduced:
+            out = self.score_sum / self.counts[None, :, None].clamp(min=1)
+            return out.float().masked_fill(self.counts[None, :, None] == 0, float("nan"))
         s = self.scores.masked_fill(~self.valid()[:, None, :, None], float("nan"))
         return s.nanmean(0)
 
+    def mean_over_positions(self) -> torch.Tensor:
+        """Per node summed over positions, averaged over examples. → ``[layer, node]``."""
+        if self.reduced:
+            return (self.score_sum.sum(1) / self.n_examples).float()
+        return self.scores.nansum(2).nanmean(0)
+
     def sum_pos(self) -> torch.Tensor:
         """Sum over positions (NaN-aware). → ``[batch, layer, node]``."""
-        return self.scores.nansum(2)
+        return self._per_example("sum_pos").nansum(2)
 
     def top_k(self, k: int = 20, *, aggregate_pos: bool = False, example: int | None = None,
-              signed: bool = False) -> list[tuple[Node, float]]:
+              signed: bool = False, include_fixed: bool = True,
+              everywhere: bool = False) -> list[tuple[Node, float]]:
         """The ``k`` nodes with the largest |score| (or largest score with ``signed=True``).
 
         Scores are the mean over examples (or one ``example``), per position, or summed over
-        positions with ``aggregate_pos=True`` (then pos is ``None``). Returns ``[((layer, pos, index), score)]``.
+        positions with ``aggregate_pos=True`` (then pos is ``None``). ``include_fixed=False`` leaves out
+        :attr:`fixed_positions`; ``everywhere=True`` keeps only positions every example has.
+        Returns ``[((layer, pos, index), score)]``.
         """
         if example is not None:
-            s = self.scores[example]
+            s = self._per_example("top_k(example=...)")[example]
             s = s.nansum(1, keepdim=True) if aggregate_pos else s
         elif aggregate_pos:
-            s = self.scores.nansum(2, keepdim=True).nanmean(0)
+            s = self.mean_over_positions()[:, None, :]
         else:
             s = self.mean()
         s = s.nan_to_num(0.0)  # [layer, pos, node]
         key = s if signed else s.abs()
-        k = min(k, key.numel())
+        if not aggregate_pos and example is None:
+            drop = torch.zeros(self.n_positions, dtype=torch.bool)
+            if not include_fixed:
+                drop[: self.alignment.n_shared] = True
+            if everywhere:
+                drop |= self.counts < self.n_examples
+            key = key.masked_fill(drop[None, :, None], -float("inf"))
+        k = min(k, int(torch.isfinite(key).sum()))
         flat = key.flatten().topk(k).indices
+        labels = self.positions
         out = []
         for f in flat.tolist():
             layer, rem = divmod(f, s.shape[1] * s.shape[2])
-            pos, idx = divmod(rem, s.shape[2])
-            out.append(((layer, None if aggregate_pos else pos, idx), float(s[layer, pos, idx])))
+            col, idx = divmod(rem, s.shape[2])
+            out.append(((layer, None if aggregate_pos else labels[col], idx), float(s[layer, col, idx])))
         return out
 
     def node_label(self, node: Node, example: int | None = None) -> str:
         layer, pos, idx = node
-        return f"L{layer}/{idx}@" + ("all" if pos is None else f"{pos}:{self.token_at(pos, example)!r}")
+        return f"L{layer}/{idx}@" + ("all" if pos is None else f"{pos}:{self.token_label(pos, example)}")
+
+    def token_label(self, pos: int, example: int | None = None) -> str:
+        """The token at node position ``pos``: of ``example``, or over all prompts — the token when every
+        prompt has the same one there, else the most common one and its share (``' of' 60%``)."""
+        if example is not None:
+            return repr(self.token_at(pos, example))
+        col = self.alignment.column(pos)
+        return token_label(self._column_tokens()[col], self.n_examples)
+
+    def position_labels(self) -> dict[int, str]:
+        """``{pos: token label}`` for every position of the data."""
+        counts = self._column_tokens()
+        return {p: token_label(c, self.n_examples) for p, c in zip(self.positions, counts)}
+
+    def _column_tokens(self):
+        if not hasattr(self, "_col_tok"):
+            self._col_tok = column_tokens(self.alignment, self.str_tokens)
+        return self._col_tok
 
     def token_at(self, pos: int, example: int | None = None) -> str:
-        """The token at ``pos`` of ``example`` (default: the first example long enough)."""
+        """The token at node position ``pos`` of ``example`` (default: the most common token there)."""
         if example is None:
-            example = next((i for i, n in enumerate(self.lengths) if n > pos), 0)
+            counts = self._column_tokens()[self.alignment.column(pos)]
+            return counts.most_common(1)[0][0] if counts else "?"
         toks = self.str_tokens[example]
-        return toks[pos] if pos < len(toks) else "?"
+        t = resolve(pos, len(toks))
+        return "?" if t is None else toks[t]
 
     def correlation(self, other: "Attribution", *, mean_over_examples: bool = False) -> float:
         """Pearson r with ``other`` over the entries both define (e.g. the nodes ``exact`` patched)."""
-        if self.scores.shape != other.scores.shape:
-            raise RelPLensError(f"score shapes differ: {tuple(self.scores.shape)} vs {tuple(other.scores.shape)}")
-        a, b = self.scores, other.scores
+        a, b = self._per_example("correlation"), other._per_example("correlation")
+        if a.shape != b.shape:
+            raise RelPLensError(f"score shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
         if mean_over_examples:
             a, b = a.nanmean(0), b.nanmean(0)
         mask = torch.isfinite(a) & torch.isfinite(b)
@@ -136,29 +232,30 @@ class Attribution:
                     batch_size: int = 32) -> torch.Tensor:
         """Clean-prompt activations of the attributed nodes, from a no-grad forward on ``model``.
 
-        ``example``: that example's activations; ``None``: the per-position mean over the examples that reach
-        each position (as :meth:`mean` averages scores). → ``[layer, pos, node]`` (positions past the example,
-        or past every example, hold NaN).
+        ``example``: that example's activations; ``None``: the per-column mean over the examples that reach
+        each column (as :meth:`mean` averages scores). → ``[layer, pos, node]`` (columns the example, or
+        every example, lacks hold NaN).
         """
         if self.prompts is None:
             raise RelPLensError("this attribution keeps no prompts; activations need them")
-        max_len = self.scores.shape[2]
-        if example is not None and not 0 <= example < self.scores.shape[0]:
-            raise RelPLensError(f"example {example} outside [0, {self.scores.shape[0]})")
-        prompts = self.prompts if example is None else Prompts([self.prompts.clean[example]])
+        if example is not None and not 0 <= example < self.n_examples:
+            raise RelPLensError(f"example {example} outside [0, {self.n_examples})")
+        prompts = self.prompts if example is None else self.prompts.subset([example])
         tok = tokenize(model, prompts)
         if tok.lengths != (self.lengths if example is None else [self.lengths[example]]):
             raise RelPLensError("this model tokenizes the prompts differently from the attribution's model")
         batches = make_batches(tok, batch_size)
-        means = _mean_acts(model, batches, self.hook_names, max_len)  # per hook [pos, node]
+        align = self.alignment
+        means, counts = _mean_acts(model, batches, self.hook_names, align)  # per hook [pos, node]
         out = torch.stack(means)  # [layer, pos, node]
-        reached = self.valid().any(0) if example is None else self.valid()[example]  # [pos]
-        return out.masked_fill(~reached[None, :, None], float("nan"))
+        return out.masked_fill((counts == 0)[None, :, None], float("nan"))
 
     def summary(self, k: int = 10) -> str:
+        where = ("positions counted from the end (-1 = last token); prompts differ in length"
+                 if self.alignment.end_aligned else "absolute positions")
         lines = [f"{self.method} attribution on {self.basis} ({len(self.hook_names)} layers), "
-                 f"{self.scores.shape[0]} examples, metric {self.metric} "
-                 f"(clean mean {self.metric_clean.mean():.3f})"]
+                 f"{self.n_examples} examples, metric {self.metric} "
+                 f"(clean mean {self.metric_clean.mean():.3f}); {where}"]
         for node, score in self.top_k(k):
             lines.append(f"  {self.node_label(node):>28s}  {score:+.4f}")
         return "\n".join(lines)
@@ -217,9 +314,12 @@ class _Run:
     hooks: list[str]
     metric_fn: MetricFn
     paired: bool
-    baseline: str
-    mean_acts: list[torch.Tensor] | None  # per hook [pos, node]
+    baseline: str  # "patch" (paired), "zero" or "mean"
+    mean_acts: list[torch.Tensor] | None  # per hook [column, node]
     rules: RelPConfig
+    alignment: Alignment
+    prompts: Prompts
+    progress: bool = False
 
     def reference(self, batch: Batch) -> tuple[list[torch.Tensor], torch.Tensor | None]:
         """Reference activations per hook [batch, pos, node] and the metric on the patch run."""
@@ -237,7 +337,8 @@ class _Run:
                         pass
             return acts, m_ref
         if self.baseline == "mean":
-            return [m[:pos].unsqueeze(0) for m in self.mean_acts], None
+            cols = self.alignment.columns(pos)
+            return [m[cols].unsqueeze(0) for m in self.mean_acts], None
         return [torch.zeros(1, 1, 1)] * len(self.hooks), None
 
     def delta(self, clean: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -268,6 +369,7 @@ def batch_gradients(run: _Run, batch: Batch, use_relp: bool):
     with torch.enable_grad(), mode, model.hooks(fwd_hooks=[(h, capture) for h in hooks]):
         logits = model(batch.clean_tokens.to(model.cfg.device))
         m = evaluate_metric(run.metric_fn, logits, batch)
+        warn_unlikely_answers(logits[:, -1], batch, run.prompts)
         xs = [captured.pop(h) for h in hooks]
         grads = torch.autograd.grad(m.sum(), xs, allow_unused=True)
     acts = [_flat(x.detach()) for x in xs]
@@ -289,7 +391,9 @@ def _ig_batch(run: _Run, batch: Batch, steps: int):
     m_clean = evaluate_metric(run.metric_fn, logits, batch)
     ref, m_ref = run.reference(batch)
     scores = []
-    for layer, hook_name in enumerate(hooks):
+    layers = tqdm(list(enumerate(hooks)), desc=f"IG-{steps} over layers ({len(batch)} prompts)",
+                  disable=not run.progress, leave=False)
+    for layer, hook_name in layers:
         block = _block_of(model, hook_name)
         a, r = clean[layer], ref[layer].to(clean[layer].device).expand_as(clean[layer])
         grad_sum = torch.zeros_like(a)
@@ -320,8 +424,11 @@ def _exact_batch(run: _Run, batch: Batch, nodes: list[Node], node_batch: int):
     ref = [r.to(c.device).expand_as(c) for r, c in zip(ref, clean)]
     blocks = [_block_of(model, h) for h in hooks]
     scores = torch.full((b, len(hooks), pos, clean[0].shape[-1]), float("nan"))
+    # every node must exist in every prompt; its position resolved for this length (negative: from the end)
+    where = {n: None if n[1] is None else require(n[1], pos, f"L{n[0]}/{n[2]}@{n[1]}",
+                                                   run.prompts.clean[batch.indices[0]]) for n in nodes}
     # sorted by layer so that a chunk can skip the blocks before its first patched layer
-    todo = sorted((n for n in nodes if n[1] is None or n[1] < pos), key=lambda n: (n[0], n[1] or 0, n[2]))
+    todo = sorted(nodes, key=lambda n: (n[0], where[n] or 0, n[2]))
     chunk = max(1, node_batch // b)
     for start in range(0, len(todo), chunk):
         group = todo[start:start + chunk]
@@ -334,7 +441,8 @@ def _exact_batch(run: _Run, batch: Batch, nodes: list[Node], node_batch: int):
         for layer, items in by_hook.items():
             def patch(x, hook, items=items, layer=layer):
                 flat = x.reshape(x.shape[0], x.shape[1], -1).clone()
-                for j, (_, p, idx) in items:
+                for j, node in items:
+                    p, idx = where[node], node[2]
                     sl = slice(None) if p is None else slice(p, p + 1)
                     flat[rows[j], sl, idx] = ref[layer][:, sl, idx]
                 return flat.reshape(x.shape)
@@ -349,7 +457,8 @@ def _exact_batch(run: _Run, batch: Batch, nodes: list[Node], node_batch: int):
                               patch_answer_ids=None if batch.patch_answer_ids is None
                               else batch.patch_answer_ids * reps)
             m = evaluate_metric(run.metric_fn, out, rep_batch).view(reps, b)
-        for j, (layer, p, idx) in enumerate(group):
+        for j, node in enumerate(group):
+            layer, p, idx = node[0], where[node], node[2]
             effect = (m[j] - m_clean) if run.paired else (m_clean - m[j])
             if p is None:
                 scores[:, layer, :, idx] = 0.0
@@ -359,18 +468,21 @@ def _exact_batch(run: _Run, batch: Batch, nodes: list[Node], node_batch: int):
     return scores, m_clean.cpu(), m_ref
 
 
-def _mean_acts(model: HookedTransformer, batches: list[Batch], hooks: list[str], max_len: int):
-    """Per-position mean activation over the examples that reach that position. → per hook [pos, node]."""
-    sums, counts = None, torch.zeros(max_len, 1)
+def _mean_acts(model: HookedTransformer, batches: list[Batch], hooks: list[str], alignment: Alignment,
+               patch: bool = False) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Per-column mean activation over the examples that reach each column (of the patch prompts with
+    ``patch``). → (per hook ``[column, node]``, ``[column]`` example counts)."""
+    sums, counts = None, torch.zeros(alignment.n_columns, dtype=torch.long)
     for batch in batches:
-        _, acts, _ = _cache_acts(model, batch.clean_tokens.to(model.cfg.device), hooks)
+        tokens = batch.patch_tokens if patch else batch.clean_tokens
+        _, acts, _ = _cache_acts(model, tokens.to(model.cfg.device), hooks)
         if sums is None:
-            sums = [torch.zeros(max_len, a.shape[-1]) for a in acts]
-        pos = batch.clean_tokens.shape[1]
+            sums = [torch.zeros(alignment.n_columns, a.shape[-1], dtype=torch.float64) for a in acts]
+        cols = alignment.columns(tokens.shape[1])
         for s, a in zip(sums, acts):
-            s[:pos] += a.sum(0).cpu()
-        counts[:pos] += len(batch)
-    return [s / counts.clamp(min=1) for s in sums]
+            s[cols] += a.sum(0).double().cpu()
+        counts[cols] += len(batch)
+    return [(s / counts[:, None].clamp(min=1)).float() for s in sums], counts
 
 
 def as_prompts(prompts, answers=None, patch=None, patch_answers=None) -> Prompts:
@@ -385,21 +497,77 @@ def as_prompts(prompts, answers=None, patch=None, patch_answers=None) -> Prompts
 
 
 def prepare_run(model: HookedTransformer, data: Prompts, basis, metric=None, baseline: str | None = None,
-                rules: RelPConfig | None = None, batch_size: int = 16):
+                rules: RelPConfig | None = None, batch_size: int = 16, progress: bool = False):
     """Validate the arguments and tokenize: ``(run, batches, tokenized, metric_name)``."""
     hooks = resolve_hooks(model, basis)
     paired = data.paired
     metric_name, metric_fn = resolve_metric(metric, paired and data.patch_answers is not None)
-    if baseline is not None and paired:
+    if baseline is not None and paired and baseline != "patch":
         raise RelPLensError("baseline applies to unpaired data; paired data uses the patch activations")
-    baseline = baseline or "zero"
-    if baseline not in ("zero", "mean"):
-        raise RelPLensError(f"unknown baseline {baseline!r}; choose 'zero' or 'mean'")
+    baseline = "patch" if paired else (baseline or DEFAULT_BASELINE)
+    if baseline not in ("patch", *BASELINES):
+        raise RelPLensError(f"unknown baseline {baseline!r}; choose from {list(BASELINES)}")
     tok = tokenize(model, data)
     batches = make_batches(tok, batch_size)
-    mean_acts = _mean_acts(model, batches, hooks, max(tok.lengths)) if (not paired and baseline == "mean") else None
-    run = _Run(model, hooks, metric_fn, paired, baseline, mean_acts, rules or RelPConfig())
+    alignment = tok.alignment
+    mean_acts = _mean_acts(model, batches, hooks, alignment)[0] if baseline == "mean" else None
+    run = _Run(model, hooks, metric_fn, paired, baseline, mean_acts, rules or RelPConfig(), alignment, data,
+               progress)
     return run, batches, tok, metric_name
+
+
+def memory_estimate(model: HookedTransformer, lengths: Sequence[int], hooks: Sequence[str], *,
+                    batch_size: int, reduce: str, width: int | None = None) -> dict[str, int]:
+    """Rough bytes an attribution needs: the kept scores and one batch's forward+backward.
+
+    ``scores``: ``n × layers × positions × width × 4`` per example (``reduce="none"``) or ``layers ×
+    positions × width × 8`` (running float64 sums); ``batch``: activations kept for the backward pass,
+    estimated as 12 tensors of ``batch × pos × (d_model + d_mlp)`` per layer plus the logits.
+    """
+    c = model.cfg
+    width = width or (c.d_mlp or c.d_model)
+    n_pos, n_layers = max(lengths), len(hooks)
+    per_score = n_layers * n_pos * width
+    scores = len(lengths) * per_score * 4 if reduce == "none" else per_score * 8
+    b = min(batch_size, len(lengths))
+    batch = 4 * b * n_pos * (12 * c.n_layers * (c.d_model + (c.d_mlp or 0)) + 3 * c.d_vocab
+                             + c.n_layers * c.n_heads * n_pos)
+    return dict(scores=scores, batch=batch, total=scores + batch)
+
+
+def available_memory() -> int | None:
+    """Bytes the OS reports as available (Linux ``MemAvailable``), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _check_memory(model, tok, hooks, batch_size: int, reduce: str) -> None:
+    if str(model.cfg.device).startswith("cuda"):
+        return  # scores live on the CPU; the device's own limits are torch's to report
+    have = available_memory()
+    if have is None:
+        return
+    need = memory_estimate(model, tok.lengths, hooks, batch_size=batch_size, reduce=reduce)
+    if need["total"] > 0.9 * have:
+        advice = []
+        if reduce == "none" and need["scores"] > 0.3 * have:
+            advice.append("reduce='mean' (keeps running sums, not per-example scores)")
+        if need["batch"] > 0.3 * have:
+            advice.append("a smaller batch_size")
+        raise RelPLensError(f"this attribution needs about {need['total'] / 2**30:.1f} GiB (scores "
+                            f"{need['scores'] / 2**30:.1f} GiB, one batch {need['batch'] / 2**30:.1f} GiB) but "
+                            f"{have / 2**30:.1f} GiB are available; use {' and '.join(advice) or 'fewer prompts'}")
+
+
+BASELINES = ("zero", "mean")
+DEFAULT_BASELINE = "zero"
+REDUCTIONS = ("none", "mean")
 
 
 def attribute(
@@ -418,6 +586,7 @@ def attribute(
     rules: RelPConfig | None = None,
     batch_size: int = 16,
     node_batch: int = 64,
+    reduce: str = "none",
     progress: bool = True,
 ) -> Attribution:
     """Score every node of ``basis`` for ``metric`` on ``prompts``.
@@ -433,16 +602,26 @@ def attribute(
         method: ``relp`` | ``grad`` | ``ig`` | ``exact``.
         metric: ``logit_diff`` (paired default) | ``logit`` (unpaired default) | ``logprob`` | a callable.
         baseline: unpaired data only: ``zero`` (default) or ``mean`` (per-position mean over the prompts).
-        nodes: for ``exact``: the ``(layer, pos, index)`` nodes to patch (``pos=None``: all positions).
+        nodes: for ``exact``: the ``(layer, pos, index)`` nodes to patch (``pos=None``: all positions;
+            negative: counted from the end).
         ig_steps: integration points for ``ig``.
         rules: RelP rule switches for ``relp`` (default: the paper's set, AH rule off).
         batch_size: examples per forward pass (memory is bounded by it); prompts are grouped by length.
         node_batch: rows per forward pass for ``exact`` (nodes × examples).
-        progress: show a tqdm progress bar.
+        reduce: ``"none"``: keep per-example scores ``[batch, layer, pos, node]``; ``"mean"``: keep only
+            running float64 sums, so memory does not grow with the number of prompts.
+        progress: show tqdm progress bars.
+
+    Positions follow :mod:`relp_lens.positions`: absolute when every prompt has one token length, else
+    counted from the end after the prefix every prompt shares.
     """
     # -- validate everything before touching the model -------------------------------------------------
     if method not in METHODS:
         raise RelPLensError(f"unknown method {method!r}; choose from {list(METHODS)}")
+    if reduce not in REDUCTIONS:
+        raise RelPLensError(f"unknown reduce {reduce!r}; choose from {list(REDUCTIONS)}")
+    if reduce == "mean" and method == "exact":
+        raise RelPLensError("method 'exact' keeps per-example effects of the patched nodes; use reduce='none'")
     data = as_prompts(prompts, answers, patch, patch_answers)
     if method == "ig" and ig_steps < 1:
         raise RelPLensError(f"ig_steps must be >= 1, got {ig_steps}")
@@ -452,14 +631,20 @@ def attribute(
         nodes = [tuple(n) for n in nodes]
         n_hooks = len(resolve_hooks(model, basis))
         for n in nodes:
-            if len(n) != 3 or not 0 <= n[0] < n_hooks or (n[1] is not None and n[1] < 0) or n[2] < 0:
-                raise RelPLensError(f"bad node {n!r}: expected (layer in [0, {n_hooks}), pos >= 0 or None, index >= 0)")
-    run, batches, tok, metric_name = prepare_run(model, data, basis, metric, baseline, rules, batch_size)
-    hooks, paired = run.hooks, run.paired
-    max_len = max(tok.lengths)
+            if (len(n) != 3 or not _is_int(n[0]) or not 0 <= n[0] < n_hooks or not _is_int(n[2]) or n[2] < 0):
+                raise RelPLensError(f"bad node {n!r}: expected (layer in [0, {n_hooks}), pos, index >= 0)")
+            check_position(n[1], f"node {n!r}")
+    run, batches, tok, metric_name = prepare_run(model, data, basis, metric, baseline, rules, batch_size,
+                                                 progress)
+    hooks, paired, align = run.hooks, run.paired, run.alignment
+    _check_memory(model, tok, hooks, batch_size, reduce)
 
     # -- run ---------------------------------------------------------------------------------------
-    results: list[tuple[Batch, torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
+    scores = score_sum = None
+    counts = torch.zeros(align.n_columns, dtype=torch.long)
+    metric_clean = torch.zeros(len(data))
+    metric_ref = torch.full((len(data),), float("nan")) if paired else None
+    fill = float("nan") if method == "exact" else 0.0
     for batch in tqdm(batches, desc=f"{method} attribution", disable=not progress, leave=False):
         if method in ("relp", "grad"):
             s, m, m_ref = _grad_batch(run, batch, use_relp=method == "relp")
@@ -467,23 +652,38 @@ def attribute(
             s, m, m_ref = _ig_batch(run, batch, ig_steps)
         else:
             s, m, m_ref = _exact_batch(run, batch, list(nodes), node_batch)
-        results.append((batch, s, m, m_ref))
-
-    n_node = results[0][1].shape[-1]
-    for batch, s, _, _ in results:
-        if s.shape[-1] != n_node:
+        # s: [batch, layer, pos, node]
+        if scores is None and score_sum is None:
+            width = s.shape[-1]
+            if reduce == "none":
+                scores = torch.full((len(data), len(hooks), align.n_columns, width), fill)
+            else:
+                score_sum = torch.zeros(len(hooks), align.n_columns, width, dtype=torch.float64)
+        if s.shape[-1] != width:
             raise RelPLensError(f"hooks of basis {basis_name(basis)!r} have different widths; attribute them separately")
-    fill = float("nan") if method == "exact" else 0.0
-    scores = torch.full((len(data), len(hooks), max_len, n_node), fill)
-    metric_clean = torch.zeros(len(data))
-    metric_ref = torch.zeros(len(data)) if paired else None
-    for batch, s, m, m_ref in results:
+        cols = align.columns(s.shape[2])
         idx = torch.tensor(batch.indices)
-        scores[idx, :, : s.shape[2]] = s
+        if scores is not None:
+            block = scores[idx]
+            block[:, :, cols] = s
+            scores[idx] = block
+        else:
+            score_sum[:, cols] += s.sum(0).double()
+        counts[cols] += len(batch)
         metric_clean[idx] = m
-        if metric_ref is not None:
-            metric_ref[idx] = m_ref if m_ref is not None else float("nan")
-    str_tokens = [model.to_str_tokens(t) for t in tok.clean_tokens]
+        if metric_ref is not None and m_ref is not None:
+            metric_ref[idx] = m_ref.cpu()
+    str_tokens = [_str_tokens(model, t) for t in tok.clean_tokens]
     return Attribution(scores=scores, str_tokens=str_tokens, hook_names=hooks, basis=basis_name(basis),
                        method=method, metric=metric_name, paired=paired, metric_clean=metric_clean,
-                       metric_ref=metric_ref, prompts=data)
+                       metric_ref=metric_ref, prompts=data, alignment=align, baseline=run.baseline,
+                       score_sum=score_sum, counts=counts)
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _str_tokens(model: HookedTransformer, tokens: torch.Tensor) -> list[str]:
+    """One string per token (each token decoded alone, as ``to_str_tokens`` does)."""
+    return [model.tokenizer.decode([int(t)]) for t in tokens]

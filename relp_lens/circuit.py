@@ -4,28 +4,42 @@
    score|) or :func:`select_threshold` (keep |score| ≥ τ·|m|, m the mean clean metric; the paper uses
    τ = 0.005). Nodes are position-specific ``(layer, pos, index)`` or position-aggregated (``pos=None``:
    the neuron at every position; score summed over positions).
+   Positions follow :mod:`relp_lens.positions` (negative: counted from the end). When the circuit will be
+   judged by mean ablation of unpaired data, positions every prompt shares (BOS, a common template start)
+   are left out by default — mean ablation cannot move them; ``exclude_neurons`` leaves out chosen
+   neurons (e.g. :func:`relp_lens.cards.always_on_neurons`) at every position.
 2. Save / load as JSON (:meth:`Circuit.save`, :meth:`Circuit.load`): schema ``relp_lens.circuit``,
-   version 1, written atomically; loading validates every field and names what is wrong.
+   version 2 (version-1 files still load), written atomically; loading validates every field and names
+   what is wrong.
 3. :meth:`Circuit.check_model` verifies a circuit fits a model (layers, widths) before any evaluation.
 4. :meth:`Circuit.to_circuit_tracer` exports circuit-tracer's graph JSON (metadata, qParams, nodes,
    links) so its frontend can render a relp_lens circuit.
 
-JSON schema, version 1::
+JSON schema, version 2::
 
-    {"schema": "relp_lens.circuit", "version": 1,
+    {"schema": "relp_lens.circuit", "version": 2,
      "model": {"name", "n_layers", "d_model", "d_mlp", "d_vocab"},
      "basis": "mlp_post", "hook_names": [...one per layer...], "node_width": 1536,
      "method": "relp", "metric": "logit_diff",
+     "baseline": "patch" | "zero" | "mean",              # what attribution compared activations with
+     "ablation": "mean" | "zero" | "counterfactual",      # how evaluation removes nodes (default: consistent)
+     "positions": {"rule": "absolute" | "end", "n_shared": int, "labels": {"-1": "' of'", ...}},
      "data": {"task": str|null, "rows": [...JSONL rows...]|null, "n_prompts": int},
-     "selection": {"k": int|null, "tau": float|null, "aggregate_pos": bool},
-     "nodes": [{"layer": int, "pos": int|null, "index": int, "score": float}],
+     "selection": {"k": int|null, "tau": float|null, "aggregate_pos": bool, "include_fixed": bool,
+                   "excluded_positions": [int], "excluded_neurons": [[layer, index]]},
+     "nodes": [{"layer": int, "pos": int|null, "index": int, "score": float}],   # pos < 0: from the end
      "edges": [{"source": node#, "target": node#, "weight": float}],
      "evaluation": {...}|null}
+
+Version 1 had no baseline, ablation or positions: positions were absolute, the baseline the patch prompts
+(paired) or zero, and evaluation mean ablation.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +52,14 @@ from relp_lens.errors import RelPLensError
 from relp_lens.files import write_json_atomic
 
 SCHEMA = "relp_lens.circuit"
-VERSION = 1
+VERSION = 2
+ABLATIONS = ("mean", "zero", "counterfactual")
+
+
+def consistent_ablation(baseline: str) -> str:
+    """The ablation that measures what a baseline's scores estimate: the patch prompts' mean for paired
+    data (Marks et al.), zero for a zero baseline, the mean for a mean baseline."""
+    return {"patch": "mean", "zero": "zero", "mean": "mean"}.get(baseline, "mean")
 
 
 @dataclass(frozen=True)
@@ -54,6 +75,10 @@ class CircuitNode:
 
     def label(self) -> str:
         return f"L{self.layer}/{self.index}@{'all' if self.pos is None else self.pos}"
+
+    @property
+    def key_tuple(self) -> tuple[int, int | None, int]:
+        return self.key
 
 
 @dataclass(frozen=True)
@@ -76,8 +101,13 @@ class Circuit:
     selection: dict[str, Any] = field(default_factory=dict)
     edges: list[CircuitEdge] = field(default_factory=list)
     evaluation: dict[str, Any] | None = None
+    baseline: str = "patch"
+    ablation: str = "mean"
+    positions: dict[str, Any] = field(default_factory=lambda: dict(rule="absolute", n_shared=0, labels={}))
 
     def __post_init__(self) -> None:
+        if self.ablation not in ABLATIONS:
+            raise RelPLensError(f"unknown ablation {self.ablation!r}; choose from {list(ABLATIONS)}")
         n_layers = len(self.hook_names)
         seen = set()
         for i, n in enumerate(self.nodes):
@@ -85,8 +115,9 @@ class Circuit:
                 raise RelPLensError(f"node {i}: layer {n.layer!r} outside [0, {n_layers})")
             if not (isinstance(n.index, int) and 0 <= n.index < self.node_width):
                 raise RelPLensError(f"node {i}: index {n.index!r} outside [0, {self.node_width})")
-            if n.pos is not None and not (isinstance(n.pos, int) and n.pos >= 0):
-                raise RelPLensError(f"node {i}: pos must be a non-negative integer or null, got {n.pos!r}")
+            if n.pos is not None and (isinstance(n.pos, bool) or not isinstance(n.pos, int)):
+                raise RelPLensError(f"node {i}: pos must be an integer (negative: from the end) or null, "
+                                    f"got {n.pos!r}")
             if n.key in seen:
                 raise RelPLensError(f"node {i}: duplicate node {n.label()}")
             seen.add(n.key)
@@ -109,13 +140,25 @@ class Circuit:
             ev = self.evaluation
             lines.append(f"faithfulness {ev['faithfulness']:+.3f}, completeness {ev['completeness']:+.3f} "
                          f"on {ev.get('n_prompts', '?')} held-out prompts")
+        if self.positions.get("rule") == "end":
+            lines.append("positions: prompts differ in length; negative positions count from the end (-1 = last)")
         for n in sorted(self.nodes, key=lambda n: -abs(n.score))[:k]:
-            tok = ""
-            if str_tokens is not None and n.pos is not None and n.pos < len(str_tokens):
-                tok = f" {str_tokens[n.pos]!r}"
+            tok = f" {self.token_label(n.pos, str_tokens)}" if n.pos is not None else ""
             lines.append(f"  layer {n.layer:2d} index {n.index:5d} pos {'all' if n.pos is None else n.pos}{tok}"
                          f"  score {n.score:+.4f}")
         return "\n".join(lines)
+
+    def token_label(self, pos: int, str_tokens: list[str] | None = None) -> str:
+        """The token(s) found at node position ``pos`` of the build prompts ('?' when unknown)."""
+        labels = self.positions.get("labels") or {}
+        if pos in labels:
+            return labels[pos]
+        if str_tokens is not None:
+            from relp_lens.positions import resolve
+
+            t = resolve(pos, len(str_tokens))
+            return "?" if t is None else repr(str_tokens[t])
+        return "?"
 
     # -- model compatibility -----------------------------------------------------------------------
     def check_model(self, model: HookedTransformer) -> None:
@@ -134,6 +177,8 @@ class Circuit:
             "schema": SCHEMA, "version": VERSION, "model": self.model, "basis": self.basis,
             "hook_names": self.hook_names, "node_width": self.node_width, "method": self.method,
             "metric": self.metric, "data": self.data, "selection": self.selection,
+            "baseline": self.baseline, "ablation": self.ablation,
+            "positions": dict(self.positions, labels={str(k): v for k, v in (self.positions.get("labels") or {}).items()}),
             "nodes": [asdict(n) for n in self.nodes], "edges": [asdict(e) for e in self.edges],
             "evaluation": self.evaluation,
         }
@@ -144,9 +189,10 @@ class Circuit:
             raise RelPLensError(f"{source}: expected a JSON object, got {type(d).__name__}")
         if d.get("schema") != SCHEMA:
             raise RelPLensError(f"{source}: not a relp_lens circuit (schema {d.get('schema')!r}, expected {SCHEMA!r})")
-        if d.get("version") != VERSION:
-            raise RelPLensError(f"{source}: circuit file version {d.get('version')!r} is not supported "
-                                f"(this relp_lens reads version {VERSION})")
+        version = d.get("version")
+        if version not in (1, VERSION):
+            raise RelPLensError(f"{source}: circuit file version {version!r} is not supported "
+                                f"(this relp_lens reads versions 1 and {VERSION})")
         required = {"model": dict, "basis": str, "hook_names": list, "node_width": int, "nodes": list}
         for key, typ in required.items():
             if not isinstance(d.get(key), typ):
@@ -158,11 +204,25 @@ class Circuit:
                      for e in d.get("edges") or []]
         except (KeyError, TypeError, ValueError) as e:
             raise RelPLensError(f"{source}: malformed node or edge ({type(e).__name__}: {e})") from None
+        data = d.get("data") or {}
+        if version == 1:  # absolute positions; patch baseline for paired rows, zero otherwise; mean ablation
+            rows = data.get("rows") or []
+            baseline = "patch" if rows and "patch_prefix" in rows[0] else "zero"
+            extra = dict(baseline=baseline, ablation="mean", positions=dict(rule="absolute", n_shared=0, labels={}))
+        else:
+            pos = d.get("positions") or {}
+            try:
+                labels = {int(k): str(v) for k, v in (pos.get("labels") or {}).items()}
+            except (TypeError, ValueError, AttributeError):
+                raise RelPLensError(f"{source}: positions.labels must map integer positions to labels") from None
+            extra = dict(baseline=str(d.get("baseline", "patch")), ablation=str(d.get("ablation", "mean")),
+                         positions=dict(rule=pos.get("rule", "absolute"), n_shared=int(pos.get("n_shared", 0)),
+                                        labels=labels))
         try:
             return cls(nodes=nodes, basis=d["basis"], hook_names=d["hook_names"], node_width=d["node_width"],
                        model=d["model"], method=d.get("method", "?"), metric=d.get("metric", "?"),
-                       data=d.get("data") or {}, selection=d.get("selection") or {}, edges=edges,
-                       evaluation=d.get("evaluation"))
+                       data=data, selection=d.get("selection") or {}, edges=edges,
+                       evaluation=d.get("evaluation"), **extra)
         except RelPLensError as e:
             raise RelPLensError(f"{source}: {e}") from None
 
@@ -193,7 +253,9 @@ class Circuit:
         n_layers = int(self.model.get("n_layers", len(self.hook_names)))
         nodes, ids = [], []
         for n in self.nodes:
-            pos = last if n.pos is None else n.pos
+            pos = last if n.pos is None else n.pos if n.pos >= 0 else len(prompt_tokens) + n.pos
+            if not 0 <= pos <= last:
+                raise RelPLensError(f"node {n.label()} is outside the {len(prompt_tokens)}-token prompt")
             node_id = f"{n.layer}_{n.index}_{pos}"
             ids.append(node_id)
             nodes.append(dict(
@@ -227,44 +289,95 @@ def model_facts(model: HookedTransformer) -> dict[str, Any]:
 def _node_scores(attr: Attribution, aggregate_pos: bool) -> torch.Tensor:
     """Mean score per node: ``[layer, pos, node]`` (pos axis of size 1 when aggregated)."""
     if aggregate_pos:
-        return attr.scores.nansum(2, keepdim=True).nanmean(0).nan_to_num(0.0)
+        return attr.mean_over_positions()[:, None, :].nan_to_num(0.0)
     return attr.mean().nan_to_num(0.0)
 
 
+def _candidates(attr: Attribution, s: torch.Tensor, aggregate_pos: bool, ablation: str,
+                include_fixed: bool | None, exclude_neurons) -> tuple[torch.Tensor, dict]:
+    """``[layer, pos, node]`` bool: nodes selection may choose, and what was left out (for the file)."""
+    ok = torch.ones_like(s, dtype=torch.bool)
+    if include_fixed is None:  # mean ablation cannot move a position identical in every prompt
+        include_fixed = not (ablation == "mean" and not attr.paired)
+    fixed = [] if include_fixed or aggregate_pos else attr.fixed_positions
+    if fixed:
+        ok[:, : len(fixed)] = False
+        if len(fixed) == attr.n_positions:
+            warnings.warn("every position is shared by all prompts (identical prompts?), so mean ablation "
+                          "cannot move any node and none is selected; pass include_fixed=True or use more "
+                          "varied prompts", stacklevel=3)
+    excluded = []
+    for layer, index in exclude_neurons or ():
+        if not (0 <= layer < s.shape[0] and 0 <= index < s.shape[2]):
+            raise RelPLensError(f"excluded neuron ({layer}, {index}) outside [0, {s.shape[0]}) × [0, {s.shape[2]})")
+        ok[layer, :, index] = False
+        excluded.append([int(layer), int(index)])
+    return ok, dict(include_fixed=include_fixed, excluded_positions=list(fixed), excluded_neurons=excluded)
+
+
 def _from_scores(attr: Attribution, model: HookedTransformer, keep: torch.Tensor, s: torch.Tensor,
-                 aggregate_pos: bool, selection: dict, task: str | None) -> Circuit:
-    idx = keep.nonzero().tolist()
-    nodes = [CircuitNode(layer=l, pos=None if aggregate_pos else p, index=i, score=float(s[l, p, i]))
-             for l, p, i in idx]
+                 aggregate_pos: bool, selection: dict, task: str | None, ablation: str) -> Circuit:
+    labels = attr.positions
+    nodes = [CircuitNode(layer=l, pos=None if aggregate_pos else labels[p], index=i, score=float(s[l, p, i]))
+             for l, p, i in keep.nonzero().tolist()]
     nodes.sort(key=lambda n: -abs(n.score))
     rows = attr.prompts.to_rows() if attr.prompts is not None else None
-    return Circuit(nodes=nodes, basis=attr.basis, hook_names=list(attr.hook_names), node_width=attr.scores.shape[3],
+    align = attr.alignment
+    positions = dict(rule="end" if align.end_aligned else "absolute", n_shared=align.n_shared,
+                     labels=attr.position_labels())
+    return Circuit(nodes=nodes, basis=attr.basis, hook_names=list(attr.hook_names), node_width=attr.width,
                    model=model_facts(model), method=attr.method, metric=attr.metric,
-                   data=dict(task=task, rows=rows, n_prompts=attr.scores.shape[0]),
-                   selection=dict(selection, aggregate_pos=aggregate_pos))
+                   data=dict(task=task, rows=rows, n_prompts=attr.n_examples),
+                   selection=dict(selection, aggregate_pos=aggregate_pos), baseline=attr.baseline,
+                   ablation=ablation, positions=positions)
+
+
+def _ablation(attr: Attribution, ablation: str | None) -> str:
+    ablation = ablation or consistent_ablation(attr.baseline)
+    if ablation not in ABLATIONS:
+        raise RelPLensError(f"unknown ablation {ablation!r}; choose from {list(ABLATIONS)}")
+    if ablation == "counterfactual" and not attr.paired:
+        raise RelPLensError("counterfactual ablation needs paired data (patch prompts)")
+    return ablation
 
 
 def select_top_k(attr: Attribution, model: HookedTransformer, k: int, *, aggregate_pos: bool = False,
-                 task: str | None = None) -> Circuit:
-    """The ``k`` nodes with the largest |mean score|."""
+                 task: str | None = None, ablation: str | None = None, include_fixed: bool | None = None,
+                 exclude_neurons: Sequence[tuple[int, int]] | None = None) -> Circuit:
+    """The ``k`` nodes with the largest |mean score|.
+
+    ``ablation``: how the circuit will be judged (default: consistent with the attribution's baseline,
+    see :func:`consistent_ablation`); with mean ablation of unpaired data, positions shared by every
+    prompt are left out unless ``include_fixed=True``. ``exclude_neurons``: ``(layer, index)`` pairs never
+    selected.
+    """
     if k < 0:
         raise RelPLensError(f"k must be >= 0, got {k}")
+    ablation = _ablation(attr, ablation)
     s = _node_scores(attr, aggregate_pos)
+    ok, left_out = _candidates(attr, s, aggregate_pos, ablation, include_fixed, exclude_neurons)
     keep = torch.zeros_like(s, dtype=torch.bool)
-    if k:
-        flat = s.abs().flatten().topk(min(k, s.numel())).indices
+    key = s.abs().masked_fill(~ok, -1.0)
+    k_eff = min(k, int(ok.sum()))
+    if k_eff:
+        flat = key.flatten().topk(k_eff).indices
         keep.view(-1)[flat] = True
-    return _from_scores(attr, model, keep, s, aggregate_pos, dict(k=k, tau=None), task)
+    return _from_scores(attr, model, keep, s, aggregate_pos, dict(k=k, tau=None, **left_out), task, ablation)
 
 
 def select_threshold(attr: Attribution, model: HookedTransformer, tau: float = 0.005, *,
-                     aggregate_pos: bool = False, task: str | None = None) -> Circuit:
-    """Nodes with |mean score| ≥ τ·|m|, m the mean clean metric."""
+                     aggregate_pos: bool = False, task: str | None = None, ablation: str | None = None,
+                     include_fixed: bool | None = None,
+                     exclude_neurons: Sequence[tuple[int, int]] | None = None) -> Circuit:
+    """Nodes with |mean score| ≥ τ·|m|, m the mean clean metric (other arguments as :func:`select_top_k`)."""
     if not tau >= 0:
         raise RelPLensError(f"tau must be >= 0, got {tau}")
+    ablation = _ablation(attr, ablation)
     s = _node_scores(attr, aggregate_pos)
+    ok, left_out = _candidates(attr, s, aggregate_pos, ablation, include_fixed, exclude_neurons)
     m = attr.metric_clean.mean().abs().item()
-    keep = s.abs() >= tau * m
+    keep = (s.abs() >= tau * m) & ok
     if tau == 0:
         keep &= s != 0
-    return _from_scores(attr, model, keep, s, aggregate_pos, dict(k=None, tau=tau, m=m), task)
+    return _from_scores(attr, model, keep, s, aggregate_pos, dict(k=None, tau=tau, m=m, **left_out), task,
+                        ablation)

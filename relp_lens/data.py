@@ -14,6 +14,7 @@ target when absent).
 from __future__ import annotations
 
 import json
+import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ import torch
 from transformer_lens import HookedTransformer
 
 from relp_lens.errors import RelPLensError
+from relp_lens.positions import Alignment
 
 
 def _as_targets(answer, what: str, i: int) -> list[str]:
@@ -42,6 +44,7 @@ class Prompts:
     patch: list[str] | None = None
     patch_answers: list[list[str]] | None = None
     cases: list[str] | None = None
+    where: list[str] | None = None  # how errors name each example ("file:line"; default "row i")
 
     def __post_init__(self) -> None:
         if isinstance(self.clean, str):
@@ -66,6 +69,12 @@ class Prompts:
             if self.answers is None:
                 raise RelPLensError("patch answers given without clean answers")
             self.patch_answers = self._targets(self.patch_answers, "patch answer")
+        if self.where is not None and len(self.where) != n:
+            raise RelPLensError(f"{n} prompts but {len(self.where)} row labels")
+
+    def label(self, i: int) -> str:
+        """How errors name example ``i``: its ``file:line`` when read from JSONL, else ``row i``."""
+        return self.where[i] if self.where is not None else f"row {i}"
 
     def _targets(self, answers, what: str) -> list[list[str]]:
         if isinstance(answers, str):
@@ -89,7 +98,8 @@ class Prompts:
             return None if xs is None else [xs[i] for i in idx]
 
         return Prompts(pick(self.clean), pick(self.answers), pick(self.patch), pick(self.patch_answers),
-                       pick(self.cases))
+                       pick(self.cases), pick(self.where) if self.where is not None
+                       else [f"row {i}" for i in idx])
 
     @classmethod
     def from_rows(cls, rows: Sequence[dict], where: Sequence[str] | None = None) -> "Prompts":
@@ -115,17 +125,25 @@ class Prompts:
             patch=[r["patch_prefix"] for r in rows] if "patch_prefix" in first else None,
             patch_answers=[r["patch_answer"] for r in rows] if "patch_answer" in first else None,
             cases=[str(r.get("case", "")) for r in rows],
+            where=where,
         )
 
     @classmethod
     def from_jsonl(cls, path: str | Path) -> "Prompts":
         rows, where = [], []
+        path = Path(path)
+        if path.is_dir():
+            raise RelPLensError(f"data file {path} is a folder; give a .jsonl file")
         try:
-            f = open(path)
+            f = open(path, "rb")
         except FileNotFoundError:
             raise RelPLensError(f"data file not found: {path}") from None
         with f:
-            for lineno, line in enumerate(f, 1):
+            for lineno, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise RelPLensError(f"{path}:{lineno}: not UTF-8 text (byte {e.start} of the line)") from None
                 if not line.strip():
                     continue
                 try:
@@ -190,6 +208,8 @@ class Batch:
     answer_ids: list[list[int]] | None
     patch_answer_ids: list[list[int]] | None = None
     extra: dict = field(default_factory=dict)
+    # per answer of answer_ids: the id of the same text with a leading space, where the answer has none
+    answer_alt_ids: list[list[int | None]] | None = None
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -202,47 +222,103 @@ class Tokenized:
     patch_tokens: list[torch.Tensor] | None
     answer_ids: list[list[int]] | None
     patch_answer_ids: list[list[int]] | None
+    answer_alt_ids: list[list[int | None]] | None = None
 
     @property
     def lengths(self) -> list[int]:
         return [len(t) for t in self.clean_tokens]
 
+    @property
+    def alignment(self) -> Alignment:
+        return Alignment.of(self.clean_tokens)
 
-def answer_token(model: HookedTransformer, answer: str) -> int:
-    """The single token id of ``answer``; a clear error when it is not exactly one token."""
-    ids = model.to_tokens(answer, prepend_bos=False)[0]
+
+def answer_token(model: HookedTransformer, answer: str, where: str | None = None) -> int:
+    """The single token id of ``answer``; a clear error (naming ``where``) when it is not exactly one token."""
+    ids = model.to_tokens(answer, prepend_bos=False, truncate=False)[0]
     if len(ids) != 1:
         pieces = model.to_str_tokens(ids)
-        raise RelPLensError(f"answer {answer!r} is {len(ids)} tokens {pieces}, not a single token")
+        at = f"{where}: " if where else ""
+        raise RelPLensError(f"{at}answer {answer!r} is {len(ids)} tokens {pieces}, not a single token")
     return int(ids[0])
 
 
+def prompt_tokens(model: HookedTransformer, text: str, where: str) -> torch.Tensor:
+    """``[pos]`` tokens of one prompt with BOS, never truncated: a prompt longer than the model's context
+    (``n_ctx``) is an error naming ``where`` and its token count."""
+    n_ctx = getattr(model.cfg, "n_ctx", None)
+    if n_ctx and len(text.encode("utf-8")) > 64 * n_ctx:  # no tokenizer makes fewer tokens than bytes/64
+        raise RelPLensError(f"{where}: prompt of {len(text):,} characters is far longer than the model's "
+                            f"context ({n_ctx} tokens)")
+    tokens = model.to_tokens(text, prepend_bos=True, truncate=False)[0].cpu()
+    if n_ctx and len(tokens) > n_ctx:
+        raise RelPLensError(f"{where}: prompt has {len(tokens)} tokens, more than the model's context of "
+                            f"{n_ctx} (n_ctx); shorten it")
+    return tokens
+
+
 def tokenize(model: HookedTransformer, prompts: Prompts) -> Tokenized:
+    """Every prompt into tokens (checked against ``n_ctx``), every answer into one token id."""
     if model.tokenizer is None:
         raise RelPLensError("model has no tokenizer; pass tokens through a model with a tokenizer")
-    clean = [model.to_tokens(s, prepend_bos=True)[0].cpu() for s in prompts.clean]
+    clean = [prompt_tokens(model, s, prompts.label(i)) for i, s in enumerate(prompts.clean)]
     patch = None
     if prompts.patch is not None:
-        patch = [model.to_tokens(s, prepend_bos=True)[0].cpu() for s in prompts.patch]
+        patch = [prompt_tokens(model, s, prompts.label(i)) for i, s in enumerate(prompts.patch)]
         for i, (c, p) in enumerate(zip(clean, patch)):
             if len(c) != len(p):
                 raise RelPLensError(
-                    f"example {i}: clean prompt {prompts.clean[i]!r} has {len(c)} tokens but patch prompt "
-                    f"{prompts.patch[i]!r} has {len(p)}; paired prompts must have equal token length"
+                    f"{prompts.label(i)}: clean prompt {prompts.clean[i]!r} has {len(c)} tokens but patch "
+                    f"prompt {prompts.patch[i]!r} has {len(p)}; paired prompts must have equal token length"
                 )
     cache: dict[str, int] = {}
 
-    def ids(targets: list[str]) -> list[int]:
+    def ids(targets: list[str], i: int) -> list[int]:
         out = []
         for a in targets:
             if a not in cache:
-                cache[a] = answer_token(model, a)
+                cache[a] = answer_token(model, a, prompts.label(i))
             out.append(cache[a])
         return out
 
-    answer_ids = None if prompts.answers is None else [ids(a) for a in prompts.answers]
-    patch_ids = None if prompts.patch_answers is None else [ids(a) for a in prompts.patch_answers]
-    return Tokenized(prompts, clean, patch, answer_ids, patch_ids)
+    def alt(a: str) -> int | None:
+        if not a or a[0].isspace():
+            return None
+        key = "\0 " + a
+        if key not in cache:
+            ids_ = model.to_tokens(" " + a, prepend_bos=False, truncate=False)[0]
+            cache[key] = int(ids_[0]) if len(ids_) == 1 else -1
+        return None if cache[key] < 0 else cache[key]
+
+    answer_ids = None if prompts.answers is None else [ids(a, i) for i, a in enumerate(prompts.answers)]
+    patch_ids = None if prompts.patch_answers is None else [ids(a, i) for i, a in enumerate(prompts.patch_answers)]
+    alt_ids = None if prompts.answers is None else [[alt(x) for x in a] for a in prompts.answers]
+    return Tokenized(prompts, clean, patch, answer_ids, patch_ids, alt_ids)
+
+
+def warn_unlikely_answers(logits: torch.Tensor, batch: Batch, prompts: Prompts, *, floor: float = 1e-3) -> None:
+    """Warn, naming the row, when an answer is near-impossible but the same text with a leading space is
+    likely (``"are"`` for ``" are"``): the circuit would explain a token the model never predicts.
+
+    ``logits``: ``[batch, d_vocab]`` at the last position.
+    """
+    if batch.answer_ids is None or batch.answer_alt_ids is None:
+        return
+    probs = logits.detach().float().softmax(-1)
+    for r, (ids, alts) in enumerate(zip(batch.answer_ids, batch.answer_alt_ids)):
+        for a, b in zip(ids, alts):
+            if b is None:
+                continue
+            p, q = float(probs[r, a]), float(probs[r, b])
+            if p < floor and q > max(10 * p, 0.01):
+                i = batch.indices[r]
+                warnings.warn(f"{prompts.label(i)}: answer {prompts.answers[i][ids.index(a)]!r} has probability "
+                              f"{p:.1e}, but with a leading space it has {q:.2f}; did you mean "
+                              f"{' ' + prompts.answers[i][ids.index(a)]!r}?", AnswerWarning, stacklevel=3)
+
+
+class AnswerWarning(UserWarning):
+    """An answer token the model almost never predicts where a close variant is likely."""
 
 
 def make_batches(tok: Tokenized, batch_size: int) -> list[Batch]:
@@ -265,6 +341,7 @@ def make_batches(tok: Tokenized, batch_size: int) -> list[Batch]:
                     answer_ids=None if tok.answer_ids is None else [tok.answer_ids[i] for i in idx],
                     patch_answer_ids=None if tok.patch_answer_ids is None
                     else [tok.patch_answer_ids[i] for i in idx],
+                    answer_alt_ids=None if tok.answer_alt_ids is None else [tok.answer_alt_ids[i] for i in idx],
                 )
             )
     return batches

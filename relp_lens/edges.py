@@ -4,7 +4,7 @@ For an upstream node u (layer s) and a downstream node d (layer t > s)::
 
     w(u → d) = Σ_positions ∇̃_d m · (∂̃d/∂u) · Δu
 
-with Δu = a_patch − a_clean (paired) or a − a_ref (unpaired), ∇̃_d m the (RelP) gradient of the metric at d
+with Δu = a_patch − a_clean (paired) or a − a_ref (unpaired; a_ref as the circuit's baseline), ∇̃_d m the (RelP) gradient of the metric at d
 in the full model, and ∂̃d/∂u taken with every MLP strictly between s and t made constant, so only direct
 paths — through the residual stream and attention — count. RelP rules apply in every backward pass.
 
@@ -19,7 +19,10 @@ Algorithm (one backward pass serves many downstream nodes):
    positions, its index) and zeros elsewhere; one vectorised backward pass
    (``torch.autograd.grad(..., is_grads_batched=True)``) gives ∇̃_d m · ∂̃d/∂(MLP output of layer s) for
    all R seeds at once — the forward pass is shared by all of them.
-4. For neurons, ∂d/∂u = W_out[u] · ∂d/∂(MLP output), so only the circuit's neurons are projected;
+4. Node positions are resolved per prompt length (negative positions count from the end, see
+   :mod:`relp_lens.positions`), so prompts of different lengths share one circuit; a node at a position
+   some prompt lacks is an error naming both.
+5. For neurons, ∂d/∂u = W_out[u] · ∂d/∂(MLP output), so only the circuit's neurons are projected;
    multiplying by Δu and summing over positions gives the edge weights, averaged over examples.
 """
 
@@ -37,6 +40,7 @@ from transformer_lens import HookedTransformer
 from relp_lens.attribution import as_prompts, batch_gradients, prepare_run
 from relp_lens.circuit import Circuit, CircuitEdge
 from relp_lens.errors import RelPLensError
+from relp_lens.positions import require
 from relp_lens.relp_mode import RelPConfig, relp
 
 _EDGE_HOOK = re.compile(r"^blocks\.(\d+)\.(mlp\.hook_post|hook_mlp_out)$")
@@ -89,12 +93,15 @@ def attribute_edges(
     data = as_prompts(prompts)
     if metric is None:
         metric = circuit.metric if circuit.metric in ("logit_diff", "logit", "logprob") else None
-    run, batches, tok, _ = prepare_run(model, data, circuit.hook_names, metric, None, rules, batch_size)
-    max_len = max(tok.lengths)
-    for i, n in enumerate(circuit.nodes):
-        if n.pos is not None and n.pos >= min(tok.lengths):
-            raise RelPLensError(f"node {i} ({n.label()}) is at position {n.pos}, beyond the shortest prompt "
-                                f"({min(tok.lengths)} tokens)")
+    baseline = None if data.paired or circuit.baseline not in ("zero", "mean") else circuit.baseline
+    run, batches, tok, _ = prepare_run(model, data, circuit.hook_names, metric, baseline, rules, batch_size)
+    # every node's position in every prompt (negative: from the end); a missing one is an error
+    where: dict[int, list[int | None]] = {}
+    for batch in batches:
+        length = batch.clean_tokens.shape[1]
+        prompt = data.clean[batch.indices[0]]
+        where[length] = [None if n.pos is None else require(n.pos, length, f"{i} ({n.label()})", prompt)
+                         for i, n in enumerate(circuit.nodes)]
 
     nodes = circuit.nodes
     neurons = circuit.hook_names[0].endswith("mlp.hook_post")
@@ -111,6 +118,7 @@ def attribute_edges(
     for batch in tqdm(batches if targets else [], desc="edge attribution", disable=not progress, leave=False):
         _, grads, deltas, _, _ = batch_gradients(run, batch, use_relp)  # per layer [B, pos, node]
         b = len(batch)
+        at = where[batch.clean_tokens.shape[1]]  # absolute position of each node in this batch
         live: dict[int, torch.Tensor] = {}
         leaves: dict[int, torch.Tensor] = {}
 
@@ -143,7 +151,7 @@ def attribute_edges(
                     if n.pos is None:
                         s[r, :, :, n.index] = grads[n.layer][:, :, n.index]
                     else:
-                        s[r, :, n.pos, n.index] = grads[n.layer][:, n.pos, n.index]
+                        s[r, :, at[i], n.index] = grads[n.layer][:, at[i], n.index]
                 chunk_src = [l for l in src_layers if l < max(out_layers)]
                 # one vectorised backward pass: row r of every gradient belongs to downstream node chunk[r]
                 g = torch.autograd.grad([live[l] for l in out_layers], [leaves[l] for l in chunk_src],
@@ -162,7 +170,7 @@ def attribute_edges(
                     else:
                         grad, delta = grad[..., idx], deltas[layer][..., idx]
                     contrib = grad * delta[None]  # [R, B, pos, n_src]
-                    w = torch.stack([contrib[..., k].sum(-1) if nodes[j].pos is None else contrib[..., nodes[j].pos, k]
+                    w = torch.stack([contrib[..., k].sum(-1) if nodes[j].pos is None else contrib[..., at[j], k]
                                      for k, j in enumerate(src)], -1).sum(1)  # [R, n_src]
                     for r, i in enumerate(chunk):
                         if nodes[i].layer > layer:

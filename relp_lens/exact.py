@@ -3,10 +3,11 @@
 The RelP paper's headline measure is the Pearson correlation between a method's scores and the exact
 effect of patching each node alone. :func:`compare_with_exact`:
 
-1. attributes the prompts with plain gradients (``grad``), to choose where to look;
-2. picks ``n_nodes`` nodes: half the largest by mean |grad score|, half uniformly at random over
-   (layer, position, index) of the shortest prompt — so both strong and typical nodes are present;
-3. patches each chosen node alone (``method="exact"``) and scores every requested method;
+1. attributes the prompts with every method to be judged;
+2. picks a sample that favours none of them: half of ``n_nodes`` split evenly over the methods' own
+   top nodes by mean |score| (their union), the rest uniformly at random over (layer, position, index)
+   among the positions every prompt has — so both strong and typical nodes are present;
+3. patches each chosen node alone (``method="exact"``);
 4. returns Pearson r of each method against exact, over (example, node) pairs.
 """
 
@@ -20,6 +21,7 @@ from transformer_lens import HookedTransformer
 
 from relp_lens.attribution import Attribution, Node, attribute
 from relp_lens.data import Prompts
+from relp_lens.errors import RelPLensError
 
 
 @dataclass
@@ -34,19 +36,25 @@ class ExactComparison:
         return f"correlation with exact patching of {len(self.nodes)} nodes:\n" + "\n".join(rows)
 
 
-def sample_nodes(grad: Attribution, n_nodes: int, seed: int = 0) -> list[Node]:
-    """Half top nodes by mean |score|, half uniformly random (layer, pos, index) within the shortest prompt."""
-    top = [node for node, _ in grad.top_k(n_nodes // 2)]
+def sample_nodes(attributions: Attribution | Sequence[Attribution], n_nodes: int, seed: int = 0) -> list[Node]:
+    """A neutral node sample: the union of each attribution's top ``n_nodes // 2 // len(attributions)``
+    nodes by mean |score|, filled up to ``n_nodes`` with uniformly random (layer, position, index) nodes
+    at positions every prompt has."""
+    attrs = [attributions] if isinstance(attributions, Attribution) else list(attributions)
+    per_method = max(1, n_nodes // 2 // len(attrs))
+    chosen: set[Node] = set()
+    for a in attrs:
+        chosen |= {node for node, _ in a.top_k(per_method, everywhere=True)}
+    first = attrs[0]
+    everywhere = [p for p, n in zip(first.positions, first.counts.tolist()) if n == first.n_examples]
     gen = torch.Generator().manual_seed(seed)
-    n_layers, n_node = grad.scores.shape[1], grad.scores.shape[3]
-    min_len = min(grad.lengths)
-    chosen = set(top)
-    while len(chosen) < min(n_nodes, n_layers * min_len * n_node):
+    n_layers, width = first.n_layers, first.width
+    while len(chosen) < min(n_nodes, n_layers * len(everywhere) * width):
         layer = int(torch.randint(n_layers, (1,), generator=gen))
-        pos = int(torch.randint(min_len, (1,), generator=gen))
-        idx = int(torch.randint(n_node, (1,), generator=gen))
+        pos = everywhere[int(torch.randint(len(everywhere), (1,), generator=gen))]
+        idx = int(torch.randint(width, (1,), generator=gen))
         chosen.add((layer, pos, idx))
-    return sorted(chosen)
+    return sorted(chosen, key=lambda n: (n[0], n[1], n[2]))
 
 
 def compare_with_exact(
@@ -59,18 +67,17 @@ def compare_with_exact(
     seed: int = 0,
     **kwargs,
 ) -> ExactComparison:
-    """Correlate ``methods`` with exact single-node patching on ``nodes`` (sampled when not given).
+    """Correlate ``methods`` with exact single-node patching on ``nodes`` (a neutral sample when not given,
+    see :func:`sample_nodes`).
 
     ``kwargs`` go to every :func:`relp_lens.attribute` call (basis, metric, batch_size, ...).
     """
-    attributions: dict[str, Attribution] = {}
+    if not methods or "exact" in methods:
+        raise RelPLensError(f"methods must be a non-empty list of relp/grad/ig, got {list(methods)}")
+    attributions = {m: attribute(model, prompts, method=m, **kwargs) for m in methods}
     if nodes is None:
-        attributions["grad"] = attribute(model, prompts, method="grad", **kwargs)
-        nodes = sample_nodes(attributions["grad"], n_nodes, seed)
+        nodes = sample_nodes(list(attributions.values()), n_nodes, seed)
     nodes = [tuple(n) for n in nodes]
     exact = attribute(model, prompts, method="exact", nodes=nodes, **kwargs)
-    for m in methods:
-        if m not in attributions:
-            attributions[m] = attribute(model, prompts, method=m, **kwargs)
     corr = {m: attributions[m].correlation(exact) for m in methods}
     return ExactComparison(nodes=list(nodes), exact=exact, attributions=attributions, correlations=corr)

@@ -19,38 +19,48 @@ from relp_lens.attribution import Attribution
 
 def attribution_heatmap(attr: Attribution, *, example: int | None = None, value: str = "mass",
                         title: str | None = None, model=None) -> go.Figure:
-    """Heatmap of one example (or the mean over examples, on the first example's tokens).
+    """Heatmap of one example, or of the mean over examples at every position of the data.
 
+    Positions follow :mod:`relp_lens.positions` (counted from the end when prompt lengths differ); the
+    axis shows the token at each position — the most common one and its share when prompts differ there.
     ``value``: ``"mass"`` (Σ|score| over the nodes of a cell) or ``"top"`` (signed score of the top node).
     With ``model``, the hover also shows the top node's clean activation (one no-grad forward pass).
     """
     if value not in ("mass", "top"):
         raise ValueError(f"value must be 'mass' or 'top', got {value!r}")
-    ex = 0 if example is None else example
-    s = attr.mean() if example is None else attr.scores[example]  # [layer, pos, node]
-    length = attr.lengths[ex]
-    s = s[:, :length].nan_to_num(0.0)
+    if example is None:
+        s = attr.mean()  # [layer, pos, node]
+        cols = torch.arange(attr.n_positions)
+        labels = attr.position_labels()
+        tokens = [f"{p}: {labels[p]}" for p in attr.positions]
+    else:
+        length = attr.lengths[example]
+        cols = attr.alignment.columns(length)
+        s = attr._per_example("a one-example heatmap")[example][:, cols]
+        tokens = [f"{p}: {t!r}" for p, t in zip([attr.positions[c] for c in cols.tolist()], attr.str_tokens[example])]
+    s = s.nan_to_num(0.0)
     top_val, top_idx = s.abs().max(-1)  # [layer, pos]
     signed_top = torch.gather(s, -1, top_idx[..., None])[..., 0]
     z = s.abs().sum(-1) if value == "mass" else signed_top
-    tokens = [f"{i}: {t!r}" for i, t in enumerate(attr.str_tokens[ex][:length])]
     layers = [h.replace(".hook_", ":") for h in attr.hook_names]
     act = None
     if model is not None:
-        acts = attr.activations(model, example)[:, :length]  # [layer, pos, node]
+        acts = attr.activations(model, example)[:, cols]  # [layer, pos, node]
         act = torch.gather(acts, -1, top_idx[..., None])[..., 0]  # [layer, pos]
+    n_pos = len(tokens)
     hover = [[f"{layers[l]} @ {tokens[p]}<br>top node {int(top_idx[l, p])} score {float(signed_top[l, p]):+.4f}"
               + ("" if act is None else f", activation {float(act[l, p]):+.3f}")
-              + f"<br>mass {float(s[l, p].abs().sum()):.4f}" for p in range(length)] for l in range(len(layers))]
+              + f"<br>mass {float(s[l, p].abs().sum()):.4f}" for p in range(n_pos)] for l in range(len(layers))]
     fig = go.Figure(go.Heatmap(
         z=z.tolist(), x=tokens, y=layers, text=hover, hoverinfo="text",
         colorscale="Blues" if value == "mass" else "RdBu", zmid=None if value == "mass" else 0.0,
         colorbar=dict(title="Σ|score|" if value == "mass" else "score"),
     ))
     where = "mean over examples" if example is None else f"example {example}"
+    axis = "token position (from the end: prompts differ in length)" if attr.alignment.end_aligned else "token position"
     fig.update_layout(
         title=title or f"{attr.method} attribution on {attr.basis} ({attr.metric}, {where})",
-        xaxis_title="token position", yaxis_title="layer", height=max(400, 18 * len(layers) + 150),
+        xaxis_title=axis, yaxis_title="layer", height=max(400, 18 * len(layers) + 150),
     )
     return fig
 
@@ -68,17 +78,31 @@ def top_neurons_bar(attr: Attribution, k: int = 20, *, aggregate_pos: bool = Tru
     return fig
 
 
+def _position_axis(circuit, str_tokens: list[str] | None) -> tuple[list[int], dict[int, str]]:
+    """Positions in reading order (start-counted, then end-counted) and a token label for each."""
+    labels = dict(circuit.positions.get("labels") or {})
+    if not labels and str_tokens:
+        labels = {p: repr(t) for p, t in enumerate(str_tokens)}
+    used = {n.pos for n in circuit.nodes if n.pos is not None}
+    order = sorted(set(labels) | used, key=lambda p: (p < 0, p))
+    return order, labels
+
+
 def circuit_graph(circuit, str_tokens: list[str] | None = None, *, max_edges: int = 500) -> go.Figure:
     """Circuit nodes at (token position, layer), size ∝ |score|, colour = signed score; edges by |weight|.
 
-    Nodes sharing a (layer, position) cell are spread across the cell, strongest in the middle, so each one
-    can be hovered. Only the ``max_edges`` strongest edges are drawn (all of them stay in the circuit).
-    Position-aggregated nodes (``pos=None``) sit in an "all" column right of the last position.
+    Positions come from the circuit (its token labels; counted from the end when the build prompts
+    differed in length), or ``str_tokens`` for a circuit without them. Nodes sharing a (layer, position)
+    cell are spread across the cell, strongest in the middle, so each one can be hovered. Only the
+    ``max_edges`` strongest edges are drawn (all of them stay in the circuit). Position-aggregated nodes
+    (``pos=None``) sit in an "all" column right of the last position.
     """
-    n_pos = max([n.pos for n in circuit.nodes if n.pos is not None] + [len(str_tokens or []) - 1, 0]) + 1
+    order, labels = _position_axis(circuit, str_tokens)
+    column = {p: i for i, p in enumerate(order)}
+    n_pos = len(order)
     cells: dict[tuple[int, int], list[int]] = {}
     for i, n in enumerate(circuit.nodes):
-        cells.setdefault((n_pos if n.pos is None else n.pos, n.layer), []).append(i)
+        cells.setdefault((n_pos if n.pos is None else column[n.pos], n.layer), []).append(i)
     xs, ys = [0.0] * len(circuit.nodes), [float(n.layer) for n in circuit.nodes]
     for (x, _), members in cells.items():
         members.sort(key=lambda i: -abs(circuit.nodes[i].score))
@@ -100,7 +124,7 @@ def circuit_graph(circuit, str_tokens: list[str] | None = None, *, max_edges: in
             traces.append(go.Scatter(x=ex, y=ey, mode="lines", line=dict(color=colour, width=1),
                                      hoverinfo="skip", name="positive edges" if sign > 0 else "negative edges"))
     hover = [f"{circuit.hook_names[n.layer]}[{n.index}]<br>pos {'all' if n.pos is None else n.pos}"
-             + (f" {str_tokens[n.pos]!r}" if str_tokens and n.pos is not None and n.pos < len(str_tokens) else "")
+             + (f" {labels[n.pos]}" if n.pos is not None and n.pos in labels else "")
              + f"<br>score {n.score:+.4f}" for n in circuit.nodes]
     traces.append(go.Scatter(
         x=xs, y=ys, mode="markers", text=hover, hoverinfo="text", name="nodes",
@@ -108,12 +132,14 @@ def circuit_graph(circuit, str_tokens: list[str] | None = None, *, max_edges: in
                     cmid=0.0, colorbar=dict(title="score"), line=dict(width=0.5, color="black")),
     ))
     ticks = list(range(n_pos)) + ([n_pos] if any(n.pos is None for n in circuit.nodes) else [])
-    labels = [f"{p}: {str_tokens[p]!r}" if str_tokens and p < len(str_tokens) else str(p) for p in range(n_pos)]
-    labels += ["all"] if len(ticks) > n_pos else []
+    ticktext = [f"{p}: {labels[p]}" if p in labels else str(p) for p in order]
+    ticktext += ["all"] if len(ticks) > n_pos else []
     fig = go.Figure(traces)
     shown = f", strongest {len(edges)} drawn" if len(edges) < len(circuit.edges) else ""
+    axis = ("token position (from the end: prompts differ in length)" if circuit.positions.get("rule") == "end"
+            else "token position")
     fig.update_layout(title=f"circuit: {len(circuit.nodes)} {circuit.basis} nodes, {len(circuit.edges)} edges{shown}",
-                      xaxis=dict(title="token position", tickvals=ticks, ticktext=labels),
+                      xaxis=dict(title=axis, tickvals=ticks, ticktext=ticktext),
                       yaxis=dict(title="layer"), height=700,
                       legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0))
     return fig
@@ -126,7 +152,8 @@ def faithfulness_curves(rows: list[dict]) -> go.Figure:
     """
     groups: dict[str, list[dict]] = {}
     for r in rows:
-        groups.setdefault(f"{r.get('basis', '?')} · {r.get('method', '?')}", []).append(r)
+        name = f"{r.get('basis', '?')} · {r.get('method', '?')}" + (f" · {r['ablation']} abl." if "ablation" in r else "")
+        groups.setdefault(name, []).append(r)
     fig = go.Figure()
     for i, (name, rs) in enumerate(groups.items()):
         rs = sorted(rs, key=lambda r: r["n_nodes"])
@@ -136,7 +163,10 @@ def faithfulness_curves(rows: list[dict]) -> go.Figure:
         fig.add_trace(go.Scatter(x=[r["n_nodes"] for r in rs], y=[r["completeness"] for r in rs],
                                  mode="lines+markers", name=f"{name} completeness",
                                  line=dict(color=colour, dash="dash")))
-    fig.update_layout(title="faithfulness / completeness vs circuit size", xaxis=dict(type="log", title="nodes"),
+    sizes = sorted({r["n_nodes"] for r in rows if r["n_nodes"] > 0})
+    fig.update_layout(title="faithfulness / completeness vs circuit size",
+                      xaxis=dict(type="log", title="nodes in the circuit", tickvals=sizes,
+                                 ticktext=[str(k) for k in sizes]),
                       yaxis_title="fraction of the metric recovered")
     return fig
 

@@ -56,10 +56,14 @@ def report_inputs(model: HookedTransformer, attr: Attribution, circuit: Circuit,
     if accuracy is None and attr.prompts is not None and attr.prompts.answers is not None:
         inputs.accuracy = str(task_report(model, attr.prompts, batch_size=batch_size, warn=False))
     if held_out:
-        n_max = int(attr.scores[0].numel())
+        n_max = attr.n_layers * attr.n_positions * attr.width
         grid = sorted({min(int(s), n_max) for s in sizes} | {len(circuit)})
+        sel = circuit.selection
         inputs.curves = faithfulness_sweep(model, attr, held_out, sizes=grid, aggregate_pos=_aggregate(circuit),
-                                           metric=circuit.metric, batch_size=batch_size, progress=progress)
+                                           metric=circuit.metric, ablation=circuit.ablation,
+                                           include_fixed=sel.get("include_fixed"),
+                                           exclude_neurons=sel.get("excluded_neurons"),
+                                           batch_size=batch_size, progress=progress)
     if circuit.basis == "mlp_post" and n_cards > 0:
         ranked = sorted(circuit.nodes, key=lambda n: -abs(n.score))
         neurons = list(dict.fromkeys((n.layer, n.index) for n in ranked))[:n_cards]
@@ -77,6 +81,7 @@ table { border-collapse: collapse; font-size: .9em; } td, th { padding: .25em .6
 .num { text-align: right; font-variant-numeric: tabular-nums; } .neg { color: #c0392b; } .pos { color: #1f5fa8; }
 code, .tok { font-family: ui-monospace, Menlo, monospace; background: #f3f3f3; padding: 0 .2em; border-radius: 3px; }
 details summary { cursor: pointer; } .card { margin: .4em 0 .8em 1em; } .muted { color: #777; }
+.warning { color: #a03000; background: #fff4e5; padding: .5em .8em; border-left: 4px solid #e67e22; }
 dl.facts { display: grid; grid-template-columns: max-content auto; gap: .2em 1em; } dt { font-weight: 600; }
 """
 
@@ -92,6 +97,19 @@ def _selection(circuit: Circuit) -> str:
     if sel.get("tau") is not None:
         return f"|score| ≥ τ·|metric|, τ = {sel['tau']}"
     return "custom"
+
+
+def _left_out(circuit: Circuit) -> str:
+    sel = circuit.selection
+    parts = []
+    if sel.get("excluded_positions"):
+        parts.append(f"positions {sel['excluded_positions']} (the same tokens in every prompt: "
+                     f"{circuit.ablation} ablation cannot move them)")
+    if sel.get("excluded_neurons"):
+        names = ", ".join(f"L{l}/{i}" for l, i in sel["excluded_neurons"][:20])
+        more = f" and {len(sel['excluded_neurons']) - 20} more" if len(sel["excluded_neurons"]) > 20 else ""
+        parts.append(f"{len(sel['excluded_neurons'])} always-on neurons ({names}{more})")
+    return "; ".join(parts)
 
 
 def _first_prompt(attr: Attribution) -> str:
@@ -156,13 +174,12 @@ def render_report(attr: Attribution, circuit: Circuit, inputs: ReportInputs | No
     facts = dict(model_facts or {})
     facts.setdefault("model", circuit.model.get("name", "?") if isinstance(circuit.model, dict) else "?")
     title = title or f"relp_lens circuit report — {inputs.task or circuit.data.get('task') or 'custom prompts'}"
-    str_tokens = attr.str_tokens[0][: attr.lengths[0]]
 
     figures: list[tuple[str, go.Figure]] = [
         ("Attribution heatmap", attribution_heatmap(attr, title="attribution mass per layer and position "
                                                                 "(mean over build prompts)", model=model)),
         ("Top nodes", top_neurons_bar(attr, 20, aggregate_pos=_aggregate(circuit))),
-        ("Circuit graph", circuit_graph(circuit, str_tokens)),
+        ("Circuit graph", circuit_graph(circuit)),
     ]
     if inputs.curves:
         figures.append(("Faithfulness and completeness", faithfulness_curves(inputs.curves)))
@@ -177,15 +194,26 @@ def render_report(attr: Attribution, circuit: Circuit, inputs: ReportInputs | No
         ("build prompts", f"{len(attr.lengths)}, e.g. {_first_prompt(attr)!r}"),
         ("task accuracy", inputs.accuracy or "not computed (no answers)"),
         ("attribution", f"{attr.method} on {attr.basis}, metric {attr.metric}"
-                        + (", paired clean/patch" if attr.paired else ", unpaired")),
+                        + (", paired clean/patch" if attr.paired else f", unpaired, {attr.baseline} baseline")),
+        ("positions", "prompts differ in length: positions count from the end (-1 = last token) after the "
+                      f"{attr.alignment.n_shared} token(s) every prompt starts with"
+                      if attr.alignment.end_aligned else "absolute (every prompt has the same token length)"),
         ("circuit", f"{len(circuit)} nodes ({_selection(circuit)}), {len(circuit.edges)} edges"),
     ]
+    left_out = _left_out(circuit)
+    if left_out:
+        summary.append(("left out of selection", left_out))
     if ev:
         summary.append(("evaluation", f"faithfulness {ev['faithfulness']:+.3f}, completeness "
                                       f"{ev['completeness']:+.3f} on {ev.get('n_prompts', '?')} held-out prompts "
-                                      f"(mean ablation)"))
+                                      f"({ev.get('ablation', circuit.ablation)} ablation)"))
+    from relp_lens.ablation import verdict
+
+    weak = verdict(inputs.curves) if inputs.curves else (verdict(ev) if ev else None)
     body = [f"<h1>{_e(title)}</h1>",
             "<dl class='facts'>" + "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in summary) + "</dl>"]
+    if weak:
+        body.append(f"<p class='warning'><b>{_e(weak)}</b></p>")
     body += [f"<p class='muted'>{_e(n)}</p>" for n in inputs.notes]
     for i, (name, fig) in enumerate(figures):
         body.append(f"<h2>{_e(name)}</h2>")
@@ -195,7 +223,7 @@ def render_report(attr: Attribution, circuit: Circuit, inputs: ReportInputs | No
     cards = {(c.layer, c.index): c for c in inputs.cards}
     rows = []
     for rank, n in enumerate(sorted(circuit.nodes, key=lambda n: -abs(n.score)), 1):
-        where = "all" if n.pos is None else f"{n.pos} {_tok(str_tokens[n.pos])}" if n.pos < len(str_tokens) else n.pos
+        where = "all" if n.pos is None else f"{n.pos} <span class='tok'>{_e(circuit.token_label(n.pos))}</span>"
         cls = "neg" if n.score < 0 else "pos"
         card = cards.get((n.layer, n.index))
         label = f"L{n.layer}/{n.index}"

@@ -10,13 +10,17 @@
 3. :func:`steering_sweep` — for each factor, the probabilities of chosen tokens at the last position; the
    factor is the value itself, or multiplies a per-node ``direction``.
 
-Position-specific nodes apply only to forward passes that contain that position; with ``model.generate``
-use ``pos=None`` nodes, or ``use_past_kv_cache=False`` so every step sees the whole sequence.
+Positions follow :mod:`relp_lens.positions`: ``pos >= 0`` from the start, ``pos < 0`` from the end of each
+forward pass (``-1``: the last token), ``None`` every position. A forward pass that lacks a node's
+position is an error naming the node — except a one-token step of ``model.generate`` with the KV cache after
+a pass that did contain it (the cached keys and values already carry the steered value). Values must be
+finite; indices are integers inside the hook's width.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -25,9 +29,20 @@ from transformer_lens import HookedTransformer
 from relp_lens.data import answer_token
 from relp_lens.errors import RelPLensError
 from relp_lens.nodes import resolve_hooks
+from relp_lens.positions import check_position, require, resolve
 
 Node = tuple[int, int | None, int]
 MODES = ("scale", "set", "add")
+
+
+def _width(model: HookedTransformer, hook: str) -> int | None:
+    """The number of nodes at one position of ``hook``, where the config tells it."""
+    c = model.cfg
+    if hook.endswith("mlp.hook_post") or hook.endswith("mlp.hook_pre"):
+        return c.d_mlp
+    if hook.endswith(("hook_mlp_out", "hook_attn_out", "hook_resid_pre", "hook_resid_post", "hook_resid_mid")):
+        return c.d_model
+    return None
 
 
 def _node_hooks(model: HookedTransformer, nodes: Sequence[Node], basis) -> list[str]:
@@ -35,14 +50,23 @@ def _node_hooks(model: HookedTransformer, nodes: Sequence[Node], basis) -> list[
     hooks = resolve_hooks(model, basis)
     names = []
     for node in nodes:
-        if len(node) != 3:
+        if not isinstance(node, (tuple, list)) or len(node) != 3:
             raise RelPLensError(f"bad node {node!r}: expected (layer, pos or None, index)")
-        if not 0 <= node[0] < len(hooks):
-            raise RelPLensError(f"node {node!r}: layer outside [0, {len(hooks)})")
-        names.append(hooks[node[0]])
+        layer, pos, idx = node
+        if not _is_int(layer) or not 0 <= layer < len(hooks):
+            raise RelPLensError(f"node {node!r}: layer must be an integer in [0, {len(hooks)})")
+        check_position(pos, f"node {node!r}")
+        width = _width(model, hooks[layer])
+        if not _is_int(idx) or idx < 0 or (width is not None and idx >= width):
+            raise RelPLensError(f"node {node!r}: index must be an integer in [0, {width if width else 'width'})")
+        names.append(hooks[layer])
     if not names:
         raise RelPLensError("no nodes to steer")
     return names
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
 
 
 @contextlib.contextmanager
@@ -56,27 +80,38 @@ def steer(model: HookedTransformer, nodes: Sequence[Node], value: float | Sequen
     values = [float(value)] * len(nodes) if isinstance(value, (int, float)) else [float(v) for v in value]
     if len(values) != len(nodes):
         raise RelPLensError(f"got {len(values)} steering values for {len(nodes)} nodes; give one number or one per node")
+    bad = [v for v in values if not math.isfinite(v)]
+    if bad:
+        raise RelPLensError(f"steering values must be finite numbers, got {bad[0]!r}")
     by_hook: dict[str, list[tuple[int | None, int, float]]] = {}
     for name, (_, pos, idx), v in zip(_node_hooks(model, nodes, basis), nodes, values):
         by_hook.setdefault(name, []).append((pos, idx, v))
+    longest = [0]  # the longest forward pass steered so far in this block
 
     def make(items):
         def hook(x, hook):  # x: [batch, pos, ...]
             flat = x.reshape(x.shape[0], x.shape[1], -1)
-            width = flat.shape[-1]
+            width, length = flat.shape[-1], flat.shape[1]
             out = flat.clone()
             for pos, idx, value in items:
                 if not 0 <= idx < width:
                     raise RelPLensError(f"neuron index {idx} outside [0, {width}) at {hook.name}")
-                if pos is not None and pos >= flat.shape[1]:
-                    continue  # this pass does not contain the position (e.g. a cached generation step)
-                sl = slice(None) if pos is None else pos
+                t = None if pos is None else resolve(pos, length)
+                if pos is not None and t is None:
+                    if length == 1 and pos >= 0 and longest[0] > pos:
+                        continue  # a cached generation step: the steered position is in the KV cache
+                    raise RelPLensError(
+                        f"steering node ({hook.name}, pos {pos}, index {idx}): this forward pass has {length} "
+                        f"tokens, so position {pos} does not exist (with model.generate and the KV cache, use "
+                        f"pos=None or use_past_kv_cache=False)")
+                sl = slice(None) if pos is None else t
                 if mode == "scale":
                     out[:, sl, idx] = flat[:, sl, idx] * value
                 elif mode == "set":
                     out[:, sl, idx] = value
                 else:
                     out[:, sl, idx] = flat[:, sl, idx] + value
+            longest[0] = max(longest[0], length)
             return out.reshape(x.shape)
         return hook
 
@@ -88,8 +123,8 @@ def steering_direction(model: HookedTransformer, nodes: Sequence[Node], source: 
                        target: Sequence[str], *, basis="mlp_post") -> list[float]:
     """Per node: mean activation over ``target`` prompts minus mean over ``source`` prompts.
 
-    A node with a position reads that position (prompts shorter than it are skipped); ``pos=None`` reads
-    the mean over all positions of each prompt.
+    A node with a position reads that position of every prompt (negative: from the end; a prompt without
+    it is an error naming both); ``pos=None`` reads the mean over all positions of each prompt.
     """
     nodes = list(nodes)
     node_hooks = _node_hooks(model, nodes, basis)
@@ -98,7 +133,7 @@ def steering_direction(model: HookedTransformer, nodes: Sequence[Node], source: 
     def mean_acts(prompts: Sequence[str], side: str) -> list[float]:
         if not prompts:
             raise RelPLensError(f"no {side} prompts for the steering direction")
-        sums, counts = [0.0] * len(nodes), [0] * len(nodes)
+        sums = [0.0] * len(nodes)
         for p in prompts:
             with torch.no_grad():
                 _, cache = model.run_with_cache(model.to_tokens(p), names_filter=lambda n: n in names)
@@ -106,14 +141,9 @@ def steering_direction(model: HookedTransformer, nodes: Sequence[Node], source: 
                 acts = cache[name][0].reshape(cache[name].shape[1], -1)[:, idx]  # [pos]
                 if pos is None:
                     sums[j] += acts.mean().item()
-                    counts[j] += 1
-                elif pos < acts.shape[0]:
-                    sums[j] += acts[pos].item()
-                    counts[j] += 1
-        missing = [nodes[j] for j, c in enumerate(counts) if c == 0]
-        if missing:
-            raise RelPLensError(f"no {side} prompt reaches the position of node(s) {missing[:3]}")
-        return [s / c for s, c in zip(sums, counts)]
+                else:
+                    sums[j] += acts[require(pos, acts.shape[0], str(nodes[j]), p)].item()
+        return [s / len(prompts) for s in sums]
 
     return [t - s for s, t in zip(mean_acts(source, "source"), mean_acts(target, "target"))]
 

@@ -88,7 +88,7 @@ def test_exact_matches_single_node_patching(llama):
 
 
 def test_exact_node_batching_is_invisible(llama):
-    nodes = [(l, p, i) for l in range(3) for p in (1, 3) for i in (0, 7, 30)]
+    nodes = [(l, p, i) for l in range(3) for p in (1, -2, -1) for i in (0, 7, 30)]
     a = attribute(llama, AGREEMENT_ROWS, method="exact", nodes=nodes, node_batch=1, progress=False)
     b = attribute(llama, AGREEMENT_ROWS, method="exact", nodes=nodes, node_batch=64, progress=False)
     torch.testing.assert_close(a.scores, b.scores, equal_nan=True)
@@ -107,7 +107,10 @@ def test_batching_does_not_change_scores(llama):
     b = attribute(llama, AGREEMENT_ROWS, batch_size=16, progress=False)
     torch.testing.assert_close(a.scores, b.scores)
     assert a.lengths == [6, 3, 6, 3]
-    assert (a.scores[1, :, 3:] == 0).all()  # past an example's length: zero
+    # mixed lengths: the shared prefix (BOS, 'The') from the start, the rest from the end
+    assert a.positions == [0, 1, -4, -3, -2, -1]
+    assert (a.scores[1, :, 2:5] == 0).all()  # columns a 3-token example does not reach: zero
+    assert (a.scores[1, :, 5] != 0).any()  # its last token sits in the last column
 
 
 def test_unpaired_conservation_through_attribute():
@@ -169,14 +172,15 @@ def test_attribution_helpers(llama):
     mags = [abs(s) for _, s in top]
     assert mags == sorted(mags, reverse=True)
     (layer, pos, idx), score = top[0]
-    assert score == pytest.approx(attr.mean()[layer, pos, idx].item())
+    assert score == pytest.approx(attr.mean()[layer, attr.alignment.column(pos), idx].item())
     agg = attr.top_k(3, aggregate_pos=True)
     assert all(node[1] is None for node, _ in agg)
     assert attr.correlation(attr) == pytest.approx(1.0)
-    # lengths are [6, 3, 6, 3]: position 4 is averaged over the two long examples only
+    # lengths are [6, 3, 6, 3]: position -2 (column 4) is averaged over the two long examples only
     torch.testing.assert_close(attr.mean()[:, 4], (attr.scores[0, :, 4] + attr.scores[2, :, 4]) / 2)
     torch.testing.assert_close(attr.mean()[:, 1], attr.scores[:, :, 1].mean(0))
-    assert attr.token_at(4) == "the" and attr.token_at(1, example=1) == "The"
+    assert attr.token_at(-2) == "the" and attr.token_at(1, example=1) == "The"
+    assert attr.token_at(-1, example=1) == "parents" and attr.token_label(-1) == "'cabinet' 25%"
     assert "L" in attr.summary(3) and attr.metric_ref.shape == (4,)
 
 

@@ -26,7 +26,7 @@ def test_top_k(llama, attr):
     mean = attr.mean().nan_to_num(0)
     kth = mean.abs().flatten().topk(12).values[-1]
     for n in c.nodes:
-        assert n.score == pytest.approx(mean[n.layer, n.pos, n.index].item())
+        assert n.score == pytest.approx(mean[n.layer, attr.alignment.column(n.pos), n.index].item())
         assert abs(n.score) >= kth - 1e-7
     assert [abs(n.score) for n in c.nodes] == sorted((abs(n.score) for n in c.nodes), reverse=True)
     agg = select_top_k(attr, llama, 5, aggregate_pos=True)
@@ -50,7 +50,9 @@ def test_roundtrip(tmp_path, llama, attr):
     back = Circuit.load(path)
     assert back.to_dict() == c.to_dict()
     d = json.loads(path.read_text())
-    assert d["schema"] == "relp_lens.circuit" and d["version"] == 1
+    assert d["schema"] == "relp_lens.circuit" and d["version"] == 2
+    assert d["baseline"] == "patch" and d["ablation"] == "mean" and d["positions"]["rule"] == "end"
+    assert d["positions"]["labels"]["-1"] == "'cabinet' 25%"
     assert d["data"]["rows"][0]["clean_prefix"] == AGREEMENT_ROWS[0]["clean_prefix"]
     assert d["model"]["d_mlp"] == 48 and d["hook_names"][0] == "blocks.0.mlp.hook_post"
     assert [p.name for p in path.parent.iterdir()] == ["c.json"]  # no temp file left
@@ -68,7 +70,9 @@ def test_bad_files(tmp_path, llama, attr):
     _bad(tmp_path, "{not json", r"not valid JSON \(line 1")
     _bad(tmp_path, [1, 2], "expected a JSON object")
     _bad(tmp_path, dict(good, schema="other"), "not a relp_lens circuit")
-    _bad(tmp_path, dict(good, version=2), "version 2 is not supported")
+    _bad(tmp_path, dict(good, version=7), "version 7 is not supported")
+    _bad(tmp_path, dict(good, nodes=[{"layer": 0, "pos": 1.5, "index": 0}]), "pos must be an integer")
+    _bad(tmp_path, dict(good, ablation="half"), "unknown ablation 'half'")
     _bad(tmp_path, {k: v for k, v in good.items() if k != "nodes"}, "field 'nodes' missing")
     _bad(tmp_path, dict(good, nodes=[{"layer": 0}]), "malformed node")
     _bad(tmp_path, dict(good, nodes=[{"layer": 9, "pos": 0, "index": 0}]), r"node 0: layer 9 outside \[0, 3\)")
@@ -103,7 +107,8 @@ def test_circuit_tracer_export(llama, attr):
     assert len(ids) == 5 and all(l["source"] in ids and l["target"] in ids for l in g["links"])
     assert sum(n["is_target_logit"] for n in g["nodes"]) == 1
     n0 = c.nodes[0]
-    assert g["nodes"][0]["node_id"] == f"{n0.layer}_{n0.index}_{n0.pos}"
+    ctx = n0.pos if n0.pos >= 0 else len(attr.str_tokens[0]) + n0.pos
+    assert g["nodes"][0]["node_id"] == f"{n0.layer}_{n0.index}_{ctx}"
     json.dumps(g)
 
 
@@ -111,3 +116,32 @@ def test_duplicate_node_rejected(llama):
     with pytest.raises(RelPLensError, match="duplicate"):
         Circuit(nodes=[CircuitNode(0, 1, 2), CircuitNode(0, 1, 2)], basis="mlp_post",
                 hook_names=["blocks.0.mlp.hook_post"], node_width=48, model=model_facts(llama))
+
+
+def test_version_1_files_still_load(tmp_path, llama, attr):
+    """A version-1 file: absolute positions, patch baseline for paired rows, mean ablation."""
+    d = select_top_k(attr, llama, 3).to_dict()
+    for key in ("baseline", "ablation", "positions"):
+        d.pop(key)
+    d["version"] = 1
+    d["nodes"] = [dict(n, pos=abs(n["pos"])) for n in d["nodes"]]
+    p = tmp_path / "v1.json"
+    p.write_text(json.dumps(d))
+    c = Circuit.load(p)
+    assert c.baseline == "patch" and c.ablation == "mean" and c.positions["rule"] == "absolute"
+    assert [n.pos for n in c.nodes] == [n["pos"] for n in d["nodes"]]
+    assert c.to_dict()["version"] == 2
+
+
+def test_unpaired_mean_selection_leaves_out_fixed_positions(llama):
+    rows = [dict(clean_prefix=p) for p in ("The keys to the cabinet", "The parents are", "The doctor near the")]
+    attr = attribute(llama, rows, baseline="zero", progress=False)
+    assert attr.fixed_positions == [0, 1]  # BOS and 'The' are in every prompt
+    zero = select_top_k(attr, llama, 1000)  # zero baseline -> zero ablation: every position may be chosen
+    assert zero.ablation == "zero" and any(n.pos in (0, 1) for n in zero.nodes)
+    mean = select_top_k(attr, llama, 1000, ablation="mean")
+    assert mean.selection["excluded_positions"] == [0, 1] and not any(n.pos in (0, 1) for n in mean.nodes)
+    both = select_top_k(attr, llama, 1000, ablation="mean", include_fixed=True)
+    assert any(n.pos in (0, 1) for n in both.nodes)
+    ex = select_top_k(attr, llama, 1000, exclude_neurons=[(2, 5)])
+    assert ex.selection["excluded_neurons"] == [[2, 5]] and not any((n.layer, n.index) == (2, 5) for n in ex.nodes)

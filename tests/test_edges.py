@@ -124,7 +124,7 @@ def test_edges_bad_input():
     with pytest.raises(RelPLensError, match="circuit is empty"):
         attribute_edges(model, Circuit(nodes=[], basis="mlp_post", hook_names=c.hook_names, node_width=48,
                                        model=model_facts(model)), ROWS, progress=False)
-    with pytest.raises(RelPLensError, match="beyond the shortest prompt"):
+    with pytest.raises(RelPLensError, match="which the 3-token prompt .The parents. does not have"):
         attribute_edges(model, c, [AGREEMENT_ROWS[1]], progress=False)
     assert hooks_left(model) == []
 

@@ -24,7 +24,7 @@ def check(model, match, **kwargs):
 
 def test_clean_patch_lengths_differ(llama):
     row = dict(clean_prefix="The keys", patch_prefix="The key to the", clean_answer=" are", patch_answer=" is")
-    check(llama, r"example 0: clean prompt 'The keys' has 3 tokens but patch prompt 'The key to the' has 5",
+    check(llama, r"row 0: clean prompt 'The keys' has 3 tokens but patch prompt 'The key to the' has 5",
           prompts=[row])
 
 

@@ -15,8 +15,11 @@ def test_heatmap_shapes_and_hover():
     assert isinstance(fig, go.Figure) and len(fig.data) == 1
     hm = fig.data[0]
     assert hm.type == "heatmap"
-    assert len(hm.z) == 3 and len(hm.z[0]) == 6  # layers × positions of the first example
-    assert hm.x[2] == "2: 'keys'" and "top node" in hm.text[0][0]
+    assert len(hm.z) == 3 and len(hm.z[0]) == 6  # layers × every position of the data
+    # lengths 6, 3, 6, 3: the shared 'BOS The' from the start, the rest from the end, with token shares
+    assert list(hm.x) == ["0: '<bos>'", "1: 'The'", "-4: 'keys' 25%", "-3: 'to' 25%", "-2: 'the' 50%",
+                          "-1: 'cabinet' 25%"]
+    assert "top node" in hm.text[0][0] and "from the end" in fig.layout.xaxis.title.text
     mass = attr.mean().nan_to_num(0).abs().sum(-1)
     assert hm.z[1][4] == pytest.approx(mass[1, 4].item(), rel=1e-5)
     one = attribution_heatmap(attr, example=1, value="top")
@@ -33,11 +36,12 @@ def test_activations_and_heatmap_hover_show_them():
     _, cache = model.run_with_cache(model.to_tokens(AGREEMENT_ROWS[1]["clean_prefix"]))
     one = attr.activations(model, example=1)  # [layer, pos, node]
     assert one.shape == attr.scores.shape[1:]
-    assert torch.allclose(one[2, :3], cache["blocks.2.mlp.hook_post"][0], atol=1e-6) and one[:, 3:].isnan().all()
+    cols = [0, 1, 5]  # 'BOS The parents': shared prefix, then the last column
+    assert torch.allclose(one[2, cols], cache["blocks.2.mlp.hook_post"][0], atol=1e-6) and one[:, 2:5].isnan().all()
     mean = attr.activations(model)
     a0 = model.run_with_cache(model.to_tokens(AGREEMENT_ROWS[0]["clean_prefix"]))[1]["blocks.0.mlp.hook_post"][0]
     a2 = model.run_with_cache(model.to_tokens(AGREEMENT_ROWS[2]["clean_prefix"]))[1]["blocks.0.mlp.hook_post"][0]
-    assert torch.allclose(mean[0, 4], (a0[4] + a2[4]) / 2, atol=1e-6)  # only the 6-token examples reach pos 4
+    assert torch.allclose(mean[0, 4], (a0[4] + a2[4]) / 2, atol=1e-6)  # only the 6-token examples reach pos -2
     fig = attribution_heatmap(attr, example=1, model=model)
     top = attr.scores[1, 2, 1].abs().argmax().item()
     assert f"top node {top} " in fig.data[0].text[2][1]
@@ -61,8 +65,10 @@ def test_other_figures():
     nodes = [t for t in g.data if t.name == "nodes"][0]
     assert len(nodes.x) == 12 and list(nodes.y) == [n.layer for n in circuit.nodes]
     assert any(t.mode == "lines" for t in g.data)
+    column = {p: i for i, p in enumerate(attr.positions)}  # 0, 1, -4, -3, -2, -1 in reading order
     for x, n in zip(nodes.x, circuit.nodes):  # each node inside its position's cell
-        assert abs(x - n.pos) <= 0.4 + 1e-9
+        assert abs(x - column[n.pos]) <= 0.4 + 1e-9
+    assert list(g.layout.xaxis.ticktext) == [f"{p}: {attr.position_labels()[p]}" for p in attr.positions]
     assert len({(x, y) for x, y in zip(nodes.x, nodes.y)}) == 12  # no two nodes on the same spot
     few = circuit_graph(circuit, attr.str_tokens[0], max_edges=3)
     drawn = sum(t.x.count(None) for t in few.data if t.mode == "lines")

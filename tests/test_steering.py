@@ -70,7 +70,7 @@ def test_direction_is_a_mean_difference_and_sweeps_along_it(llama):
     assert res["probs"]["are"][1] == pytest.approx(p2, rel=1e-5) and res["mode"] == "add × direction"
     with pytest.raises(RelPLensError, match="no target prompts"):
         steering_direction(llama, nodes, source, [])
-    with pytest.raises(RelPLensError, match="reaches the position"):
+    with pytest.raises(RelPLensError, match="does not have"):
         steering_direction(llama, [(1, 9, 5)], source, target)
 
 
@@ -98,12 +98,25 @@ def test_bad_input(llama):
     with pytest.raises(RelPLensError, match="unknown steering mode"):
         with steer(llama, [(0, 0, 0)], 1.0, mode="double"):
             pass
-    with pytest.raises(RelPLensError, match="layer outside"):
+    with pytest.raises(RelPLensError, match=r"layer must be an integer in \[0, 3\)"):
         with steer(llama, [(5, 0, 0)], 1.0):
             pass
-    with pytest.raises(RelPLensError, match="neuron index 999"):
+    with pytest.raises(RelPLensError, match=r"index must be an integer in \[0, 48\)"):
         with steer(llama, [(0, 0, 999)], 2.0):
             llama(llama.to_tokens(PROMPT))
+    # issue 9, case 5: each of these was a silent no-op, NaN logits or a raw IndexError
+    with pytest.raises(RelPLensError, match="position 9 does not exist"):
+        with steer(llama, [(0, 9, 0)], 2.0):
+            llama(llama.to_tokens(PROMPT))
+    with pytest.raises(RelPLensError, match="must be finite"):
+        with steer(llama, [(0, 1, 0)], float("nan")):
+            pass
+    with pytest.raises(RelPLensError, match="index must be an integer"):
+        steering_direction(llama, [(0, 1, 2.0)], [PROMPT], [PROMPT])
+    with pytest.raises(RelPLensError, match="index must be an integer"):
+        steering_direction(llama, [(0, 1, 48)], [PROMPT], [PROMPT])
+    with pytest.raises(RelPLensError, match="position must be an integer"):
+        steering_direction(llama, [(0, 1.0, 3)], [PROMPT], [PROMPT])
     with pytest.raises(RelPLensError, match="not a single token"):
         steering_sweep(llama, PROMPT, [(0, 0, 0)], ["are is"])
     assert hooks_left(llama) == []
@@ -162,3 +175,20 @@ def test_worked_case_circuit_direction_flips_the_verb(smollm):
     assert before > 0.7  # the model prefers " are" for plural subjects
     assert after < 0.3  # flipped to " is"
     assert random_after > 0.7  # random neurons in the same slots leave the verb alone
+
+
+def test_negative_positions_steer_the_last_token(llama):
+    """pos -1 is the last token of every forward pass, whatever the prompt's length."""
+    for prompt in ("The keys", PROMPT):
+        n = llama.to_tokens(prompt).shape[1]
+        with steer(llama, [(1, -1, 4)], 3.0, mode="set"), torch.no_grad():
+            _, cache = llama.run_with_cache(llama.to_tokens(prompt))
+        assert cache["blocks.1.mlp.hook_post"][0, n - 1, 4].item() == 3.0
+        assert cache["blocks.1.mlp.hook_post"][0, n - 2, 4].item() != 3.0
+    d = steering_direction(llama, [(1, -1, 4)], ["The keys"], [PROMPT])
+    with torch.no_grad():
+        _, a = llama.run_with_cache(llama.to_tokens("The keys"))
+        _, b = llama.run_with_cache(llama.to_tokens(PROMPT))
+    assert d[0] == pytest.approx(b["blocks.1.mlp.hook_post"][0, -1, 4].item()
+                                 - a["blocks.1.mlp.hook_post"][0, -1, 4].item(), rel=1e-5)
+    assert hooks_left(llama) == []
