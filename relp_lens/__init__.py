@@ -9,20 +9,53 @@ Quick start::
     print(attr.summary())                                # top neurons as L{layer}/{index}@{pos}
     circuit = relp_lens.select_top_k(attr, model, 100)
     relp_lens.evaluate_circuit(model, circuit, held_out_rows)   # faithfulness, completeness
+
+Imports are lazy (PEP 562): ``import relp_lens`` loads no submodule, so no torch or transformer_lens;
+the first use of a public name imports the submodule that defines it. This keeps ``relp-lens --help`` fast.
+
+1. ``_EXPORTS`` maps each public name to ``(submodule, attribute)``; ``attribute`` ``None`` means the
+   submodule itself (``relp_lens.plot`` is the ``relp_lens.plots`` module, as in the docs' spelling).
+2. Module ``__getattr__`` imports the submodule, caches the value in the package namespace (later
+   look-ups skip ``__getattr__``) and returns it; unknown names raise ``AttributeError`` as usual.
+3. Type checkers and IDEs see ordinary imports under ``TYPE_CHECKING``.
 """
 
-from relp_lens.ablation import evaluate_circuit, faithfulness_sweep
-from relp_lens.attribution import METHODS, Attribution, attribute, pearson
-from relp_lens.circuit import Circuit, CircuitEdge, CircuitNode, select_threshold, select_top_k
-from relp_lens.data import Prompts
-from relp_lens.edges import attribute_edges, prune_edges
-from relp_lens.errors import RelPLensError
-from relp_lens.exact import compare_with_exact
-from relp_lens.models import load_model, shipped_gguf_path
-from relp_lens.nodes import BASES, resolve_hooks
-from relp_lens.relp_mode import RelPConfig, relp, relp_hooks
-from relp_lens.steering import steer, steering_direction, steering_sweep
-from relp_lens import plots as plot  # relp_lens.plot.circuit_graph(...), as in the docs' spelling
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS: dict[str, tuple[str, str | None]] = {
+    "evaluate_circuit": ("ablation", "evaluate_circuit"),
+    "faithfulness_sweep": ("ablation", "faithfulness_sweep"),
+    "METHODS": ("attribution", "METHODS"),
+    "Attribution": ("attribution", "Attribution"),
+    "attribute": ("attribution", "attribute"),
+    "pearson": ("attribution", "pearson"),
+    "Circuit": ("circuit", "Circuit"),
+    "CircuitEdge": ("circuit", "CircuitEdge"),
+    "CircuitNode": ("circuit", "CircuitNode"),
+    "select_threshold": ("circuit", "select_threshold"),
+    "select_top_k": ("circuit", "select_top_k"),
+    "Prompts": ("data", "Prompts"),
+    "attribute_edges": ("edges", "attribute_edges"),
+    "prune_edges": ("edges", "prune_edges"),
+    "RelPLensError": ("errors", "RelPLensError"),
+    "compare_with_exact": ("exact", "compare_with_exact"),
+    "load_model": ("models", "load_model"),
+    "shipped_gguf_path": ("models", "shipped_gguf_path"),
+    "BASES": ("nodes", "BASES"),
+    "resolve_hooks": ("nodes", "resolve_hooks"),
+    "RelPConfig": ("relp_mode", "RelPConfig"),
+    "relp": ("relp_mode", "relp"),
+    "relp_hooks": ("relp_mode", "relp_hooks"),
+    "steer": ("steering", "steer"),
+    "steering_direction": ("steering", "steering_direction"),
+    "steering_sweep": ("steering", "steering_sweep"),
+    "plot": ("plots", None),  # relp_lens.plot.circuit_graph(...)
+}
 
 __all__ = [
     "BASES", "METHODS", "Attribution", "Circuit", "CircuitEdge", "CircuitNode", "Prompts", "RelPConfig",
@@ -31,4 +64,33 @@ __all__ = [
     "select_threshold", "select_top_k", "shipped_gguf_path", "steer", "steering_direction", "steering_sweep",
     "plot",
 ]
-__version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module_name, attr = _EXPORTS[name]
+    except KeyError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    module = importlib.import_module(f"{__name__}.{module_name}")
+    value = module if attr is None else getattr(module, attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:
+    from relp_lens import plots as plot
+    from relp_lens.ablation import evaluate_circuit, faithfulness_sweep
+    from relp_lens.attribution import METHODS, Attribution, attribute, pearson
+    from relp_lens.circuit import Circuit, CircuitEdge, CircuitNode, select_threshold, select_top_k
+    from relp_lens.data import Prompts
+    from relp_lens.edges import attribute_edges, prune_edges
+    from relp_lens.errors import RelPLensError
+    from relp_lens.exact import compare_with_exact
+    from relp_lens.models import load_model, shipped_gguf_path
+    from relp_lens.nodes import BASES, resolve_hooks
+    from relp_lens.relp_mode import RelPConfig, relp, relp_hooks
+    from relp_lens.steering import steer, steering_direction, steering_sweep

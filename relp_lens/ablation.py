@@ -111,7 +111,8 @@ class Ablation:
                 if pos is None:
                     m[layer][:, idx] = True
                 else:
-                    t = require(pos, length, f"L{layer}/{idx}@{pos}", self.prompts.clean[b.indices[0]])
+                    t = require(pos, length, f"L{layer}/{idx}@{pos}", self.prompts.clean[b.indices[0]],
+                                self.alignment.tail_start)
                     m[layer][t, idx] = True
             out[length] = m
         return out

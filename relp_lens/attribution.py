@@ -426,7 +426,8 @@ def _exact_batch(run: _Run, batch: Batch, nodes: list[Node], node_batch: int):
     scores = torch.full((b, len(hooks), pos, clean[0].shape[-1]), float("nan"))
     # every node must exist in every prompt; its position resolved for this length (negative: from the end)
     where = {n: None if n[1] is None else require(n[1], pos, f"L{n[0]}/{n[2]}@{n[1]}",
-                                                   run.prompts.clean[batch.indices[0]]) for n in nodes}
+                                                   run.prompts.clean[batch.indices[0]],
+                                                   run.alignment.tail_start) for n in nodes}
     # sorted by layer so that a chunk can skip the blocks before its first patched layer
     todo = sorted(nodes, key=lambda n: (n[0], where[n] or 0, n[2]))
     chunk = max(1, node_batch // b)

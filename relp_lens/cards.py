@@ -122,3 +122,39 @@ def neuron_cards(model: HookedTransformer, neurons: Sequence[tuple[int, int]], *
             cards.append(NeuronCard(layer, index, promoted, suppressed,
                                     [(p, vals[j]) for p, vals in zip(prompts, task)], ranked[:k], bottom))
     return cards
+
+
+def always_on_neurons(model: HookedTransformer, texts: Sequence[str] | None = None, *, quantile: float = 0.99,
+                      min_fraction: float = 0.9, layers: Sequence[int] | None = None) -> list[tuple[int, int]]:
+    """Neurons with a large activation on nearly every token: ``(layer, index)`` pairs.
+
+    "Large" is |activation| above the ``quantile`` of |activation| over all neurons and tokens of that
+    layer (BOS excluded); a neuron is always on when it is large on at least ``min_fraction`` of the tokens
+    of ``texts`` (default: the package corpus). Such neurons (the paper keeps a blacklist of them) carry
+    position or bias-like signals rather than a behaviour, so selection can leave them out
+    (``exclude_neurons=`` of :func:`relp_lens.circuit.select_top_k`).
+    """
+    if not 0 < quantile < 1 or not 0 < min_fraction <= 1:
+        raise RelPLensError(f"quantile must be in (0, 1) and min_fraction in (0, 1], got {quantile}, {min_fraction}")
+    layers = list(range(model.cfg.n_layers)) if layers is None else [int(l) for l in layers]
+    hooks = {f"blocks.{l}.mlp.hook_post": l for l in layers}
+    missing = [h for h in hooks if h not in model.hook_dict]
+    if missing:
+        raise RelPLensError(f"model has no MLP neuron hook {missing[0]!r}")
+    acts: dict[int, list[torch.Tensor]] = {l: [] for l in layers}
+    for text in CORPUS if texts is None else texts:
+        with torch.no_grad():
+            _, cache = model.run_with_cache(model.to_tokens(text), names_filter=lambda n: n in hooks)
+        for name, l in hooks.items():
+            acts[l].append(cache[name][0, 1:].abs().float().cpu())  # [pos, d_mlp], BOS excluded
+    out = []
+    for l in layers:
+        a = torch.cat(acts[l])  # [tokens, d_mlp]
+        if a.shape[0] == 0:
+            raise RelPLensError("the texts have no tokens besides BOS")
+        sample = a.flatten()
+        if sample.numel() > 4_000_000:  # torch.quantile's limit; a strided sample estimates it well
+            sample = sample[:: sample.numel() // 4_000_000 + 1]
+        large = a > torch.quantile(sample, quantile)
+        out += [(l, int(i)) for i in (large.float().mean(0) >= min_fraction).nonzero()[:, 0].tolist()]
+    return out

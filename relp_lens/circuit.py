@@ -294,9 +294,14 @@ def _node_scores(attr: Attribution, aggregate_pos: bool) -> torch.Tensor:
 
 
 def _candidates(attr: Attribution, s: torch.Tensor, aggregate_pos: bool, ablation: str,
-                include_fixed: bool | None, exclude_neurons) -> tuple[torch.Tensor, dict]:
+                include_fixed: bool | None, exclude_neurons, everywhere: bool = True) -> tuple[torch.Tensor, dict]:
     """``[layer, pos, node]`` bool: nodes selection may choose, and what was left out (for the file)."""
     ok = torch.ones_like(s, dtype=torch.bool)
+    partial = []
+    if everywhere and not aggregate_pos:  # a node must exist in every prompt it is applied to
+        short = attr.counts < attr.n_examples
+        ok[:, short] = False
+        partial = [p for p, x in zip(attr.positions, short.tolist()) if x]
     if include_fixed is None:  # mean ablation cannot move a position identical in every prompt
         include_fixed = not (ablation == "mean" and not attr.paired)
     fixed = [] if include_fixed or aggregate_pos else attr.fixed_positions
@@ -312,7 +317,8 @@ def _candidates(attr: Attribution, s: torch.Tensor, aggregate_pos: bool, ablatio
             raise RelPLensError(f"excluded neuron ({layer}, {index}) outside [0, {s.shape[0]}) × [0, {s.shape[2]})")
         ok[layer, :, index] = False
         excluded.append([int(layer), int(index)])
-    return ok, dict(include_fixed=include_fixed, excluded_positions=list(fixed), excluded_neurons=excluded)
+    return ok, dict(include_fixed=include_fixed, excluded_positions=list(fixed), excluded_neurons=excluded,
+                    positions_not_in_every_prompt=partial)
 
 
 def _from_scores(attr: Attribution, model: HookedTransformer, keep: torch.Tensor, s: torch.Tensor,
@@ -343,19 +349,20 @@ def _ablation(attr: Attribution, ablation: str | None) -> str:
 
 def select_top_k(attr: Attribution, model: HookedTransformer, k: int, *, aggregate_pos: bool = False,
                  task: str | None = None, ablation: str | None = None, include_fixed: bool | None = None,
-                 exclude_neurons: Sequence[tuple[int, int]] | None = None) -> Circuit:
+                 exclude_neurons: Sequence[tuple[int, int]] | None = None, everywhere: bool = True) -> Circuit:
     """The ``k`` nodes with the largest |mean score|.
 
     ``ablation``: how the circuit will be judged (default: consistent with the attribution's baseline,
     see :func:`consistent_ablation`); with mean ablation of unpaired data, positions shared by every
     prompt are left out unless ``include_fixed=True``. ``exclude_neurons``: ``(layer, index)`` pairs never
-    selected.
+    selected. ``everywhere``: only positions every prompt has (prompts of different lengths: the far
+    end-counted positions of the longest prompts are left out), so the circuit applies to all of them.
     """
     if k < 0:
         raise RelPLensError(f"k must be >= 0, got {k}")
     ablation = _ablation(attr, ablation)
     s = _node_scores(attr, aggregate_pos)
-    ok, left_out = _candidates(attr, s, aggregate_pos, ablation, include_fixed, exclude_neurons)
+    ok, left_out = _candidates(attr, s, aggregate_pos, ablation, include_fixed, exclude_neurons, everywhere)
     keep = torch.zeros_like(s, dtype=torch.bool)
     key = s.abs().masked_fill(~ok, -1.0)
     k_eff = min(k, int(ok.sum()))
@@ -368,13 +375,13 @@ def select_top_k(attr: Attribution, model: HookedTransformer, k: int, *, aggrega
 def select_threshold(attr: Attribution, model: HookedTransformer, tau: float = 0.005, *,
                      aggregate_pos: bool = False, task: str | None = None, ablation: str | None = None,
                      include_fixed: bool | None = None,
-                     exclude_neurons: Sequence[tuple[int, int]] | None = None) -> Circuit:
+                     exclude_neurons: Sequence[tuple[int, int]] | None = None, everywhere: bool = True) -> Circuit:
     """Nodes with |mean score| ≥ τ·|m|, m the mean clean metric (other arguments as :func:`select_top_k`)."""
     if not tau >= 0:
         raise RelPLensError(f"tau must be >= 0, got {tau}")
     ablation = _ablation(attr, ablation)
     s = _node_scores(attr, aggregate_pos)
-    ok, left_out = _candidates(attr, s, aggregate_pos, ablation, include_fixed, exclude_neurons)
+    ok, left_out = _candidates(attr, s, aggregate_pos, ablation, include_fixed, exclude_neurons, everywhere)
     m = attr.metric_clean.mean().abs().item()
     keep = (s.abs() >= tau * m) & ok
     if tau == 0:

@@ -5,39 +5,115 @@
     relp-lens evaluate circuit.json --sweep 10,30,100
 
 ``trace``:
-1. load the model (shipped SmolLM2 by default, or ``--gguf FILE``);
-2. load prompts (a built-in task, or a JSONL file of {clean_prefix, patch_prefix, clean_answer,
-   patch_answer}); split them into a build set and a held-out evaluation set;
-3. report task accuracy on the build set, warn when the model mostly fails the task;
-4. attribute (``--method``, ``--basis``), select nodes (``--k`` or ``--tau``), evaluate faithfulness and
-   completeness by mean ablation on the held-out set, optionally weigh edges (``--edges``) and prune them;
-5. write the circuit JSON atomically and print a summary; with ``--report FILE.html`` also one self-contained
-   HTML report (heatmap, circuit graph, faithfulness curves on the held-out set, neuron cards).
+1. check the arguments, and that every output file (``--out``, ``--report``, ``--export-circuit-tracer``)
+   can be written: an existing, writable folder, not a folder itself, no two outputs on one path;
+2. read and validate ``--data`` (JSONL of {clean_prefix, patch_prefix, clean_answer, patch_answer}); steps 1-2
+   fail in a second, before the slow model load;
+3. load the model (shipped SmolLM2 by default, or ``--gguf FILE``); a built-in ``--task`` makes its
+   prompts now (they are filtered with the tokenizer); split the prompts into a build and a held-out set;
+4. report task accuracy on the build set, warn when the model mostly fails the task;
+5. attribute (``--method``, ``--basis``), select nodes (``--k`` or ``--tau``), optionally weigh edges
+   (``--edges``) and prune them, evaluate faithfulness and completeness by mean ablation on the held-out
+   set, compute the report's inputs: everything in memory, nothing written yet;
+6. write all output files together (:func:`_write_all`): each to a hidden file beside its target, then
+   rename them all into place. A failure leaves no output of this run and earlier files untouched.
 
 ``evaluate`` recomputes faithfulness/completeness of a circuit file on held-out data (the split stored
 with the circuit, or ``--data``), optionally for the circuit's top-k sub-circuits (``--sweep``).
-Errors print one line naming the problem and exit with status 2; no partial file is left behind.
+
+Errors print one line ``relp-lens: error: ...`` on stderr and exit with status 2, without a traceback:
+bad input, unreadable or unwritable files, and running out of memory. Phases that take seconds announce
+themselves with one line on stderr (``--no-progress`` hides them and the progress bars).
+
+Importing this module loads neither torch nor transformer_lens, so ``relp-lens --help`` answers at once;
+the commands import what they need when they run.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
+import re
 import sys
+import warnings
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 from relp_lens.errors import RelPLensError
 
-from relp_lens.tasks import TASKS as _TASKS
+# "agreement": the built-in nounpp-style pairs of relp_lens.agreement; the rest are relp_lens.tasks.TASKS,
+# spelled out here so that building the parser imports no torch (a test checks the two agree).
+TASK_NAMES = ("agreement", "simple", "nounpp", "rc", "within_rc", "capitals", "city_to_state",
+              "state_to_capital", "addition", "antonyms")
+TASKS = TASK_NAMES  # the former name
 
-TASKS = ("agreement", *_TASKS)  # "agreement": the built-in nounpp-style pairs of relp_lens.agreement
+OOM_HINT = "try a smaller --batch-size or fewer/shorter prompts"
+
+
+# -- progress and errors -----------------------------------------------------------------------------
+def _say_fn(args) -> Callable[[str], None]:
+    """Prints one progress line on stderr, or nothing under ``--no-progress``."""
+    if getattr(args, "no_progress", False):
+        return lambda line: None
+    return lambda line: print(line, file=sys.stderr, flush=True)
+
+
+def _is_out_of_memory(e: BaseException) -> bool:
+    if isinstance(e, MemoryError):
+        return True
+    text = str(e).lower()  # torch: "CUDA out of memory", "DefaultCPUAllocator: can't allocate memory"
+    return isinstance(e, RuntimeError) and any(s in text for s in ("out of memory", "defaultcpuallocator",
+                                                                   "can't allocate memory", "not enough memory"))
+
+
+def _error(message: str) -> int:
+    print(f"relp-lens: error: {' '.join(str(message).split())}", file=sys.stderr)
+    return 2
+
+
+# -- inputs ------------------------------------------------------------------------------------------------
+def _first_bad_byte(path: Path, err: UnicodeDecodeError) -> int:
+    """Offset in the file of its first byte that is not UTF-8 (``err`` only knows its read buffer)."""
+    try:
+        path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        return e.start
+    except OSError:
+        pass
+    return err.start
+
+
+def _read_input(what: str, path: str, load: Callable[[Path], object]):
+    """``load(path)``, with one-line errors for a folder and for a file that is not UTF-8 text."""
+    p = Path(path)
+    if p.is_dir():
+        raise RelPLensError(f"{what} {path} is a folder; give a file")
+    try:
+        return load(p)
+    except UnicodeDecodeError as e:
+        raise RelPLensError(f"{path}: not UTF-8 text (byte {_first_bad_byte(p, e)})") from None
+
+
+def _read_rows(path: str) -> list[dict]:
+    """The validated rows of a JSONL data file (read before the model loads)."""
+    from relp_lens.data import Prompts
+
+    return _read_input("--data", path, lambda p: Prompts.from_jsonl(path).to_rows())
 
 
 def _model(args):
     from relp_lens.models import load_model
 
     return load_model(args.model, gguf_path=args.gguf)
+
+
+def _load_model(args, say: Callable[[str], None]):
+    if args.gguf is not None and not Path(args.gguf).is_file():
+        raise RelPLensError(f"--gguf {args.gguf}: " + ("is a folder" if Path(args.gguf).is_dir() else "file not found"))
+    say(f"loading {args.gguf or args.model} ...")
+    return _model(args)
 
 
 def _task_rows(model, task: str, n: int, seed: int) -> list[dict]:
@@ -57,15 +133,6 @@ def _task_rows(model, task: str, n: int, seed: int) -> list[dict]:
     return rows
 
 
-def _load_rows(args, model, n_total: int) -> tuple[list[dict], str | None]:
-    from relp_lens.data import Prompts
-
-    if args.data:
-        rows = Prompts.from_jsonl(args.data).to_rows()
-        return rows, None
-    return _task_rows(model, args.task, n_total, args.seed), args.task
-
-
 def _split(rows: list[dict], n_build: int, n_eval: int, seed: int) -> tuple[list[dict], list[dict]]:
     if len(rows) < 2:
         raise RelPLensError(f"need at least 2 prompts to build and evaluate on separate data, got {len(rows)}")
@@ -75,22 +142,106 @@ def _split(rows: list[dict], n_build: int, n_eval: int, seed: int) -> tuple[list
     return rows[n_eval:n_eval + n_build], rows[:n_eval]
 
 
+# -- outputs -----------------------------------------------------------------------------------------------
+def _check_outputs(named: list[tuple[str, str | None]]) -> dict[str, Path]:
+    """The output paths by flag, after checking each can be written: fails before any slow work."""
+    outputs: dict[str, Path] = {}
+    seen: dict[Path, str] = {}
+    for flag, path in named:
+        if path is None:
+            continue
+        p = Path(path)
+        if p.is_dir():
+            raise RelPLensError(f"{flag} {path} is a folder; give a file name")
+        parent = p.parent
+        if not parent.exists():
+            raise RelPLensError(f"{flag} {path}: folder {parent} does not exist")
+        if not parent.is_dir():
+            raise RelPLensError(f"{flag} {path}: {parent} is not a folder")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise RelPLensError(f"{flag} {path}: folder {parent} is not writable")
+        key = p.resolve()
+        if key in seen:
+            raise RelPLensError(f"{seen[key]} and {flag} name the same file {path}")
+        seen[key] = flag
+        outputs[flag] = p
+    return outputs
+
+
+def _write_all(files: list[tuple[Path, Callable[[Path], object]]]) -> None:
+    """Write every file or none.
+
+    1. ``write(stage)`` fills a hidden file beside each target (``.NAME.relp-lens-PID.partial``);
+    2. all staged files are renamed onto their targets;
+    3. on any failure, the staged files and the targets already renamed are removed, and an ``OSError``
+       becomes one ``RelPLensError`` naming the file. A file there before this run is kept when the failure
+       comes in step 1 (rendering, a full disk), which is where failures happen.
+    """
+    staged: list[tuple[Path, Path]] = []
+    renamed: list[Path] = []
+    current = None
+    try:
+        for current, write in files:
+            stage = current.with_name(f".{current.name}.relp-lens-{os.getpid()}.partial")
+            staged.append((stage, current))
+            write(stage)
+        for stage, current in staged:
+            os.replace(stage, current)
+            renamed.append(current)
+    except BaseException as e:
+        for stage, _ in staged:
+            stage.unlink(missing_ok=True)
+        for path in renamed:
+            path.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise RelPLensError(f"could not write {current} ({e.strerror or e}); "
+                                f"no output file of this run was kept") from e
+        raise
+
+
+# -- commands ----------------------------------------------------------------------------------------------
 def cmd_trace(args) -> int:
+    if (args.k is None) == (args.tau is None):
+        raise RelPLensError("give exactly one of --k N or --tau T")
+    outputs = _check_outputs([("--out", args.out), ("--export-circuit-tracer", args.export_circuit_tracer),
+                              ("--report", args.report)])
+    say = _say_fn(args)
+    rows = _read_rows(args.data) if args.data else None
+    task = None if args.data else args.task
+    model = _load_model(args, say)
+    if rows is None:
+        rows = _task_rows(model, args.task, args.n_prompts + args.n_eval, args.seed)
+    build, held_out = _split(rows, args.n_prompts, args.n_eval, args.seed)
+    circuit, attr, accuracy = _build_circuit(args, model, build, held_out, task, say)
+    files: list[tuple[Path, Callable[[Path], object]]] = [(outputs["--out"], circuit.save)]
+    if "--export-circuit-tracer" in outputs:
+        from relp_lens.files import write_json_atomic
+
+        graph = circuit.to_circuit_tracer(attr.str_tokens[0], prompt=build[0]["clean_prefix"])
+        files.append((outputs["--export-circuit-tracer"], lambda p: write_json_atomic(p, graph)))
+    if "--report" in outputs:
+        files.append((outputs["--report"], _report_writer(args, model, attr, circuit, held_out, accuracy, say)))
+    print(circuit.summary(args.show, str_tokens=attr.str_tokens[0]))
+    _write_all(files)
+    print(f"wrote {outputs['--out']}")
+    if "--export-circuit-tracer" in outputs:
+        print(f"wrote {outputs['--export-circuit-tracer']} (circuit-tracer graph)")
+    if "--report" in outputs:
+        print(f"wrote {outputs['--report']} (self-contained HTML report; open it in a browser)")
+    return 0
+
+
+def _build_circuit(args, model, build: list[dict], held_out: list[dict], task: str | None,
+                   say: Callable[[str], None]):
+    """Attribute, select, weigh edges, evaluate: the circuit (with its data and evaluation), the
+    attribution and the task accuracy line (``None`` without answers)."""
     import relp_lens
     from relp_lens.ablation import evaluate_circuit
     from relp_lens.circuit import select_threshold, select_top_k
     from relp_lens.edges import attribute_edges, prune_edges
 
-    if (args.k is None) == (args.tau is None):
-        raise RelPLensError("give exactly one of --k N or --tau T")
-    out = Path(args.out)
-    for flag, path in (("--out", out), ("--report", args.report), ("--export-circuit-tracer", args.export_circuit_tracer)):
-        if path is not None and Path(path).is_dir():
-            raise RelPLensError(f"{flag} {path} is a folder; give a file name")
-    model = _model(args)
-    rows, task = _load_rows(args, model, args.n_prompts + args.n_eval)
-    build, held_out = _split(rows, args.n_prompts, args.n_eval, args.seed)
     progress = not args.no_progress
+    say(f"attributing {len(build)} build prompts ({args.method}, basis {args.basis}) ...")
     attr = relp_lens.attribute(model, build, basis=args.basis, method=args.method, batch_size=args.batch_size,
                                progress=progress)
     accuracy = None
@@ -111,6 +262,7 @@ def cmd_trace(args) -> int:
     circuit.data["source"] = str(args.data) if args.data else f"task:{task}"
     if args.edges:
         edge_rows = build[: args.edge_prompts]
+        say(f"weighing edges between {len(circuit)} nodes on {len(edge_rows)} prompts ...")
         circuit, stats = attribute_edges(model, circuit, edge_rows, method="grad" if args.method == "grad" else "relp",
                                          batch_size=args.batch_size, progress=progress)
         print(f"edges: {len(circuit.edges)} from {stats.backward_passes} backward passes "
@@ -119,48 +271,53 @@ def cmd_trace(args) -> int:
             circuit = prune_edges(circuit, args.edge_keep)
             circuit.data["eval_rows"] = held_out
     if held_out:
+        say(f"evaluating {len(circuit)} nodes on {len(held_out)} held-out prompts ...")
         circuit.evaluation = evaluate_circuit(model, circuit, held_out, batch_size=args.batch_size)
-    circuit.save(out)
-    print(circuit.summary(args.show, str_tokens=attr.str_tokens[0]))
-    print(f"wrote {out}")
-    if args.export_circuit_tracer:
-        from relp_lens.files import write_json_atomic
+    return circuit, attr, accuracy
 
-        graph = circuit.to_circuit_tracer(attr.str_tokens[0], prompt=build[0]["clean_prefix"])
-        write_json_atomic(args.export_circuit_tracer, graph)
-        print(f"wrote {args.export_circuit_tracer} (circuit-tracer graph)")
-    if args.report:
-        from relp_lens.report import report_inputs, write_report
 
-        inputs = report_inputs(model, attr, circuit, held_out=held_out, task=circuit.data["source"],
-                               n_cards=args.report_cards, accuracy=accuracy, batch_size=args.batch_size,
-                               progress=progress)
-        write_report(args.report, model, attr, circuit, inputs=inputs)
-        print(f"wrote {args.report} (self-contained HTML report; open it in a browser)")
-    return 0
+def _report_writer(args, model, attr, circuit, held_out: list[dict], accuracy: str | None,
+                   say: Callable[[str], None]) -> Callable[[Path], object]:
+    """Computes the report's inputs now (the slow part); the returned function renders and writes it."""
+    from relp_lens.report import report_inputs
+
+    cards = args.report_cards if circuit.basis == "mlp_post" else 0
+    say(f"building the report (curves on {len(held_out)} held-out prompts, {cards} neuron cards) ...")
+    inputs = report_inputs(model, attr, circuit, held_out=held_out, task=circuit.data["source"],
+                           n_cards=args.report_cards, accuracy=accuracy, batch_size=args.batch_size,
+                           progress=not args.no_progress)
+
+    def write(path: Path):
+        from relp_lens.report import write_report
+
+        return write_report(path, model, attr, circuit, inputs=inputs)
+
+    return write
 
 
 def cmd_evaluate(args) -> int:
     from relp_lens.ablation import evaluate_circuit
     from relp_lens.circuit import Circuit
-    from relp_lens.data import Prompts
 
-    circuit = Circuit.load(args.circuit)  # validate before the (slow) model load
+    circuit = _read_input("circuit", args.circuit, Circuit.load)  # validate before the (slow) model load
     if not circuit.nodes:
         raise RelPLensError(f"{args.circuit}: the circuit is empty")
     sizes = _parse_sizes(args.sweep) if args.sweep else []
-    model = _model(args)
-    circuit.check_model(model)
     if args.data:
-        rows = Prompts.from_jsonl(args.data).to_rows()[: args.n_eval]
+        rows = _read_rows(args.data)[: args.n_eval]
     elif circuit.data.get("eval_rows"):
         rows = circuit.data["eval_rows"][: args.n_eval]
     else:
         raise RelPLensError(f"{args.circuit} stores no held-out prompts; pass --data FILE.jsonl")
+    say = _say_fn(args)
+    model = _load_model(args, say)
+    circuit.check_model(model)
+    say(f"evaluating {len(circuit)} nodes on {len(rows)} held-out prompts ...")
     ev = evaluate_circuit(model, circuit, rows, batch_size=args.batch_size)
     print(f"{len(circuit)} nodes on {ev['n_prompts']} held-out prompts: faithfulness {ev['faithfulness']:+.3f}, "
           f"completeness {ev['completeness']:+.3f}  (F(M) {ev['f_model']:+.3f}, F(∅) {ev['f_empty']:+.3f})")
     if sizes:
+        say(f"evaluating the top-k sub-circuits for k = {', '.join(map(str, sizes))} ...")
         ranked = sorted(circuit.nodes, key=lambda n: -abs(n.score))
         print(f"{'k':>6s} {'faithfulness':>13s} {'completeness':>13s}")
         for k in sizes:
@@ -195,8 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Attribute, select nodes, evaluate on held-out prompts, write the circuit JSON.")
     model_opts(t)
     src = t.add_mutually_exclusive_group()
-    src.add_argument("--task", default="agreement", choices=TASKS, metavar="TASK",
-                     help=f"built-in task: {', '.join(TASKS)} (default: agreement)")
+    src.add_argument("--task", default="agreement", choices=TASK_NAMES, metavar="TASK",
+                     help=f"built-in task: {', '.join(TASK_NAMES)} (default: agreement)")
     src.add_argument("--data", default=None, help="JSONL of {clean_prefix, patch_prefix, clean_answer, patch_answer}")
     t.add_argument("--basis", default="mlp_post", help="node basis: mlp_post (neurons), mlp_out, attn_out, "
                    "resid_pre, resid_post, or a hook name / {L} template (default: mlp_post)")
@@ -216,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write a self-contained HTML report (plots, curves, neuron cards)")
     t.add_argument("--report-cards", type=int, default=12, help="neuron cards in the report (default 12)")
     t.add_argument("--show", type=int, default=15, help="top nodes to print")
-    t.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    t.add_argument("--no-progress", action="store_true", help="hide progress lines and bars")
     t.set_defaults(func=cmd_trace)
 
     e = sub.add_parser("evaluate", help="faithfulness/completeness of a circuit file",
@@ -226,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", default=None, help="JSONL of held-out prompts (default: the split stored in the circuit)")
     e.add_argument("--n-eval", type=int, default=40, help="at most this many held-out prompts (default 40)")
     e.add_argument("--sweep", default=None, metavar="K1,K2,...", help="also evaluate the top-k sub-circuits")
+    e.add_argument("--no-progress", action="store_true", help="hide progress lines")
     e.set_defaults(func=cmd_evaluate)
     return p
 
@@ -234,13 +392,36 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     for name in ("n_prompts", "n_eval", "batch_size", "edge_prompts"):
         if getattr(args, name, 1) is not None and getattr(args, name, 1) < 1:
-            print(f"relp-lens: error: --{name.replace('_', '-')} must be >= 1", file=sys.stderr)
-            return 2
+            return _error(f"--{name.replace('_', '-')} must be >= 1")
     try:
-        return args.func(args)
-    except (RelPLensError, FileNotFoundError) as e:
-        print(f"relp-lens: error: {e}", file=sys.stderr)
-        return 2
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return args.func(args)
+    except (RelPLensError, OSError) as e:  # bad input; a file that cannot be read or written
+        return _error(str(e))
+    except (MemoryError, RuntimeError) as e:
+        if not _is_out_of_memory(e):
+            raise
+        return _error(f"out of memory ({_oom_detail(e)}): {OOM_HINT}")
+    except KeyboardInterrupt:
+        print("relp-lens: interrupted", file=sys.stderr)
+        return 130
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line ``warning: ...`` on stderr, without the source line Python adds."""
+    print(f"warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+
+def _oom_detail(e: BaseException) -> str:
+    """The size of the failed allocation when torch names it, else the exception type."""
+    found = re.search(r"tried to allocate (\d+ bytes|[0-9.]+ ?[KMGT]i?B)", str(e), re.IGNORECASE)
+    if not found:
+        return type(e).__name__
+    size = found.group(1)
+    if size.endswith(" bytes"):
+        size = f"{int(size.split()[0]) / 2**30:.1f} GiB"
+    return f"tried to allocate {size}"
 
 
 if __name__ == "__main__":

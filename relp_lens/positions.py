@@ -5,7 +5,8 @@ The rule (one for the whole package):
 1. A node position is an integer with Python's indexing meaning: ``pos >= 0`` counts from the start of a
    prompt (0 is the BOS token), ``pos < 0`` from its end (-1 is the last token, where every metric is
    read). ``pos=None`` means every position. A node applied to a prompt that does not have its position
-   is an error naming the node and the prompt — never silently skipped.
+   is an error naming the node and the prompt — never silently skipped. (In mixed-length data a negative
+   position that would land on a shared-prefix token is absent from that prompt, see 3.)
 2. When every prompt of a data set has the same token length, attribution reports absolute positions
    (``0 … n-1``): token t is the same slot of the template everywhere.
 3. When lengths differ, the tokens every prompt shares at its start (BOS and a common template start,
@@ -69,6 +70,11 @@ class Alignment:
             return t
         return torch.where(t < self.n_shared, t, self.n_columns - length + t)
 
+    @property
+    def tail_start(self) -> int:
+        """``n_shared`` for :func:`resolve`: 0 unless positions are counted from the end."""
+        return self.n_shared if self.end_aligned else 0
+
     def column(self, pos: int) -> int:
         """The column holding node position ``pos``; an error when no column does."""
         labels = self.labels
@@ -78,10 +84,16 @@ class Alignment:
         return labels.index(pos)
 
 
-def resolve(pos: int, length: int) -> int | None:
-    """The absolute index of node position ``pos`` in a prompt of ``length`` tokens, or None if it has none."""
-    t = pos if pos >= 0 else length + pos
-    return t if 0 <= t < length else None
+def resolve(pos: int, length: int, n_shared: int = 0) -> int | None:
+    """The absolute index of node position ``pos`` in a prompt of ``length`` tokens, or None if it has none.
+
+    ``n_shared``: in end-aligned data, the shared-prefix tokens are counted from the start only, so a
+    negative position that would land on one of them is absent from that prompt (as in attribution).
+    """
+    if pos >= 0:
+        return pos if pos < length else None
+    t = length + pos
+    return t if t >= n_shared else None
 
 
 def check_position(pos, what: str) -> None:
@@ -91,12 +103,14 @@ def check_position(pos, what: str) -> None:
                             f"got {pos!r}")
 
 
-def require(pos: int, length: int, node: str, prompt: str) -> int:
+def require(pos: int, length: int, node: str, prompt: str, n_shared: int = 0) -> int:
     """:func:`resolve`, or an error naming the node and the prompt that lacks its position."""
-    t = resolve(pos, length)
+    t = resolve(pos, length, n_shared)
     if t is None:
+        why = (f" (its token there is one of the {n_shared} every prompt starts with, counted from the start)"
+               if pos < 0 and length + pos >= 0 else "")
         raise RelPLensError(f"node {node} is at position {pos}, which the {length}-token prompt {prompt!r} "
-                            f"does not have (positions >= 0 count from the start, < 0 from the end)")
+                            f"does not have{why}; positions >= 0 count from the start, < 0 from the end")
     return t
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from transformer_lens import HookedTransformer
 
-from relp_lens.data import Prompts, make_batches, tokenize
+from relp_lens.data import Prompts, make_batches, tokenize, warn_unlikely_answers
 from relp_lens.errors import RelPLensError
 
 # -- vocabulary written for this package ------------------------------------------------------------------
@@ -245,6 +245,9 @@ def load_task(model: HookedTransformer, task: str, n: int = 64, seed: int = 0, f
     raise RelPLensError(f"unknown task {task!r}; built-in tasks: {list(TASKS)}, or a .jsonl file")
 
 
+MIN_ACCURACY = 0.5  # below this, task_report and the CLI warn
+
+
 class TaskWarning(UserWarning):
     """The model mostly fails the task: a circuit for it would explain a behaviour it does not have."""
 
@@ -261,26 +264,39 @@ class TaskReport:
         return f"accuracy {self.accuracy:.1%} on {self.n} prompts{diff}, mean target probability {self.mean_target_prob:.3f}"
 
 
-def task_report(model: HookedTransformer, rows, *, batch_size: int = 32, min_accuracy: float = 0.5,
-                warn: bool = True) -> TaskReport:
-    """How well the model does the task; warns (:class:`TaskWarning`) below ``min_accuracy``."""
-    data = rows if isinstance(rows, Prompts) else Prompts.from_rows(rows)
+def _scores(model: HookedTransformer, data: Prompts, batch_size: int):
+    """Per example: (correct, logit diff or None, target probability), in data order."""
     if data.answers is None:
-        raise RelPLensError("task_report needs answers (clean_answer) to score the model")
+        raise RelPLensError("scoring the task needs answers (clean_answer)")
     tok = tokenize(model, data)
-    correct, diffs, probs = [], [], []
+    out: list[tuple[bool, float | None, float]] = [None] * len(data)  # type: ignore[list-item]
     for b in make_batches(tok, batch_size):
         with torch.no_grad():
             logits = model(b.clean_tokens.to(model.cfg.device))[:, -1].float()
+        warn_unlikely_answers(logits, b, data)
         p = logits.softmax(-1)
         for r, ids in enumerate(b.answer_ids):
-            probs.append(p[r, ids].sum().item())
+            prob = p[r, ids].sum().item()
             if b.patch_answer_ids is not None:
                 d = (logits[r, ids].max() - logits[r, b.patch_answer_ids[r]].max()).item()
-                diffs.append(d)
-                correct.append(d > 0)
+                out[b.indices[r]] = (d > 0, d, prob)
             else:
-                correct.append(int(logits[r].argmax()) in ids)
+                out[b.indices[r]] = (int(logits[r].argmax()) in ids, None, prob)
+    return out
+
+
+def task_report(model: HookedTransformer, rows, *, batch_size: int = 32, min_accuracy: float = MIN_ACCURACY,
+                warn: bool = True) -> TaskReport:
+    """How well the model does the task; warns (:class:`TaskWarning`) below ``min_accuracy`` (50%).
+
+    Also warns (:class:`relp_lens.data.AnswerWarning`) for an answer the model almost never predicts where
+    the same text with a leading space is likely (``"are"`` for ``" are"``).
+    """
+    data = rows if isinstance(rows, Prompts) else Prompts.from_rows(rows)
+    scores = _scores(model, data, batch_size)
+    correct = [c for c, _, _ in scores]
+    diffs = [d for _, d, _ in scores if d is not None]
+    probs = [p for _, _, p in scores]
     report = TaskReport(n=len(correct), accuracy=sum(correct) / len(correct),
                         mean_logit_diff=sum(diffs) / len(diffs) if diffs else None,
                         mean_target_prob=sum(probs) / len(probs))
@@ -288,3 +304,13 @@ def task_report(model: HookedTransformer, rows, *, batch_size: int = 32, min_acc
         warnings.warn(f"the model gets only {report.accuracy:.0%} of this task right (below {min_accuracy:.0%}); "
                       f"a circuit for a behaviour the model does not have means little", TaskWarning, stacklevel=2)
     return report
+
+
+def only_correct(model: HookedTransformer, rows, *, batch_size: int = 32):
+    """The examples the model gets right (paired: logit diff > 0; unpaired: the target is its top-1 token),
+    in the form given (a :class:`Prompts` or a list of rows). An error when it gets none right."""
+    data = rows if isinstance(rows, Prompts) else Prompts.from_rows(rows)
+    keep = [i for i, (c, _, _) in enumerate(_scores(model, data, batch_size)) if c]
+    if not keep:
+        raise RelPLensError(f"the model gets none of the {len(data)} prompts right: nothing to trace")
+    return data.subset(keep) if isinstance(rows, Prompts) else [list(rows)[i] for i in keep]

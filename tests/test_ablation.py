@@ -70,7 +70,7 @@ def test_full_circuit_is_fully_faithful(llama):
 
 
 def test_sweep_grows_towards_one(llama):
-    attr = attribute(llama, AGREEMENT_ROWS, progress=False)
+    attr = attribute(llama, ROWS6, progress=False)  # one length: every one of the 3 × 6 × 48 nodes selectable
     rows = faithfulness_sweep(llama, attr, ROWS6, sizes=[1, 10, 100, 48 * 3 * 6], progress=False)
     assert [r["k"] for r in rows] == [1, 10, 100, 864]
     assert rows[-1]["faithfulness"] == pytest.approx(1.0, abs=1e-4)

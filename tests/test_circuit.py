@@ -21,7 +21,7 @@ def attr(llama):
 
 
 def test_top_k(llama, attr):
-    c = select_top_k(attr, llama, 12)
+    c = select_top_k(attr, llama, 12, everywhere=False)
     assert len(c) == 12 and c.selection["k"] == 12
     mean = attr.mean().nan_to_num(0)
     kth = mean.abs().flatten().topk(12).values[-1]
@@ -37,10 +37,12 @@ def test_top_k(llama, attr):
 
 def test_threshold(llama, attr):
     m = attr.metric_clean.mean().abs().item()
-    c = select_threshold(attr, llama, 0.005)
+    c = select_threshold(attr, llama, 0.005, everywhere=False)
     mean = attr.mean().nan_to_num(0)
     assert len(c) == int((mean.abs() >= 0.005 * m).sum())
-    assert len(select_threshold(attr, llama, 0.05)) < len(c)
+    assert len(select_threshold(attr, llama, 0.05, everywhere=False)) < len(c)
+    every = select_threshold(attr, llama, 0.005)  # default: positions every prompt has (0, 1, -1)
+    assert len(every) == int((mean[:, [0, 1, 5]].abs() >= 0.005 * m).sum())
     assert c.selection["tau"] == 0.005 and c.selection["m"] == pytest.approx(m)
 
 

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from relp_lens.circuit import VERSION
 from relp_lens.cli import main
 from helpers import AGREEMENT_ROWS
 
@@ -61,7 +62,7 @@ def test_trace_and_evaluate_on_shipped_model(tmp_path, capsys):
     assert rc == 0, text
     assert "task accuracy" in text and "faithfulness" in text and "layer" in text
     d = json.loads(out.read_text())
-    assert d["version"] == 1 and d["evaluation"]["n_prompts"] == 8 and d["edges"]
+    assert d["version"] == VERSION and d["evaluation"]["n_prompts"] == 8 and d["edges"]
     assert d["selection"]["edge_keep_fraction"] == 0.5
     build = {r["clean_prefix"] for r in d["data"]["rows"]}
     assert not build & {r["clean_prefix"] for r in d["data"]["eval_rows"]}  # held out
