@@ -11,6 +11,10 @@ counted from the end) are split in half, seeded: RelP attribution on the build h
 - ``... correct``: the same on the prompts the model gets right (build and held out)
 - ``... always-on``: also leaving out always-on neurons (``relp_lens.cards.always_on_neurons``)
 - ``... contrastive``: metric = target logit − mean logit of the task's other answers
+- ``... in-sample``: built and judged on the same (held-out) prompts — separates "no sparse circuit" from
+  "the circuit is specific to the entities it was built on"
+- ``per-prompt``: each held-out prompt's own top-k (reduce="none"), judged on that prompt alone with the
+  held-out set's means; the median over prompts
 
     .venv/bin/python benchmarks/unpaired_circuits.py [--tasks city_to_state,...] [--out FILE]
 
@@ -46,7 +50,41 @@ SETTINGS = [
     ("mean/mean correct always-on", "mean", "mean", None, True, True, False),
     ("mean/mean correct contrastive", "mean", "mean", None, True, False, True),
     ("zero/zero correct contrastive", "zero", "zero", None, True, False, True),
+    ("zero/mean in-sample", "zero", "mean", True, False, False, False),
+    ("mean/mean in-sample", "mean", "mean", None, False, False, False),
+    ("mean/mean correct in-sample", "mean", "mean", None, True, False, False),
 ]
+
+
+def per_prompt(model, held, sizes, baseline="mean"):
+    """Median faithfulness of each prompt's own top-k circuit, judged on that prompt (held-out means)."""
+    import copy
+    import statistics
+
+    from relp_lens.ablation import Ablation, _ratios
+    from relp_lens.circuit import select_top_k
+    from relp_lens.data import make_batches, tokenize
+
+    data = Prompts.from_rows(held)
+    attr = relp_lens.attribute(model, data, baseline=baseline, progress=False)
+    abl = Ablation.build(model, attr.hook_names, data, None, 16, "mean")
+    faith = {k: [] for k in sizes}
+    for i in range(len(data)):
+        one = copy.copy(abl)
+        one.batches, one.n_prompts = make_batches(tokenize(model, data.subset([i])), 1), 1
+        f_m, f_0 = one.score(None), one.score(one.masks(set()))
+        single = copy.copy(attr)
+        single.scores = attr.scores[i: i + 1]
+        single.str_tokens, single.metric_clean = attr.str_tokens[i: i + 1], attr.metric_clean[i: i + 1]
+        single.counts = single.valid().sum(0)
+        for k in sizes:
+            c = select_top_k(single, model, k, ablation="mean")
+            keep = one.masks(c.keys)
+            try:
+                faith[k].append(_ratios(f_m, f_0, one.score(keep), one.score(keep, ablate_kept=True))["faithfulness"])
+            except Exception:
+                pass
+    return [round(statistics.median(faith[k]), 3) if faith[k] else None for k in sizes]
 
 
 def contrastive(answer_ids: list[int]):
@@ -83,6 +121,8 @@ def main() -> None:
         for name, baseline, ablation, include_fixed, correct, skip_on, contra in SETTINGS:
             t0 = time.time()
             b, h = (only_correct(model, build), only_correct(model, held)) if correct else (build, held)
+            if "in-sample" in name:
+                b = h
             metric = contrastive(answer_ids) if contra else None
             attr = relp_lens.attribute(model, Prompts.from_rows(b), baseline=baseline, metric=metric,
                                        reduce="mean", progress=False)
@@ -97,6 +137,11 @@ def main() -> None:
                                          seconds=round(time.time() - t0, 1))
             print(f"| {name} ({len(b)}/{len(h)}) | " + " | ".join(f"{f:+.2f}/{c:+.2f}" for f, c in zip(faith, comp))
                   + f" | {k08} |", flush=True)
+        t0 = time.time()
+        med = per_prompt(model, held, SIZES)
+        res["settings"]["per-prompt mean/mean"] = dict(median_faithfulness=med, seconds=round(time.time() - t0, 1))
+        print(f"| per-prompt mean/mean (median over {len(held)}) | " + " | ".join(
+            "—" if f is None else f"{f:+.2f}" for f in med) + " | |", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=1))
     print(f"\nwrote {args.out}")

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
+from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from relp_lens.errors import RelPLensError
@@ -79,7 +80,7 @@ def neuron_card(model: HookedTransformer, layer: int, index: int, *, prompts: Se
 
 
 def neuron_cards(model: HookedTransformer, neurons: Sequence[tuple[int, int]], *, prompts: Sequence[str] = (),
-                 corpus: Sequence[str] | None = None, k: int = 8) -> list[NeuronCard]:
+                 corpus: Sequence[str] | None = None, k: int = 8, progress: bool = False) -> list[NeuronCard]:
     """Cards of several ``(layer, index)`` neurons; each prompt and corpus text is run once for all of them."""
     neurons = [(int(layer), int(index)) for layer, index in neurons]
     for layer, index in neurons:
@@ -100,7 +101,8 @@ def neuron_cards(model: HookedTransformer, neurons: Sequence[tuple[int, int]], *
 
     task = [acts(p)[0][:, -1].tolist() for p in prompts]  # [prompt][neuron], last position
     found: list[list[tuple[str, float]]] = [[] for _ in neurons]
-    for text in CORPUS if corpus is None else corpus:
+    texts = CORPUS if corpus is None else corpus
+    for text in tqdm(texts, desc=f"cards of {len(neurons)} neurons", disable=not progress, leave=False):
         a, toks = acts(text)
         for pos in range(1, len(toks)):  # skip the BOS position
             context = "".join(toks[1: pos + 1])

@@ -96,11 +96,24 @@ def _read_input(what: str, path: str, load: Callable[[Path], object]):
         raise RelPLensError(f"{path}: not UTF-8 text (byte {_first_bad_byte(p, e)})") from None
 
 
-def _read_rows(path: str) -> list[dict]:
-    """The validated rows of a JSONL data file (read before the model loads)."""
+def _read_prompts(path: str):
+    """The validated prompts of a JSONL data file (read before the model loads); each remembers its
+    ``file:line`` for later errors."""
     from relp_lens.data import Prompts
 
-    return _read_input("--data", path, lambda p: Prompts.from_jsonl(path).to_rows())
+    return _read_input("--data", path, lambda p: Prompts.from_jsonl(path))
+
+
+def _read_rows(path: str) -> list[dict]:
+    return _read_prompts(path).to_rows()
+
+
+def _check_tokens(model, prompts) -> None:
+    """Tokenize once before any computation: token-level data errors (paired lengths, multi-token answers,
+    prompts longer than the context) name their ``file:line`` right after the model loads."""
+    from relp_lens.data import tokenize
+
+    tokenize(model, prompts)
 
 
 def _model(args):
@@ -133,13 +146,14 @@ def _task_rows(model, task: str, n: int, seed: int) -> list[dict]:
     return rows
 
 
-def _split(rows: list[dict], n_build: int, n_eval: int, seed: int) -> tuple[list[dict], list[dict]]:
-    if len(rows) < 2:
-        raise RelPLensError(f"need at least 2 prompts to build and evaluate on separate data, got {len(rows)}")
-    rows = list(rows)
-    random.Random(seed).shuffle(rows)
-    n_eval = min(n_eval, len(rows) // 2) if len(rows) < n_build + n_eval else n_eval
-    return rows[n_eval:n_eval + n_build], rows[:n_eval]
+def _split(prompts, n_build: int, n_eval: int, seed: int):
+    """Seeded build / held-out split of a :class:`relp_lens.data.Prompts` (rows keep their ``file:line``)."""
+    if len(prompts) < 2:
+        raise RelPLensError(f"need at least 2 prompts to build and evaluate on separate data, got {len(prompts)}")
+    order = list(range(len(prompts)))
+    random.Random(seed).shuffle(order)
+    n_eval = min(n_eval, len(order) // 2) if len(order) < n_build + n_eval else n_eval
+    return prompts.subset(order[n_eval:n_eval + n_build]), prompts.subset(order[:n_eval])
 
 
 # -- outputs -----------------------------------------------------------------------------------------------
@@ -206,22 +220,27 @@ def cmd_trace(args) -> int:
     outputs = _check_outputs([("--out", args.out), ("--export-circuit-tracer", args.export_circuit_tracer),
                               ("--report", args.report)])
     say = _say_fn(args)
-    rows = _read_rows(args.data) if args.data else None
+    prompts = _read_prompts(args.data) if args.data else None
     task = None if args.data else args.task
     model = _load_model(args, say)
-    if rows is None:
-        rows = _task_rows(model, args.task, args.n_prompts + args.n_eval, args.seed)
-    build, held_out = _split(rows, args.n_prompts, args.n_eval, args.seed)
+    if prompts is None:
+        from relp_lens.data import Prompts
+
+        say(f"making the {args.task!r} prompts ...")
+        prompts = Prompts.from_rows(_task_rows(model, args.task, args.n_prompts + args.n_eval, args.seed))
+    _check_tokens(model, prompts)
+    build, held_out = _split(prompts, args.n_prompts, args.n_eval, args.seed)
     circuit, attr, accuracy = _build_circuit(args, model, build, held_out, task, say)
+    held_out = circuit.data["eval_rows"]  # (only the prompts the model gets right, with --only-correct)
     files: list[tuple[Path, Callable[[Path], object]]] = [(outputs["--out"], circuit.save)]
     if "--export-circuit-tracer" in outputs:
         from relp_lens.files import write_json_atomic
 
-        graph = circuit.to_circuit_tracer(attr.str_tokens[0], prompt=build[0]["clean_prefix"])
+        graph = circuit.to_circuit_tracer(attr.str_tokens[0], prompt=attr.prompts.clean[0])  # first build prompt
         files.append((outputs["--export-circuit-tracer"], lambda p: write_json_atomic(p, graph)))
     if "--report" in outputs:
         files.append((outputs["--report"], _report_writer(args, model, attr, circuit, held_out, accuracy, say)))
-    print(circuit.summary(args.show, str_tokens=attr.str_tokens[0]))
+    print(circuit.summary(args.show))
     _write_all(files)
     print(f"wrote {outputs['--out']}")
     if "--export-circuit-tracer" in outputs:
@@ -231,37 +250,64 @@ def cmd_trace(args) -> int:
     return 0
 
 
-def _build_circuit(args, model, build: list[dict], held_out: list[dict], task: str | None,
+def _build_circuit(args, model, build, held_out, task: str | None,
                    say: Callable[[str], None]):
-    """Attribute, select, weigh edges, evaluate: the circuit (with its data and evaluation), the
-    attribution and the task accuracy line (``None`` without answers)."""
+    """Attribute (``reduce="mean"``: memory does not grow with the prompts), select, weigh edges, evaluate:
+    the circuit (with its data and evaluation), the attribution and the task accuracy line (``None``
+    without answers). ``build`` and ``held_out`` are :class:`relp_lens.data.Prompts`."""
     import relp_lens
     from relp_lens.ablation import evaluate_circuit
     from relp_lens.circuit import select_threshold, select_top_k
     from relp_lens.edges import attribute_edges, prune_edges
 
-    progress = not args.no_progress
-    say(f"attributing {len(build)} build prompts ({args.method}, basis {args.basis}) ...")
-    attr = relp_lens.attribute(model, build, basis=args.basis, method=args.method, batch_size=args.batch_size,
-                               progress=progress)
-    accuracy = None
-    if attr.prompts.answers is not None:
-        from relp_lens.tasks import task_report
+    from relp_lens.tasks import MIN_ACCURACY, only_correct, task_report
 
-        report = task_report(model, attr.prompts, batch_size=args.batch_size, warn=False)
+    progress = not args.no_progress
+    accuracy = None
+    if build.answers is not None:
+        report = task_report(model, build, batch_size=args.batch_size, warn=False)
         accuracy = str(report)
         print(f"{len(build)} build prompts, {len(held_out)} held out; task {report}")
-        if report.accuracy < 0.5:
+        if report.accuracy < MIN_ACCURACY:
             print(f"warning: the model gets only {report.accuracy:.0%} of the build prompts right; a circuit "
                   f"for a behaviour the model does not have means little", file=sys.stderr)
-    circuit = (select_top_k(attr, model, args.k, aggregate_pos=args.aggregate_pos, task=task) if args.k is not None
-               else select_threshold(attr, model, args.tau, aggregate_pos=args.aggregate_pos, task=task))
+        if args.only_correct:
+            build = only_correct(model, build, batch_size=args.batch_size)
+            if len(held_out):
+                held_out = only_correct(model, held_out, batch_size=args.batch_size)
+            print(f"--only-correct: tracing on the {len(build)} build and evaluating on the {len(held_out)} "
+                  f"held-out prompts the model gets right")
+    elif args.only_correct:
+        raise RelPLensError("--only-correct needs answers (clean_answer) in the data")
+    baseline = None if build.paired else args.baseline
+    say(f"attributing {len(build)} build prompts ({args.method}, basis {args.basis}) ...")
+    attr = relp_lens.attribute(model, build, basis=args.basis, method=args.method, batch_size=args.batch_size,
+                               baseline=baseline, reduce="mean", progress=progress)
+    if attr.alignment.end_aligned:
+        print(f"prompts differ in token length: positions count from the end (-1 = last token) after the "
+              f"{attr.alignment.n_shared} token(s) every prompt starts with")
+    exclude = None
+    if args.exclude_always_on:
+        from relp_lens.cards import always_on_neurons
+
+        say("finding always-on neurons over the package corpus ...")
+        exclude = always_on_neurons(model)
+        print(f"leaving out {len(exclude)} always-on neurons: " + ", ".join(f"L{l}/{i}" for l, i in exclude[:12])
+              + (" …" if len(exclude) > 12 else ""))
+    opts = dict(aggregate_pos=args.aggregate_pos, task=task, ablation=args.ablation,
+                include_fixed=True if args.include_fixed else None, exclude_neurons=exclude)
+    circuit = (select_top_k(attr, model, args.k, **opts) if args.k is not None
+               else select_threshold(attr, model, args.tau, **opts))
     if not circuit.nodes:
         raise RelPLensError("no node passes the selection (empty circuit); lower --tau or raise --k")
-    circuit.data["eval_rows"] = held_out
+    if circuit.selection.get("excluded_positions"):
+        print(f"left out positions {circuit.selection['excluded_positions']}: the same tokens in every prompt, "
+              f"which {circuit.ablation} ablation cannot move (--include-fixed to keep them)")
+    held_rows = held_out.to_rows() if len(held_out) else []
+    circuit.data["eval_rows"] = held_rows
     circuit.data["source"] = str(args.data) if args.data else f"task:{task}"
     if args.edges:
-        edge_rows = build[: args.edge_prompts]
+        edge_rows = build.subset(range(min(args.edge_prompts, len(build))))
         say(f"weighing edges between {len(circuit)} nodes on {len(edge_rows)} prompts ...")
         circuit, stats = attribute_edges(model, circuit, edge_rows, method="grad" if args.method == "grad" else "relp",
                                          batch_size=args.batch_size, progress=progress)
@@ -269,10 +315,12 @@ def _build_circuit(args, model, build: list[dict], held_out: list[dict], task: s
               f"over {len(edge_rows)} prompts")
         if args.edge_keep < 1:
             circuit = prune_edges(circuit, args.edge_keep)
-            circuit.data["eval_rows"] = held_out
-    if held_out:
-        say(f"evaluating {len(circuit)} nodes on {len(held_out)} held-out prompts ...")
-        circuit.evaluation = evaluate_circuit(model, circuit, held_out, batch_size=args.batch_size)
+            circuit.data["eval_rows"] = held_rows
+    if len(held_out):
+        say(f"evaluating {len(circuit)} nodes on {len(held_out)} held-out prompts ({circuit.ablation} ablation) ...")
+        circuit.evaluation = evaluate_circuit(model, circuit, held_out, batch_size=args.batch_size, warn=False)
+        if circuit.evaluation.get("verdict"):
+            print(f"warning: {circuit.evaluation['verdict']}", file=sys.stderr)
     return circuit, attr, accuracy
 
 
@@ -313,17 +361,25 @@ def cmd_evaluate(args) -> int:
     model = _load_model(args, say)
     circuit.check_model(model)
     say(f"evaluating {len(circuit)} nodes on {len(rows)} held-out prompts ...")
-    ev = evaluate_circuit(model, circuit, rows, batch_size=args.batch_size)
-    print(f"{len(circuit)} nodes on {ev['n_prompts']} held-out prompts: faithfulness {ev['faithfulness']:+.3f}, "
-          f"completeness {ev['completeness']:+.3f}  (F(M) {ev['f_model']:+.3f}, F(∅) {ev['f_empty']:+.3f})")
+    ev = evaluate_circuit(model, circuit, rows, ablation=args.ablation, batch_size=args.batch_size, warn=False)
+    print(f"{len(circuit)} nodes on {ev['n_prompts']} held-out prompts ({ev['ablation']} ablation): faithfulness "
+          f"{ev['faithfulness']:+.3f}, completeness {ev['completeness']:+.3f}  (F(M) {ev['f_model']:+.3f}, "
+          f"F(∅) {ev['f_empty']:+.3f})")
+    weak = [ev]
     if sizes:
         say(f"evaluating the top-k sub-circuits for k = {', '.join(map(str, sizes))} ...")
         ranked = sorted(circuit.nodes, key=lambda n: -abs(n.score))
         print(f"{'k':>6s} {'faithfulness':>13s} {'completeness':>13s}")
         for k in sizes:
             sub = replace(circuit, nodes=ranked[:k], edges=[])
-            r = evaluate_circuit(model, sub, rows, batch_size=args.batch_size)
+            r = evaluate_circuit(model, sub, rows, ablation=args.ablation, batch_size=args.batch_size, warn=False)
+            weak.append(r)
             print(f"{len(sub):6d} {r['faithfulness']:+13.3f} {r['completeness']:+13.3f}")
+    from relp_lens.ablation import verdict
+
+    note = verdict(weak)
+    if note:
+        print(f"warning: {note}", file=sys.stderr)
     return 0
 
 
@@ -361,6 +417,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--k", type=int, default=None, help="keep the top-k nodes by |score|")
     t.add_argument("--tau", type=float, default=None, help="keep nodes with |score| >= tau * |metric| (paper: 0.005)")
     t.add_argument("--aggregate-pos", action="store_true", help="nodes are neurons at all positions")
+    t.add_argument("--baseline", default=None, choices=("zero", "mean"),
+                   help="unpaired data: what activations are compared with (default: zero)")
+    t.add_argument("--ablation", default=None, choices=("mean", "zero", "counterfactual"),
+                   help="how evaluation removes nodes (default: consistent with the baseline: paired -> mean of "
+                        "the patch prompts, zero -> zero, mean -> mean)")
+    t.add_argument("--only-correct", action="store_true", help="trace and evaluate on the prompts the model gets right")
+    t.add_argument("--include-fixed", action="store_true",
+                   help="let selection choose positions shared by every prompt (left out under mean ablation)")
+    t.add_argument("--exclude-always-on", action="store_true",
+                   help="leave out neurons with a large activation on nearly every token")
     t.add_argument("--n-prompts", type=int, default=300, help="prompts to build the circuit on (default 300)")
     t.add_argument("--n-eval", type=int, default=40, help="held-out prompts to evaluate on (default 40)")
     t.add_argument("--seed", type=int, default=0, help="data generation and split seed")
@@ -383,6 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", default=None, help="JSONL of held-out prompts (default: the split stored in the circuit)")
     e.add_argument("--n-eval", type=int, default=40, help="at most this many held-out prompts (default 40)")
     e.add_argument("--sweep", default=None, metavar="K1,K2,...", help="also evaluate the top-k sub-circuits")
+    e.add_argument("--ablation", default=None, choices=("mean", "zero", "counterfactual"),
+                   help="how nodes are removed (default: the circuit's own)")
     e.add_argument("--no-progress", action="store_true", help="hide progress lines")
     e.set_defaults(func=cmd_evaluate)
     return p

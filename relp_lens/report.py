@@ -68,7 +68,7 @@ def report_inputs(model: HookedTransformer, attr: Attribution, circuit: Circuit,
         ranked = sorted(circuit.nodes, key=lambda n: -abs(n.score))
         neurons = list(dict.fromkeys((n.layer, n.index) for n in ranked))[:n_cards]
         prompts = attr.prompts.clean[:16] if attr.prompts is not None else []
-        inputs.cards = neuron_cards(model, neurons, prompts=prompts, k=6)
+        inputs.cards = neuron_cards(model, neurons, prompts=prompts, k=6, progress=progress)
     return inputs
 
 

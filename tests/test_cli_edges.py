@@ -251,7 +251,7 @@ def test_trace_writes_all_outputs_and_reports_progress(tmp_path, capsys, tiny, r
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.json", "g.json", "r.html", "rows.jsonl"]
     progress = [line for line in captured.err.splitlines() if line.endswith(" ...")]
     assert [line.split()[0] for line in progress] == ["loading", "attributing", "weighing", "evaluating", "building"]
-    assert progress[3] == "evaluating 5 nodes on 2 held-out prompts ..."
+    assert progress[3] == "evaluating 5 nodes on 2 held-out prompts (mean ablation) ..."
     assert "wrote " + str(o["r.html"]) in captured.out
 
     assert main(["evaluate", str(o["c.json"])]) == 0
