@@ -55,18 +55,26 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "steering_direction": ("steering", "steering_direction"),
     "steering_sweep": ("steering", "steering_sweep"),
     "plot": ("plots", None),  # relp_lens.plot.circuit_graph(...)
+    "always_on_neurons": ("cards", "always_on_neurons"),
+    "only_correct": ("tasks", "only_correct"),
 }
+# submodules reachable as attributes after a bare ``import relp_lens`` (``relp_lens.plots.…``), as before
+_SUBMODULES = {"ablation", "agreement", "attribution", "cards", "circuit", "cli", "data", "demo", "edges",
+               "errors", "exact", "files", "metrics", "models", "nodes", "plots", "positions", "relp_mode",
+               "report", "rules", "steering", "tasks"}
 
 __all__ = [
     "BASES", "METHODS", "Attribution", "Circuit", "CircuitEdge", "CircuitNode", "Prompts", "RelPConfig",
     "RelPLensError", "attribute", "attribute_edges", "compare_with_exact", "evaluate_circuit",
     "faithfulness_sweep", "load_model", "pearson", "prune_edges", "relp", "relp_hooks", "resolve_hooks",
     "select_threshold", "select_top_k", "shipped_gguf_path", "steer", "steering_direction", "steering_sweep",
-    "plot",
+    "plot", "always_on_neurons", "only_correct",
 ]
 
 
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
     try:
         module_name, attr = _EXPORTS[name]
     except KeyError:
@@ -85,6 +93,7 @@ if TYPE_CHECKING:
     from relp_lens import plots as plot
     from relp_lens.ablation import evaluate_circuit, faithfulness_sweep
     from relp_lens.attribution import METHODS, Attribution, attribute, pearson
+    from relp_lens.cards import always_on_neurons
     from relp_lens.circuit import Circuit, CircuitEdge, CircuitNode, select_threshold, select_top_k
     from relp_lens.data import Prompts
     from relp_lens.edges import attribute_edges, prune_edges
@@ -94,3 +103,4 @@ if TYPE_CHECKING:
     from relp_lens.nodes import BASES, resolve_hooks
     from relp_lens.relp_mode import RelPConfig, relp, relp_hooks
     from relp_lens.steering import steer, steering_direction, steering_sweep
+    from relp_lens.tasks import only_correct

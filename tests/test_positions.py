@@ -238,3 +238,40 @@ def test_gpt2_mixed_lengths_run_end_to_end():
         ev = evaluate_circuit(model, c, UNPAIRED)
     assert -10 < ev["faithfulness"] < 10
     assert hooks_left(model) == []
+
+
+@pytest.mark.slow
+def test_shipped_model_city_to_state_positions_mean_one_token(smollm):
+    """Case 1 on the shipped model: city_to_state prompts have 11-14 tokens; counted from the end, every
+    position of the template's tail holds one token in every prompt, and the heatmap shows all of them."""
+    from relp_lens.plots import attribution_heatmap
+    from relp_lens.tasks import load_task
+
+    rows = load_task(smollm, "city_to_state", 24)
+    attr = attribute(smollm, rows, reduce="mean", progress=False)
+    assert attr.alignment.end_aligned and len(set(attr.lengths)) > 1
+    labels = attr.position_labels()
+    assert labels[-1] == "' of'" and labels[-2] == "' state'" and labels[-7] == "' is'"
+    assert '%' in labels[-8]  # the city's last token: the most common one and its share
+    fig = attribution_heatmap(attr)
+    assert len(fig.data[0].x) == attr.n_positions == max(attr.lengths)
+    c = select_top_k(attr, smollm, 50)
+    assert all(n.pos < 0 and n.pos >= -min(attr.lengths) + attr.alignment.n_shared for n in c.nodes
+               if n.pos not in attr.fixed_positions)
+
+
+@pytest.mark.slow
+def test_shipped_model_warns_on_an_answer_without_its_space(smollm):
+    """Case 6: "are" for " are" was accepted (accuracy 100%, target probability 0.000)."""
+    from relp_lens.data import AnswerWarning
+    from relp_lens.tasks import task_report
+
+    rows = [dict(r, clean_answer="are", patch_answer="is") if i == 1 else r
+            for i, r in enumerate(AGREEMENT_ROWS[:2])]
+    with pytest.warns(AnswerWarning, match=r"row 1: answer 'are' has probability .* did you mean ' are'"):
+        attribute(smollm, rows, progress=False)
+    with pytest.warns(AnswerWarning, match="row 1"):
+        task_report(smollm, rows, warn=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AnswerWarning)
+        attribute(smollm, AGREEMENT_ROWS[:2], progress=False)  # answers with their space: no warning
