@@ -175,9 +175,11 @@ def verdict(rows: dict | Sequence[dict]) -> str | None:
     if best["faithfulness"] >= WEAK:
         return None
     sizes = "the size tried" if len(rows) == 1 else f"every size tried (up to {max(r['n_nodes'] for r in rows)} nodes)"
+    hint = (" Zero ablation moves every other neuron far from its usual values; a mean baseline with mean "
+            "ablation is the other consistent choice." if best.get("ablation") == "zero" else "")
     return (f"weak circuit: faithfulness below {WEAK} at {sizes}; best {best['faithfulness']:+.2f} with "
             f"{best['n_nodes']} nodes, completeness {best['completeness']:+.2f}. These nodes do not explain the "
-            f"behaviour on the held-out prompts — do not read this as a sparse circuit.")
+            f"behaviour on the held-out prompts — do not read this as a sparse circuit.{hint}")
 
 
 def evaluate_circuit(model: HookedTransformer, circuit: Circuit, prompts: Prompts | Sequence[dict], *,
