@@ -36,6 +36,7 @@ from relp_lens.positions import Alignment, require
 
 Key = tuple[int, int | None, int]
 WEAK = 0.5  # below this faithfulness at every size, a circuit "explains little"
+UNSTABLE = 0.1  # |F(M) − F(∅)| below this share of |F(M)|: the ratios are not to be trusted
 
 
 class WeakCircuitWarning(UserWarning):
@@ -164,13 +165,21 @@ def _ratios(f_m: float, f_empty: float, f_c: float, f_comp: float) -> dict:
 def verdict(rows: dict | Sequence[dict]) -> str | None:
     """A sentence when a circuit (or every circuit of a sweep) explains little, else None.
 
-    Faithfulness below 0.5 at every size tried means the chosen nodes do not carry the behaviour on these
+    Also when ablating the whole basis moves the metric by less than 10% (F(M) ≈ F(∅)): the ratios
+    then divide by a small, noisy difference. Faithfulness below 0.5 at every size tried means the chosen nodes do not carry the behaviour on these
     prompts — whether because the model has no sparse circuit for it or because the setup (data, metric,
     baseline, ablation) is wrong; it must not be read as a sparse circuit.
     """
     rows = [rows] if isinstance(rows, dict) else list(rows)
     if not rows:
         return None
+    f_m, f_0 = rows[0].get("f_model"), rows[0].get("f_empty")
+    if f_m is not None and f_0 is not None and abs(f_m - f_0) < UNSTABLE * abs(f_m):
+        return (f"unstable ratios: ablating every node changes the metric only from {f_m:+.3f} to {f_0:+.3f} "
+                f"(less than {UNSTABLE:.0%}), so faithfulness and completeness divide by a small, noisy "
+                f"difference; the metric is dominated by what the ablation keeps (e.g. a raw logit shared by "
+                f"every answer of the task) — use a metric of what differs between prompts (logprob, a logit "
+                f"difference) or paired data.")
     best = max(rows, key=lambda r: r["faithfulness"])
     if best["faithfulness"] >= WEAK:
         return None

@@ -275,3 +275,15 @@ def test_shipped_model_warns_on_an_answer_without_its_space(smollm):
     with warnings.catch_warnings():
         warnings.simplefilter("error", AnswerWarning)
         attribute(smollm, AGREEMENT_ROWS[:2], progress=False)  # answers with their space: no warning
+
+
+def test_verdict_names_unstable_ratios_and_weak_circuits():
+    from relp_lens.ablation import verdict
+
+    row = dict(faithfulness=1.4, completeness=2.0, n_nodes=10, f_model=35.3, f_empty=35.9)
+    assert verdict(row).startswith("unstable ratios")
+    weak = [dict(faithfulness=f, completeness=0.9, n_nodes=k, f_model=10.0, f_empty=2.0, ablation="zero")
+            for f, k in ((0.1, 10), (0.4, 100))]
+    assert "below 0.5 at every size tried (up to 100 nodes); best +0.40 with 100 nodes" in verdict(weak)
+    assert "mean baseline with mean ablation" in verdict(weak)
+    assert verdict(dict(weak[0], faithfulness=0.8)) is None
