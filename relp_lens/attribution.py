@@ -256,7 +256,9 @@ class Attribution:
         lines = [f"{self.method} attribution on {self.basis} ({len(self.hook_names)} layers), "
                  f"{self.n_examples} examples, metric {self.metric} "
                  f"(clean mean {self.metric_clean.mean():.3f}); {where}"]
-        for node, score in self.top_k(k):
+        if self.alignment.end_aligned:
+            lines[0] += "; top nodes at positions every prompt has"
+        for node, score in self.top_k(k, everywhere=True):
             lines.append(f"  {self.node_label(node):>28s}  {score:+.4f}")
         return "\n".join(lines)
 
