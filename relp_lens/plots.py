@@ -65,9 +65,11 @@ def attribution_heatmap(attr: Attribution, *, example: int | None = None, value:
     return fig
 
 
-def top_neurons_bar(attr: Attribution, k: int = 20, *, aggregate_pos: bool = True) -> go.Figure:
-    """Horizontal bars of the ``k`` nodes with the largest |mean score| (labels ``L{layer}/{index}@pos``)."""
-    top = attr.top_k(k, aggregate_pos=aggregate_pos)
+def top_neurons_bar(attr: Attribution, k: int = 20, *, aggregate_pos: bool = True,
+                    everywhere: bool = True) -> go.Figure:
+    """Horizontal bars of the ``k`` nodes with the largest |mean score| (labels ``L{layer}/{index}@pos``),
+    at positions every prompt has unless ``everywhere=False`` (as circuit selection does)."""
+    top = attr.top_k(k, aggregate_pos=aggregate_pos, everywhere=everywhere)
     labels = [attr.node_label(node) for node, _ in top][::-1]
     scores = [s for _, s in top][::-1]
     fig = go.Figure(go.Bar(x=scores, y=labels, orientation="h",

@@ -124,14 +124,20 @@ def column_tokens(alignment: Alignment, str_tokens: Sequence[Sequence[str]]) -> 
 
 
 def token_label(counts: Counter, n_prompts: int | None = None) -> str:
-    """``' of'`` when one token fills the column, else ``' of' 60%`` (the most common token and its share)."""
+    """What a column holds: ``' of'`` when one token fills it in every prompt; ``' of' 60%`` when one token
+    holds at least half of the prompts; else ``16 tokens, e.g. ' Dallas'`` (a slot that varies); with
+    ``(5/16 prompts)`` when only some prompts reach the position."""
     if not counts:
         return "?"
     tok, n = counts.most_common(1)[0]
     total = sum(counts.values())
-    if n == total and (n_prompts is None or total == n_prompts):
+    n_prompts = n_prompts or total
+    if n == total == n_prompts:
         return repr(tok)
-    return f"{tok!r} {n / (n_prompts or total):.0%}"
+    reach = f" ({total}/{n_prompts} prompts)" if total < n_prompts else ""
+    if n / n_prompts >= 0.5:
+        return f"{tok!r} {n / n_prompts:.0%}{reach}"
+    return f"{len(counts)} tokens, e.g. {tok!r}{reach}"
 
 
 def _shared_prefix(tokens: Sequence[torch.Tensor]) -> int:

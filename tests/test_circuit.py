@@ -54,7 +54,7 @@ def test_roundtrip(tmp_path, llama, attr):
     d = json.loads(path.read_text())
     assert d["schema"] == "relp_lens.circuit" and d["version"] == 2
     assert d["baseline"] == "patch" and d["ablation"] == "mean" and d["positions"]["rule"] == "end"
-    assert d["positions"]["labels"]["-1"] == "'cabinet' 25%"
+    assert d["positions"]["labels"]["-1"] == "4 tokens, e.g. 'cabinet'"
     assert d["data"]["rows"][0]["clean_prefix"] == AGREEMENT_ROWS[0]["clean_prefix"]
     assert d["model"]["d_mlp"] == 48 and d["hook_names"][0] == "blocks.0.mlp.hook_post"
     assert [p.name for p in path.parent.iterdir()] == ["c.json"]  # no temp file left

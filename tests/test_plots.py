@@ -17,8 +17,9 @@ def test_heatmap_shapes_and_hover():
     assert hm.type == "heatmap"
     assert len(hm.z) == 3 and len(hm.z[0]) == 6  # layers × every position of the data
     # lengths 6, 3, 6, 3: the shared 'BOS The' from the start, the rest from the end, with token shares
-    assert list(hm.x) == ["0: '<bos>'", "1: 'The'", "-4: 'keys' 25%", "-3: 'to' 25%", "-2: 'the' 50%",
-                          "-1: 'cabinet' 25%"]
+    assert list(hm.x) == ["0: '<bos>'", "1: 'The'", "-4: 2 tokens, e.g. 'keys' (2/4 prompts)",
+                          "-3: 2 tokens, e.g. 'to' (2/4 prompts)", "-2: 'the' 50% (2/4 prompts)",
+                          "-1: 4 tokens, e.g. 'cabinet'"]
     assert "top node" in hm.text[0][0] and "from the end" in fig.layout.xaxis.title.text
     mass = attr.mean().nan_to_num(0).abs().sum(-1)
     assert hm.z[1][4] == pytest.approx(mass[1, 4].item(), rel=1e-5)
