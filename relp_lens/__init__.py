@@ -45,6 +45,7 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "RelPLensError": ("errors", "RelPLensError"),
     "compare_with_exact": ("exact", "compare_with_exact"),
     "load_model": ("models", "load_model"),
+    "wrap_hf_model": ("backends", "wrap_hf_model"),
     "shipped_gguf_path": ("models", "shipped_gguf_path"),
     "BASES": ("nodes", "BASES"),
     "resolve_hooks": ("nodes", "resolve_hooks"),
@@ -59,7 +60,7 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "only_correct": ("tasks", "only_correct"),
 }
 # submodules reachable as attributes after a bare ``import relp_lens`` (``relp_lens.plots.…``), as before
-_SUBMODULES = {"ablation", "agreement", "attribution", "cards", "circuit", "cli", "data", "demo", "edges",
+_SUBMODULES = {"ablation", "agreement", "attribution", "backends", "cards", "circuit", "cli", "data", "demo", "edges",
                "errors", "exact", "files", "metrics", "models", "nodes", "plots", "positions", "relp_mode",
                "report", "rules", "steering", "tasks"}
 
@@ -68,7 +69,7 @@ __all__ = [
     "RelPLensError", "attribute", "attribute_edges", "compare_with_exact", "evaluate_circuit",
     "faithfulness_sweep", "load_model", "pearson", "prune_edges", "relp", "relp_hooks", "resolve_hooks",
     "select_threshold", "select_top_k", "shipped_gguf_path", "steer", "steering_direction", "steering_sweep",
-    "plot", "always_on_neurons", "only_correct",
+    "plot", "always_on_neurons", "only_correct", "wrap_hf_model",
 ]
 
 
@@ -93,6 +94,7 @@ if TYPE_CHECKING:
     from relp_lens import plots as plot
     from relp_lens.ablation import evaluate_circuit, faithfulness_sweep
     from relp_lens.attribution import METHODS, Attribution, attribute, pearson
+    from relp_lens.backends import wrap_hf_model
     from relp_lens.cards import always_on_neurons
     from relp_lens.circuit import Circuit, CircuitEdge, CircuitNode, select_threshold, select_top_k
     from relp_lens.data import Prompts

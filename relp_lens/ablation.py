@@ -22,10 +22,10 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
 
 from relp_lens.attribution import Attribution, _mean_acts, as_prompts
 from relp_lens.circuit import ABLATIONS, Circuit, consistent_ablation, select_threshold, select_top_k
@@ -33,6 +33,9 @@ from relp_lens.data import Prompts, make_batches, tokenize
 from relp_lens.errors import RelPLensError
 from relp_lens.metrics import MetricFn, evaluate_metric, resolve_metric
 from relp_lens.positions import Alignment, require
+
+if TYPE_CHECKING:  # annotations only: TransformerLens 4 has no HookedTransformer
+    from transformer_lens import HookedTransformer
 
 Key = tuple[int, int | None, int]
 WEAK = 0.5  # below this faithfulness at every size, a circuit "explains little"

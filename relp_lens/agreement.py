@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import itertools
 import random
+from typing import TYPE_CHECKING
 
-from transformer_lens import HookedTransformer
+if TYPE_CHECKING:  # annotations only: TransformerLens 4 has no HookedTransformer
+    from transformer_lens import HookedTransformer
+
 
 NOUNS = [("key", "keys"), ("parent", "parents"), ("author", "authors"), ("doctor", "doctors"),
          ("teacher", "teachers"), ("student", "students"), ("farmer", "farmers"), ("manager", "managers"),

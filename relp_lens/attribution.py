@@ -28,17 +28,21 @@ import contextlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
 
+from relp_lens import backends
 from relp_lens.data import Batch, Prompts, make_batches, tokenize, warn_unlikely_answers
 from relp_lens.errors import RelPLensError
 from relp_lens.metrics import MetricFn, evaluate_metric, resolve_metric
 from relp_lens.nodes import basis_name, resolve_hooks
 from relp_lens.positions import Alignment, check_position, column_tokens, require, resolve, token_label
 from relp_lens.relp_mode import RelPConfig, relp
+
+if TYPE_CHECKING:  # annotations only: TransformerLens 4 has no HookedTransformer
+    from transformer_lens import HookedTransformer
 
 METHODS = ("relp", "grad", "ig", "exact")
 Node = tuple[int, int | None, int]  # (layer, pos or None for all positions, index)
@@ -282,6 +286,7 @@ def _cache_acts(model: HookedTransformer, tokens: torch.Tensor, hooks: list[str]
     patch a hook inside block L can start there (see :func:`_forward_from`).
     """
     wanted = set(hooks)
+    resume = resume and backends.supports_start_at_layer(model)
     if resume:
         wanted |= {f"blocks.{layer}.hook_resid_pre" for h in hooks if (layer := _block_of(model, h)) is not None}
     with torch.no_grad():
@@ -303,8 +308,8 @@ def _forward_from(model: HookedTransformer, tokens: torch.Tensor, starts: dict[i
                   layer: int | None, reps: int = 1) -> torch.Tensor:
     """Logits of ``tokens`` repeated ``reps`` times, skipping the blocks before ``layer`` when its cached
     residual input is known (the skipped blocks are unaffected by a patch at or after ``layer``)."""
-    if layer is None or layer not in starts:
-        return model(tokens.repeat(reps, 1))
+    if layer is None or layer not in starts or not backends.supports_start_at_layer(model):
+        return model(tokens.repeat(reps, 1))  # a bridge cannot skip blocks: the full pass, same result
     return model(starts[layer].repeat(reps, 1, 1), start_at_layer=layer)
 
 
@@ -359,16 +364,19 @@ def batch_gradients(run: _Run, batch: Batch, use_relp: bool):
     ref, m_ref = run.reference(batch)
     captured: dict[str, torch.Tensor] = {}
 
-    def capture(x, hook):
-        if not x.requires_grad:  # frozen weights: the first captured hook starts the graph
-            x = x.detach().requires_grad_(True)
-            captured[hook.name] = x
-            return x
-        captured[hook.name] = x
-        return None
+    def capture(name):  # the name is bound here: a bridge's hook.name may be the canonical one behind an alias
+        def hook(x, hook):
+            if not x.requires_grad:  # frozen weights: the first captured hook starts the graph
+                x = x.detach().requires_grad_(True)
+                captured[name] = x
+                return x
+            captured[name] = x
+            return None
+
+        return hook
 
     mode = relp(model, **vars(run.rules)) if use_relp else contextlib.nullcontext()
-    with torch.enable_grad(), mode, model.hooks(fwd_hooks=[(h, capture) for h in hooks]):
+    with torch.enable_grad(), mode, model.hooks(fwd_hooks=[(h, capture(h)) for h in hooks]):
         logits = model(batch.clean_tokens.to(model.cfg.device))
         m = evaluate_metric(run.metric_fn, logits, batch)
         warn_unlikely_answers(logits[:, -1], batch, run.prompts)
@@ -382,7 +390,7 @@ def batch_gradients(run: _Run, batch: Batch, use_relp: bool):
 
 def _grad_batch(run: _Run, batch: Batch, use_relp: bool):
     _, grads, deltas, m, m_ref = batch_gradients(run, batch, use_relp)
-    scores = [(g * d).cpu() for g, d in zip(grads, deltas)]
+    scores = [(g.float() * d.float()).cpu() for g, d in zip(grads, deltas)]  # float32 also for half models
     return torch.stack(scores, 1), m, m_ref  # [batch, layer, pos, node]
 
 
@@ -398,7 +406,7 @@ def _ig_batch(run: _Run, batch: Batch, steps: int):
     for layer, hook_name in layers:
         block = _block_of(model, hook_name)
         a, r = clean[layer], ref[layer].to(clean[layer].device).expand_as(clean[layer])
-        grad_sum = torch.zeros_like(a)
+        grad_sum = torch.zeros_like(a, dtype=torch.float32)  # summed in float32, also for half models
         for step in range(steps):
             alpha = step / steps
             # the path runs from clean (alpha = 0) towards the reference
@@ -411,8 +419,8 @@ def _ig_batch(run: _Run, batch: Batch, steps: int):
                 m = evaluate_metric(run.metric_fn, _forward_from(model, tokens, starts, block), batch)
                 (g,) = torch.autograd.grad(m.sum(), [point], allow_unused=True)
             if g is not None:
-                grad_sum += g
-        scores.append(((grad_sum / steps) * run.delta(a, r)).cpu())
+                grad_sum += g.float()
+        scores.append(((grad_sum / steps) * run.delta(a, r).float()).cpu())
     return torch.stack(scores, 1), m_clean.cpu(), m_ref
 
 
@@ -462,7 +470,7 @@ def _exact_batch(run: _Run, batch: Batch, nodes: list[Node], node_batch: int):
             m = evaluate_metric(run.metric_fn, out, rep_batch).view(reps, b)
         for j, node in enumerate(group):
             layer, p, idx = node[0], where[node], node[2]
-            effect = (m[j] - m_clean) if run.paired else (m_clean - m[j])
+            effect = ((m[j] - m_clean) if run.paired else (m_clean - m[j])).float()
             if p is None:
                 scores[:, layer, :, idx] = 0.0
                 scores[:, layer, 0, idx] = effect.cpu()  # all-position node: effect stored at pos 0
@@ -673,9 +681,9 @@ def attribute(
         else:
             score_sum[:, cols] += s.sum(0).double()
         counts[cols] += len(batch)
-        metric_clean[idx] = m
+        metric_clean[idx] = m.float()
         if metric_ref is not None and m_ref is not None:
-            metric_ref[idx] = m_ref.cpu()
+            metric_ref[idx] = m_ref.float().cpu()
     str_tokens = [_str_tokens(model, t) for t in tok.clean_tokens]
     return Attribution(scores=scores, str_tokens=str_tokens, hook_names=hooks, basis=basis_name(basis),
                        method=method, metric=metric_name, paired=paired, metric_clean=metric_clean,

@@ -15,12 +15,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
 
+from relp_lens import backends
 from relp_lens.errors import RelPLensError
+
+if TYPE_CHECKING:  # annotations only: TransformerLens 4 has no HookedTransformer
+    from transformer_lens import HookedTransformer
 
 CORPUS = [
     "The keys to the cabinet are on the table.", "The key to the cabinets is on the table.",
@@ -110,12 +114,12 @@ def neuron_cards(model: HookedTransformer, neurons: Sequence[tuple[int, int]], *
                 found[j].append((context, float(a[j, pos])))
     cards = []
     with torch.no_grad():
-        w_final = getattr(model.ln_final, "w", None) if hasattr(model, "ln_final") else None
+        w_final = backends.final_norm_weight(model)
         for j, (layer, index) in enumerate(neurons):
-            direction = model.blocks[layer].mlp.W_out[index]  # [d_model]
+            direction = backends.W_out(model, layer)[index]  # [d_model]
             if w_final is not None:
                 direction = direction * w_final
-            logits = direction @ model.W_U  # [d_vocab]
+            logits = direction @ backends.W_U(model)  # [d_vocab]
             top, bottom = logits.topk(k), (-logits).topk(k)
             promoted = [(model.to_string(int(i)), float(v)) for v, i in zip(top.values, top.indices)]
             suppressed = [(model.to_string(int(i)), -float(v)) for v, i in zip(bottom.values, bottom.indices)]

@@ -42,14 +42,16 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from transformer_lens import HookedTransformer
 
 from relp_lens.attribution import Attribution
 from relp_lens.errors import RelPLensError
 from relp_lens.files import write_json_atomic
+
+if TYPE_CHECKING:  # annotations only: TransformerLens 4 has no HookedTransformer
+    from transformer_lens import HookedTransformer
 
 SCHEMA = "relp_lens.circuit"
 VERSION = 2

@@ -119,7 +119,7 @@ def _check_tokens(model, prompts) -> None:
 def _model(args):
     from relp_lens.models import load_model
 
-    return load_model(args.model, gguf_path=args.gguf)
+    return load_model(args.model, gguf_path=args.gguf, backend=getattr(args, "backend", "auto"))
 
 
 def _load_model(args, say: Callable[[str], None]):
@@ -402,6 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
     def model_opts(sp):
         sp.add_argument("--model", default="smollm2-135m", help="shipped model name (default: smollm2-135m)")
         sp.add_argument("--gguf", default=None, help="path of a Llama-architecture GGUF file instead")
+        sp.add_argument("--backend", choices=("auto", "hooked", "bridge"), default="auto",
+                        help="TransformerLens model: HookedTransformer (hooked), TransformerBridge (bridge), or "
+                             "auto: HookedTransformer where TransformerLens 3.x has it, else the bridge")
         sp.add_argument("--batch-size", type=int, default=16, help="prompts per forward pass (default 16)")
 
     t = sub.add_parser("trace", help="build a circuit and write it as JSON",

@@ -32,16 +32,20 @@ import contextlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
 
+from relp_lens import backends
 from relp_lens.attribution import as_prompts, batch_gradients, prepare_run
 from relp_lens.circuit import Circuit, CircuitEdge
 from relp_lens.errors import RelPLensError
 from relp_lens.positions import require
 from relp_lens.relp_mode import RelPConfig, relp
+
+if TYPE_CHECKING:  # annotations only: TransformerLens 4 has no HookedTransformer
+    from transformer_lens import HookedTransformer
 
 _EDGE_HOOK = re.compile(r"^blocks\.(\d+)\.(mlp\.hook_post|hook_mlp_out)$")
 
@@ -123,19 +127,23 @@ def attribute_edges(
         live: dict[int, torch.Tensor] = {}
         leaves: dict[int, torch.Tensor] = {}
 
-        def cut(x, hook):  # every MLP output becomes a leaf: MLPs are constants for what follows
-            leaves[blocks_of[hook.name]] = x.detach().requires_grad_(True)
-            return leaves[blocks_of[hook.name]]
+        def cut(layer):  # every MLP output becomes a leaf: MLPs are constants for what follows
+            def hook(x, hook):
+                leaves[layer] = x.detach().requires_grad_(True)
+                return leaves[layer]
 
-        def keep(x, hook):
-            live[blocks_of[hook.name]] = x
+            return hook
 
-        blocks_of = {}
+        def keep(layer):  # the layer is bound here, never read from hook.name (a bridge's may be an alias's)
+            def hook(x, hook):
+                live[layer] = x
+
+            return hook
+
         fwd = []
         for layer in range(t_max + 1):
             out_name = f"blocks.{blocks[layer]}.hook_mlp_out"
-            blocks_of[out_name] = blocks_of[circuit.hook_names[layer]] = layer
-            fwd += [(circuit.hook_names[layer], keep), (out_name, cut)]  # same hook for mlp_out: keep, then cut
+            fwd += [(circuit.hook_names[layer], keep(layer)), (out_name, cut(layer))]  # mlp_out: keep, then cut
         mode = relp(model, **vars(run.rules)) if use_relp else contextlib.nullcontext()
         with torch.enable_grad(), mode, model.hooks(fwd_hooks=fwd):
             # one forward pass (up to the last downstream block) serves every chunk of downstream nodes
@@ -166,7 +174,7 @@ def attribute_edges(
                     src = by_layer[layer]
                     idx = [nodes[j].index for j in src]
                     if neurons:  # ∂d/∂post[j] = W_out[j] · ∂d/∂mlp_out: project only the circuit's neurons
-                        grad = grad @ model.blocks[blocks[layer]].mlp.W_out[idx].T  # [R, B, pos, n_src]
+                        grad = grad @ backends.W_out(model, blocks[layer])[idx].T  # [R, B, pos, n_src]
                         delta = deltas[layer][..., idx]  # [B, pos, n_src]
                     else:
                         grad, delta = grad[..., idx], deltas[layer][..., idx]

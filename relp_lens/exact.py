@@ -15,13 +15,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-from transformer_lens import HookedTransformer
 
 from relp_lens.attribution import Attribution, Node, attribute
 from relp_lens.data import Prompts
 from relp_lens.errors import RelPLensError
+
+if TYPE_CHECKING:  # annotations only: TransformerLens 4 has no HookedTransformer
+    from transformer_lens import HookedTransformer
 
 
 @dataclass

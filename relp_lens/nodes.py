@@ -22,10 +22,13 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from transformer_lens import HookedTransformer
-
+from relp_lens import backends
 from relp_lens.errors import RelPLensError
+
+if TYPE_CHECKING:  # annotations only: TransformerLens 4 has no HookedTransformer
+    from transformer_lens import HookedTransformer
 
 BASES: dict[str, str] = {
     "mlp_post": "blocks.{L}.mlp.hook_post",
@@ -37,6 +40,7 @@ BASES: dict[str, str] = {
 
 
 def _check_exists(model: HookedTransformer, names: list[str], what: str) -> None:
+    backends.check_model(model)  # a bridge outside compatibility mode lacks the hooks: say how to fix it
     for name in names:
         if name not in model.hook_dict:
             if ".mlp." in name and not any(".mlp.hook_post" in n for n in model.hook_dict):

@@ -10,22 +10,52 @@ spliced in with TransformerLens hooks:
    is routed through ``HalfRule(IdentityRule(pre, f(pre)), pre_linear) + b_in``.
 3. Plain MLPs: ``hook_post`` (or ``hook_mid`` for activations followed by an MLP-internal norm) becomes
    ``IdentityRule(hook_pre, value)``.
-4. AH rule (``attention=True``): every ``*.hook_pattern`` returns ``pattern.detach()``.
+4. Mixture of experts (TransformerLens' Mixtral-style ``MoE``): the router weights
+   (``hook_expert_weights``) return ``weights.detach()``, constants like norm scales; each expert
+   ``experts.E`` gets step 2 with ``hook_gate`` (the activation's input), ``hook_pre`` (the linear factor)
+   and ``hook_post`` (no ``b_in``). Any other MoE type raises :class:`RelPLensError` when relp() is
+   entered, rather than silently keeping its plain gradient.
+5. Final-logit soft-cap (Gemma-2, ``cfg.output_logits_soft_cap > 0``): ``cap·tanh(z/cap)`` gets the
+   identity rule. HookedTransformer applies the cap after ``unembed.hook_out`` with no hook point after
+   it, so inside relp() the cap is switched off in ``model.cfg`` and applied, by the same function on the
+   same value, in a hook on ``unembed.hook_out`` (restored on exit). Attention-score soft-caps
+   (``attn_scores_soft_cap``) act before the softmax: with the AH rule the pattern is a constant and the
+   cap does not matter; without it the gradient goes through tanh and softmax as is (no rule, like the rest
+   of the attention scores).
+6. AH rule (``attention=True``): every ``*.hook_pattern`` returns ``pattern.detach()``.
 
 Hooks live in a ``model.hooks()`` context of their own, so they are removed on exit, exception or not, and
-hooks the user already had stay untouched.
+hooks the user already had stay untouched. Rules that *read* a value (``hook_pre``, ``hook_pre_linear``,
+``hook_gate``, ``unembed.hook_out``) run after every other hook of their hook point, and rules that
+*rewrite* one (``hook_post``, ``hook_mid``) before every other, also for hooks the user adds inside
+relp(): the rules see the values the forward actually uses, and a user's edit of a rule's output is
+differentiated as usual (see :func:`_keep_order`).
 """
 
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import torch
-from transformer_lens import HookedTransformer
+from transformer_lens.utilities.activation_functions import SOFTCAP_DISABLED, apply_softcap, softcap_enabled
 
+from relp_lens import backends
+from relp_lens.errors import RelPLensError
+
+try:  # TransformerLens 3.x; 4.x removed HookedTransformer's components (bridges have no such MoE)
+    from transformer_lens.components.mlps.moe import MoE
+except ImportError:
+    MoE = ()  # isinstance(x, ()) is always False
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
 from relp_lens.rules import DEFAULT_EPS, ForwardAs, HalfRule, IdentityRule, ah_rule, ln_rule
+
+# Where a rule's hook must run among the hooks of its hook point (kept by _keep_order):
+FIRST = "first"  # it rewrites the value: hooks after it (a user's edit) act on the rule's output
+LAST = "last"  # it reads the value: it must see what the forward uses, after every other hook
 
 
 @dataclass(frozen=True)
@@ -43,55 +73,88 @@ class RelPConfig:
             raise ValueError(f"eps must be positive, got {self.eps}")
 
 
+def _at(where: str, fn):
+    """Tag a rule hook with where it must run among its hook point's hooks (``FIRST`` or ``LAST``)."""
+    fn.relp_order = where
+    return fn
+
+
+def _gated_hooks(name: str, act_in: str, linear: str, post: str, act_fn, b_in: torch.Tensor | None,
+                 cfg: RelPConfig) -> list[tuple[str, object]]:
+    """A gated product ``post = f(act_in) · linear (+ b_in)``: identity rule on f, half rule on the product."""
+    live: dict[str, torch.Tensor] = {}
+
+    def remember(key: str):
+        def hook(x, hook):  # x: [batch, pos, d_mlp] ([tokens, d_mlp] in an expert)
+            live[key] = x
+
+        return _at(LAST, hook)
+
+    def gated_post(value, hook):
+        pre, lin = live.pop("pre"), live.pop("lin")
+        act = act_fn(pre)
+        if cfg.identity:
+            act = IdentityRule.apply(pre, act, cfg.eps)
+        surrogate = HalfRule.apply(act, lin) if cfg.half else act * lin
+        return ForwardAs.apply(value, surrogate if b_in is None else surrogate + b_in)
+
+    return [(f"{name}.{act_in}", remember("pre")), (f"{name}.{linear}", remember("lin")),
+            (f"{name}.{post}", _at(FIRST, gated_post))]
+
+
 def _mlp_hooks(model: HookedTransformer, cfg: RelPConfig) -> list[tuple[str, object]]:
     hooks: list[tuple[str, object]] = []
     if not (cfg.identity or cfg.half):
         return hooks
     for layer, block in enumerate(getattr(model, "blocks", [])):
         mlp = getattr(block, "mlp", None)
-        if mlp is None or not hasattr(mlp, "hook_post") or not hasattr(mlp, "hook_pre"):
-            continue  # attention-only block, or an MLP type without neuron hooks (e.g. MoE)
-        live: dict[str, object] = {}
-
-        def remember(key: str, live=live):
-            def hook(x, hook):  # x: [batch, pos, d_mlp]
-                live[key] = x
-
-            return hook
-
         name = f"blocks.{layer}.mlp"
+        if isinstance(mlp, MoE):
+            # router weights [tokens, n_experts] are constants, like norm scales
+            hooks.append((f"{name}.hook_expert_weights", lambda w, hook: w.detach()))
+            for e, expert in enumerate(mlp.experts):
+                hooks += _gated_hooks(f"{name}.experts.{e}", "hook_gate", "hook_pre", "hook_post", expert.act_fn,
+                                      None, cfg)
+            continue
+        if hasattr(mlp, "experts"):
+            raise RelPLensError(f"{name} is a {type(mlp).__name__} mixture of experts, which relp() has no rules "
+                                f"for (it covers TransformerLens' Mixtral-style MoE); its backward would be the "
+                                f"plain gradient")
+        if mlp is None or not hasattr(mlp, "hook_post") or not hasattr(mlp, "hook_pre"):
+            continue  # attention-only block, or an MLP type without neuron hooks
         gated = hasattr(mlp, "hook_pre_linear") and getattr(mlp, "hook_mid", None) is None
-        hooks.append((f"{name}.hook_pre", remember("pre")))
         if gated:
-            hooks.append((f"{name}.hook_pre_linear", remember("lin")))
-
-            def gated_post(post, hook, live=live, act_fn=mlp.act_fn, b_in=mlp.b_in):
-                pre, lin = live.pop("pre"), live.pop("lin")
-                act = act_fn(pre)
-                if cfg.identity:
-                    act = IdentityRule.apply(pre, act, cfg.eps)
-                surrogate = HalfRule.apply(act, lin) if cfg.half else act * lin
-                return ForwardAs.apply(post, surrogate + b_in)
-
-            hooks.append((f"{name}.hook_post", gated_post))
+            hooks += _gated_hooks(name, "hook_pre", "hook_pre_linear", "hook_post", mlp.act_fn,
+                                  backends.gated_post_bias(model, mlp), cfg)
         elif cfg.identity:
+            live: dict[str, torch.Tensor] = {}
+
+            def remember(x, hook, live=live):  # x: [batch, pos, d_mlp]
+                live["pre"] = x
+
             # with an MLP-internal norm (SoLU-LN) the activation is hook_mid; otherwise hook_post
             target = "hook_mid" if getattr(mlp, "hook_mid", None) is not None else "hook_post"
 
             def act_out(y, hook, live=live):
                 return IdentityRule.apply(live.pop("pre"), y, cfg.eps)
 
-            hooks.append((f"{name}.{target}", act_out))
+            hooks += [(f"{name}.hook_pre", _at(LAST, remember)), (f"{name}.{target}", _at(FIRST, act_out))]
     return hooks
 
 
 def relp_hooks(model: HookedTransformer, cfg: RelPConfig | None = None) -> list[tuple[str, object]]:
-    """The ``(hook_name, hook_fn)`` pairs that implement RelP on ``model``, for ``model.hooks()``."""
+    """The ``(hook_name, hook_fn)`` pairs that implement RelP on ``model``, for ``model.hooks()``.
+
+    Without relp() around them they lack the final-logit soft-cap rule and the hook ordering that keeps
+    them right when other hooks edit the same values; use :func:`relp` unless you need the pairs.
+    Raises :class:`RelPLensError` for an MLP type the rules do not cover (a non-Mixtral MoE).
+    """
+    backends.check_model(model)  # a bridge must be in compatibility mode
     cfg = cfg or RelPConfig()
     hooks: list[tuple[str, object]] = []
     names = list(model.hook_dict)
     if cfg.ln:
-        hooks += [(n, lambda x, hook: ln_rule(x)) for n in names if n.endswith("hook_scale")]
+        hooks += backends.ln_rule_hooks(model, ln_rule)  # a bridge's native norms: rule on the output
     if cfg.attention:
         hooks += [(n, lambda x, hook: ah_rule(x)) for n in names if n.endswith("hook_pattern")]
     hooks += _mlp_hooks(model, cfg)
@@ -124,16 +187,78 @@ def relp(
             logits[0, -1, answer].backward()
     """
     cfg = RelPConfig(ln=ln, identity=identity, half=half, attention=attention, eps=eps)
-    with model.hooks(fwd_hooks=relp_hooks(model, cfg)):
+    hooks = relp_hooks(model, cfg)  # raises here, on entry, for blocks the rules do not cover
+    with contextlib.ExitStack() as stack:
+        hooks += stack.enter_context(_logit_softcap(model, cfg))
+        stack.enter_context(model.hooks(fwd_hooks=hooks))
+        _keep_order(model, hooks, stack)
         yield model
 
 
+@contextlib.contextmanager
+def _logit_softcap(model: HookedTransformer, cfg: RelPConfig) -> Iterator[list[tuple[str, object]]]:
+    """Identity rule for the final-logit soft-cap ``cap·tanh(z/cap)``: yields the hook that applies it.
+
+    HookedTransformer.forward caps after ``unembed.hook_out`` with no hook point after it, so while the
+    context is open ``model.cfg.output_logits_soft_cap`` is off and a ``LAST`` hook on ``unembed.hook_out``
+    applies the cap (TransformerLens' own ``apply_softcap`` on the same value: the same bits) as
+    ``IdentityRule(z, cap·tanh(z/cap))``. Other models, or ``identity=False``, get no hook.
+    """
+    cap = getattr(getattr(model, "cfg", None), "output_logits_soft_cap", None)
+    if not (cfg.identity and backends.is_hooked_transformer(model) and softcap_enabled(cap)):
+        yield []
+        return
+
+    def capped(logits, hook):  # logits: [batch, pos, d_vocab], before the cap
+        return IdentityRule.apply(logits, apply_softcap(logits, cap), cfg.eps)
+
+    model.cfg.output_logits_soft_cap = SOFTCAP_DISABLED
+    try:
+        yield [("unembed.hook_out", _at(LAST, capped))]
+    finally:
+        model.cfg.output_logits_soft_cap = cap
+
+
+def _keep_order(model: HookedTransformer, hooks: list[tuple[str, object]], stack: contextlib.ExitStack) -> None:
+    """Keep each ``FIRST`` rule hook ahead of, and each ``LAST`` one behind, all other hooks of its point.
+
+    Hooks added after relp() is entered (a user's edit, a cache) would otherwise run after the rule hooks:
+    a rule that reads ``hook_pre`` would miss the edit the forward uses, and an edit of a rule's
+    ``hook_post`` output put back would no longer match the surrogate. A forward pre-hook on each such hook
+    point reorders torch's hook dict before every call (torch reads it after ``forward``); the pre-hooks are
+    removed with ``stack``. A rule hook that cannot be found among its point's handles keeps its place.
+    """
+    by_point: dict[torch.nn.Module, tuple[list[int], list[int]]] = {}
+    hook_dict = model.hook_dict  # read once: a TransformerBridge builds it anew on every access (~20 ms)
+    for name, fn in hooks:
+        where = getattr(fn, "relp_order", None)
+        point = hook_dict.get(name) if where else None
+        handle = next((h for h in getattr(point, "fwd_hooks", []) if getattr(h, "user_hook", None) is fn), None)
+        if handle is not None:
+            first, last = by_point.setdefault(point, ([], []))
+            (first if where == FIRST else last).append(handle.hook.id)
+    for point, (first, last) in by_point.items():
+
+        def reorder(module, args, first=first, last=last):
+            order = module._forward_hooks  # hook id -> hook, run in this order after forward
+            for i in last:
+                if i in order:
+                    order.move_to_end(i)
+            for i in reversed(first):
+                if i in order:
+                    order.move_to_end(i, last=False)
+
+        stack.callback(point.register_forward_pre_hook(reorder).remove)
+
+
 def embedding_relevance(model: HookedTransformer, tokens, target: int, *, position: int = -1,
-                        **rules) -> tuple[float, float]:
-    """``(logit, Σ embedding · ∇̃ logit)`` for ``tokens`` [1, pos] in RelP mode with ``rules``.
+                        use_relp: bool = True, **rules) -> tuple[float, float]:
+    """``(logit, Σ embedding · ∇̃ logit)`` for ``tokens`` [1, pos] in RelP mode with ``rules``
+    (``use_relp=False``: with the model's hooks as they are, e.g. inside a relp() block of the caller's).
 
     The outputs of ``hook_embed`` (and ``hook_pos_embed`` where present) are the graph's inputs. With all
-    rules and the AH rule on a bias-free model the two numbers are equal: relevance is conserved.
+    rules and the AH rule on a bias-free model the two numbers are equal: relevance is conserved. The
+    sum is taken in float32 (also for half-precision models).
     """
     store = []
 
@@ -143,7 +268,8 @@ def embedding_relevance(model: HookedTransformer, tokens, target: int, *, positi
         return x
 
     embed_hooks = [(n, leaf) for n in ("hook_embed", "hook_pos_embed") if n in model.hook_dict]
-    with torch.enable_grad(), relp(model, **rules), model.hooks(fwd_hooks=embed_hooks):
+    mode = relp(model, **rules) if use_relp else contextlib.nullcontext()
+    with torch.enable_grad(), mode, model.hooks(fwd_hooks=embed_hooks):
         logit = model(tokens)[0, position, target]
         grads = torch.autograd.grad(logit, store)
-    return logit.item(), sum((x * g).sum() for x, g in zip(store, grads)).item()
+    return logit.item(), sum((x.float() * g.float()).sum() for x, g in zip(store, grads)).item()

@@ -16,9 +16,9 @@ import html
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import plotly.graph_objects as go
-from transformer_lens import HookedTransformer
 
 from relp_lens.attribution import Attribution
 from relp_lens.cards import NeuronCard, neuron_cards
@@ -26,6 +26,9 @@ from relp_lens.circuit import Circuit
 from relp_lens.errors import RelPLensError
 from relp_lens.files import write_text_atomic
 from relp_lens.plots import attribution_heatmap, circuit_graph, faithfulness_curves, steering_plot, top_neurons_bar
+
+if TYPE_CHECKING:  # annotations only: TransformerLens 4 has no HookedTransformer
+    from transformer_lens import HookedTransformer
 
 DEFAULT_SIZES = (5, 10, 20, 50, 100, 200, 500, 1000)
 

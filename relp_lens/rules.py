@@ -7,7 +7,9 @@ model. Each rule below changes only the backward pass:
    ``∂y/∂x = w / s``.  (:func:`ln_rule`)
 2. Identity rule — an elementwise activation ``y = f(x)`` is read as ``y = (f(x)/x) · x`` with the ratio
    constant: ``∂y/∂x = f(x)/x``. Where ``|x| < eps`` the ratio is ``f(x)/(±eps)`` (same sign as x, + at 0),
-   so it stays finite; the relevance it passes there is at most ``|f(x)|``.  (:class:`IdentityRule`)
+   so it stays finite; the relevance it passes there is at most ``|f(x)|``. The ratio is computed and
+   kept in (at least) float32 and the gradient cast back to its dtype, so half-precision models neither
+   overflow nor lose the ``eps`` clamp (``1e-6`` is a float16 subnormal).  (:class:`IdentityRule`)
 3. Half rule — a gated product ``h = a · b`` gives each factor half of the gradient:
    ``∂h/∂a = b/2``, ``∂h/∂b = a/2``. For ``h`` homogeneous of degree 2 in the input this conserves
    relevance: ``a·∂h/∂a + b·∂h/∂b = h``.  (:class:`HalfRule`)
@@ -38,9 +40,18 @@ def ah_rule(pattern: torch.Tensor) -> torch.Tensor:
 
 
 def safe_denominator(x: torch.Tensor, eps: float = DEFAULT_EPS) -> torch.Tensor:
-    """``x`` with values in ``(-eps, eps)`` pushed out to ``±eps`` (``+eps`` at exactly 0)."""
+    """``x`` with values in ``(-eps, eps)`` pushed out to ``±eps`` (``+eps`` at exactly 0).
+
+    Use it in float32 or wider: in float16 ``eps = 1e-6`` is a subnormal that does not round-trip.
+    """
     sign = torch.where(x < 0, -torch.ones_like(x), torch.ones_like(x))
     return torch.where(x.abs() < eps, sign * eps, x)
+
+
+def identity_ratio(x: torch.Tensor, y: torch.Tensor, eps: float = DEFAULT_EPS) -> torch.Tensor:
+    """``y / x`` with the ``eps`` clamp, in (at least) float32: half-precision inputs come back float32."""
+    wide = torch.promote_types(y.dtype, torch.float32)
+    return y.to(wide) / safe_denominator(x.to(wide), eps)
 
 
 # The functions below use the ``setup_context`` form with ``generate_vmap_rule`` so that their backward
@@ -48,7 +59,10 @@ def safe_denominator(x: torch.Tensor, eps: float = DEFAULT_EPS) -> torch.Tensor:
 
 
 class IdentityRule(torch.autograd.Function):
-    """``y = f(x)`` with backward ``∂y/∂x = y / x`` (identity rule). Forward returns ``y`` as is."""
+    """``y = f(x)`` with backward ``∂y/∂x = y / x`` (identity rule). Forward returns ``y`` as is.
+
+    ``x`` gets the gradient; ``y`` gets none. For half-precision tensors the ratio is kept in float32.
+    """
 
     generate_vmap_rule = True
 
@@ -59,12 +73,12 @@ class IdentityRule(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
         x, y, eps = inputs
-        ctx.save_for_backward(y.detach() / safe_denominator(x.detach(), eps))
+        ctx.save_for_backward(identity_ratio(x.detach(), y.detach(), eps))
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        (ratio,) = ctx.saved_tensors
-        return grad * ratio, None, None
+        (ratio,) = ctx.saved_tensors  # float32 for half-precision models
+        return (grad.to(ratio.dtype) * ratio).to(grad.dtype), None, None
 
 
 class HalfRule(torch.autograd.Function):

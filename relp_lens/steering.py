@@ -22,14 +22,17 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import torch
-from transformer_lens import HookedTransformer
 
 from relp_lens.data import answer_token
 from relp_lens.errors import RelPLensError
 from relp_lens.nodes import resolve_hooks
 from relp_lens.positions import check_position, require, resolve
+
+if TYPE_CHECKING:  # annotations only: TransformerLens 4 has no HookedTransformer
+    from transformer_lens import HookedTransformer
 
 Node = tuple[int, int | None, int]
 MODES = ("scale", "set", "add")
@@ -88,20 +91,20 @@ def steer(model: HookedTransformer, nodes: Sequence[Node], value: float | Sequen
         by_hook.setdefault(name, []).append((pos, idx, v))
     longest = [0]  # the longest forward pass steered so far in this block
 
-    def make(items):
+    def make(name, items):  # the name is bound here (a bridge's hook.name may be an alias's canonical one)
         def hook(x, hook):  # x: [batch, pos, ...]
             flat = x.reshape(x.shape[0], x.shape[1], -1)
             width, length = flat.shape[-1], flat.shape[1]
             out = flat.clone()
             for pos, idx, value in items:
                 if not 0 <= idx < width:
-                    raise RelPLensError(f"neuron index {idx} outside [0, {width}) at {hook.name}")
+                    raise RelPLensError(f"neuron index {idx} outside [0, {width}) at {name}")
                 t = None if pos is None else resolve(pos, length)
                 if pos is not None and t is None:
                     if length == 1 and pos >= 0 and longest[0] > pos:
                         continue  # a cached generation step: the steered position is in the KV cache
                     raise RelPLensError(
-                        f"steering node ({hook.name}, pos {pos}, index {idx}): this forward pass has {length} "
+                        f"steering node ({name}, pos {pos}, index {idx}): this forward pass has {length} "
                         f"tokens, so position {pos} does not exist (with model.generate and the KV cache, use "
                         f"pos=None or use_past_kv_cache=False)")
                 sl = slice(None) if pos is None else t
@@ -115,7 +118,7 @@ def steer(model: HookedTransformer, nodes: Sequence[Node], value: float | Sequen
             return out.reshape(x.shape)
         return hook
 
-    with model.hooks(fwd_hooks=[(name, make(items)) for name, items in by_hook.items()]):
+    with model.hooks(fwd_hooks=[(name, make(name, items)) for name, items in by_hook.items()]):
         yield model
 
 

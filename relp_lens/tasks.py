@@ -22,12 +22,15 @@ import random
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from transformer_lens import HookedTransformer
 
 from relp_lens.data import Prompts, make_batches, tokenize, warn_unlikely_answers
 from relp_lens.errors import RelPLensError
+
+if TYPE_CHECKING:  # annotations only: TransformerLens 4 has no HookedTransformer
+    from transformer_lens import HookedTransformer
 
 # -- vocabulary written for this package ------------------------------------------------------------------
 PEOPLE = [("author", "authors"), ("pilot", "pilots"), ("surgeon", "surgeons"), ("farmer", "farmers"),

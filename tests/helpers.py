@@ -6,7 +6,16 @@ import tempfile
 from functools import lru_cache
 
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+try:  # TransformerLens 3.x; 4.x removed them: a test that builds a tiny HookedTransformer is skipped there
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+except ImportError:
+    def _needs_hooked_transformer(*args, **kwargs):
+        import pytest
+
+        pytest.skip("needs HookedTransformer (TransformerLens 3.x)")
+
+    HookedTransformer = HookedTransformerConfig = _needs_hooked_transformer
 
 WORDS = (
     "The the a key keys cabinet cabinets parent parents author authors doctor doctors near to of by "
@@ -82,6 +91,27 @@ def tiny_gemma(biases: bool = False, seed: int = 0) -> HookedTransformer:
     """Gemma-2 style: RMSNorm before and after each sublayer (post-norms), gated GELU MLP."""
     return tiny_llama(biases, seed, act_fn="gelu_pytorch_tanh", use_normalization_before_and_after=True,
                       original_architecture="Gemma2ForCausalLM")
+
+
+def tiny_gemma2_softcap(biases: bool = False, seed: int = 0, logit_cap: float = 30.0,
+                        attn_cap: float = 50.0) -> HookedTransformer:
+    """Gemma-2 style with soft-capping: ``logits = cap·tanh(logits/cap)`` and the same on attention scores.
+
+    ``W_U`` is scaled ×10 so that the logits (a few units) reach the range where a cap of 3 or 30 bends them.
+    """
+    model = tiny_llama(biases, seed, act_fn="gelu_pytorch_tanh", use_normalization_before_and_after=True,
+                       original_architecture="Gemma2ForCausalLM", output_logits_soft_cap=logit_cap,
+                       attn_scores_soft_cap=attn_cap)
+    with torch.no_grad():
+        model.unembed.W_U.mul_(10)
+    return model
+
+
+def tiny_mixtral(biases: bool = False, seed: int = 0, **overrides) -> HookedTransformer:
+    """Mixtral style: every MLP is a mixture of 4 gated SiLU experts, 2 chosen per token by a router."""
+    cfg = dict(num_experts=4, experts_per_token=2, d_mlp=24, original_architecture="MixtralForCausalLM")
+    cfg.update(overrides)
+    return tiny_llama(biases, seed, **cfg)
 
 
 def tiny_attn_only(seed: int = 0) -> HookedTransformer:

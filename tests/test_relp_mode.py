@@ -1,13 +1,19 @@
 """RelP mode on whole models: forward unchanged, relevance conserved, hooks cleaned up."""
 
+import math
+
 import pytest
 import torch
 
+import relp_lens
 from relp_lens import relp
+from relp_lens.errors import RelPLensError
 from relp_lens.relp_mode import embedding_relevance, relp_hooks
-from helpers import hooks_left, tiny_attn_only, tiny_gemma, tiny_gpt2, tiny_llama
+from helpers import (AGREEMENT_ROWS, hooks_left, tiny_attn_only, tiny_gemma, tiny_gemma2_softcap, tiny_gpt2,
+                     tiny_llama, tiny_mixtral)
 
-BUILDERS = {"gpt2": tiny_gpt2, "llama": tiny_llama, "gemma_postnorm": tiny_gemma}
+BUILDERS = {"gpt2": tiny_gpt2, "llama": tiny_llama, "gemma_postnorm": tiny_gemma, "mixtral": tiny_mixtral,
+            "gemma2_softcap": tiny_gemma2_softcap}
 PROMPT = "The keys to the cabinet near the doctors"
 
 
@@ -117,3 +123,147 @@ def test_bad_eps():
     with pytest.raises(ValueError, match="eps"):
         with relp(tiny_gpt2(), eps=0):
             pass
+
+
+# --- final-logit soft-cap (Gemma-2) ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cap", [3.0, 30.0])
+def test_final_logit_softcap_conserves(cap):
+    """cap·tanh(z/cap) after the unembedding gets the identity rule: relevance sums to the capped logit."""
+    model = tiny_gemma2_softcap(logit_cap=cap)
+    tokens = model.to_tokens(PROMPT)
+    for target in (3, 7, 11):
+        logit, relevance = embedding_relevance(model, tokens, target, attention=True)
+        assert abs(logit) < cap
+        assert relevance == pytest.approx(logit, rel=1e-4)
+
+
+def test_final_logit_softcap_moves_into_a_hook_and_back():
+    model = tiny_gemma2_softcap(biases=True, logit_cap=3.0)
+    tokens = model.to_tokens(PROMPT)
+    seen = []
+
+    def record(x, hook):
+        seen.append(x.clone())
+
+    with model.hooks(fwd_hooks=[("unembed.hook_out", record)]):
+        outside = model(tokens)
+    loss_outside = model(tokens, return_type="loss")
+    with relp(model, attention=True):
+        with model.hooks(fwd_hooks=[("unembed.hook_out", record)]):
+            inside = model(tokens)
+        loss_inside = model(tokens, return_type="loss")
+    assert torch.equal(inside, outside) and torch.equal(loss_inside, loss_outside)
+    assert outside.abs().max() < 3.0 < seen[0].abs().max()  # the cap bites
+    assert torch.equal(seen[1], seen[0])  # a user hook on unembed.hook_out still sees the uncapped logits
+    assert model.cfg.output_logits_soft_cap == 3.0 and hooks_left(model) == []
+    with pytest.raises(RuntimeError):
+        with relp(model):
+            raise RuntimeError("boom")
+    assert model.cfg.output_logits_soft_cap == 3.0 and hooks_left(model) == []
+    with relp(model, identity=False):  # no identity rule: the cap keeps its own gradient, cfg untouched
+        assert model.cfg.output_logits_soft_cap == 3.0
+
+
+# --- mixture of experts ------------------------------------------------------------------------------------
+
+
+def test_moe_rules_cover_router_and_every_expert():
+    names = [n for n, _ in relp_hooks(tiny_mixtral())]
+    for layer in range(3):
+        assert f"blocks.{layer}.mlp.hook_expert_weights" in names
+        for e in range(4):
+            for point in ("hook_gate", "hook_pre", "hook_post"):
+                assert f"blocks.{layer}.mlp.experts.{e}.{point}" in names
+
+
+def test_other_moe_types_are_refused_on_entry():
+    model = tiny_mixtral(original_architecture="GptOssForCausalLM")  # TL builds a GptOssMoE
+    with pytest.raises(RelPLensError, match=r"blocks\.0\.mlp is a GptOssMoE mixture of experts"):
+        with relp(model):
+            pytest.fail("relp() entered a model whose MoE blocks it has no rules for")
+    assert hooks_left(model) == []
+
+
+# --- hooks that edit what the rules read or write ----------------------------------------------------------
+
+
+def _relevance(model, tokens, target: int) -> tuple[float, float]:
+    """``(logit, Σ embedding · ∇ logit)`` with the model's hooks as they are (no relp() of its own)."""
+    return embedding_relevance(model, tokens, target, use_relp=False)
+
+
+def _scale(x, hook):
+    return 1.5 * x
+
+
+@pytest.mark.parametrize("arch,name", [("llama", "blocks.0.mlp.hook_pre"), ("llama", "blocks.1.mlp.hook_pre_linear"),
+                                       ("gpt2", "blocks.0.mlp.hook_pre"),
+                                       ("mixtral", "blocks.0.mlp.experts.1.hook_gate"),
+                                       ("mixtral", "blocks.1.mlp.experts.2.hook_pre"),
+                                       ("gemma2_softcap", "unembed.hook_out")])
+def test_user_edit_of_a_value_the_rules_read(arch, name):
+    """A hook added inside relp() that scales a value a rule reads: the rule reads the edited value."""
+    model = BUILDERS[arch]()
+    tokens = model.to_tokens(PROMPT)
+    unedited = model(tokens)[0, -1, 5].item()
+    with relp(model, attention=True), model.hooks(fwd_hooks=[(name, _scale)]):
+        logit, relevance = _relevance(model, tokens, 5)
+    assert logit != pytest.approx(unedited, rel=1e-3)  # the edit changes the forward
+    assert relevance == pytest.approx(logit, rel=1e-4)
+
+
+@pytest.mark.parametrize("arch,name", [("llama", "blocks.1.mlp.hook_post"),
+                                       ("mixtral", "blocks.1.mlp.experts.0.hook_post")])
+def test_user_edit_of_a_value_the_rules_rewrite(arch, name):
+    """Hooks on a rule's output, added before relp() or prepended inside it, act on the rule's output."""
+    model = BUILDERS[arch]()
+    tokens = model.to_tokens(PROMPT)
+    model.add_hook(name, _scale)
+    try:
+        with relp(model, attention=True):
+            model.add_hook(name, _scale, prepend=True)
+            logit, relevance = _relevance(model, tokens, 5)
+    finally:
+        model.reset_hooks()
+    assert relevance == pytest.approx(logit, rel=1e-4)
+
+
+def test_no_reordering_hooks_left():
+    model = tiny_mixtral()
+    with relp(model):
+        assert any(hp._forward_pre_hooks for hp in model.hook_dict.values())
+    assert not any(hp._forward_pre_hooks for hp in model.hook_dict.values())
+
+
+# --- half precision ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch,dtype", [(a, torch.bfloat16) for a in ("gpt2", "llama", "mixtral", "gemma2_softcap")]
+                         + [("llama", torch.float16), ("gemma2_softcap", torch.float16)])
+def test_half_precision_model(arch, dtype):
+    model = BUILDERS[arch]().to(dtype)
+    tokens = model.to_tokens(PROMPT)
+    outside = model(tokens)
+    with relp(model, attention=True):
+        inside = model(tokens)
+    assert inside.dtype == dtype and torch.equal(inside, outside)
+    scale = outside[0, -1].float().abs().max().item()  # half-precision logits are this coarse, relatively
+    for target in (3, 7, 11):
+        logit, relevance = embedding_relevance(model, tokens, target, attention=True)  # summed in float32
+        assert math.isfinite(relevance)
+        assert abs(relevance - logit) <= 0.03 * scale
+
+
+def test_attribute_bfloat16_gives_finite_float32_scores():
+    """Half-precision models: scores and metrics come back in float32, close to the float32 model's."""
+    full = tiny_llama()
+    model = tiny_llama().to(torch.bfloat16)
+    for method in ("relp", "grad", "ig"):
+        attr = relp_lens.attribute(model, AGREEMENT_ROWS, method=method, ig_steps=2, progress=False)
+        assert attr.scores.dtype == torch.float32 and torch.isfinite(attr.scores).all()
+        assert attr.metric_clean.dtype == torch.float32
+    red = relp_lens.attribute(model, AGREEMENT_ROWS, reduce="mean", progress=False)
+    ref = relp_lens.attribute(full, AGREEMENT_ROWS, reduce="mean", progress=False)
+    assert relp_lens.pearson(red.mean().nan_to_num(0), ref.mean().nan_to_num(0)) > 0.95

@@ -39,6 +39,22 @@ def test_identity_rule_stable_at_zero():
     assert safe_denominator(torch.tensor([0.0]))[0] == 1e-6
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_identity_rule_half_precision(dtype):
+    """The ratio is taken in float32: no overflow to inf (or inf·0 = NaN) and the ±eps clamp stays exact."""
+    x = torch.tensor([0.0, 5e-7, -5e-7, 3e-5, 0.5, 0.0], dtype=dtype, requires_grad=True)
+    y = torch.tensor([0.1, 2e-7, -3e-7, 1.5e-5, 0.3, 0.2], dtype=dtype)  # y/x reaches 2e5 > float16's max
+    g = torch.tensor([1e-3, 1.0, 1.0, 1.0, 1.0, 0.0], dtype=dtype)
+    out = IdentityRule.apply(x, y, 1e-6)
+    assert torch.equal(out, y)
+    (grad,) = torch.autograd.grad(out, x, g)
+    assert grad.dtype == dtype and torch.isfinite(grad).all()
+    denom = x.detach().float()
+    denom[[0, 1, 2, 5]] = torch.tensor([1e-6, 1e-6, -1e-6, 1e-6])  # |x| < eps: exactly ±1e-6
+    expected = (g.float() * y.float() / denom).to(dtype)
+    torch.testing.assert_close(grad, expected, rtol=0, atol=0)
+
+
 def test_half_rule_splits_gradient_evenly_and_conserves():
     a = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
     b = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)

@@ -13,6 +13,7 @@ pytestmark = pytest.mark.slow
 PROMPTS = ["The capital of France is", "The keys to the cabinet", "def add(a, b):\n    return"]
 
 
+@pytest.mark.hooked  # relp_lens's own HookedTransformer config and parameter names
 def test_config_facts(smollm):
     c = smollm.cfg
     assert (c.n_layers, c.d_model, c.d_mlp, c.n_heads, c.d_head, c.n_key_value_heads) == (30, 576, 1536, 9, 64, 3)
@@ -36,6 +37,7 @@ def test_matches_transformers_gguf_loader(smollm):
         assert (ours - theirs).abs().max().item() < 1e-4, prompt
 
 
+@pytest.mark.hooked  # relp_lens's own GGUF conversion (the bridge uses transformers' loader)
 def test_rotary_unpermute_is_needed(smollm, monkeypatch):
     """Without undoing llama.cpp's q/k permutation, the model still runs but logits are far off."""
     monkeypatch.setattr(models, "_unpermute_rotary", lambda w, n_heads: w)

@@ -1,0 +1,293 @@
+"""Backends: relp_lens runs on a ``HookedTransformer`` (TransformerLens 3.x) or on a ``TransformerBridge`` in
+compatibility mode (TransformerLens 3.9's and 4.x's, which wraps any Hugging Face causal LM).
+
+This is the one place that knows where the two differ. Nothing here imports a TransformerLens name at module
+level: TransformerLens 4.0 removed ``HookedTransformer`` (``transformer_lens.HookedTransformer`` raises
+ImportError there), so every look-up is feature detection at call time.
+
+What differs, and how each is handled:
+
+1. **Start at a layer.** ``HookedTransformer(resid, start_at_layer=L)`` skips blocks ``0..L-1``; the bridge
+   cannot (3.9 raises, 4.x still runs every block). :func:`supports_start_at_layer` says which; callers then
+   run a full forward pass instead (same result, the patched hook lies at or after block ``L``).
+2. **Hook names seen by hook functions.** On the bridge, ``hook.name`` can be the canonical name behind an
+   alias (``blocks.3.hook_resid_pre`` → ``blocks.3.hook_in``), so relp_lens binds the name it asked for in the
+   hook's closure and never reads ``hook.name``.
+3. **Gated MLP bias.** HookedTransformer computes ``post = f(pre) · pre_linear + b_in``; the bridge's
+   ``hook_post`` is ``f(gate) · up`` with any up-projection bias already inside ``hook_pre_linear``, and its
+   ``mlp.b_in`` is that bias or ``None``. :func:`gated_post_bias` is what the RelP surrogate must add: ``b_in``
+   on a HookedTransformer, nothing on a bridge.
+4. **Norms.** Hugging Face RMSNorm (and some LayerNorms) run with "native layer-norm autograd": the output is
+   Hugging Face's own, and an edited ``hook_scale`` makes the bridge recompute the norm another way, which
+   moves the forward pass by ~1e-4. :func:`ln_rule_hooks` therefore leaves such a norm's value alone and puts
+   the LN rule on its output instead: ``ForwardAs(out, norm(x) with the scale detached)`` — the forward pass
+   stays bit for bit Hugging Face's, the backward pass sees a constant scale. Norms the bridge computes in
+   Python (and every HookedTransformer norm) get the plain rule, ``hook_scale → scale.detach()``.
+5. **Weights.** :func:`W_out`, :func:`W_U` and :func:`final_norm_weight` return HookedTransformer's shapes
+   (``[d_mlp, d_model]``, ``[d_model, d_vocab]``, ``[d_model]``) on both; Gemma-style ``1 + w`` norm weights
+   are resolved.
+6. **Making a bridge.** :func:`wrap_hf_model` turns a Hugging Face model object and its tokenizer into a bridge
+   ready for relp_lens: compatibility mode without weight processing (so activations are the Hugging Face
+   model's own), eval mode, parameters frozen.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import warnings
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+
+from relp_lens.errors import RelPLensError
+
+if TYPE_CHECKING:  # never imported at run time: HookedTransformer is gone in TransformerLens 4
+    from transformer_lens import HookedTransformer  # noqa: F401
+    from transformer_lens.model_bridge import TransformerBridge  # noqa: F401
+
+BACKENDS = ("auto", "hooked", "bridge")
+_BRIDGE_CLASSES = {"TransformerBridge", "BridgeCore"}
+_NORM_CLASSES = {"NormalizationBridge"}
+
+
+# --- what is installed ----------------------------------------------------------------------------------
+def transformer_lens_version() -> tuple[int, ...]:
+    """The installed TransformerLens version as integers, e.g. ``(3, 9, 0)``."""
+    parts = []
+    for piece in importlib.metadata.version("transformer-lens").split(".")[:3]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+def hooked_transformer_class():
+    """``HookedTransformer``, or ``None`` where TransformerLens no longer has it (4.x)."""
+    try:
+        import transformer_lens
+
+        return transformer_lens.HookedTransformer  # TL 4 raises ImportError here, not AttributeError
+    except (ImportError, AttributeError):
+        return None
+
+
+def hooked_transformer_available() -> bool:
+    """True where ``HookedTransformer`` can be built (TransformerLens 3.x)."""
+    return hooked_transformer_class() is not None
+
+
+def bridge_class():
+    """``TransformerBridge``, or ``None`` where TransformerLens lacks it."""
+    try:
+        from transformer_lens.model_bridge import TransformerBridge
+    except ImportError:
+        return None
+    return TransformerBridge
+
+
+def resolve_backend(backend: str) -> str:
+    """``"hooked"`` or ``"bridge"`` for ``backend`` in :data:`BACKENDS` (``"auto"``: HookedTransformer where
+    installed, else the bridge); a clear error when the one asked for is not installed."""
+    if backend not in BACKENDS:
+        raise RelPLensError(f"unknown backend {backend!r}; choose from {list(BACKENDS)}")
+    if backend == "auto":
+        backend = "hooked" if hooked_transformer_available() else "bridge"
+    if backend == "hooked" and not hooked_transformer_available():
+        raise RelPLensError(f"backend='hooked' needs HookedTransformer, which TransformerLens "
+                            f"{'.'.join(map(str, transformer_lens_version()))} no longer has; use backend='bridge'")
+    if backend == "bridge" and bridge_class() is None:
+        raise RelPLensError("backend='bridge' needs transformer_lens.model_bridge.TransformerBridge "
+                            "(TransformerLens >= 3.9)")
+    return backend
+
+
+# --- what a model is ------------------------------------------------------------------------------------
+def is_bridge(model: Any) -> bool:
+    """True for a TransformerLens ``TransformerBridge`` (any version), without importing it."""
+    return any(cls.__name__ in _BRIDGE_CLASSES for cls in type(model).__mro__)
+
+
+def is_hooked_transformer(model: Any) -> bool:
+    """True for a TransformerLens ``HookedTransformer`` (3.x), without importing it."""
+    return any(cls.__name__ == "HookedTransformer" for cls in type(model).__mro__)
+
+
+def check_model(model: Any) -> None:
+    """Raise a clear error for a bridge that is not in compatibility mode (its neuron hooks do not fire)."""
+    if is_bridge(model) and not getattr(model, "compatibility_mode", False):
+        raise RelPLensError("this TransformerBridge is not in compatibility mode, so its MLP neuron hooks "
+                            "(blocks.L.mlp.hook_post, ...) do not fire: call "
+                            "bridge.enable_compatibility_mode(no_processing=True) first, or build it with "
+                            "relp_lens.backends.wrap_hf_model(hf_model, tokenizer)")
+
+
+def supports_start_at_layer(model: Any) -> bool:
+    """Whether ``model(resid, start_at_layer=L)`` skips the blocks before ``L`` (HookedTransformer only)."""
+    return not is_bridge(model)
+
+
+# --- weights --------------------------------------------------------------------------------------------
+def _as_shape(w: torch.Tensor, rows: int, cols: int, what: str) -> torch.Tensor:
+    if tuple(w.shape) == (rows, cols):
+        return w
+    if tuple(w.shape) == (cols, rows):
+        return w.T
+    raise RelPLensError(f"{what} has shape {tuple(w.shape)}, expected ({rows}, {cols})")
+
+
+def W_out(model: Any, layer: int) -> torch.Tensor:
+    """The MLP down-projection of ``layer``: ``[d_mlp, d_model]`` (row ``j``: what neuron ``j`` writes)."""
+    mlp = model.blocks[layer].mlp
+    w = getattr(mlp, "W_out", None)
+    if w is None and is_bridge(model):
+        w = mlp.out.weight
+    if w is None:
+        raise RelPLensError(f"block {layer}'s MLP has no W_out")
+    return _as_shape(w, model.cfg.d_mlp, model.cfg.d_model, f"blocks.{layer}.mlp.W_out")
+
+
+def W_U(model: Any) -> torch.Tensor:
+    """The unembedding ``[d_model, d_vocab]``."""
+    w = model.W_U
+    return w if w.shape[0] == model.cfg.d_model else _as_shape(w, model.cfg.d_model, w.shape[0], "W_U")
+
+
+def final_norm_weight(model: Any) -> torch.Tensor | None:
+    """The final norm's elementwise weight ``[d_model]`` as applied (``1 + w`` for Gemma-style norms), or
+    ``None`` where the final norm has none."""
+    ln = getattr(model, "ln_final", None)
+    if ln is None:
+        return None
+    w = getattr(ln, "w", None)
+    if w is None:
+        return None
+    if is_bridge(model) and getattr(model.cfg, "rmsnorm_uses_offset", False):
+        w = 1.0 + w
+    return w
+
+
+# --- RelP pieces that differ ----------------------------------------------------------------------------
+def gated_post_bias(model: Any, mlp: Any) -> torch.Tensor | None:
+    """What a gated MLP adds after ``f(pre) · pre_linear`` to make ``hook_post``: HookedTransformer's ``b_in``
+    (``None`` when it has none); ``None`` on a bridge, where an up-projection bias (``mlp.b_in``) is already
+    inside ``hook_pre_linear`` and adding it again would count it twice."""
+    return None if is_bridge(model) else getattr(mlp, "b_in", None)
+
+
+def _native_norm(module: Any) -> bool:
+    """True when a bridge norm returns Hugging Face's own output (edits of hook_scale would change it)."""
+    if getattr(module, "use_native_layernorm_autograd", False):
+        return True
+    return bool(getattr(getattr(module, "config", None), "layer_norm_folding", False))
+
+
+def _norm_surrogate(module: Any, x: torch.Tensor) -> torch.Tensor:
+    """``module``'s output on ``x`` with the normalising scale treated as a constant (LN rule)."""
+    xf = x.float() if x.dtype not in (torch.float32, torch.float64) else x
+    if not module.uses_rms_norm:
+        xf = xf - xf.mean(-1, keepdim=True)
+    eps = getattr(module.original_component, "eps", None)
+    if eps is None:
+        eps = getattr(module.original_component, "variance_epsilon", None)
+    if eps is None:
+        eps = getattr(module.config, "eps", 1e-5)
+    scale = (xf.detach().pow(2).mean(-1, keepdim=True) + eps).sqrt()
+    return module._apply_weight_and_bias(xf / scale, x.dtype)
+
+
+def ln_rule_hooks(model: Any, rule: Callable[[torch.Tensor], torch.Tensor]) -> list[tuple[str, Callable]]:
+    """Forward hooks that make every norm scale a constant in the backward pass; forward values unchanged.
+
+    ``rule`` maps a scale to its constant (``relp_lens.rules.ln_rule``). HookedTransformer: ``rule`` on every
+    ``*.hook_scale``. Bridge: the same for norms it computes in Python; for norms that return Hugging Face's
+    own output, ``hook_in`` is remembered and ``hook_out`` becomes ``ForwardAs(out, surrogate)``.
+    """
+    hook_dict = model.hook_dict  # a bridge builds this dict anew on every access: read it once
+    if not is_bridge(model):
+        return [(n, lambda x, hook: rule(x)) for n in hook_dict if n.endswith("hook_scale")]
+    from relp_lens.rules import ForwardAs
+
+    name_of = {}  # hook point → its canonical name (aliases such as blocks.L.hook_resid_mid share the point)
+    for n, hp in hook_dict.items():
+        name_of.setdefault(id(hp), hp.name if getattr(hp, "name", None) in hook_dict else n)
+    hooks: list[tuple[str, Callable]] = []
+    covered = set()
+    for module in model.modules():
+        if not any(c.__name__ in _NORM_CLASSES for c in type(module).__mro__):
+            continue
+        if isinstance(getattr(module, "original_component", None), torch.nn.Identity):
+            continue
+        scale = name_of.get(id(getattr(module, "hook_scale", None)))
+        if scale is None or scale in covered:
+            continue
+        covered.add(scale)
+        if not _native_norm(module) or not hasattr(module, "_apply_weight_and_bias"):
+            hooks.append((scale, lambda x, hook: rule(x)))
+            continue
+        hook_in, hook_out = name_of.get(id(module.hook_in)), name_of.get(id(module.hook_out))
+        if hook_in is None or hook_out is None:
+            hooks.append((scale, lambda x, hook: rule(x)))
+            continue
+        live: dict[str, torch.Tensor] = {}
+
+        def remember(x, hook, live=live):
+            live["x"] = x
+
+        def constant_scale(out, hook, live=live, module=module):
+            return ForwardAs.apply(out, _norm_surrogate(module, live.pop("x")))
+
+        remember.relp_order, constant_scale.relp_order = "last", "first"  # see relp_mode._keep_order
+        hooks += [(hook_in, remember), (hook_out, constant_scale)]
+    return hooks
+
+
+# --- making a bridge ------------------------------------------------------------------------------------
+def freeze(model: Any) -> Any:
+    """Eval mode and ``requires_grad=False`` on every parameter (attribution needs no weight gradients)."""
+    model.eval()
+    model.requires_grad_(False)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if is_bridge(model):
+        original = getattr(model, "original_model", None)
+        if original is not None:
+            original.eval()
+            original.requires_grad_(False)
+    return model
+
+
+def wrap_hf_model(hf_model: Any, tokenizer: Any, name: str | None = None, *, freeze_weights: bool = True,
+                  n_ctx: int | None = None) -> Any:
+    """A ``TransformerBridge`` around a Hugging Face causal LM, ready for relp_lens.
+
+    Compatibility mode with ``no_processing=True`` (no layer-norm folding or weight centring: activations are
+    the Hugging Face model's own), eval mode, parameters frozen unless ``freeze_weights=False``. Nothing is
+    downloaded: the config comes from ``hf_model.config``, the tokenizer is the one given (its BOS is what
+    ``to_tokens`` prepends). ``name`` is only a label (``cfg.model_name``); ``n_ctx`` caps the context
+    length relp_lens checks prompts against.
+
+    The bridge takes ``hf_model`` over: TransformerLens replaces its submodules by bridge components, so use
+    the returned bridge from then on (its forward pass computes exactly what ``hf_model`` computed).
+    """
+    bridge_cls = bridge_class()
+    if bridge_cls is None:
+        raise RelPLensError("wrapping a Hugging Face model needs TransformerBridge (TransformerLens >= 3.9)")
+    if tokenizer is None:
+        raise RelPLensError("wrap_hf_model needs the model's tokenizer (relp_lens works on text prompts)")
+    if name is None:
+        name = getattr(getattr(hf_model, "config", None), "_name_or_path", None) or type(hf_model).__name__
+    params = [p for p in hf_model.parameters() if p.is_floating_point()]
+    device = params[0].device if params else torch.device("cpu")
+    dtype = params[0].dtype if params else torch.float32
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bridge = bridge_cls.boot_transformers(name, hf_model=hf_model, tokenizer=tokenizer, device=str(device),
+                                              dtype=dtype)
+        bridge.enable_compatibility_mode(no_processing=True, disable_warnings=True)
+    if n_ctx is not None:
+        bridge.cfg.n_ctx = min(int(n_ctx), int(bridge.cfg.n_ctx)) if bridge.cfg.n_ctx else int(n_ctx)
+    bridge.cfg.model_name = name
+    if freeze_weights:
+        freeze(bridge)
+    else:
+        bridge.eval()
+    return bridge
