@@ -45,8 +45,8 @@ browser:
 	  ( $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null ) \
 	  || echo "warning: could not install chromium; the headless-browser report test will be skipped"; }
 
-# the whole suite on TransformerLens 3.9, then on TransformerLens 4 the bridge tests (slow ones included) and
-# every fast test (those that need a HookedTransformer skip themselves there)
+# the whole suite on TransformerLens 3.9, then on TransformerLens 4 the bridge tests (slow ones included),
+# every fast test and the shipped-model tests (those that need a HookedTransformer skip themselves there)
 test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
 	$(MAKE) --no-print-directory test-tl4
@@ -54,6 +54,8 @@ test: $(STAMP) browser
 test-tl4: $(STAMP4)
 	$(BIN4)/python -m pytest -q tests/test_backends.py
 	$(BIN4)/python -m pytest -q -m "not slow" --ignore=tests/test_backends.py
+	# the shipped-model tests again, with load_model() giving a TransformerBridge (notebooks: TL 3.9 only)
+	$(BIN4)/python -m pytest -q -m slow --ignore=tests/test_backends.py --ignore=tests/test_notebooks.py
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
