@@ -38,7 +38,7 @@ from relp_lens.data import Batch, Prompts, make_batches, tokenize, warn_unlikely
 from relp_lens.errors import RelPLensError
 from relp_lens.metrics import MetricFn, evaluate_metric, resolve_metric
 from relp_lens.nodes import basis_name, resolve_hooks
-from relp_lens.positions import Alignment, check_position, column_tokens, require, resolve, token_label
+from relp_lens.positions import Alignment, check_position, is_int, column_tokens, require, resolve, token_label
 from relp_lens.relp_mode import RelPConfig, relp
 
 if TYPE_CHECKING:  # annotations only: TransformerLens 4 has no HookedTransformer
@@ -642,7 +642,7 @@ def attribute(
         nodes = [tuple(n) for n in nodes]
         n_hooks = len(resolve_hooks(model, basis))
         for n in nodes:
-            if (len(n) != 3 or not _is_int(n[0]) or not 0 <= n[0] < n_hooks or not _is_int(n[2]) or n[2] < 0):
+            if (len(n) != 3 or not is_int(n[0]) or not 0 <= n[0] < n_hooks or not is_int(n[2]) or n[2] < 0):
                 raise RelPLensError(f"bad node {n!r}: expected (layer in [0, {n_hooks}), pos, index >= 0)")
             check_position(n[1], f"node {n!r}")
     run, batches, tok, metric_name = prepare_run(model, data, basis, metric, baseline, rules, batch_size,
@@ -689,10 +689,6 @@ def attribute(
                        method=method, metric=metric_name, paired=paired, metric_clean=metric_clean,
                        metric_ref=metric_ref, prompts=data, alignment=align, baseline=run.baseline,
                        score_sum=score_sum, counts=counts)
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def _str_tokens(model: HookedTransformer, tokens: torch.Tensor) -> list[str]:

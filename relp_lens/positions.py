@@ -96,9 +96,14 @@ def resolve(pos: int, length: int, n_shared: int = 0) -> int | None:
     return t if t >= n_shared else None
 
 
+def is_int(x) -> bool:
+    """True for an integer index (``bool`` excluded: ``True`` is no position or neuron number)."""
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
 def check_position(pos, what: str) -> None:
     """A clear error unless ``pos`` is an int or None."""
-    if pos is not None and (isinstance(pos, bool) or not isinstance(pos, int)):
+    if pos is not None and not is_int(pos):
         raise RelPLensError(f"{what}: position must be an integer (negative counts from the end) or None, "
                             f"got {pos!r}")
 

@@ -29,7 +29,7 @@ import torch
 from relp_lens.data import answer_token
 from relp_lens.errors import RelPLensError
 from relp_lens.nodes import resolve_hooks
-from relp_lens.positions import check_position, require, resolve
+from relp_lens.positions import check_position, is_int, require, resolve
 
 if TYPE_CHECKING:  # annotations only: TransformerLens 4 has no HookedTransformer
     from transformer_lens import HookedTransformer
@@ -56,20 +56,16 @@ def _node_hooks(model: HookedTransformer, nodes: Sequence[Node], basis) -> list[
         if not isinstance(node, (tuple, list)) or len(node) != 3:
             raise RelPLensError(f"bad node {node!r}: expected (layer, pos or None, index)")
         layer, pos, idx = node
-        if not _is_int(layer) or not 0 <= layer < len(hooks):
+        if not is_int(layer) or not 0 <= layer < len(hooks):
             raise RelPLensError(f"node {node!r}: layer must be an integer in [0, {len(hooks)})")
         check_position(pos, f"node {node!r}")
         width = _width(model, hooks[layer])
-        if not _is_int(idx) or idx < 0 or (width is not None and idx >= width):
+        if not is_int(idx) or idx < 0 or (width is not None and idx >= width):
             raise RelPLensError(f"node {node!r}: index must be an integer in [0, {width if width else 'width'})")
         names.append(hooks[layer])
     if not names:
         raise RelPLensError("no nodes to steer")
     return names
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
 
 
 @contextlib.contextmanager
