@@ -15,10 +15,11 @@ spliced in with TransformerLens hooks:
    ``experts.E`` gets step 2 with ``hook_gate`` (the activation's input), ``hook_pre`` (the linear factor)
    and ``hook_post`` (no ``b_in``). Any other MoE type raises :class:`RelPLensError` when relp() is
    entered, rather than silently keeping its plain gradient.
-5. Final-logit soft-cap (Gemma-2, ``cfg.output_logits_soft_cap > 0``): ``cap·tanh(z/cap)`` gets the
-   identity rule. HookedTransformer applies the cap after ``unembed.hook_out`` with no hook point after
-   it, so inside relp() the cap is switched off in ``model.cfg`` and applied, by the same function on the
-   same value, in a hook on ``unembed.hook_out`` (restored on exit). Attention-score soft-caps
+5. Final-logit soft-cap (Gemma-2, ``cfg.output_logits_soft_cap > 0``; on a bridge the Hugging Face
+   config's ``final_logit_softcapping``): ``cap·tanh(z/cap)`` gets the identity rule. Both backends apply
+   the cap after ``unembed.hook_out`` with no hook point after it, so inside relp() the cap is switched off
+   in the config and applied, by the same operations on the same value, in a hook on ``unembed.hook_out``
+   (restored on exit). Attention-score soft-caps
    (``attn_scores_soft_cap``) act before the softmax: with the AH rule the pattern is a constant and the
    cap does not matter; without it the gradient goes through tanh and softmax as is (no rule, like the rest
    of the attention scores).
@@ -199,24 +200,39 @@ def relp(
 def _logit_softcap(model: HookedTransformer, cfg: RelPConfig) -> Iterator[list[tuple[str, object]]]:
     """Identity rule for the final-logit soft-cap ``cap·tanh(z/cap)``: yields the hook that applies it.
 
-    HookedTransformer.forward caps after ``unembed.hook_out`` with no hook point after it, so while the
-    context is open ``model.cfg.output_logits_soft_cap`` is off and a ``LAST`` hook on ``unembed.hook_out``
-    applies the cap (TransformerLens' own ``apply_softcap`` on the same value: the same bits) as
-    ``IdentityRule(z, cap·tanh(z/cap))``. Other models, or ``identity=False``, get no hook.
+    Both backends cap after ``unembed.hook_out`` with no hook point after it: HookedTransformer.forward
+    reads ``model.cfg.output_logits_soft_cap``, a bridge runs the Hugging Face model's own forward, which
+    reads ``final_logit_softcapping`` from the Hugging Face config. While the context is open that setting is
+    off and a ``LAST`` hook on ``unembed.hook_out`` applies the cap, in the same operations on the same value
+    (the same bits), as ``IdentityRule(z, cap·tanh(z/cap))``. Settings are restored on exit. Models without a
+    cap, or ``identity=False``, get no hook.
     """
-    cap = getattr(getattr(model, "cfg", None), "output_logits_soft_cap", None)
-    if not (cfg.identity and backends.is_hooked_transformer(model) and softcap_enabled(cap)):
+    if backends.is_bridge(model):
+        owner = getattr(getattr(model, "original_model", None), "config", None)
+        key = "final_logit_softcapping"
+        cap = getattr(owner, key, None)
+        off = None
+
+        def softcap(z):  # Hugging Face's own order of operations (Gemma 2: divide, tanh, multiply)
+            return torch.tanh(z / cap) * cap
+    else:
+        owner, key = getattr(model, "cfg", None), "output_logits_soft_cap"
+        cap, off = getattr(owner, key, None), SOFTCAP_DISABLED
+
+        def softcap(z):
+            return apply_softcap(z, cap)
+    if not (cfg.identity and softcap_enabled(cap)):
         yield []
         return
 
     def capped(logits, hook):  # logits: [batch, pos, d_vocab], before the cap
-        return IdentityRule.apply(logits, apply_softcap(logits, cap), cfg.eps)
+        return IdentityRule.apply(logits, softcap(logits), cfg.eps)
 
-    model.cfg.output_logits_soft_cap = SOFTCAP_DISABLED
+    setattr(owner, key, off)
     try:
         yield [("unembed.hook_out", _at(LAST, capped))]
     finally:
-        model.cfg.output_logits_soft_cap = cap
+        setattr(owner, key, cap)
 
 
 def _keep_order(model: HookedTransformer, hooks: list[tuple[str, object]], stack: contextlib.ExitStack) -> None:

@@ -22,7 +22,7 @@ from relp_lens import backends
 from relp_lens.errors import RelPLensError
 from relp_lens.relp_mode import embedding_relevance, relp
 
-from helpers import AGREEMENT_ROWS, WORDS, word_tokenizer_dir
+from helpers import AGREEMENT_ROWS, WORDS, hooks_left, word_tokenizer_dir
 
 needs_hooked = pytest.mark.hooked  # skipped on TransformerLens 4 (conftest)
 PROMPT = "The keys to the cabinet"
@@ -267,6 +267,52 @@ def test_gated_bias_is_not_added_twice():
         model(tokens)[0, -1, model.to_single_token("are")].backward()
     bias = hf.model.layers[1].mlp.up_proj.bias
     assert torch.allclose(bias.grad, seen["lin"].grad.sum((0, 1)), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("cap", [30.0, 3.0])
+def test_final_logit_softcap_on_bridge(cap):
+    """Gemma-2's final-logit soft-cap on a bridge (applied by the Hugging Face forward, after
+    ``unembed.hook_out``) gets the identity rule: forward bit-identical, relevance conserved, config restored."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    cfg = Gemma2Config(vocab_size=len(WORDS) + 2, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, head_dim=8, final_logit_softcapping=cap,
+                       max_position_embeddings=16, sliding_window=8, query_pre_attn_scalar=8, bos_token_id=0,
+                       eos_token_id=0, pad_token_id=0)
+    torch.manual_seed(0)
+    hf = Gemma2ForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.normal_(0, 0.3)
+    model = backends.wrap_hf_model(hf, word_tokenizer())
+    tokens, target = model.to_tokens(PROMPT), model.to_single_token("are")
+    with torch.no_grad():
+        outside = model(tokens)
+        with relp(model):
+            assert model.original_model.config.final_logit_softcapping is None  # applied by the rule's hook
+            inside = model(tokens)
+    assert torch.equal(inside, outside)
+    assert model.original_model.config.final_logit_softcapping == cap and hooks_left(model) == []
+    logit, relevance = embedding_relevance(model, tokens, target, attention=True)
+    assert relevance == pytest.approx(logit, rel=1e-4)  # without the rule: 1.27 vs 2.27 at cap 3
+
+
+def test_mixture_of_experts_bridge_is_refused():
+    """A bridge's MoE block (``MoEBridge``) runs Hugging Face's expert loop with no per-expert hook points, so
+    the rules cannot reach its activations: relp() and attribute() refuse it on entry, leaving no hooks."""
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    cfg = MixtralConfig(vocab_size=len(WORDS) + 2, hidden_size=32, intermediate_size=24, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2,
+                        max_position_embeddings=16, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    torch.manual_seed(0)
+    model = backends.wrap_hf_model(MixtralForCausalLM(cfg).eval(), word_tokenizer())
+    with pytest.raises(RelPLensError, match="blocks.0.mlp is a MoEBridge mixture of experts"):
+        with relp(model):
+            pass
+    with pytest.raises(RelPLensError, match="mixture of experts"):
+        relp_lens.attribute(model, AGREEMENT_ROWS[:1], progress=False)
+    assert hooks_left(model) == []
 
 
 def tiny_hf_gpt2(seed: int = 0):
