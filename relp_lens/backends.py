@@ -255,6 +255,20 @@ def freeze(model: Any) -> Any:
     return model
 
 
+def _warn_known_generate_bug() -> None:
+    """transformers 5.24 broke ``TransformerBridge.generate`` with the KV cache (found on TransformerLens 3.9
+    and 4.3): say so, with the way round it, rather than let a steering run print wrong continuations."""
+    try:
+        major, minor = (int(x) for x in importlib.metadata.version("transformers").split(".")[:2])
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        return
+    if (major, minor) >= (5, 24):
+        warnings.warn(f"relp_lens: with transformers {major}.{minor}, TransformerBridge.generate(...) using the KV "
+                      "cache continues prompts wrongly (greedy SmolLM2: ' are---' instead of ' are a set of'); "
+                      "pass use_past_kv_cache=False, or install 'transformers<5.24' (relp_lens' tested pin)",
+                      stacklevel=3)
+
+
 def wrap_hf_model(hf_model: Any, tokenizer: Any, name: str | None = None, *, freeze_weights: bool = True,
                   n_ctx: int | None = None) -> Any:
     """A ``TransformerBridge`` around a Hugging Face causal LM, ready for relp_lens.
@@ -271,6 +285,7 @@ def wrap_hf_model(hf_model: Any, tokenizer: Any, name: str | None = None, *, fre
     bridge_cls = bridge_class()
     if bridge_cls is None:
         raise RelPLensError("wrapping a Hugging Face model needs TransformerBridge (TransformerLens >= 3.9)")
+    _warn_known_generate_bug()
     if tokenizer is None:
         raise RelPLensError("wrap_hf_model needs the model's tokenizer (relp_lens works on text prompts)")
     if name is None:
