@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
+from relp_lens import backends
 from relp_lens.attribution import Attribution, _mean_acts, as_prompts
 from relp_lens.circuit import ABLATIONS, Circuit, consistent_ablation, select_threshold, select_top_k
 from relp_lens.data import Prompts, make_batches, tokenize
@@ -147,7 +148,7 @@ class Ablation:
                         return torch.where(mask.to(x.device), flat, value.to(x.device, x.dtype)).reshape(x.shape)
 
                     hooks.append((name, ablate))
-            with torch.no_grad(), self.model.hooks(fwd_hooks=hooks):
+            with torch.no_grad(), backends.hooks(self.model, fwd_hooks=hooks):
                 logits = self.model(b.clean_tokens.to(self.model.cfg.device))
                 total += evaluate_metric(self.metric_fn, logits, b).sum().item()
         return total / self.n_prompts

@@ -376,7 +376,7 @@ def batch_gradients(run: _Run, batch: Batch, use_relp: bool):
         return hook
 
     mode = relp(model, **vars(run.rules)) if use_relp else contextlib.nullcontext()
-    with torch.enable_grad(), mode, model.hooks(fwd_hooks=[(h, capture(h)) for h in hooks]):
+    with torch.enable_grad(), mode, backends.hooks(model, fwd_hooks=[(h, capture(h)) for h in hooks]):
         logits = model(batch.clean_tokens.to(model.cfg.device))
         m = evaluate_metric(run.metric_fn, logits, batch)
         warn_unlikely_answers(logits[:, -1], batch, run.prompts)
@@ -415,7 +415,7 @@ def _ig_batch(run: _Run, batch: Batch, steps: int):
             def patch(x, hook, point=point):
                 return point.reshape(x.shape)
 
-            with torch.enable_grad(), model.hooks(fwd_hooks=[(hook_name, patch)]):
+            with torch.enable_grad(), backends.hooks(model, fwd_hooks=[(hook_name, patch)]):
                 m = evaluate_metric(run.metric_fn, _forward_from(model, tokens, starts, block), batch)
                 (g,) = torch.autograd.grad(m.sum(), [point], allow_unused=True)
             if g is not None:
@@ -459,7 +459,7 @@ def _exact_batch(run: _Run, batch: Batch, nodes: list[Node], node_batch: int):
                 return flat.reshape(x.shape)
 
             fwd_hooks.append((hooks[layer], patch))
-        with torch.no_grad(), model.hooks(fwd_hooks=fwd_hooks):
+        with torch.no_grad(), backends.hooks(model, fwd_hooks=fwd_hooks):
             big = tokens.repeat(reps, 1)
             first = [blocks[layer] for layer in by_hook]
             out = _forward_from(model, tokens, starts, None if None in first else min(first), reps)

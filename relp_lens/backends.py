@@ -33,9 +33,11 @@ What differs, and how each is handled:
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.metadata
 import warnings
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -51,6 +53,7 @@ _NORM_CLASSES = {"NormalizationBridge"}
 
 
 # --- what is installed ----------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=None)
 def transformer_lens_version() -> tuple[int, ...]:
     """The installed TransformerLens version as integers, e.g. ``(3, 9, 0)``."""
     parts = []
@@ -238,6 +241,47 @@ def ln_rule_hooks(model: Any, rule: Callable[[torch.Tensor], torch.Tensor]) -> l
         remember.relp_order, constant_scale.relp_order = "last", "first"  # see relp_mode._keep_order
         hooks += [(hook_in, remember), (hook_out, constant_scale)]
     return hooks
+
+
+# --- hooks ----------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def hooks(model: Any, fwd_hooks: Sequence[tuple[str, Callable]] = (),
+          bwd_hooks: Sequence[tuple[str, Callable]] = ()) -> Iterator[Any]:
+    """``model.hooks(fwd_hooks=..., bwd_hooks=...)`` by hook name, on either backend; hooks removed on exit.
+
+    TransformerLens 3.9's bridge ``hooks()`` rebuilds its ~1,700-entry ``hook_dict`` for every hook it adds
+    (~8 ms each: ~1 s for the ~200 hooks of ``relp()`` on SmolLM2) and silently skips a name it does not
+    know. There the dict is read once, an unknown name is an error, and each hook is added to its hook point
+    at a fresh context level, removed by that level on exit (hooks the caller had stay), as TransformerLens
+    does. HookedTransformer and TransformerLens 4's bridge: their own ``hooks()``.
+    """
+    hook_dict = model.hook_dict
+    todo = [(name, fn, "fwd") for name, fn in fwd_hooks] + [(name, fn, "bwd") for name, fn in bwd_hooks]
+    unknown = sorted({name for name, _, _ in todo if name not in hook_dict})
+    if unknown:
+        raise RelPLensError(f"the model has no hook point {unknown[0]!r}" +
+                            (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""))
+    if not is_bridge(model) or transformer_lens_version() >= (4,):  # their own hooks() reads the dict once
+        with model.hooks(fwd_hooks=list(fwd_hooks), bwd_hooks=list(bwd_hooks)):
+            yield model
+        return
+    check = getattr(model, "check_hooks_to_add", None)  # a gated-off hook point (set_use_*) raises here
+    if check is not None:
+        for name, _, _ in todo:
+            check(name)
+    level = model.context_level + 1
+    added: list[tuple[Any, str]] = []
+    model.context_level = level
+    try:
+        for name, fn, direction in todo:
+            point = hook_dict[name]  # an alias resolves to its point; no alias_names: 3.9 calls a hook once per name
+            point.add_hook(fn, dir=direction, level=level)
+            added.append((point, direction))
+        yield model
+    finally:
+        for point, direction in added:
+            point.remove_hooks(dir=direction, level=level)
+        model.context_level = level - 1
 
 
 # --- making a bridge ------------------------------------------------------------------------------------

@@ -400,8 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def model_opts(sp):
-        sp.add_argument("--model", default="smollm2-135m", help="shipped model name (default: smollm2-135m)")
-        sp.add_argument("--gguf", default=None, help="path of a Llama-architecture GGUF file instead")
+        sp.add_argument("--model", default="smollm2-135m", help="shipped model: smollm2-135m (default) or gemma3-270m")
+        sp.add_argument("--gguf", default=None, help="path of a GGUF file instead (Llama or Gemma 3 architecture)")
         sp.add_argument("--backend", choices=("auto", "hooked", "bridge"), default="auto",
                         help="TransformerLens model: HookedTransformer (hooked), TransformerBridge (bridge), or "
                              "auto: HookedTransformer where TransformerLens 3.x has it, else the bridge")

@@ -145,7 +145,7 @@ def attribute_edges(
             out_name = f"blocks.{blocks[layer]}.hook_mlp_out"
             fwd += [(circuit.hook_names[layer], keep(layer)), (out_name, cut(layer))]  # mlp_out: keep, then cut
         mode = relp(model, **vars(run.rules)) if use_relp else contextlib.nullcontext()
-        with torch.enable_grad(), mode, model.hooks(fwd_hooks=fwd):
+        with torch.enable_grad(), mode, backends.hooks(model, fwd_hooks=fwd):
             # one forward pass (up to the last downstream block) serves every chunk of downstream nodes
             model(batch.clean_tokens.to(model.cfg.device), stop_at_layer=blocks[t_max] + 1)
             r_max = max(1, edge_batch // b)

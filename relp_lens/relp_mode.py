@@ -191,7 +191,7 @@ def relp(
     hooks = relp_hooks(model, cfg)  # raises here, on entry, for blocks the rules do not cover
     with contextlib.ExitStack() as stack:
         hooks += stack.enter_context(_logit_softcap(model, cfg))
-        stack.enter_context(model.hooks(fwd_hooks=hooks))
+        stack.enter_context(backends.hooks(model, fwd_hooks=hooks))
         _keep_order(model, hooks, stack)
         yield model
 
@@ -285,7 +285,7 @@ def embedding_relevance(model: HookedTransformer, tokens, target: int, *, positi
 
     embed_hooks = [(n, leaf) for n in ("hook_embed", "hook_pos_embed") if n in model.hook_dict]
     mode = relp(model, **rules) if use_relp else contextlib.nullcontext()
-    with torch.enable_grad(), mode, model.hooks(fwd_hooks=embed_hooks):
+    with torch.enable_grad(), mode, backends.hooks(model, fwd_hooks=embed_hooks):
         logit = model(tokens)[0, position, target]
         grads = torch.autograd.grad(logit, store)
     return logit.item(), sum((x.float() * g.float()).sum() for x, g in zip(store, grads)).item()

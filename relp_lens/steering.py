@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from relp_lens import backends
 from relp_lens.data import answer_token
 from relp_lens.errors import RelPLensError
 from relp_lens.nodes import resolve_hooks
@@ -114,7 +115,7 @@ def steer(model: HookedTransformer, nodes: Sequence[Node], value: float | Sequen
             return out.reshape(x.shape)
         return hook
 
-    with model.hooks(fwd_hooks=[(name, make(name, items)) for name, items in by_hook.items()]):
+    with backends.hooks(model, fwd_hooks=[(name, make(name, items)) for name, items in by_hook.items()]):
         yield model
 
 

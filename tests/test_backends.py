@@ -248,6 +248,29 @@ def test_relp_gradients_equal_hooked_transformer(bridge, hooked):
         assert got == pytest.approx(want, rel=1e-5, abs=1e-6), rules
 
 
+def test_hooks_context_on_bridge(bridge):
+    """backends.hooks: the bridge's hook_dict read once, hooks at a level of their own (the caller's stay),
+    aliases resolved, an unknown name an error (the bridge's own hooks() skips it silently)."""
+    seen = []
+    tokens = bridge.to_tokens(PROMPT)
+    keep = ("blocks.0.hook_mlp_out", lambda x, hook: seen.append("outer"))
+    with bridge.hooks(fwd_hooks=[keep]):
+        with backends.hooks(bridge, fwd_hooks=[("unembed.hook_out", lambda x, hook: seen.append("alias")),
+                                               ("blocks.0.mlp.hook_post", lambda x, hook: x * 0)]):
+            with torch.no_grad():
+                zeroed = bridge(tokens)
+        with torch.no_grad():
+            plain = bridge(tokens)
+        assert seen == ["outer", "alias", "outer"]  # ours fired once (an alias too), the caller's in both passes
+    assert not torch.equal(zeroed, plain)
+    assert hooks_left(bridge) == []
+    with pytest.raises(RelPLensError, match="no hook point 'blocks.0.mlp.hook_nope'"):
+        with backends.hooks(bridge, fwd_hooks=[("blocks.0.mlp.hook_post", lambda x, hook: x),
+                                               ("blocks.0.mlp.hook_nope", lambda x, hook: x)]):
+            pass
+    assert hooks_left(bridge) == [] and bridge.context_level == 0
+
+
 def test_gated_bias_is_not_added_twice():
     """A bridge's ``mlp.b_in`` is the up-projection bias, already inside ``hook_pre_linear``: with unfrozen
     weights its RelP gradient is exactly what flows through ``hook_pre_linear`` (adding it to the surrogate
