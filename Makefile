@@ -49,7 +49,8 @@ browser:
 	  || echo "warning: could not install chromium; the headless-browser report test will be skipped"; }
 
 # the whole suite on TransformerLens 3.9, then on TransformerLens 4 the bridge tests (slow ones included),
-# every fast test and the shipped-model tests (those that need a HookedTransformer skip themselves there)
+# every fast test, and the slow tests (shipped models, README, notebooks; those that need a HookedTransformer
+# skip themselves there)
 test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
 	$(MAKE) --no-print-directory test-tl4
@@ -57,8 +58,8 @@ test: $(STAMP) browser
 test-tl4: $(STAMP4)
 	$(BIN4)/python -m pytest -q tests/test_backends.py
 	$(BIN4)/python -m pytest -q -m "not slow" --ignore=tests/test_backends.py
-	# the shipped-model tests again, with load_model() giving a TransformerBridge (notebooks: TL 3.9 only)
-	$(BIN4)/python -m pytest -q -m slow --ignore=tests/test_backends.py --ignore=tests/test_notebooks.py
+	# the shipped-model tests, Gemma 3 and the notebooks again, with load_model() giving a TransformerBridge
+	$(BIN4)/python -m pytest -q -m slow --ignore=tests/test_backends.py
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -34,7 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from relp_lens import backends
-from relp_lens.data import Batch, Prompts, make_batches, tokenize, warn_unlikely_answers
+from relp_lens.data import Batch, Prompts, make_batches, str_tokens_of, tokenize, warn_unlikely_answers
 from relp_lens.errors import RelPLensError
 from relp_lens.metrics import MetricFn, evaluate_metric, resolve_metric
 from relp_lens.nodes import basis_name, resolve_hooks
@@ -684,13 +684,8 @@ def attribute(
         metric_clean[idx] = m.float()
         if metric_ref is not None and m_ref is not None:
             metric_ref[idx] = m_ref.float().cpu()
-    str_tokens = [_str_tokens(model, t) for t in tok.clean_tokens]
+    str_tokens = [str_tokens_of(model, t) for t in tok.clean_tokens]
     return Attribution(scores=scores, str_tokens=str_tokens, hook_names=hooks, basis=basis_name(basis),
                        method=method, metric=metric_name, paired=paired, metric_clean=metric_clean,
                        metric_ref=metric_ref, prompts=data, alignment=align, baseline=run.baseline,
                        score_sum=score_sum, counts=counts)
-
-
-def _str_tokens(model: HookedTransformer, tokens: torch.Tensor) -> list[str]:
-    """One string per token (each token decoded alone, as ``to_str_tokens`` does)."""
-    return [model.tokenizer.decode([int(t)]) for t in tokens]

@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from relp_lens import backends
+from relp_lens.data import str_tokens_of
 from relp_lens.errors import RelPLensError
 
 if TYPE_CHECKING:  # annotations only: TransformerLens 4 has no HookedTransformer
@@ -101,7 +102,7 @@ def neuron_cards(model: HookedTransformer, neurons: Sequence[tuple[int, int]], *
         with torch.no_grad():
             _, cache = model.run_with_cache(tokens, names_filter=lambda name: name in hooks)
         values = torch.stack([cache[f"blocks.{layer}.mlp.hook_post"][0, :, index] for layer, index in neurons])
-        return values.float().cpu(), model.to_str_tokens(tokens[0])  # [neuron, pos], tokens
+        return values.float().cpu(), str_tokens_of(model, tokens[0])  # [neuron, pos], tokens
 
     task = [acts(p)[0][:, -1].tolist() for p in prompts]  # [prompt][neuron], last position
     found: list[list[tuple[str, float]]] = [[] for _ in neurons]

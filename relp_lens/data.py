@@ -236,11 +236,20 @@ class Tokenized:
         return Alignment.of(self.clean_tokens)
 
 
+def str_tokens_of(model: HookedTransformer, tokens: torch.Tensor) -> list[str]:
+    """One string per token of ``tokens`` [pos], each decoded alone, as ``to_str_tokens`` does.
+
+    relp_lens decodes itself rather than call ``model.to_str_tokens``, whose TransformerLens 3.9 version raised
+    TypeError with some tokenizers (Gemma 3's, in the TransformerLens 4 issue's check).
+    """
+    return [model.tokenizer.decode([int(t)]) for t in tokens]
+
+
 def answer_token(model: HookedTransformer, answer: str, where: str | None = None) -> int:
     """The single token id of ``answer``; a clear error (naming ``where``) when it is not exactly one token."""
     ids = model.to_tokens(answer, prepend_bos=False, truncate=False)[0]
     if len(ids) != 1:
-        pieces = model.to_str_tokens(ids)
+        pieces = str_tokens_of(model, ids)
         at = f"{where}: " if where else ""
         raise RelPLensError(f"{at}answer {answer!r} is {len(ids)} tokens {pieces}, not a single token")
     return int(ids[0])
