@@ -58,10 +58,11 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "plot": ("plots", None),  # relp_lens.plot.circuit_graph(...)
     "always_on_neurons": ("cards", "always_on_neurons"),
     "only_correct": ("tasks", "only_correct"),
+    "write_circuit_tracer": ("graph_export", "write_circuit_tracer"),
 }
 # submodules reachable as attributes after a bare ``import relp_lens`` (``relp_lens.plots.…``), as before
 _SUBMODULES = {"ablation", "agreement", "attribution", "backends", "cards", "circuit", "cli", "data", "demo", "edges",
-               "errors", "exact", "files", "metrics", "models", "nodes", "plots", "positions", "relp_mode",
+               "errors", "exact", "files", "graph_export", "metrics", "models", "nodes", "plots", "positions", "relp_mode",
                "report", "rules", "steering", "tasks"}
 
 __all__ = [
@@ -69,7 +70,7 @@ __all__ = [
     "RelPLensError", "attribute", "attribute_edges", "compare_with_exact", "evaluate_circuit",
     "faithfulness_sweep", "load_model", "pearson", "prune_edges", "relp", "relp_hooks", "resolve_hooks",
     "select_threshold", "select_top_k", "shipped_gguf_path", "steer", "steering_direction", "steering_sweep",
-    "plot", "always_on_neurons", "only_correct", "wrap_hf_model",
+    "plot", "always_on_neurons", "only_correct", "wrap_hf_model", "write_circuit_tracer",
 ]
 
 
@@ -98,6 +99,7 @@ if TYPE_CHECKING:
     from relp_lens.cards import always_on_neurons
     from relp_lens.circuit import Circuit, CircuitEdge, CircuitNode, select_threshold, select_top_k
     from relp_lens.data import Prompts
+    from relp_lens.graph_export import write_circuit_tracer
     from relp_lens.edges import attribute_edges, prune_edges
     from relp_lens.errors import RelPLensError
     from relp_lens.exact import compare_with_exact

@@ -244,43 +244,14 @@ class Circuit:
         return cls.from_dict(d, source=str(path))
 
     # -- circuit-tracer export -----------------------------------------------------------------------
-    def to_circuit_tracer(self, prompt_tokens: list[str], prompt: str = "", slug: str = "relp-lens") -> dict:
-        """circuit-tracer graph JSON: one node per circuit node, a logit node, links = edges.
+    def to_circuit_tracer(self, prompt_tokens: list[str], prompt: str = "", slug: str = "relp-lens",
+                          **kwargs) -> dict:
+        """circuit-tracer graph JSON (its viewer's schema): neurons as features, embedding nodes, an output
+        node, links = edges plus each neuron's score into the output. See :mod:`relp_lens.graph_export`
+        (``kwargs``: ``token_ids``, ``output_label``, ``output_token``, ``output_prob``)."""
+        from relp_lens.graph_export import circuit_tracer_graph
 
-        circuit-tracer's frontend knows transcoder features, so neurons are typed as features (``feature``
-        = neuron index, ``layer`` = layer); ``clerp`` names them. Each node also links to the logit node
-        with its attribution score (its total effect on the metric, not a direct effect).
-        """
-        last = len(prompt_tokens) - 1
-        n_layers = int(self.model.get("n_layers", len(self.hook_names)))
-        nodes, ids = [], []
-        for n in self.nodes:
-            pos = last if n.pos is None else n.pos if n.pos >= 0 else len(prompt_tokens) + n.pos
-            if not 0 <= pos <= last:
-                raise RelPLensError(f"node {n.label()} is outside the {len(prompt_tokens)}-token prompt")
-            node_id = f"{n.layer}_{n.index}_{pos}"
-            ids.append(node_id)
-            nodes.append(dict(
-                node_id=node_id, feature=n.index, layer=str(n.layer), ctx_idx=pos,
-                feature_type="cross layer transcoder", token_prob=0.0, is_target_logit=False, run_idx=0,
-                reverse_ctx_idx=0, jsNodeId=f"{n.layer}_{n.index}-{pos}",
-                clerp=f"{self.hook_names[n.layer]}[{n.index}]" + (" (all positions)" if n.pos is None else ""),
-                influence=abs(n.score), activation=None,
-            ))
-        logit_id = f"{n_layers + 1}_{self.metric}_{last}"
-        nodes.append(dict(node_id=logit_id, feature=0, layer=str(n_layers + 1), ctx_idx=last,
-                          feature_type="logit", token_prob=1.0, is_target_logit=True, run_idx=0,
-                          reverse_ctx_idx=0, jsNodeId=f"L_0-{last}", clerp=f"metric {self.metric}",
-                          influence=None, activation=None))
-        links = [dict(source=ids[e.source], target=ids[e.target], weight=e.weight) for e in self.edges]
-        links += [dict(source=ids[i], target=logit_id, weight=n.score) for i, n in enumerate(self.nodes)]
-        return dict(
-            metadata=dict(slug=slug, scan=str(self.model.get("name", "model")), transcoder_list=[],
-                          prompt_tokens=prompt_tokens, prompt=prompt,
-                          node_threshold=self.selection.get("tau"), schema_version=1),
-            qParams=dict(pinnedIds=[], supernodes=[], linkType="both", clickedId="", sg_pos=""),
-            nodes=nodes, links=links,
-        )
+        return circuit_tracer_graph(self, prompt_tokens, prompt=prompt, slug=slug, **kwargs)
 
 
 def model_facts(model: HookedTransformer) -> dict[str, Any]:

@@ -213,12 +213,42 @@ def _write_all(files: list[tuple[Path, Callable[[Path], object]]]) -> None:
         raise
 
 
+def _graph_writers(model, attr, circuit, outputs: dict[str, Path], slug: str) -> list:
+    """The circuit-tracer graph of the first build prompt and its index entry, as two files for _write_all."""
+    import torch
+
+    from relp_lens.files import write_text_atomic
+    from relp_lens.graph_export import INDEX_FILE, to_json, updated_index
+
+    prompt = attr.prompts.clean[0]
+    tokens = model.to_tokens(prompt)  # [1, pos]
+    label, target, prob = circuit.metric, None, None
+    if attr.prompts.answers and len(attr.prompts.answers[0]) == 1:  # one target: the output node is its logit
+        from relp_lens.data import answer_token
+
+        label = attr.prompts.answers[0][0]
+        target = answer_token(model, label)
+        with torch.no_grad():
+            prob = model(tokens)[0, -1].float().softmax(-1)[target].item()
+    graph = circuit.to_circuit_tracer(attr.str_tokens[0], prompt=prompt, slug=slug, token_ids=tokens[0].tolist(),
+                                      output_label=label, output_token=target, output_prob=prob)
+    text = to_json(graph)
+    index = to_json(updated_index(outputs[INDEX_FILE], graph, title=str(circuit.model.get("name", ""))))
+    return [(outputs["--export-circuit-tracer"], lambda p: write_text_atomic(p, text)),
+            (outputs[INDEX_FILE], lambda p: write_text_atomic(p, index))]
+
+
 # -- commands ----------------------------------------------------------------------------------------------
 def cmd_trace(args) -> int:
     if (args.k is None) == (args.tau is None):
         raise RelPLensError("give exactly one of --k N or --tau T")
     outputs = _check_outputs([("--out", args.out), ("--export-circuit-tracer", args.export_circuit_tracer),
                               ("--report", args.report)])
+    if "--export-circuit-tracer" in outputs:
+        from relp_lens.graph_export import INDEX_FILE, check_graph_path
+
+        slug = check_graph_path(outputs["--export-circuit-tracer"])  # {slug}.json, a readable index beside it
+        outputs.update(_check_outputs([(INDEX_FILE, str(outputs["--export-circuit-tracer"].parent / INDEX_FILE))]))
     say = _say_fn(args)
     prompts = _read_prompts(args.data) if args.data else None
     task = None if args.data else args.task
@@ -234,17 +264,16 @@ def cmd_trace(args) -> int:
     held_out = circuit.data["eval_rows"]  # (only the prompts the model gets right, with --only-correct)
     files: list[tuple[Path, Callable[[Path], object]]] = [(outputs["--out"], circuit.save)]
     if "--export-circuit-tracer" in outputs:
-        from relp_lens.files import write_json_atomic
-
-        graph = circuit.to_circuit_tracer(attr.str_tokens[0], prompt=attr.prompts.clean[0])  # first build prompt
-        files.append((outputs["--export-circuit-tracer"], lambda p: write_json_atomic(p, graph)))
+        files += _graph_writers(model, attr, circuit, outputs, slug)
     if "--report" in outputs:
         files.append((outputs["--report"], _report_writer(args, model, attr, circuit, held_out, accuracy, say)))
     print(circuit.summary(args.show))
     _write_all(files)
     print(f"wrote {outputs['--out']}")
     if "--export-circuit-tracer" in outputs:
-        print(f"wrote {outputs['--export-circuit-tracer']} (circuit-tracer graph)")
+        print(f"wrote {outputs['--export-circuit-tracer']} and its {INDEX_FILE} entry (circuit-tracer graph: "
+              f"serve the folder with circuit_tracer.frontend.local_server.serve(folder), open "
+              f"/index.html?slug={slug})")
     if "--report" in outputs:
         print(f"wrote {outputs['--report']} (self-contained HTML report; open it in a browser)")
     return 0

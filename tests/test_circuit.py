@@ -106,8 +106,13 @@ def test_circuit_tracer_export(llama, attr):
     assert set(g) == {"metadata", "qParams", "nodes", "links"}
     assert g["metadata"]["prompt_tokens"] == attr.str_tokens[0]
     ids = {n["node_id"] for n in g["nodes"]}
-    assert len(ids) == 5 and all(l["source"] in ids and l["target"] in ids for l in g["links"])
+    n_tokens = len(attr.str_tokens[0])
+    assert len(ids) == 4 + n_tokens + 1  # neurons, an embedding node per token, the output
+    assert all(l["source"] in ids and l["target"] in ids for l in g["links"])
     assert sum(n["is_target_logit"] for n in g["nodes"]) == 1
+    from circuit_tracer.frontend.graph_models import Model
+
+    Model.model_validate(g)
     n0 = c.nodes[0]
     ctx = n0.pos if n0.pos >= 0 else len(attr.str_tokens[0]) + n0.pos
     assert g["nodes"][0]["node_id"] == f"{n0.layer}_{n0.index}_{ctx}"

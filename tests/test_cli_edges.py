@@ -248,7 +248,9 @@ def test_trace_writes_all_outputs_and_reports_progress(tmp_path, capsys, tiny, r
     assert json.loads(o["c.json"].read_text())["evaluation"]["n_prompts"] == 2
     assert "nodes" in json.loads(o["g.json"].read_text())
     assert "<html" in o["r.html"].read_text().lower()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.json", "g.json", "r.html", "rows.jsonl"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.json", "g.json", "graph-metadata.json", "r.html",
+                                                          "rows.jsonl"]
+    assert [g["slug"] for g in json.loads((tmp_path / "graph-metadata.json").read_text())["graphs"]] == ["g"]
     progress = [line for line in captured.err.splitlines() if line.endswith(" ...")]
     assert [line.split()[0] for line in progress] == ["loading", "attributing", "weighing", "evaluating", "building"]
     assert progress[3] == "evaluating 5 nodes on 2 held-out prompts (mean ablation) ..."

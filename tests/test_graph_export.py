@@ -1,0 +1,105 @@
+"""circuit-tracer graph files: valid for circuit-tracer's own schema, readable by its viewer, written safely."""
+
+import json
+import re
+
+import pytest
+
+from relp_lens import RelPLensError
+from relp_lens.circuit import Circuit, CircuitEdge, CircuitNode
+from relp_lens.graph_export import INDEX_FILE, cantor_pairing, check_graph_path, write_circuit_tracer
+
+TOKENS = ["<|endoftext|>", "The", " keys", " to", " the", " cabinet"]
+IDS = [0, 504, 10200, 288, 260, 18611]
+
+
+def circuit(edges=(CircuitEdge(0, 2, 0.5), CircuitEdge(1, 2, -0.25))):
+    nodes = [CircuitNode(1, -1, 100, score=0.2), CircuitNode(3, 2, 7, score=-1.5), CircuitNode(5, -1, 9, score=0.6)]
+    hooks = [f"blocks.{i}.mlp.hook_post" for i in range(6)]
+    return Circuit(nodes=nodes, basis="mlp_post", hook_names=hooks, node_width=1536, edges=list(edges),
+                   model=dict(name="tiny", n_layers=6, d_mlp=1536))
+
+
+def graph(**kw):
+    kw = dict(prompt="The keys to the cabinet", slug="keys", token_ids=IDS, output_label=" are", output_token=389,
+              output_prob=0.42) | kw
+    return circuit().to_circuit_tracer(TOKENS, **kw)
+
+
+def test_validates_against_circuit_tracers_own_schema():
+    from circuit_tracer.frontend.graph_models import Model  # installed --no-deps by the Makefile
+
+    g = graph()
+    model = Model.model_validate(g)
+    assert len(model.nodes) == 3 + len(TOKENS) + 1
+    assert Model.model_validate(json.loads(json.dumps(g))).model_dump()["links"] == g["links"]
+
+
+def test_node_ids_and_types_follow_circuit_tracer():
+    g = graph()
+    by_type = {}
+    for n in g["nodes"]:
+        by_type.setdefault(n["feature_type"], []).append(n)
+        assert re.fullmatch(r"\d+_\d+_\d+|E_\d+_\d+", n["node_id"]), n["node_id"]
+    neurons, embeddings, (out,) = by_type["cross layer transcoder"], by_type["embedding"], by_type["logit"]
+    assert [n["node_id"] for n in neurons] == ["1_100_5", "3_7_2", "5_9_5"]  # -1 = the last of 6 positions
+    assert [n["feature"] for n in neurons] == [cantor_pairing(1, 100), cantor_pairing(3, 7), cantor_pairing(5, 9)]
+    assert [n["node_id"] for n in embeddings] == [f"E_{t}_{p}" for p, t in enumerate(IDS)]
+    assert [n["layer"] for n in embeddings] == ["E"] * len(TOKENS)
+    assert out["node_id"] == "7_389_5" and out["is_target_logit"] and out["token_prob"] == 0.42
+    assert re.search(r'^Output " are" \(p=0\.420\)$', out["clerp"])  # the viewer parses '(p=' out of it
+    assert g["metadata"]["prompt_tokens"] == TOKENS and g["metadata"]["node_threshold"] is None
+    assert g["metadata"]["scan"].startswith("./")  # feature details are looked up locally, never online
+
+
+def test_influence_is_the_cumulative_share():
+    """circuit-tracer's influence: sorted by |score|, running share of the total; the viewer's pruning slider
+    keeps influence <= threshold, so the most important node must have the smallest value."""
+    inf = {n["node_id"]: n["influence"] for n in graph()["nodes"] if n["feature_type"] == "cross layer transcoder"}
+    total = 0.2 + 1.5 + 0.6
+    assert inf["3_7_2"] == pytest.approx(1.5 / total)
+    assert inf["5_9_5"] == pytest.approx(2.1 / total)
+    assert inf["1_100_5"] == pytest.approx(1.0)
+
+
+def test_links_are_edges_and_scores_into_the_output():
+    g = graph()
+    ids = {n["node_id"] for n in g["nodes"]}
+    assert all(link["source"] in ids and link["target"] in ids for link in g["links"])
+    assert {(l["source"], l["target"]): l["weight"] for l in g["links"]} == {
+        ("1_100_5", "5_9_5"): 0.5, ("3_7_2", "5_9_5"): -0.25,
+        ("1_100_5", "7_389_5"): 0.2, ("3_7_2", "7_389_5"): -1.5, ("5_9_5", "7_389_5"): 0.6}
+
+
+def test_without_token_ids_positions_stand_in_and_the_metric_names_the_output():
+    g = circuit().to_circuit_tracer(TOKENS)
+    assert [n["node_id"] for n in g["nodes"] if n["layer"] == "E"] == [f"E_{p}_{p}" for p in range(6)]
+    assert g["nodes"][-1]["clerp"] == 'Output "logit_diff" (p=1.000)'
+
+
+def test_write_adds_to_the_index_and_replaces_by_slug(tmp_path):
+    write_circuit_tracer(tmp_path / "keys.json", graph(), title="tiny")
+    write_circuit_tracer(tmp_path / "other.json", graph(slug="other"))
+    write_circuit_tracer(tmp_path / "keys.json", graph(prompt="again"))
+    index = json.loads((tmp_path / INDEX_FILE).read_text())
+    assert [(g["slug"], g["prompt"]) for g in index["graphs"]] == [("other", "The keys to the cabinet"),
+                                                                  ("keys", "again")]
+    assert "prompt_tokens" not in index["graphs"][0]
+    assert json.loads((tmp_path / "keys.json").read_text())["metadata"]["slug"] == "keys"
+
+
+def test_bad_names_damaged_index_and_nan_are_errors_before_writing(tmp_path):
+    with pytest.raises(RelPLensError, match="name the file e.g. my-graph.json"):
+        check_graph_path(tmp_path / "my graph.json")
+    with pytest.raises(RelPLensError, match="must be written to keys.json"):
+        write_circuit_tracer(tmp_path / "other.json", graph())
+    (tmp_path / INDEX_FILE).write_text("{not json")
+    with pytest.raises(RelPLensError, match="not a circuit-tracer graph index"):
+        write_circuit_tracer(tmp_path / "keys.json", graph())
+    (tmp_path / INDEX_FILE).unlink()
+    bad = circuit(edges=[CircuitEdge(0, 2, float("nan"))])
+    with pytest.raises(RelPLensError, match="weight nan"):
+        bad.to_circuit_tracer(TOKENS)
+    with pytest.raises(RelPLensError, match="outside the 2-token prompt"):
+        circuit().to_circuit_tracer(TOKENS[:2])
+    assert list(tmp_path.iterdir()) == []
