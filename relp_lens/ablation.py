@@ -250,3 +250,46 @@ def faithfulness_sweep(model: HookedTransformer, attr: Attribution, prompts: Pro
         rows.append(dict(r, **{kind: value}, n_nodes=len(circuit), basis=attr.basis, method=attr.method,
                          ablation=mode))
     return rows
+
+
+def _area_abs(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """∫|y| dx of the piecewise-linear curve through (xs, ys), exact (segments split where y crosses 0)."""
+    area = 0.0
+    for (x0, y0), (x1, y1) in zip(zip(xs, ys), zip(xs[1:], ys[1:])):
+        if y0 * y1 < 0:  # crosses zero at xc: two triangles
+            xc = x0 + (x1 - x0) * y0 / (y0 - y1)
+            area += 0.5 * (abs(y0) * (xc - x0) + abs(y1) * (x1 - xc))
+        else:
+            area += 0.5 * (abs(y0) + abs(y1)) * (x1 - x0)
+    return area
+
+
+def cpr_cmd(rows: Sequence[dict], n_total: int, *, key: str = "n_nodes") -> dict[str, float]:
+    """MIB's circuit-localization summary scores of a faithfulness sweep (rows of :func:`faithfulness_sweep`).
+
+    With ``k`` = circuit size / ``n_total`` (the share of all candidate nodes, or of edges with
+    ``key="n_edges"``) and ``f(k)`` its faithfulness, on the piecewise-linear curve through the measured points
+    plus ``f(0) = 0`` (the empty circuit) and ``f(1) = 1`` (the whole model), both by definition of faithfulness:
+
+    - **CPR** (circuit performance ratio) = ∫₀¹ f(k) dk — higher is better;
+    - **CMD** (circuit–model distance) = ∫₀¹ |1 − f(k)| dk — lower is better (0: the circuit matches the model
+      at every size).
+
+    Points at the same size are averaged. Returns ``dict(cpr=..., cmd=..., n_points=...)``.
+    """
+    if n_total <= 0:
+        raise RelPLensError(f"n_total must be positive, got {n_total}")
+    by_k: dict[float, list[float]] = {0.0: [0.0], 1.0: [1.0]}
+    for r in rows:
+        k = r[key] / n_total
+        if not 0 <= k <= 1:
+            raise RelPLensError(f"a circuit of {r[key]} out of {n_total} is outside [0, 1]")
+        f = float(r["faithfulness"])
+        if f != f:  # NaN: an unstable ratio (F(M) = F(∅)) has no place on the curve
+            raise RelPLensError(f"faithfulness is NaN at {key}={r[key]}; CPR/CMD are undefined")
+        if 0 < k < 1:
+            by_k.setdefault(k, []).append(f)
+    xs = sorted(by_k)
+    fs = [sum(by_k[x]) / len(by_k[x]) for x in xs]
+    cpr = sum(0.5 * (f0 + f1) * (x1 - x0) for x0, x1, f0, f1 in zip(xs, xs[1:], fs, fs[1:]))
+    return dict(cpr=cpr, cmd=_area_abs(xs, [1 - f for f in fs]), n_points=len(xs) - 2)

@@ -88,3 +88,23 @@ def test_bad_input(llama):
     attr = attribute(llama, AGREEMENT_ROWS, progress=False)
     with pytest.raises(RelPLensError, match="exactly one of"):
         faithfulness_sweep(llama, attr, ROWS6)
+
+
+def test_cpr_cmd_by_hand():
+    from relp_lens.ablation import cpr_cmd
+
+    # f = 0.5 at half the nodes: the curve (0,0)-(0.5,0.5)-(1,1) is the diagonal
+    assert cpr_cmd([dict(n_nodes=50, faithfulness=0.5)], 100) == dict(cpr=0.5, cmd=0.5, n_points=1)
+    # f = 1 at half: CPR = 0.25 + 0.5, CMD = the triangle under 1 - f from 0 to 0.5
+    got = cpr_cmd([dict(n_nodes=5, faithfulness=1.0)], 10)
+    assert got["cpr"] == pytest.approx(0.75) and got["cmd"] == pytest.approx(0.25)
+    # overshoot: f = 2 at k = 0.5; 1 - f goes 1 → -1 → 0, crossing zero at k = 0.25 (two triangles, not 0)
+    got = cpr_cmd([dict(n_nodes=1, faithfulness=2.0)], 2)
+    assert got["cpr"] == pytest.approx(0.5 * 2 * 0.5 + 0.5 * 3 * 0.5)
+    assert got["cmd"] == pytest.approx(0.5 * 0.25 * 1 + 0.5 * 0.25 * 1 + 0.5 * 0.5 * 1)
+    # repeated sizes are averaged; NaN and sizes beyond the total are errors
+    assert cpr_cmd([dict(n_nodes=50, faithfulness=0.4), dict(n_nodes=50, faithfulness=0.6)], 100)["cpr"] == 0.5
+    with pytest.raises(RelPLensError, match="NaN"):
+        cpr_cmd([dict(n_nodes=5, faithfulness=float("nan"))], 10)
+    with pytest.raises(RelPLensError, match="outside"):
+        cpr_cmd([dict(n_nodes=11, faithfulness=1.0)], 10)
