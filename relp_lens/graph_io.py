@@ -1,0 +1,194 @@
+"""Input and output edges of a circuit: token embeddings → neurons, neurons → metric, embeddings → metric.
+
+Edges between neurons (:mod:`relp_lens.edges`) are direct effects with every MLP in between held constant.
+This module adds the graph's two ends with the same definition and the same RelP rules:
+
+- ``w(E_p → d) = Σ_dims  ∇̃_d m · (∂̃d/∂e_p) · Δe_p`` — the embedding at aligned position ``p`` into node ``d``,
+  along paths through the residual stream and attention only;
+- ``w(u → out) = ∇̃^direct_u m · Δu`` — node ``u``'s direct effect on the metric (every later MLP constant);
+- ``w(E_p → out) = ∇̃^direct_{e_p} m · Δe_p`` — the direct path from the embedding to the metric.
+
+``Δ`` is what the node scores multiply with: ``patch − clean`` for paired data, ``clean − 0`` for the zero
+baseline. (The mean baseline of unpaired data has no embedding reference yet: refused.) The embedding is
+``hook_embed`` plus, where the model has one, ``hook_pos_embed`` (both in one input node per position).
+Weights are averaged over prompts, like node scores and neuron edges.
+
+**Consistency** (tested against the node scores): on a bias-free model with every rule and the AH rule on,
+zero baseline, the model is linear in (embeddings, MLP outputs) along these paths, and relevance is conserved,
+so for every node ``d``
+
+    score(d) = Σ_{u upstream, every neuron} w(u → d) + Σ_p w(E_p → d)
+
+and for the metric
+
+    m = Σ_{u every neuron} w(u → out) + Σ_p w(E_p → out).
+
+A circuit keeps a subset of neurons; what the rest carry is ``score(d)`` minus the circuit's incoming edges.
+
+Algorithm, per batch of prompts of one length:
+
+1. One RelP attribution pass gives ``∇̃_d m`` and ``Δ`` at every node.
+2. One forward pass in RelP mode with every MLP output (``hook_mlp_out``) and the embeddings replaced by
+   detached leaves (so gradients reach a leaf only along paths that avoid every MLP); the circuit's node
+   activations are remembered.
+3. Output edges: one backward pass of the metric to all leaves; a neuron's direct gradient is
+   ``W_out[u] · ∂m/∂(MLP output)``.
+4. Input edges: seeds ``∇̃_d m`` at each node ``d`` (chunks of ``edge_batch`` rows), vectorised backward passes
+   to the embedding leaves only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from tqdm.auto import tqdm
+
+from relp_lens import backends
+from relp_lens.attribution import as_prompts, batch_gradients, prepare_run
+from relp_lens.circuit import Circuit
+from relp_lens.edges import edge_layers
+from relp_lens.errors import RelPLensError
+from relp_lens.metrics import evaluate_metric
+from relp_lens.positions import require
+from relp_lens.relp_mode import RelPConfig, relp
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
+
+EMBED_HOOKS = ("hook_embed", "hook_pos_embed")
+
+
+@dataclass
+class IOEdges:
+    """A circuit's input and output edges (mean over prompts), with the aligned positions they refer to."""
+
+    positions: list[int]  # aligned position of each row of ``input`` / entry of ``direct``
+    input: torch.Tensor  # [pos, node]: embedding at a position → circuit node
+    output: torch.Tensor  # [node]: circuit node → metric (direct effect)
+    direct: torch.Tensor  # [pos]: embedding at a position → metric (direct path)
+    metric: float  # the mean metric on the clean prompts
+
+
+def attribute_io_edges(model: HookedTransformer, circuit: Circuit, prompts, *, method: str = "relp",
+                       metric=None, rules: RelPConfig | None = None, batch_size: int = 8, edge_batch: int = 256,
+                       progress: bool = True) -> IOEdges:
+    """Input and output edges of ``circuit`` (see the module docstring)."""
+    if method not in ("relp", "grad"):
+        raise RelPLensError(f"edge method must be 'relp' or 'grad', got {method!r}")
+    circuit.check_model(model)
+    if not circuit.nodes:
+        raise RelPLensError("the circuit is empty: no edges to attribute")
+    if not circuit.hook_names[0].endswith("mlp.hook_post"):
+        raise RelPLensError("input/output edges are defined for MLP neurons (basis mlp_post)")
+    blocks = edge_layers(circuit.hook_names)
+    data = as_prompts(prompts)
+    if metric is None:
+        metric = circuit.metric if circuit.metric in ("logit_diff", "logit", "logprob") else None
+    baseline = None if data.paired or circuit.baseline not in ("zero", "mean") else circuit.baseline
+    run, batches, _, _ = prepare_run(model, data, circuit.hook_names, metric, baseline, rules, batch_size)
+    if run.baseline == "mean":
+        raise RelPLensError("input edges need an embedding reference: paired data or the zero baseline "
+                            "(the mean baseline has none yet)")
+    embeds = [h for h in EMBED_HOOKS if h in model.hook_dict]
+    nodes = circuit.nodes
+    n_cols = run.alignment.n_columns
+    w_in = torch.zeros(n_cols, len(nodes), dtype=torch.float64)
+    w_out = torch.zeros(len(nodes), dtype=torch.float64)
+    w_direct = torch.zeros(n_cols, dtype=torch.float64)
+    m_total = 0.0
+    use_relp = method == "relp"
+    w_outs = {layer: backends.W_out(model, blocks[layer]) for layer in {n.layer for n in nodes}}
+
+    for batch in tqdm(batches, desc="input/output edges", disable=not progress, leave=False):
+        _, grads, deltas, _, _ = batch_gradients(run, batch, use_relp)  # per layer [B, pos, node]
+        length, b = batch.clean_tokens.shape[1], len(batch)
+        cols = run.alignment.columns(length)
+        prompt = data.clean[batch.indices[0]]
+        at = [None if n.pos is None else require(n.pos, length, f"{i} ({n.label()})", prompt,
+                                                    run.alignment.tail_start) for i, n in enumerate(nodes)]
+        e_ref = _embeddings(model, batch.patch_tokens, embeds) if run.paired else None
+        leaves: dict[str, torch.Tensor] = {}
+        live: dict[int, torch.Tensor] = {}
+
+        def leaf(name):
+            def hook(x, hook):
+                leaves[name] = x.detach().requires_grad_(True)
+                return leaves[name]
+
+            return hook
+
+        def keep(layer):
+            def hook(x, hook):
+                live[layer] = x
+
+            return hook
+
+        fwd = [(h, leaf(h)) for h in embeds]
+        for layer, block in enumerate(blocks):
+            fwd += [(circuit.hook_names[layer], keep(layer)), (f"blocks.{block}.hook_mlp_out", leaf(layer))]
+        for block in set(range(model.cfg.n_layers)) - set(blocks):  # MLPs outside the basis: constants too
+            fwd.append((f"blocks.{block}.hook_mlp_out", leaf(f"other.{block}")))
+        mode = relp(model, **vars(run.rules)) if use_relp else contextlib.nullcontext()
+        with torch.enable_grad(), mode, backends.hooks(model, fwd_hooks=fwd):
+            m = evaluate_metric(run.metric_fn, model(batch.clean_tokens.to(model.cfg.device)), batch)
+            m_total += m.detach().double().sum().item()
+            d_emb = [(leaves[h].detach() - (e_ref[h] if e_ref is not None else 0)).float() * (-1 if run.paired else 1)
+                     for h in embeds]  # Δe: patch − clean (paired), clean − 0 (zero baseline)
+            # 3. output edges: the metric's direct gradient at every leaf
+            keys = embeds + list(range(len(blocks)))
+            g = torch.autograd.grad(m.sum(), [leaves[k] for k in keys], allow_unused=True, retain_graph=True)
+            for h, gh, de in zip(embeds, g, d_emb):
+                if gh is not None:
+                    w_direct.index_add_(0, cols, (gh.float() * de).sum((0, 2)).double().cpu())
+            for k, n in enumerate(nodes):
+                gl = g[len(embeds) + n.layer]
+                if gl is None:
+                    continue
+                direct = gl.float() @ w_outs[n.layer][n.index].float()  # [B, pos]: ∂m/∂post_u along direct paths
+                contrib = direct * deltas[n.layer][..., n.index].float()
+                w_out[k] += (contrib.sum() if at[k] is None else contrib[:, at[k]].sum()).double().cpu()
+            # 4. input edges: seed ∇̃_d m at each node, backward to the embedding leaves
+            r_max = max(1, edge_batch // b)
+            order = list(range(len(nodes)))
+            for start in range(0, len(order), r_max):
+                chunk = order[start:start + r_max]
+                R = len(chunk)
+                layers = sorted({nodes[i].layer for i in chunk})
+                seeds = {l: torch.zeros(R, *live[l].shape, device=live[l].device, dtype=live[l].dtype) for l in layers}
+                for r, i in enumerate(chunk):
+                    n = nodes[i]
+                    s = seeds[n.layer].view(R, b, length, -1)
+                    if n.pos is None:
+                        s[r, :, :, n.index] = grads[n.layer][:, :, n.index].to(s.dtype)
+                    else:
+                        s[r, :, at[i], n.index] = grads[n.layer][:, at[i], n.index].to(s.dtype)
+                gi = torch.autograd.grad([live[l] for l in layers], [leaves[h] for h in embeds],
+                                         [seeds[l] for l in layers], allow_unused=True, retain_graph=True,
+                                         is_grads_batched=True)
+                for gh, de in zip(gi, d_emb):  # gh: [R, B, pos, d_model]
+                    if gh is None:
+                        continue
+                    per_pos = (gh.float() * de[None]).sum((1, 3))  # [R, pos]
+                    w_in[:, chunk] += torch.zeros(n_cols, R, dtype=torch.float64).index_add_(
+                        0, cols, per_pos.T.double().cpu())
+    n = len(data)
+    return IOEdges(positions=list(run.alignment.labels), input=w_in / n, output=w_out / n, direct=w_direct / n,
+                   metric=m_total / n)
+
+
+def _embeddings(model, tokens: torch.Tensor, embeds: list[str]) -> dict[str, torch.Tensor]:
+    """The embedding hooks' values [batch, pos, d_model] for ``tokens`` (no gradient)."""
+    got: dict[str, torch.Tensor] = {}
+
+    def grab(name):
+        def hook(x, hook):
+            got[name] = x.detach()
+
+        return hook
+
+    with torch.no_grad(), backends.hooks(model, fwd_hooks=[(h, grab(h)) for h in embeds]):
+        model(tokens.to(model.cfg.device), stop_at_layer=1)
+    return got

@@ -1,0 +1,74 @@
+"""Input and output edges: with every neuron in the circuit they account for the metric and every node's score."""
+
+import pytest
+import torch
+
+import relp_lens
+from relp_lens import RelPLensError
+from relp_lens.circuit import Circuit, CircuitNode, model_facts
+from relp_lens.edges import attribute_edges
+from relp_lens.graph_io import attribute_io_edges
+from relp_lens.relp_mode import RelPConfig
+from helpers import AGREEMENT_ROWS, hooks_left, tiny_gpt2, tiny_llama
+
+ALL_RULES = RelPConfig(attention=True)
+PROMPT = "The keys to the cabinet"
+
+
+def every_neuron(model, attr):
+    """A circuit of every neuron at every position, with its RelP score."""
+    s = attr.mean()  # [layer, pos, node]
+    nodes = [CircuitNode(l, attr.positions[p], i, score=float(s[l, p, i]))
+             for l in range(s.shape[0]) for p in range(s.shape[1]) for i in range(s.shape[2])]
+    return Circuit(nodes=nodes, basis="mlp_post", hook_names=attr.hook_names, node_width=s.shape[2],
+                   metric=attr.metric, baseline=attr.baseline, model=model_facts(model))
+
+
+@pytest.mark.hooked
+@pytest.mark.parametrize("builder", [tiny_llama, tiny_gpt2], ids=["llama", "gpt2"])
+def test_edges_account_for_the_metric_and_every_score(builder):
+    """Bias-free, all rules and the AH rule, zero baseline: m = Σ_u w(u→out) + Σ_p w(E_p→out), and for every
+    node d, score(d) = Σ_u w(u→d) + Σ_p w(E_p→d) (u over every earlier neuron)."""
+    model = builder()
+    attr = relp_lens.attribute(model, [PROMPT], [" are"], metric="logit", baseline="zero", rules=ALL_RULES,
+                               progress=False)
+    circuit = every_neuron(model, attr)
+    io = attribute_io_edges(model, circuit, attr.prompts, rules=ALL_RULES, progress=False)
+    assert io.metric == pytest.approx(attr.metric_clean.mean().item(), rel=1e-5)
+    total = io.output.sum().item() + io.direct.sum().item()
+    assert total == pytest.approx(io.metric, rel=1e-4, abs=1e-5)
+    edged, _ = attribute_edges(model, circuit, attr.prompts, rules=ALL_RULES, progress=False)
+    incoming = io.input.sum(0).clone()  # [node]
+    for e in edged.edges:
+        incoming[e.target] += e.weight
+    scores = torch.tensor([n.score for n in circuit.nodes], dtype=torch.float64)
+    scale = scores.abs().max().item()
+    assert (incoming - scores).abs().max().item() < 1e-4 * scale
+    assert hooks_left(model) == []
+
+
+@pytest.mark.hooked
+def test_paired_input_edges_are_zero_where_the_tokens_agree():
+    """Paired data: Δe = e_patch − e_clean is zero where clean and patch share the token, so are its edges."""
+    model = tiny_llama()
+    n = len(model.to_tokens(AGREEMENT_ROWS[0]["clean_prefix"])[0])
+    rows = [r for r in AGREEMENT_ROWS if len(model.to_tokens(r["clean_prefix"])[0]) == n][:3]
+    attr = relp_lens.attribute(model, rows, progress=False)
+    circuit = relp_lens.select_top_k(attr, model, 6)
+    io = attribute_io_edges(model, circuit, rows, progress=False)
+    tokens = [model.to_tokens(r["clean_prefix"])[0] for r in rows]
+    patch = [model.to_tokens(r["patch_prefix"])[0] for r in rows]
+    same = torch.stack([(t == p) for t, p in zip(tokens, patch)]).all(0)
+    assert same.any() and (~same).any()
+    assert io.input[same].abs().max().item() == 0 and io.direct[same].abs().max().item() == 0
+    assert io.input[~same].abs().max().item() > 0
+
+
+@pytest.mark.hooked
+def test_mean_baseline_is_refused():
+    model = tiny_llama()
+    attr = relp_lens.attribute(model, [PROMPT, "The parents"], [" are", " are"], metric="logit", baseline="mean",
+                               progress=False)
+    circuit = relp_lens.select_top_k(attr, model, 3)
+    with pytest.raises(RelPLensError, match="mean baseline"):
+        attribute_io_edges(model, circuit, attr.prompts, progress=False)
