@@ -269,7 +269,9 @@ def cpr_cmd(rows: Sequence[dict], n_total: int, *, key: str = "n_nodes") -> dict
 
     With ``k`` = circuit size / ``n_total`` (the share of all candidate nodes, or of edges with
     ``key="n_edges"``) and ``f(k)`` its faithfulness, on the piecewise-linear curve through the measured points
-    plus ``f(0) = 0`` (the empty circuit) and ``f(1) = 1`` (the whole model), both by definition of faithfulness:
+    plus, where not measured, ``f(0) = 0`` (the empty circuit) and ``f(1) = 1`` (the whole model), both by
+    definition of faithfulness (when ``n_total`` counts one circuit's edges, measure ``f(1)``: it is that
+    circuit's faithfulness, not 1):
 
     - **CPR** (circuit performance ratio) = ∫₀¹ f(k) dk — higher is better;
     - **CMD** (circuit–model distance) = ∫₀¹ |1 − f(k)| dk — lower is better (0: the circuit matches the model
@@ -279,7 +281,7 @@ def cpr_cmd(rows: Sequence[dict], n_total: int, *, key: str = "n_nodes") -> dict
     """
     if n_total <= 0:
         raise RelPLensError(f"n_total must be positive, got {n_total}")
-    by_k: dict[float, list[float]] = {0.0: [0.0], 1.0: [1.0]}
+    by_k: dict[float, list[float]] = {}
     for r in rows:
         k = r[key] / n_total
         if not 0 <= k <= 1:
@@ -287,9 +289,11 @@ def cpr_cmd(rows: Sequence[dict], n_total: int, *, key: str = "n_nodes") -> dict
         f = float(r["faithfulness"])
         if f != f:  # NaN: an unstable ratio (F(M) = F(∅)) has no place on the curve
             raise RelPLensError(f"faithfulness is NaN at {key}={r[key]}; CPR/CMD are undefined")
-        if 0 < k < 1:
-            by_k.setdefault(k, []).append(f)
+        by_k.setdefault(k, []).append(f)
+    n_points = len(by_k)
+    by_k.setdefault(0.0, [0.0])  # measured ends win: with n_total the edges of one circuit, f(1) is measured
+    by_k.setdefault(1.0, [1.0])
     xs = sorted(by_k)
     fs = [sum(by_k[x]) / len(by_k[x]) for x in xs]
     cpr = sum(0.5 * (f0 + f1) * (x1 - x0) for x0, x1, f0, f1 in zip(xs, xs[1:], fs, fs[1:]))
-    return dict(cpr=cpr, cmd=_area_abs(xs, [1 - f for f in fs]), n_points=len(xs) - 2)
+    return dict(cpr=cpr, cmd=_area_abs(xs, [1 - f for f in fs]), n_points=n_points)
