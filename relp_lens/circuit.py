@@ -29,7 +29,9 @@ JSON schema, version 2::
                    "excluded_positions": [int], "excluded_neurons": [[layer, index]]},
      "nodes": [{"layer": int, "pos": int|null, "index": int, "score": float}],   # pos < 0: from the end
      "edges": [{"source": node#, "target": node#, "weight": float}],
-     "evaluation": {...}|null}
+     "evaluation": {...}|null,
+     "io_edges": {"positions": [int], "input": [[row, node#, float]], "output": [float per node],   # optional
+                  "direct": [float per position], "metric": float}}
 
 Version 1 had no baseline, ablation or positions: positions were absolute, the baseline the patch prompts
 (paired) or zero, and evaluation mean ablation.
@@ -106,6 +108,7 @@ class Circuit:
     baseline: str = "patch"
     ablation: str = "mean"
     positions: dict[str, Any] = field(default_factory=lambda: dict(rule="absolute", n_shared=0, labels={}))
+    io_edges: dict[str, Any] | None = None  # relp_lens.graph_io.IOEdges.to_dict(): embedding/output edges
 
     def __post_init__(self) -> None:
         if self.ablation not in ABLATIONS:
@@ -183,6 +186,7 @@ class Circuit:
             "positions": dict(self.positions, labels={str(k): v for k, v in (self.positions.get("labels") or {}).items()}),
             "nodes": [asdict(n) for n in self.nodes], "edges": [asdict(e) for e in self.edges],
             "evaluation": self.evaluation,
+            **({"io_edges": self.io_edges} if self.io_edges is not None else {}),
         }
 
     @classmethod
@@ -221,10 +225,15 @@ class Circuit:
                          positions=dict(rule=pos.get("rule", "absolute"), n_shared=int(pos.get("n_shared", 0)),
                                         labels=labels))
         try:
+            io = d.get("io_edges")
+            if io is not None:
+                from relp_lens.graph_io import IOEdges
+
+                IOEdges.from_dict(io, len(nodes))  # validates
             return cls(nodes=nodes, basis=d["basis"], hook_names=d["hook_names"], node_width=d["node_width"],
                        model=d["model"], method=d.get("method", "?"), metric=d.get("metric", "?"),
                        data=data, selection=d.get("selection") or {}, edges=edges,
-                       evaluation=d.get("evaluation"), **extra)
+                       evaluation=d.get("evaluation"), io_edges=io, **extra)
         except RelPLensError as e:
             raise RelPLensError(f"{source}: {e}") from None
 
@@ -251,6 +260,10 @@ class Circuit:
         (``kwargs``: ``token_ids``, ``output_label``, ``output_token``, ``output_prob``)."""
         from relp_lens.graph_export import circuit_tracer_graph
 
+        if "io" not in kwargs and self.io_edges is not None:
+            from relp_lens.graph_io import IOEdges
+
+            kwargs["io"] = IOEdges.from_dict(self.io_edges, len(self.nodes))
         return circuit_tracer_graph(self, prompt_tokens, prompt=prompt, slug=slug, **kwargs)
 
 

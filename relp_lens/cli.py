@@ -342,6 +342,17 @@ def _build_circuit(args, model, build, held_out, task: str | None,
                                          batch_size=args.batch_size, progress=progress)
         print(f"edges: {len(circuit.edges)} from {stats.backward_passes} backward passes "
               f"over {len(edge_rows)} prompts")
+        if circuit.basis == "mlp_post" and circuit.baseline in ("patch", "zero"):
+            from relp_lens.graph_io import attribute_io_edges
+
+            io = attribute_io_edges(model, circuit, edge_rows, method="grad" if args.method == "grad" else "relp",
+                                    batch_size=args.batch_size, progress=progress)
+            circuit.io_edges = io.to_dict()
+            print(f"input/output edges: {int((io.input != 0).sum())} embedding → neuron, {len(circuit)} neuron → "
+                  f"output, {int((io.direct != 0).sum())} embedding → output")
+        else:
+            print(f"no input/output edges: they need the mlp_post basis and paired data or the zero baseline "
+                  f"(this circuit: {circuit.basis}, baseline {circuit.baseline})")
         if args.edge_keep < 1:
             circuit = prune_edges(circuit, args.edge_keep)
             circuit.data["eval_rows"] = held_rows

@@ -204,9 +204,16 @@ def prune_edges(circuit: Circuit, keep_fraction: float) -> Circuit:
     kept = ranked[: max(1, round(keep_fraction * len(ranked)))]
     used = sorted({e.source for e in kept} | {e.target for e in kept})
     renumber = {old: new for new, old in enumerate(used)}
+    io = circuit.io_edges
+    if io is not None:  # the kept nodes' input/output edges, renumbered with them
+        from relp_lens.graph_io import IOEdges
+
+        full = IOEdges.from_dict(io, len(circuit.nodes))
+        io = replace(full, input=full.input[:, used], output=full.output[used]).to_dict()
     return replace(
         circuit,
         nodes=[circuit.nodes[i] for i in used],
         edges=[CircuitEdge(renumber[e.source], renumber[e.target], e.weight) for e in kept],
         selection=dict(circuit.selection, edge_keep_fraction=keep_fraction),
+        io_edges=io,
     )

@@ -18,7 +18,8 @@ How a circuit maps onto that schema:
 4. **One output node** for the metric: ``{n_layers + 1}_{target}_{last}`` (``target``: the answer token id,
    or 0), flagged ``is_target_logit``, its ``clerp`` in the viewer's form ``Output "label" (p=0.123)``.
 5. **Links**: the circuit's edges (direct effects), and each neuron → output with its attribution score (its
-   total effect on the metric).
+   total effect on the metric) — or, given the input/output edges (:mod:`relp_lens.graph_io`), embedding →
+   neuron, neuron → output and embedding → output direct effects.
 6. ``scan`` is a local path (``./data/features-{slug}``), so clicking a node never sends requests for feature
    details to the internet; the model's name goes into the index entry's ``title_prefix``.
 """
@@ -36,6 +37,7 @@ from relp_lens.files import write_text_atomic
 
 if TYPE_CHECKING:
     from relp_lens.circuit import Circuit
+    from relp_lens.graph_io import IOEdges
 
 INDEX_FILE = "graph-metadata.json"
 _SLUG = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -54,7 +56,8 @@ def slug_of(name: str) -> str:
 
 def circuit_tracer_graph(circuit: Circuit, prompt_tokens: list[str], *, prompt: str = "", slug: str = "relp-lens",
                          token_ids: list[int] | None = None, output_label: str | None = None,
-                         output_token: int | None = None, output_prob: float | None = None) -> dict:
+                         output_token: int | None = None, output_prob: float | None = None,
+                         io: IOEdges | None = None) -> dict:
     """The circuit as a circuit-tracer graph dict (see the module docstring for the mapping).
 
     Args:
@@ -64,6 +67,9 @@ def circuit_tracer_graph(circuit: Circuit, prompt_tokens: list[str], *, prompt: 
         token_ids: the prompt's token ids, for the embedding node ids; positions stand in when not given.
         output_label, output_token, output_prob: the output node's label (default: the metric's name), token
             id (default 0) and probability shown as ``(p=...)`` (default: not known, shown as 1.000).
+        io: the circuit's input/output edges (:func:`relp_lens.graph_io.attribute_io_edges`): then the graph
+            has embedding → neuron and embedding → output links, and neuron → output links carry the direct
+            effect instead of the attribution score.
     """
     if not _SLUG.match(slug):
         raise RelPLensError(f"slug {slug!r} must be letters, digits, '-' or '_' (the viewer uses it in URLs)")
@@ -119,7 +125,28 @@ def circuit_tracer_graph(circuit: Circuit, prompt_tokens: list[str], *, prompt: 
                       jsNodeId=f"L_{target}-{last}", clerp=f'Output "{label}" (p={prob:.3f})',
                       influence=None, activation=None))
     links = [dict(source=ids[e.source], target=ids[e.target], weight=float(e.weight)) for e in circuit.edges]
-    links += [dict(source=ids[i], target=out_id, weight=float(n.score)) for i, n in enumerate(circuit.nodes)]
+    if io is None:
+        links += [dict(source=ids[i], target=out_id, weight=float(n.score)) for i, n in enumerate(circuit.nodes)]
+    else:
+        from relp_lens.positions import resolve
+
+        if io.output.shape[0] != len(circuit.nodes):
+            raise RelPLensError(f"input/output edges are for {io.output.shape[0]} nodes, the circuit has "
+                                f"{len(circuit.nodes)}")
+        emb = [n["node_id"] for n in nodes if n["layer"] == "E"]
+        links += [dict(source=ids[i], target=out_id, weight=float(w)) for i, w in enumerate(io.output.tolist())
+                  if w != 0]
+        for row, label in enumerate(io.positions):
+            pos = resolve(label, n_pos)
+            if pos is None:
+                continue
+            links += [dict(source=emb[pos], target=ids[i], weight=float(w))
+                      for i, w in enumerate(io.input[row].tolist()) if w != 0]
+            if io.direct[row] != 0:
+                links.append(dict(source=emb[pos], target=out_id, weight=float(io.direct[row])))
+        bad = [l for l in links if not math.isfinite(l["weight"])]
+        if bad:
+            raise RelPLensError(f"link {bad[0]['source']} → {bad[0]['target']} has weight {bad[0]['weight']}")
     return dict(
         metadata=dict(slug=slug, scan=f"./data/features-{slug}", transcoder_list=[], prompt_tokens=list(prompt_tokens),
                       prompt=prompt, node_threshold=None, schema_version=1),

@@ -71,6 +71,31 @@ class IOEdges:
     direct: torch.Tensor  # [pos]: embedding at a position → metric (direct path)
     metric: float  # the mean metric on the clean prompts
 
+    def to_dict(self) -> dict:
+        """JSON form (stored in a circuit file as ``io_edges``): non-zero input edges as [row, node, weight]."""
+        nz = self.input.nonzero().tolist()
+        return dict(positions=list(self.positions), metric=float(self.metric),
+                    input=[[int(r), int(n), float(self.input[r, n])] for r, n in nz],
+                    output=[float(w) for w in self.output.tolist()], direct=[float(w) for w in self.direct.tolist()])
+
+    @classmethod
+    def from_dict(cls, d: dict, n_nodes: int) -> "IOEdges":
+        """Read :meth:`to_dict`'s form back, checking it fits a circuit of ``n_nodes`` nodes."""
+        try:
+            positions = [int(p) for p in d["positions"]]
+            output = torch.tensor([float(w) for w in d["output"]], dtype=torch.float64)
+            direct = torch.tensor([float(w) for w in d["direct"]], dtype=torch.float64)
+            inp = torch.zeros(len(positions), n_nodes, dtype=torch.float64)
+            for r, n, w in d["input"]:
+                inp[int(r), int(n)] = float(w)
+            metric = float(d.get("metric", float("nan")))
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            raise RelPLensError(f"io_edges: malformed ({type(e).__name__}: {e})") from None
+        if output.shape[0] != n_nodes or direct.shape[0] != len(positions):
+            raise RelPLensError(f"io_edges: {output.shape[0]} output weights for {n_nodes} nodes, "
+                                f"{direct.shape[0]} direct weights for {len(positions)} positions")
+        return cls(positions=positions, input=inp, output=output, direct=direct, metric=metric)
+
 
 def attribute_io_edges(model: HookedTransformer, circuit: Circuit, prompts, *, method: str = "relp",
                        metric=None, rules: RelPConfig | None = None, batch_size: int = 8, edge_batch: int = 256,

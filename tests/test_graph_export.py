@@ -103,3 +103,23 @@ def test_bad_names_damaged_index_and_nan_are_errors_before_writing(tmp_path):
     with pytest.raises(RelPLensError, match="outside the 2-token prompt"):
         circuit().to_circuit_tracer(TOKENS[:2])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_input_and_output_edges_become_links():
+    import torch
+
+    from circuit_tracer.frontend.graph_models import Model
+    from relp_lens.graph_io import IOEdges
+
+    inp = torch.zeros(6, 3, dtype=torch.float64)
+    inp[2, 1] = 0.7  # ' keys' → node 1 (3_7_2)
+    inp[5, 0] = -0.1  # ' cabinet' → node 0
+    io = IOEdges(positions=[0, 1, 2, 3, 4, 5], input=inp, output=torch.tensor([0.05, -0.9, 0.3], dtype=torch.float64),
+                 direct=torch.tensor([0, 0, 0, 0, 0, 0.25], dtype=torch.float64), metric=1.0)
+    g = graph(io=io)
+    Model.model_validate(g)
+    links = {(l["source"], l["target"]): l["weight"] for l in g["links"]}
+    assert links[("E_10200_2", "3_7_2")] == 0.7 and links[("E_18611_5", "1_100_5")] == -0.1
+    assert links[("3_7_2", "7_389_5")] == -0.9  # the direct effect, not the score
+    assert links[("E_18611_5", "7_389_5")] == 0.25
+    assert len(links) == 2 + 2 + 3 + 1  # neuron edges, input edges, output edges, one direct path

@@ -72,3 +72,27 @@ def test_mean_baseline_is_refused():
     circuit = relp_lens.select_top_k(attr, model, 3)
     with pytest.raises(RelPLensError, match="mean baseline"):
         attribute_io_edges(model, circuit, attr.prompts, progress=False)
+
+
+@pytest.mark.hooked
+def test_stored_in_the_circuit_file_and_kept_through_pruning(tmp_path):
+    from relp_lens.edges import prune_edges
+    from relp_lens.graph_io import IOEdges
+
+    model = tiny_llama()
+    n = len(model.to_tokens(AGREEMENT_ROWS[0]["clean_prefix"])[0])
+    rows = [r for r in AGREEMENT_ROWS if len(model.to_tokens(r["clean_prefix"])[0]) == n]
+    attr = relp_lens.attribute(model, rows, progress=False)
+    circuit, _ = attribute_edges(model, relp_lens.select_top_k(attr, model, 8), rows, progress=False)
+    io = attribute_io_edges(model, circuit, rows, progress=False)
+    circuit.io_edges = io.to_dict()
+    circuit.save(tmp_path / "c.json")
+    back = IOEdges.from_dict(Circuit.load(tmp_path / "c.json").io_edges, len(circuit.nodes))
+    assert torch.equal(back.input, io.input) and torch.equal(back.output, io.output)
+    pruned = prune_edges(circuit, 0.3)
+    kept = [circuit.nodes.index(nd) for nd in pruned.nodes]
+    p_io = IOEdges.from_dict(pruned.io_edges, len(pruned.nodes))
+    assert torch.equal(p_io.output, io.output[kept]) and torch.equal(p_io.input, io.input[:, kept])
+    bad = dict(circuit.to_dict(), io_edges=dict(circuit.io_edges, output=[1.0]))
+    with pytest.raises(RelPLensError, match="1 output weights for 8 nodes"):
+        Circuit.from_dict(bad)
