@@ -59,18 +59,22 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "always_on_neurons": ("cards", "always_on_neurons"),
     "only_correct": ("tasks", "only_correct"),
     "write_circuit_tracer": ("graph_export", "write_circuit_tracer"),
+    "attribute_io_edges": ("graph_io", "attribute_io_edges"),
+    "edge_pruning_sweep": ("pruning", "edge_pruning_sweep"),
+    "cpr_cmd": ("ablation", "cpr_cmd"),
 }
 # submodules reachable as attributes after a bare ``import relp_lens`` (``relp_lens.plots.…``), as before
-_SUBMODULES = {"ablation", "agreement", "attribution", "backends", "cards", "circuit", "cli", "data", "demo", "edges",
-               "errors", "exact", "files", "graph_export", "metrics", "models", "nodes", "plots", "positions", "relp_mode",
-               "report", "rules", "steering", "tasks"}
+_SUBMODULES = {"ablation", "agreement", "attribution", "backends", "cards", "circuit", "cli", "data", "demo",
+               "edges", "errors", "exact", "files", "graph_export", "graph_io", "metrics", "models", "nodes",
+               "plots", "positions", "pruning", "relp_mode", "report", "rules", "steering", "tasks"}
 
 __all__ = [
     "BASES", "METHODS", "Attribution", "Circuit", "CircuitEdge", "CircuitNode", "Prompts", "RelPConfig",
     "RelPLensError", "attribute", "attribute_edges", "compare_with_exact", "evaluate_circuit",
     "faithfulness_sweep", "load_model", "pearson", "prune_edges", "relp", "relp_hooks", "resolve_hooks",
     "select_threshold", "select_top_k", "shipped_gguf_path", "steer", "steering_direction", "steering_sweep",
-    "plot", "always_on_neurons", "only_correct", "wrap_hf_model", "write_circuit_tracer",
+    "plot", "always_on_neurons", "only_correct", "wrap_hf_model", "write_circuit_tracer", "attribute_io_edges",
+    "edge_pruning_sweep", "cpr_cmd",
 ]
 
 
@@ -93,13 +97,15 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from relp_lens import plots as plot
-    from relp_lens.ablation import evaluate_circuit, faithfulness_sweep
+    from relp_lens.ablation import cpr_cmd, evaluate_circuit, faithfulness_sweep
     from relp_lens.attribution import METHODS, Attribution, attribute, pearson
     from relp_lens.backends import wrap_hf_model
     from relp_lens.cards import always_on_neurons
     from relp_lens.circuit import Circuit, CircuitEdge, CircuitNode, select_threshold, select_top_k
     from relp_lens.data import Prompts
     from relp_lens.graph_export import write_circuit_tracer
+    from relp_lens.graph_io import attribute_io_edges
+    from relp_lens.pruning import edge_pruning_sweep
     from relp_lens.edges import attribute_edges, prune_edges
     from relp_lens.errors import RelPLensError
     from relp_lens.exact import compare_with_exact
