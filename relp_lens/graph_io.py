@@ -160,6 +160,7 @@ def attribute_io_edges(model: HookedTransformer, circuit: Circuit, prompts, *, m
         with torch.enable_grad(), mode, backends.hooks(model, fwd_hooks=fwd):
             m = evaluate_metric(run.metric_fn, model(batch.clean_tokens.to(model.cfg.device)), batch)
             m_total += m.detach().double().sum().item()
+            embeds = [h for h in embeds if h in leaves]  # a bridge lists hook_pos_embed even where it never fires
             d_emb = [(leaves[h].detach() - (e_ref[h] if e_ref is not None else 0)).float() * (-1 if run.paired else 1)
                      for h in embeds]  # Δe: patch − clean (paired), clean − 0 (zero baseline)
             # 3. output edges: the metric's direct gradient at every leaf
