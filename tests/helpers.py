@@ -159,3 +159,9 @@ def render_in_browser(path, chromium: str) -> tuple[str, list[str]]:
 def js_errors(console: list[str]) -> list[str]:
     """Console lines that report a JavaScript error (uncaught exceptions and console.error calls)."""
     return [line for line in console if "Uncaught" in line or "error" in line.lower()]
+
+
+def same_length_rows(model, rows=AGREEMENT_ROWS) -> list[dict]:
+    """The rows whose clean prompt has as many tokens as the first one's (one batch, absolute positions)."""
+    n = len(model.to_tokens(rows[0]["clean_prefix"])[0])
+    return [r for r in rows if len(model.to_tokens(r["clean_prefix"])[0]) == n]

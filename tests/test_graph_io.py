@@ -9,7 +9,7 @@ from relp_lens.circuit import Circuit, CircuitNode, model_facts
 from relp_lens.edges import attribute_edges
 from relp_lens.graph_io import attribute_io_edges
 from relp_lens.relp_mode import RelPConfig
-from helpers import AGREEMENT_ROWS, hooks_left, tiny_gpt2, tiny_llama
+from helpers import AGREEMENT_ROWS, hooks_left, same_length_rows, tiny_gpt2, tiny_llama
 
 ALL_RULES = RelPConfig(attention=True)
 PROMPT = "The keys to the cabinet"
@@ -51,8 +51,7 @@ def test_edges_account_for_the_metric_and_every_score(builder):
 def test_paired_input_edges_are_zero_where_the_tokens_agree():
     """Paired data: Δe = e_patch − e_clean is zero where clean and patch share the token, so are its edges."""
     model = tiny_llama()
-    n = len(model.to_tokens(AGREEMENT_ROWS[0]["clean_prefix"])[0])
-    rows = [r for r in AGREEMENT_ROWS if len(model.to_tokens(r["clean_prefix"])[0]) == n][:3]
+    rows = same_length_rows(model)[:3]
     attr = relp_lens.attribute(model, rows, progress=False)
     circuit = relp_lens.select_top_k(attr, model, 6)
     io = attribute_io_edges(model, circuit, rows, progress=False)
@@ -80,8 +79,7 @@ def test_stored_in_the_circuit_file_and_kept_through_pruning(tmp_path):
     from relp_lens.graph_io import IOEdges
 
     model = tiny_llama()
-    n = len(model.to_tokens(AGREEMENT_ROWS[0]["clean_prefix"])[0])
-    rows = [r for r in AGREEMENT_ROWS if len(model.to_tokens(r["clean_prefix"])[0]) == n]
+    rows = same_length_rows(model)
     attr = relp_lens.attribute(model, rows, progress=False)
     circuit, _ = attribute_edges(model, relp_lens.select_top_k(attr, model, 8), rows, progress=False)
     io = attribute_io_edges(model, circuit, rows, progress=False)

@@ -9,7 +9,7 @@ from relp_lens.circuit import Circuit
 from relp_lens.edges import attribute_edges
 from relp_lens.graph_io import attribute_io_edges
 from relp_lens.pruning import INPUT, OUTPUT, edge_pruning_sweep, survivors
-from helpers import AGREEMENT_ROWS, tiny_llama
+from helpers import AGREEMENT_ROWS, same_length_rows, tiny_llama
 
 
 def test_survivors_need_an_incoming_and_an_outgoing_edge():
@@ -25,8 +25,7 @@ def test_survivors_need_an_incoming_and_an_outgoing_edge():
 @pytest.mark.hooked
 def test_sweep_judges_the_survivors():
     model = tiny_llama()
-    n = len(model.to_tokens(AGREEMENT_ROWS[0]["clean_prefix"])[0])
-    rows = [r for r in AGREEMENT_ROWS if len(model.to_tokens(r["clean_prefix"])[0]) == n]
+    rows = same_length_rows(model)
     attr = relp_lens.attribute(model, rows, progress=False)
     circuit, _ = attribute_edges(model, relp_lens.select_top_k(attr, model, 12), rows, progress=False)
     io = attribute_io_edges(model, circuit, rows, progress=False)
