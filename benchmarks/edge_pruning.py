@@ -5,7 +5,7 @@
    neuron → output, embedding → output edges (:func:`relp_lens.graph_io.attribute_io_edges`), on
    ``--n-edge`` of the build pairs.
 3. :func:`relp_lens.pruning.edge_pruning_sweep` at p ∈ {0.2, 0.5, 1, 2, 5, 10, 20, 50, 100}%: surviving
-   neurons judged by mean ablation on ``--n-eval`` held-out pairs; CPR/CMD of the curve over the edge fraction.
+   neurons judged by mean and by counterfactual ablation on ``--n-eval`` held-out pairs; CPR/CMD of the curve over the edge fraction.
 
 The paper reports that about 10% of candidate edges keep faithfulness above 80%.
 
@@ -32,6 +32,7 @@ def main() -> None:
     ap.add_argument("--n-build", type=int, default=32)
     ap.add_argument("--n-edge", type=int, default=8)
     ap.add_argument("--n-eval", type=int, default=32)
+    ap.add_argument("--ablations", nargs="+", default=["mean", "counterfactual"])
     ap.add_argument("--out", default="benchmarks/results/edge_pruning.json")
     args = ap.parse_args()
     model = relp_lens.load_model()
@@ -43,19 +44,21 @@ def main() -> None:
     circuit, _ = relp_lens.attribute_edges(model, circuit, build[: args.n_edge], progress=False)
     io = attribute_io_edges(model, circuit, build[: args.n_edge], progress=False)
     t_graph = time.perf_counter() - t0
-    whole = relp_lens.evaluate_circuit(model, circuit, held_out, warn=False)
-    sweep = edge_pruning_sweep(model, circuit, io, held_out, progress=False)
-    scores = cpr_cmd(sweep, sweep[0]["n_edges_total"], key="n_edges")
-    print(f"top-{args.k} circuit: faithfulness {whole['faithfulness']:+.3f}, completeness "
-          f"{whole['completeness']:+.3f}; graph of {sweep[0]['n_edges_total']} edges "
-          f"({len(circuit.edges)} neuron→neuron) built in {t_graph:.1f} s")
-    print(" edges %   kept   neurons  faithfulness  completeness")
-    for r in sweep:
-        print(f"{r['percent']:7.1f}  {r['n_edges']:6d}  {r['n_nodes']:7d}  {r['faithfulness']:+12.3f}  "
-              f"{r['completeness']:+12.3f}")
-    print(f"edge CPR {scores['cpr']:.3f}, CMD {scores['cmd']:.3f}")
-    out = dict(k=args.k, n_build=args.n_build, n_edge=args.n_edge, n_eval=args.n_eval, circuit=whole,
-               sweep=sweep, **scores, graph_seconds=t_graph)
+    out = dict(k=args.k, n_build=args.n_build, n_edge=args.n_edge, n_eval=args.n_eval, graph_seconds=t_graph,
+               n_neuron_edges=len(circuit.edges))
+    for ablation in args.ablations:
+        whole = relp_lens.evaluate_circuit(model, circuit, held_out, ablation=ablation, warn=False)
+        sweep = edge_pruning_sweep(model, circuit, io, held_out, ablation=ablation, progress=False)
+        scores = cpr_cmd(sweep, sweep[0]["n_edges_total"], key="n_edges")
+        print(f"[{ablation} ablation] top-{args.k} circuit: faithfulness {whole['faithfulness']:+.3f}, "
+              f"completeness {whole['completeness']:+.3f}; graph of {sweep[0]['n_edges_total']} edges "
+              f"({len(circuit.edges)} neuron→neuron) built in {t_graph:.1f} s")
+        print(" edges %   kept   neurons  faithfulness  completeness")
+        for r in sweep:
+            print(f"{r['percent']:7.1f}  {r['n_edges']:6d}  {r['n_nodes']:7d}  {r['faithfulness']:+12.3f}  "
+                  f"{r['completeness']:+12.3f}")
+        print(f"edge CPR {scores['cpr']:.3f}, CMD {scores['cmd']:.3f}")
+        out[ablation] = dict(circuit=whole, sweep=sweep, **scores)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1))
 

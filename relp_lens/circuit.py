@@ -31,7 +31,11 @@ JSON schema, version 2::
      "edges": [{"source": node#, "target": node#, "weight": float}],
      "evaluation": {...}|null,
      "io_edges": {"positions": [int], "input": [[row, node#, float]], "output": [float per node],   # optional
-                  "direct": [float per position], "metric": float}}
+                  "direct": [float per position], "metric": float},
+     "heads": {"rule": "last head", "n_heads": int, "top": int|null, "method": str,          # optional
+               "edges": {"L3/100@-1 -> L5/20@-1": {"residual": float, "heads": [[block, head, float]],
+                                                   "other": float}},   # also "E@-2 -> …", "… -> out"
+               "totals": [[block, head, float]]}}     # see relp_lens.heads
 
 Version 1 had no baseline, ablation or positions: positions were absolute, the baseline the patch prompts
 (paired) or zero, and evaluation mean ablation.
@@ -109,6 +113,7 @@ class Circuit:
     ablation: str = "mean"
     positions: dict[str, Any] = field(default_factory=lambda: dict(rule="absolute", n_shared=0, labels={}))
     io_edges: dict[str, Any] | None = None  # relp_lens.graph_io.IOEdges.to_dict(): embedding/output edges
+    heads: dict[str, Any] | None = None  # relp_lens.heads.attribute_head_splits: edges split over heads
 
     def __post_init__(self) -> None:
         if self.ablation not in ABLATIONS:
@@ -187,6 +192,7 @@ class Circuit:
             "nodes": [asdict(n) for n in self.nodes], "edges": [asdict(e) for e in self.edges],
             "evaluation": self.evaluation,
             **({"io_edges": self.io_edges} if self.io_edges is not None else {}),
+            **({"heads": self.heads} if self.heads is not None else {}),
         }
 
     @classmethod
@@ -230,10 +236,13 @@ class Circuit:
                 from relp_lens.graph_io import IOEdges
 
                 IOEdges.from_dict(io, len(nodes))  # validates
+            heads = d.get("heads")
+            if heads is not None:
+                _check_heads(heads)
             return cls(nodes=nodes, basis=d["basis"], hook_names=d["hook_names"], node_width=d["node_width"],
                        model=d["model"], method=d.get("method", "?"), metric=d.get("metric", "?"),
                        data=data, selection=d.get("selection") or {}, edges=edges,
-                       evaluation=d.get("evaluation"), io_edges=io, **extra)
+                       evaluation=d.get("evaluation"), io_edges=io, heads=heads, **extra)
         except RelPLensError as e:
             raise RelPLensError(f"{source}: {e}") from None
 
@@ -265,6 +274,22 @@ class Circuit:
 
             kwargs["io"] = IOEdges.from_dict(self.io_edges, len(self.nodes))
         return circuit_tracer_graph(self, prompt_tokens, prompt=prompt, slug=slug, **kwargs)
+
+
+def _check_heads(heads: Any) -> None:
+    """Validate the optional ``heads`` field (see the schema above)."""
+    try:
+        int(heads["n_heads"])
+        for key, split in heads["edges"].items():
+            if not isinstance(key, str) or " -> " not in key:
+                raise ValueError(f"edge key {key!r} is not 'source -> target'")
+            float(split["residual"]), float(split["other"])
+            for l, h, w in split["heads"]:
+                int(l), int(h), float(w)
+        for l, h, w in heads["totals"]:
+            int(l), int(h), float(w)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise RelPLensError(f"heads: malformed ({type(e).__name__}: {e})") from None
 
 
 def model_facts(model: HookedTransformer) -> dict[str, Any]:

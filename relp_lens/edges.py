@@ -71,6 +71,34 @@ def edge_layers(hook_names: Sequence[str]) -> list[int]:
     return blocks
 
 
+def node_positions(nodes: Sequence, batch, data, run) -> list[int | None]:
+    """Each node's absolute position in ``batch``'s prompts (``None``: every position); a node at a position
+    the batch's prompts lack is an error naming both (see :func:`relp_lens.positions.require`)."""
+    length = batch.clean_tokens.shape[1]
+    prompt = data.clean[batch.indices[0]]
+    return [None if n.pos is None else require(n.pos, length, f"{i} ({n.label()})", prompt,
+                                                run.alignment.tail_start) for i, n in enumerate(nodes)]
+
+
+def node_seeds(nodes: Sequence, chunk: Sequence[int], at: Sequence[int | None], grads: Sequence[torch.Tensor],
+               live: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+    """Backward seeds for a chunk of downstream nodes, one row each: row r holds ∇̃_d m of node ``chunk[r]``
+    at its position(s) and index and zeros elsewhere. ``grads``: per layer ``[batch, pos, node]``;
+    ``live``: the node activations per layer; returns per layer of the chunk ``[R, *live[layer].shape]``."""
+    R = len(chunk)
+    layers = sorted({nodes[i].layer for i in chunk})
+    seeds = {l: torch.zeros(R, *live[l].shape, device=live[l].device, dtype=live[l].dtype) for l in layers}
+    for r, i in enumerate(chunk):
+        n = nodes[i]
+        x = live[n.layer]
+        s = seeds[n.layer].view(R, x.shape[0], x.shape[1], -1)  # [R, batch, pos, node]
+        if n.pos is None:
+            s[r, :, :, n.index] = grads[n.layer][:, :, n.index].to(s.dtype)
+        else:
+            s[r, :, at[i], n.index] = grads[n.layer][:, at[i], n.index].to(s.dtype)
+    return seeds
+
+
 def attribute_edges(
     model: HookedTransformer,
     circuit: Circuit,
@@ -100,13 +128,7 @@ def attribute_edges(
     baseline = None if data.paired or circuit.baseline not in ("zero", "mean") else circuit.baseline
     run, batches, tok, _ = prepare_run(model, data, circuit.hook_names, metric, baseline, rules, batch_size)
     # every node's position in every prompt (negative: from the end); a missing one is an error
-    where: dict[int, list[int | None]] = {}
-    for batch in batches:
-        length = batch.clean_tokens.shape[1]
-        prompt = data.clean[batch.indices[0]]
-        where[length] = [None if n.pos is None else require(n.pos, length, f"{i} ({n.label()})", prompt,
-                                                              run.alignment.tail_start)
-                         for i, n in enumerate(circuit.nodes)]
+    where = {batch.clean_tokens.shape[1]: node_positions(circuit.nodes, batch, data, run) for batch in batches}
 
     nodes = circuit.nodes
     neurons = circuit.hook_names[0].endswith("mlp.hook_post")
@@ -152,15 +174,8 @@ def attribute_edges(
             for start in range(0, len(targets), r_max):
                 chunk = targets[start:start + r_max]
                 R = len(chunk)
-                out_layers = sorted({nodes[i].layer for i in chunk})
-                seeds = {l: torch.zeros(R, *live[l].shape, device=live[l].device) for l in out_layers}
-                for r, i in enumerate(chunk):
-                    n = nodes[i]
-                    s = seeds[n.layer].view(R, b, live[n.layer].shape[1], -1)
-                    if n.pos is None:
-                        s[r, :, :, n.index] = grads[n.layer][:, :, n.index]
-                    else:
-                        s[r, :, at[i], n.index] = grads[n.layer][:, at[i], n.index]
+                seeds = node_seeds(nodes, chunk, at, grads, live)
+                out_layers = sorted(seeds)
                 chunk_src = [l for l in src_layers if l < max(out_layers)]
                 # one vectorised backward pass: row r of every gradient belongs to downstream node chunk[r]
                 g = torch.autograd.grad([live[l] for l in out_layers], [leaves[l] for l in chunk_src],
@@ -191,7 +206,7 @@ def attribute_edges(
     edges.sort(key=lambda e: -abs(e.weight))
     sel = dict(circuit.selection, edge_method=method)
     stats = EdgeStats(backward_passes=passes, downstream_nodes=len(targets), rows_per_pass=rows_per_pass)
-    return replace(circuit, edges=edges, selection=sel), stats
+    return replace(circuit, edges=edges, selection=sel, heads=None), stats  # new edges: old splits are stale
 
 
 def prune_edges(circuit: Circuit, keep_fraction: float) -> Circuit:
@@ -210,10 +225,25 @@ def prune_edges(circuit: Circuit, keep_fraction: float) -> Circuit:
 
         full = IOEdges.from_dict(io, len(circuit.nodes))
         io = replace(full, input=full.input[:, used], output=full.output[used]).to_dict()
+    heads = circuit.heads
+    if heads is not None:  # the kept edges' splits (keys are node labels: nothing to renumber)
+        from relp_lens.heads import edge_key
+
+        labels = {circuit.nodes[i].label() for i in used}
+        kept_keys = {edge_key(circuit.nodes[e.source].label(), circuit.nodes[e.target].label()) for e in kept}
+
+        def stays(key: str) -> bool:
+            ends = key.split(" -> ")
+            if all(end.startswith("L") for end in ends):  # neuron → neuron: kept edges only
+                return key in kept_keys
+            return all(end in labels for end in ends if end.startswith("L"))  # input/output edges of kept nodes
+
+        heads = dict(heads, edges={k: v for k, v in heads["edges"].items() if stays(k)})
     return replace(
         circuit,
         nodes=[circuit.nodes[i] for i in used],
         edges=[CircuitEdge(renumber[e.source], renumber[e.target], e.weight) for e in kept],
         selection=dict(circuit.selection, edge_keep_fraction=keep_fraction),
         io_edges=io,
+        heads=heads,
     )

@@ -49,10 +49,9 @@ from tqdm.auto import tqdm
 from relp_lens import backends
 from relp_lens.attribution import as_prompts, batch_gradients, prepare_run
 from relp_lens.circuit import Circuit
-from relp_lens.edges import edge_layers
+from relp_lens.edges import edge_layers, node_positions, node_seeds
 from relp_lens.errors import RelPLensError
 from relp_lens.metrics import evaluate_metric
-from relp_lens.positions import require
 from relp_lens.relp_mode import RelPConfig, relp
 
 if TYPE_CHECKING:
@@ -131,9 +130,7 @@ def attribute_io_edges(model: HookedTransformer, circuit: Circuit, prompts, *, m
         _, grads, deltas, _, _ = batch_gradients(run, batch, use_relp)  # per layer [B, pos, node]
         length, b = batch.clean_tokens.shape[1], len(batch)
         cols = run.alignment.columns(length)
-        prompt = data.clean[batch.indices[0]]
-        at = [None if n.pos is None else require(n.pos, length, f"{i} ({n.label()})", prompt,
-                                                    run.alignment.tail_start) for i, n in enumerate(nodes)]
+        at = node_positions(nodes, batch, data, run)
         e_ref = _embeddings(model, batch.patch_tokens, embeds) if run.paired else None
         leaves: dict[str, torch.Tensor] = {}
         live: dict[int, torch.Tensor] = {}
@@ -182,15 +179,8 @@ def attribute_io_edges(model: HookedTransformer, circuit: Circuit, prompts, *, m
             for start in range(0, len(order), r_max):
                 chunk = order[start:start + r_max]
                 R = len(chunk)
-                layers = sorted({nodes[i].layer for i in chunk})
-                seeds = {l: torch.zeros(R, *live[l].shape, device=live[l].device, dtype=live[l].dtype) for l in layers}
-                for r, i in enumerate(chunk):
-                    n = nodes[i]
-                    s = seeds[n.layer].view(R, b, length, -1)
-                    if n.pos is None:
-                        s[r, :, :, n.index] = grads[n.layer][:, :, n.index].to(s.dtype)
-                    else:
-                        s[r, :, at[i], n.index] = grads[n.layer][:, at[i], n.index].to(s.dtype)
+                seeds = node_seeds(nodes, chunk, at, grads, live)
+                layers = sorted(seeds)
                 gi = torch.autograd.grad([live[l] for l in layers], [leaves[h] for h in embeds],
                                          [seeds[l] for l in layers], allow_unused=True, retain_graph=True,
                                          is_grads_batched=True)

@@ -73,12 +73,19 @@ class IdentityRule(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
         x, y, eps = inputs
-        ctx.save_for_backward(identity_ratio(x.detach(), y.detach(), eps))
+        ratio = identity_ratio(x.detach(), y.detach(), eps)
+        ctx.save_for_backward(ratio)
+        ctx.save_for_forward(ratio)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (ratio,) = ctx.saved_tensors  # float32 for half-precision models
         return (grad.to(ratio.dtype) * ratio).to(grad.dtype), None, None
+
+    @staticmethod
+    def jvp(ctx, tx, ty, teps):  # forward mode: the same linear map, dy = (y/x)·dx
+        (ratio,) = ctx.saved_tensors
+        return (tx.to(ratio.dtype) * ratio).to(tx.dtype) if tx is not None else torch.zeros_like(ratio)
 
 
 class HalfRule(torch.autograd.Function):
@@ -94,11 +101,22 @@ class HalfRule(torch.autograd.Function):
     def setup_context(ctx, inputs, output) -> None:
         a, b = inputs
         ctx.save_for_backward(a.detach(), b.detach())
+        ctx.save_for_forward(a.detach(), b.detach())
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         a, b = ctx.saved_tensors
         return 0.5 * grad * b, 0.5 * grad * a
+
+    @staticmethod
+    def jvp(ctx, ta, tb):  # forward mode: dh = (da·b + a·db) / 2, the transpose of the backward
+        a, b = ctx.saved_tensors
+        out = torch.zeros(torch.broadcast_shapes(a.shape, b.shape), dtype=a.dtype, device=a.device)
+        if ta is not None:
+            out = out + 0.5 * ta * b
+        if tb is not None:
+            out = out + 0.5 * a * tb
+        return out
 
 
 class ForwardAs(torch.autograd.Function):
@@ -121,3 +139,7 @@ class ForwardAs(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         return None, grad
+
+    @staticmethod
+    def jvp(ctx, tvalue, tsurrogate):  # forward mode follows the surrogate too
+        return tsurrogate.clone() if tsurrogate is not None else torch.zeros_like(tvalue)

@@ -463,6 +463,35 @@ def test_circuit_edges_steering_cards_equal_hooked_transformer(bridge, hooked):
         assert [v for _, v in a.top_contexts] == pytest.approx([v for _, v in b.top_contexts], rel=1e-5, abs=1e-6)
 
 
+def test_head_splits_equal_hooked_transformer(bridge, hooked):
+    """Forward-mode RelP (the rules' jvp, the bridge's native-norm surrogate) and hook_z's flat layout on a
+    bridge: the same per-head splits as the HookedTransformer, summing to the same edge weights."""
+    from dataclasses import replace
+
+    from relp_lens.graph_io import attribute_io_edges
+    from relp_lens.heads import attribute_head_splits
+
+    got = {}
+    for name, model in (("bridge", bridge), ("hooked", hooked)):
+        attr = relp_lens.attribute(model, AGREEMENT_ROWS[:2], progress=False)
+        circuit = relp_lens.select_top_k(attr, model, 6)
+        circuit, _ = relp_lens.attribute_edges(model, circuit, AGREEMENT_ROWS[:2], progress=False)
+        io = attribute_io_edges(model, circuit, AGREEMENT_ROWS[:2], progress=False)
+        split = attribute_head_splits(model, replace(circuit, io_edges=io.to_dict()), AGREEMENT_ROWS[:2],
+                                      top=None, progress=False)
+        got[name] = split.heads
+        assert hooks_left(model) == []
+    a, b = got["bridge"]["edges"], got["hooked"]["edges"]
+    assert a.keys() == b.keys() and a
+    scale = max(abs(h[2]) for s in b.values() for h in s["heads"])
+    for key in a:
+        ha = {(l, h): w for l, h, w in a[key]["heads"]}
+        hb = {(l, h): w for l, h, w in b[key]["heads"]}
+        for lh in ha.keys() | hb.keys():
+            assert abs(ha.get(lh, 0.0) - hb.get(lh, 0.0)) <= 1e-5 * scale, (key, lh)
+        assert a[key]["residual"] == pytest.approx(b[key]["residual"], abs=1e-5 * scale)
+
+
 def test_pipeline_runs_on_bridge(bridge, tmp_path):
     """Attribution → circuit → evaluation → edges → report on the bridge alone (every TransformerLens)."""
     attr = relp_lens.attribute(bridge, AGREEMENT_ROWS, progress=False)
@@ -472,6 +501,12 @@ def test_pipeline_runs_on_bridge(bridge, tmp_path):
     assert math.isfinite(ev["faithfulness"])
     edged, stats = relp_lens.attribute_edges(bridge, circuit, AGREEMENT_ROWS, progress=False)
     assert stats.backward_passes >= 1
+    from relp_lens.heads import attribute_head_splits, edge_key
+
+    splits = attribute_head_splits(bridge, edged, AGREEMENT_ROWS, top=None, progress=False).heads["edges"]
+    for e in edged.edges:  # forward-mode RelP on a bridge: the head splits sum to the edge weights
+        s = splits[edge_key(edged.nodes[e.source].label(), edged.nodes[e.target].label())]
+        assert s["residual"] + sum(w for *_, w in s["heads"]) == pytest.approx(e.weight, rel=1e-4, abs=1e-7)
     from relp_lens.report import write_report
 
     path = write_report(tmp_path / "report.html", bridge, attr, edged)

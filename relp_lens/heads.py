@@ -1,0 +1,318 @@
+"""How each edge of a circuit's graph splits over the attention heads its paths pass through.
+
+An edge's weight (:mod:`relp_lens.edges`, :mod:`relp_lens.graph_io`) sums the direct paths from its source
+to its target: every MLP in between is held constant, so each path either stays in the residual stream or
+passes through one or more attention heads. The weight is ``∇̃_d m · J̃ · Δu`` with ``J̃`` the (RelP) Jacobian
+along those paths, and by the chain rule ``J̃`` is a sum over paths. Each path is credited to the **last**
+attention head it passes through (the one that delivers it to the target), or to the residual stream when it
+passes through none::
+
+    w(u → d) = w_res(u → d) + Σ_{l,h} w_{l,h}(u → d)
+    w_{l,h}(u → d) = Σ_{prompts, positions, d_head} g_{l,h}(d) · t_{l,h}(u)
+
+- ``g_{l,h}(d) = ∇̃_d m · ∂̃d/∂z_{l,h}`` with every other head's output (and every MLP) constant: the target's
+  pull on head h of layer l (``blocks.l.attn.hook_z``) along the residual stream alone;
+- ``t_{l,h}(u) = ∂̃z_{l,h}/∂u · Δu`` with every MLP constant: the source's push into that head through the
+  residual stream and any earlier heads (with the AH rule the patterns are constants and only the OV circuits
+  carry it; without it the Q/K paths count too, as they do in the edge weight);
+- ``w_res`` = the target's pull at the source (every head constant) · Δu.
+
+The split always sums to the edge weight (tested). A path through one attention layer is credited to its
+only head, so for an edge whose paths cross one layer (adjacent layers) the split is exactly per head. A path
+through several heads (head A of layer l₁ feeding head B of layer l₂ > l₁) is credited to B; A's share shows
+up inside B's weight (composition), not as a term of its own. Edges into the output (neuron → metric,
+embedding → metric) and out of the embeddings split the same way.
+
+Algorithm, per batch of prompts of one length:
+
+1. One attribution pass gives ``∇̃_d m`` at every target node and ``Δ`` at every source (as for edges).
+2. Pull (reverse mode, RelP rules): a forward pass in which every MLP output, every head output ``z`` and the
+   embeddings are detached leaves; seeds ``∇̃_d m`` at the targets (rows of one vectorised backward pass, or
+   the metric itself for the output) give ``g_{l,h}(d)`` at the ``z`` leaves and the residual pull at the
+   sources' leaves.
+3. Push (forward mode, ``torch.autograd.forward_ad``, with the RelP rules' forward-mode linearisation — their
+   ``jvp`` is the transpose of their backward): a forward pass with every MLP output cut, one copy of the
+   batch per source, the tangent ``W_out[u]·Δu`` (or ``Δe_p``) at the source's leaf; the tangents reaching
+   the ``z`` hooks are ``t_{l,h}(u)``.
+4. Dot products over positions and head dimensions, summed over prompts, divided by the number of prompts.
+
+Cost: step 3 is one forward pass per ``edge_batch`` rows of (source, prompt) and step 4 grows with the
+number of edges × layers × d_model: split a pruned graph (tens to hundreds of edges), not a full one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import torch
+import torch.autograd.forward_ad as fwAD
+from tqdm.auto import tqdm
+
+from relp_lens import backends
+from relp_lens.attribution import as_prompts, batch_gradients, prepare_run
+from relp_lens.circuit import Circuit
+from relp_lens.edges import edge_layers, node_positions, node_seeds
+from relp_lens.errors import RelPLensError
+from relp_lens.graph_io import EMBED_HOOKS, IOEdges, _embeddings
+from relp_lens.metrics import evaluate_metric
+from relp_lens.relp_mode import RelPConfig, relp
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
+
+RULE = "last head"
+OUT = "out"
+
+
+def embedding_key(position: int) -> str:
+    """The graph key of the embedding node at aligned position ``position``."""
+    return f"E@{position}"
+
+
+def edge_key(source: str, target: str) -> str:
+    """The key of an edge's split in ``Circuit.heads["edges"]``: node labels, stable under pruning."""
+    return f"{source} -> {target}"
+
+
+def attribute_head_splits(model: HookedTransformer, circuit: Circuit, prompts, *, method: str = "relp",
+                          metric=None, rules: RelPConfig | None = None, batch_size: int = 8,
+                          edge_batch: int = 256, top: int | None = 12, progress: bool = True) -> Circuit:
+    """The circuit with how each of its edges splits over attention heads (see the module docstring).
+
+    Splits every neuron → neuron edge, and, when the circuit has ``io_edges``, every embedding → neuron,
+    neuron → output and embedding → output edge. Use the prompts, method and rules the edges were computed
+    with: the splits then sum to the stored weights. The result's ``heads`` field holds, per edge (keyed
+    ``"L3/100@-1 -> L5/20@-1"``, ``"E@-2 -> …"``, ``"… -> out"``), the residual share, the ``top`` heads by
+    |weight| as ``[block, head, weight]`` and what the other heads carry (``other``); and ``totals``, every
+    head's exact total over all split edges.
+    """
+    if method not in ("relp", "grad"):
+        raise RelPLensError(f"edge method must be 'relp' or 'grad', got {method!r}")
+    if top is not None and top < 0:
+        raise RelPLensError(f"top must be None or ≥ 0, got {top}")
+    circuit.check_model(model)
+    if not circuit.edges and circuit.io_edges is None:
+        raise RelPLensError("the circuit has no edges to split: run attribute_edges (and attribute_io_edges) first")
+    if not circuit.hook_names[0].endswith("mlp.hook_post"):
+        raise RelPLensError("head splits are defined for MLP neurons (basis mlp_post)")
+    blocks = edge_layers(circuit.hook_names)
+    z_names = [f"blocks.{b}.attn.hook_z" for b in range(model.cfg.n_layers)]
+    missing = [n for n in z_names if n not in model.hook_dict]
+    if missing:
+        raise RelPLensError(f"head splits need every attention layer's hook_z; this model lacks {missing[:3]}")
+    data = as_prompts(prompts)
+    if metric is None:
+        metric = circuit.metric if circuit.metric in ("logit_diff", "logit", "logprob") else None
+    baseline = None if data.paired or circuit.baseline not in ("zero", "mean") else circuit.baseline
+    run, batches, _, _ = prepare_run(model, data, circuit.hook_names, metric, baseline, rules, batch_size)
+    nodes = circuit.nodes
+    io = IOEdges.from_dict(circuit.io_edges, len(nodes)) if circuit.io_edges is not None else None
+    if io is not None and run.baseline == "mean":
+        raise RelPLensError("input edges need an embedding reference: paired data or the zero baseline")
+    n_heads = model.cfg.n_heads
+    # which (source, target) pairs to split: sources ('n', node#) | ('e', row); targets ('n', node#) | ('out',)
+    pairs: dict[tuple, set] = {}
+    for e in circuit.edges:
+        pairs.setdefault(("n", e.target), set()).add(("n", e.source))
+    if io is not None:
+        for r, n in io.input.nonzero().tolist():
+            pairs.setdefault(("n", n), set()).add(("e", r))
+        out = pairs.setdefault((OUT,), set())
+        out.update(("n", j) for j in io.output.nonzero().flatten().tolist())
+        out.update(("e", r) for r in io.direct.nonzero().flatten().tolist())
+    res = {(s, t): 0.0 for t, ss in pairs.items() for s in ss}
+    per_head = {(s, t): torch.zeros(model.cfg.n_layers, n_heads, dtype=torch.float64) for s, t in res}
+    w_outs = {layer: backends.W_out(model, blocks[layer]) for layer in {n.layer for n in nodes}}
+    use_relp = method == "relp"
+    embeds = [h for h in EMBED_HOOKS if h in model.hook_dict]
+    row_of = {p: r for r, p in enumerate(io.positions)} if io is not None else {}
+
+    for batch in tqdm(batches, desc="head splits", disable=not progress, leave=False):
+        _, grads, deltas, _, _ = batch_gradients(run, batch, use_relp)  # per layer [B, pos, node]
+        b, length = len(batch), batch.clean_tokens.shape[1]
+        at = node_positions(nodes, batch, data, run)
+        cols = run.alignment.columns(length).tolist()  # aligned column of each position
+        labels = list(run.alignment.labels)
+        e_ref = _embeddings(model, batch.patch_tokens, embeds) if (io is not None and run.paired) else None
+        e_clean = _embeddings(model, batch.clean_tokens, embeds) if io is not None else None
+        tangents: dict[tuple, tuple[str | int, torch.Tensor]] = {}  # key -> (where it enters, [B, pos, d])
+        sources = {s for ss in pairs.values() for s in ss}
+        for s in sorted(x for x in sources if x[0] == "n"):
+            n = nodes[s[1]]
+            t = deltas[n.layer][..., n.index, None].float() * w_outs[n.layer][n.index].float()  # [B, pos, d]
+            if at[s[1]] is not None:
+                mask = torch.zeros(length, 1)
+                mask[at[s[1]]] = 1
+                t = t * mask
+            tangents[s] = (n.layer, t)
+        if io is not None:
+            fired = [h for h in embeds if h in e_clean]  # a bridge lists hook_pos_embed even where it never fires
+            d_emb = {h: (e_clean[h] - e_ref[h]) * -1 if e_ref is not None else e_clean[h] for h in fired}
+            for s in sorted(x for x in sources if x[0] == "e"):  # Δe: patch − clean (paired), clean − 0 (zero)
+                where = [p for p in range(length) if labels[cols[p]] == io.positions[s[1]]]
+                if not where:
+                    continue  # these prompts have no token at that aligned position
+                mask = torch.zeros(length, 1)
+                mask[where] = 1
+                for h in fired:
+                    tangents[s + (h,)] = (h, d_emb[h].float() * mask)
+        if not tangents:
+            continue
+        push = _push(model, run, batch, tangents, blocks, z_names, use_relp, edge_batch)  # key -> per block z
+        _pull_and_contract(model, run, batch, circuit, pairs, tangents, push, grads, at, blocks, z_names, embeds,
+                           use_relp, edge_batch, res, per_head)
+
+    n_prompts = len(data)
+    labels_of = {("n", i): n.label() for i, n in enumerate(nodes)}
+    if io is not None:
+        labels_of.update({("e", r): embedding_key(p) for r, p in enumerate(io.positions)})
+    labels_of[(OUT,)] = OUT
+    splits, totals = {}, torch.zeros(model.cfg.n_layers, n_heads, dtype=torch.float64)
+    for (s, t), r in res.items():
+        heads = per_head[(s, t)] / n_prompts
+        totals += heads
+        splits[edge_key(labels_of[s], labels_of[t])] = _compact(r / n_prompts, heads, top)
+    info = dict(rule=RULE, n_heads=n_heads, top=top, method=method, edges=splits,
+                totals=_triples(totals, None))
+    return replace(circuit, heads=info)
+
+
+def _compact(residual: float, heads: torch.Tensor, top: int | None) -> dict:
+    """One edge's split in JSON form: residual, the top heads as [block, head, weight], the others' sum."""
+    kept = _triples(heads, top)
+    other = float(heads.sum()) - sum(w for _, _, w in kept)
+    return dict(residual=float(residual), heads=kept, other=other)
+
+
+def _triples(heads: torch.Tensor, top: int | None) -> list[list]:
+    """Non-zero entries of ``[block, head]`` as ``[block, head, weight]``, largest |weight| first."""
+    nz = [(l, h, float(heads[l, h])) for l, h in heads.nonzero().tolist()]
+    nz.sort(key=lambda x: -abs(x[2]))
+    return [list(x) for x in (nz if top is None else nz[:top])]
+
+
+def _push(model, run, batch, tangents: dict, blocks, z_names, use_relp: bool, edge_batch: int) -> dict:
+    """Forward mode: the tangent each source sends into every head output ``z`` (MLP outputs cut).
+
+    Returns ``{source key: {block: [B, pos, n_heads·d_head]}}``; one copy of the batch per source."""
+    tokens = batch.clean_tokens.to(model.cfg.device)
+    b = tokens.shape[0]
+    keys = list(tangents)
+    r_max = max(1, edge_batch // b)
+    out: dict = {k: {} for k in keys}
+    for start in range(0, len(keys), r_max):
+        chunk = keys[start:start + r_max]
+        R = len(chunk)
+        got: dict[int, torch.Tensor] = {}
+
+        def enter(where):  # the leaf where sources of this kind put their tangent
+            def hook(x, hook):
+                t = torch.zeros(R * b, *x.shape[1:], dtype=x.dtype, device=x.device)
+                for r, k in enumerate(chunk):
+                    if tangents[k][0] == where:
+                        t[r * b:(r + 1) * b] = tangents[k][1].to(x.dtype)
+                return fwAD.make_dual(x.detach(), t)
+
+            return hook
+
+        def record(block):
+            def hook(x, hook):
+                t = fwAD.unpack_dual(x).tangent
+                if t is not None:
+                    got[block] = t.detach().reshape(R, b, x.shape[1], -1)
+
+            return hook
+
+        fwd = [(h, enter(h)) for h in EMBED_HOOKS if h in model.hook_dict]
+        for block in range(model.cfg.n_layers):
+            layer = blocks.index(block) if block in blocks else None
+            fwd.append((f"blocks.{block}.hook_mlp_out", enter(layer) if layer is not None
+                        else (lambda x, hook: x.detach())))
+            fwd.append((z_names[block], record(block)))
+        mode = relp(model, **vars(run.rules)) if use_relp else contextlib.nullcontext()
+        with torch.no_grad(), fwAD.dual_level(), mode, backends.hooks(model, fwd_hooks=fwd):
+            model(tokens.repeat(R, 1), stop_at_layer=model.cfg.n_layers)
+        for block, t in got.items():
+            for r, k in enumerate(chunk):
+                out[k][block] = t[r]
+    return out
+
+
+def _pull_and_contract(model, run, batch, circuit, pairs, tangents, push, grads, at, blocks, z_names, embeds,
+                       use_relp, edge_batch, res, per_head) -> None:
+    """Reverse mode: each target's pull on every head output and on the sources' leaves, dotted with the
+    sources' tangents and pushes into ``res`` (residual share) and ``per_head`` ([block, head])."""
+    nodes = circuit.nodes
+    tokens = batch.clean_tokens.to(model.cfg.device)
+    b = tokens.shape[0]
+    n_heads = model.cfg.n_heads
+    leaves: dict = {}
+    live: dict[int, torch.Tensor] = {}
+
+    def leaf(key):
+        def hook(x, hook):
+            leaves[key] = x.detach().requires_grad_(True)
+            return leaves[key]
+
+        return hook
+
+    def keep(layer):
+        def hook(x, hook):
+            live[layer] = x
+
+        return hook
+
+    fwd = [(h, leaf(h)) for h in embeds]
+    for block in range(model.cfg.n_layers):
+        layer = blocks.index(block) if block in blocks else None
+        if layer is not None:
+            fwd.append((circuit.hook_names[layer], keep(layer)))
+        fwd += [(f"blocks.{block}.hook_mlp_out", leaf(("mlp", block))), (z_names[block], leaf(("z", block)))]
+    targets = [t for t in pairs if t[0] == "n"]
+    mode = relp(model, **vars(run.rules)) if use_relp else contextlib.nullcontext()
+    with torch.enable_grad(), mode, backends.hooks(model, fwd_hooks=fwd):
+        logits = model(tokens)
+        z_keys = [("z", blk) for blk in range(model.cfg.n_layers)]
+        src_keys = [("mlp", blocks[nodes[s[1]].layer]) for s in tangents if s[0] == "n"]
+        src_keys += [h for h in embeds if h in leaves]
+        want = list(dict.fromkeys(z_keys + src_keys))
+        if (OUT,) in pairs:
+            m = evaluate_metric(run.metric_fn, logits, batch).sum()
+            g = torch.autograd.grad(m, [leaves[k] for k in want], allow_unused=True, retain_graph=True)
+            _contract({k: (None if x is None else x[None]) for k, x in zip(want, g)}, [(OUT,)], pairs, tangents,
+                      push, blocks, nodes, b, n_heads, res, per_head)
+        r_max = max(1, edge_batch // b)
+        order = [t[1] for t in targets]
+        for start in range(0, len(order), r_max):
+            chunk = order[start:start + r_max]
+            seeds = node_seeds(nodes, chunk, at, grads, live)
+            layers = sorted(seeds)
+            g = torch.autograd.grad([live[l] for l in layers], [leaves[k] for k in want],
+                                    [seeds[l] for l in layers], allow_unused=True, retain_graph=True,
+                                    is_grads_batched=True)
+            _contract(dict(zip(want, g)), [("n", i) for i in chunk], pairs, tangents, push, blocks, nodes, b,
+                      n_heads, res, per_head)
+
+
+def _contract(g: dict, rows: Sequence[tuple], pairs, tangents, push, blocks, nodes, b, n_heads, res,
+              per_head) -> None:
+    """``g[key]``: ``[R, B, pos, …]`` pulls of the targets ``rows`` (row r = rows[r]) at each leaf."""
+    for r, t in enumerate(rows):
+        for s in pairs[t]:
+            parts = [k for k in tangents if k[:2] == s] if s[0] == "e" else ([s] if s in tangents else [])
+            for k in parts:
+                where, tan = tangents[k]
+                leaf = ("mlp", blocks[where]) if s[0] == "n" else where
+                pull = g.get(leaf)
+                if pull is not None:
+                    res[(s, t)] += float((pull[r].float() * tan).sum())
+                for block, z in push[k].items():
+                    gz = g.get(("z", block))
+                    if gz is None:
+                        continue
+                    prod = (gz[r].float().reshape(z.shape) * z.float()).reshape(b, z.shape[1], n_heads, -1)
+                    per_head[(s, t)][block] += prod.sum((0, 1, 3)).double().cpu()
