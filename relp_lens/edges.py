@@ -218,32 +218,36 @@ def prune_edges(circuit: Circuit, keep_fraction: float) -> Circuit:
     ranked = sorted(circuit.edges, key=lambda e: -abs(e.weight))
     kept = ranked[: max(1, round(keep_fraction * len(ranked)))]
     used = sorted({e.source for e in kept} | {e.target for e in kept})
+    return subgraph(circuit, used, kept, selection=dict(edge_keep_fraction=keep_fraction))
+
+
+def subgraph(circuit: Circuit, used: Sequence[int], kept: Sequence[CircuitEdge], *, io=None,
+             selection: dict | None = None) -> Circuit:
+    """The circuit restricted to nodes ``used`` (node numbers, increasing) and neuron edges ``kept``.
+
+    Input/output edges: ``io`` (an :class:`~relp_lens.graph_io.IOEdges` over the old numbering, pruned edges
+    zeroed) or the circuit's own, restricted to ``used`` and renumbered. Head splits are kept for exactly the
+    edges that remain (their keys are node labels: nothing to renumber).
+    """
+    from relp_lens.graph_io import IOEdges
+    from relp_lens.heads import OUT, edge_key, embedding_key
+
+    used = list(used)
     renumber = {old: new for new, old in enumerate(used)}
-    io = circuit.io_edges
-    if io is not None:  # the kept nodes' input/output edges, renumbered with them
-        from relp_lens.graph_io import IOEdges
-
-        full = IOEdges.from_dict(io, len(circuit.nodes))
-        io = replace(full, input=full.input[:, used], output=full.output[used]).to_dict()
+    nodes = [circuit.nodes[i] for i in used]
+    edges = [CircuitEdge(renumber[e.source], renumber[e.target], e.weight) for e in kept]
+    if io is None and circuit.io_edges is not None:
+        io = IOEdges.from_dict(circuit.io_edges, len(circuit.nodes))
+    if io is not None:
+        io = replace(io, input=io.input[:, used], output=io.output[used])
     heads = circuit.heads
-    if heads is not None:  # the kept edges' splits (keys are node labels: nothing to renumber)
-        from relp_lens.heads import edge_key
-
-        labels = {circuit.nodes[i].label() for i in used}
-        kept_keys = {edge_key(circuit.nodes[e.source].label(), circuit.nodes[e.target].label()) for e in kept}
-
-        def stays(key: str) -> bool:
-            ends = key.split(" -> ")
-            if all(end.startswith("L") for end in ends):  # neuron → neuron: kept edges only
-                return key in kept_keys
-            return all(end in labels for end in ends if end.startswith("L"))  # input/output edges of kept nodes
-
-        heads = dict(heads, edges={k: v for k, v in heads["edges"].items() if stays(k)})
-    return replace(
-        circuit,
-        nodes=[circuit.nodes[i] for i in used],
-        edges=[CircuitEdge(renumber[e.source], renumber[e.target], e.weight) for e in kept],
-        selection=dict(circuit.selection, edge_keep_fraction=keep_fraction),
-        io_edges=io,
-        heads=heads,
-    )
+    if heads is not None:
+        label = [n.label() for n in nodes]
+        keys = {edge_key(label[e.source], label[e.target]) for e in edges}
+        if io is not None:
+            keys |= {edge_key(embedding_key(io.positions[r]), label[n]) for r, n in io.input.nonzero().tolist()}
+            keys |= {edge_key(label[j], OUT) for j in io.output.nonzero().flatten().tolist()}
+            keys |= {edge_key(embedding_key(io.positions[r]), OUT) for r in io.direct.nonzero().flatten().tolist()}
+        heads = dict(heads, edges={k: v for k, v in heads["edges"].items() if k in keys})
+    return replace(circuit, nodes=nodes, edges=edges, selection=dict(circuit.selection, **(selection or {})),
+                   io_edges=None if io is None else io.to_dict(), heads=heads)

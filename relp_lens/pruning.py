@@ -13,19 +13,34 @@ The full graph of a circuit has four kinds of edges: embedding → neuron and em
 A neuron whose incoming edges are all pruned is not reached from the input along kept edges, and one whose
 outgoing edges are all pruned does not reach the output: the paper drops both. :func:`relp_lens.ablation.cpr_cmd`
 with ``key="n_edges"`` summarises the curve.
+
+:func:`influence_prune` is the other way, circuit-tracer's (Ameisen et al. 2025): on the graph of neurons,
+one embedding node per aligned position and the output node,
+
+1. ``A[target, source] = |w|``, each row divided by its sum (a node's incoming shares);
+2. a node's influence on the output is the sum over paths of every length, ``e_out·(A + A² + …)`` (the graph
+   is acyclic, so the series ends after as many terms as the graph is deep);
+3. keep the neurons holding the top ``node_threshold`` of total influence (cumulative share); the embeddings
+   and the output always stay;
+4. on the graph of kept nodes, an edge's score is its normalised weight × (its target's influence, plus 1 for
+   the output); keep the edges holding the top ``edge_threshold`` of total edge score;
+5. drop neurons left without an incoming or an outgoing kept edge, again until nothing changes.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+import torch
 from tqdm.auto import tqdm
 
 from relp_lens.ablation import Ablation, _ratios
 from relp_lens.circuit import Circuit
 from relp_lens.errors import RelPLensError
+from relp_lens.edges import subgraph
 from relp_lens.graph_io import IOEdges
 
 if TYPE_CHECKING:
@@ -87,3 +102,96 @@ def edge_pruning_sweep(model: HookedTransformer, circuit: Circuit, io: IOEdges, 
         rows.append(dict(r, percent=p, n_edges=n_keep, n_edges_total=len(edges), n_nodes=len(alive),
                          ablation=mode))
     return rows
+
+
+def _normalise(adjacency: torch.Tensor) -> torch.Tensor:
+    a = adjacency.abs()
+    return a / a.sum(1, keepdim=True).clamp(min=1e-30)
+
+
+def _influence(a: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``weights·(A + A² + …)`` for a nilpotent (acyclic) ``A``."""
+    total = torch.zeros_like(weights)
+    current = weights @ a
+    for _ in range(a.shape[0] + 1):
+        if not current.any():
+            return total
+        total += current
+        current = current @ a
+    raise RelPLensError("the graph has a cycle: influence does not converge")
+
+
+def _threshold(scores: torch.Tensor, share: float) -> float:
+    """The smallest score among the largest ones that hold ``share`` of the total."""
+    ranked = scores.sort(descending=True).values
+    total = ranked.sum()
+    if total <= 0:
+        return 0.0
+    cumulative = ranked.cumsum(0) / total
+    i = min(int(torch.searchsorted(cumulative, torch.tensor(share, dtype=cumulative.dtype))), len(ranked) - 1)
+    return float(ranked[i])
+
+
+def graph_adjacency(circuit: Circuit, io: IOEdges) -> torch.Tensor:
+    """``A[target, source] = w`` over nodes ``[neurons…, one embedding per row of io.positions…, output]``."""
+    n, p = len(circuit.nodes), len(io.positions)
+    a = torch.zeros(n + p + 1, n + p + 1, dtype=torch.float64)
+    for e in circuit.edges:
+        a[e.target, e.source] += e.weight
+    a[:n, n:n + p] = io.input.T
+    a[n + p, :n] = io.output
+    a[n + p, n:n + p] = io.direct
+    return a
+
+
+def node_influence(circuit: Circuit) -> torch.Tensor:
+    """Each neuron's influence on the output through the full graph (step 2 of :func:`influence_prune`),
+    ``[node]``; the circuit needs input/output edges."""
+    io = _io_of(circuit)
+    a = graph_adjacency(circuit, io)
+    weights = torch.zeros(a.shape[0], dtype=torch.float64)
+    weights[-1] = 1.0
+    return _influence(_normalise(a), weights)[: len(circuit.nodes)]
+
+
+def _io_of(circuit: Circuit) -> IOEdges:
+    if not circuit.edges or circuit.io_edges is None:
+        raise RelPLensError("influence needs the full graph: run attribute_edges and attribute_io_edges "
+                            "(relp-lens trace --edges) first")
+    return IOEdges.from_dict(circuit.io_edges, len(circuit.nodes))
+
+
+def influence_prune(circuit: Circuit, *, node_threshold: float = 0.8, edge_threshold: float = 0.98) -> Circuit:
+    """circuit-tracer's influence pruning of the full graph (see the module docstring); the pruned circuit
+    keeps the surviving neurons, their kept edges (input/output edges too) and their head splits."""
+    for name, t in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
+        if not 0 < t <= 1:
+            raise RelPLensError(f"{name} must be in (0, 1], got {t}")
+    io = _io_of(circuit)
+    n, p = len(circuit.nodes), len(io.positions)
+    a = graph_adjacency(circuit, io)
+    weights = torch.zeros(a.shape[0], dtype=torch.float64)
+    weights[-1] = 1.0
+    influence = _influence(_normalise(a), weights)
+    keep_node = influence >= _threshold(influence, node_threshold)  # over every node, as circuit-tracer
+    keep_node[n:] = True  # embeddings and the output always stay
+    pruned = a.clone()
+    pruned[~keep_node] = 0
+    pruned[:, ~keep_node] = 0
+    norm = _normalise(pruned)
+    edge_score = norm * (_influence(norm, weights) + weights)[:, None]
+    keep_edge = (edge_score >= _threshold(edge_score.flatten(), edge_threshold)) & (pruned != 0)
+    while True:  # a neuron needs a kept incoming and a kept outgoing edge
+        alive = keep_node.clone()
+        alive[:n] &= keep_edge[:, :n].any(0) & keep_edge[:n].any(1)
+        keep_edge &= alive[:, None] & alive[None, :]
+        if torch.equal(alive, keep_node):
+            break
+        keep_node = alive
+    used = [i for i in range(n) if keep_node[i]]
+    kept = [e for e in circuit.edges if keep_edge[e.target, e.source]]
+    io = replace(io, input=torch.where(keep_edge[:n, n:n + p].T, io.input, 0.0),
+                 output=torch.where(keep_edge[n + p, :n], io.output, 0.0),
+                 direct=torch.where(keep_edge[n + p, n:n + p], io.direct, 0.0))
+    return subgraph(circuit, used, kept, io=io,
+                    selection=dict(node_threshold=node_threshold, edge_threshold=edge_threshold))
