@@ -242,6 +242,13 @@ def _graph_writers(model, attr, circuit, outputs: dict[str, Path], slug: str) ->
 def cmd_trace(args) -> int:
     if (args.k is None) == (args.tau is None):
         raise RelPLensError("give exactly one of --k N or --tau T")
+    for flag, given in (("--heads", args.heads), ("--influence-prune", args.influence_prune is not None)):
+        if given and not args.edges:
+            raise RelPLensError(f"{flag} needs --edges (it works on the circuit's edges)")
+    if args.graph_nodes < 1:
+        raise RelPLensError(f"--graph-nodes must be ≥ 1, got {args.graph_nodes}")
+    if args.influence_prune is not None and not all(0 < t <= 1 for t in args.influence_prune):
+        raise RelPLensError(f"--influence-prune thresholds must be in (0, 1], got {args.influence_prune}")
     outputs = _check_outputs([("--out", args.out), ("--export-circuit-tracer", args.export_circuit_tracer),
                               ("--report", args.report)])
     if "--export-circuit-tracer" in outputs:
@@ -356,6 +363,26 @@ def _build_circuit(args, model, build, held_out, task: str | None,
         if args.edge_keep < 1:
             circuit = prune_edges(circuit, args.edge_keep)
             circuit.data["eval_rows"] = held_rows
+        if args.influence_prune is not None:
+            from relp_lens.pruning import influence_prune
+
+            if circuit.io_edges is None:
+                raise RelPLensError("--influence-prune needs input/output edges (mlp_post basis, paired data or "
+                                    "the zero baseline)")
+            before = len(circuit)
+            circuit = influence_prune(circuit, node_threshold=args.influence_prune[0],
+                                      edge_threshold=args.influence_prune[1])
+            print(f"influence pruning kept {len(circuit)} of {before} neurons and {len(circuit.edges)} neuron edges")
+        if args.heads:
+            from relp_lens.heads import attribute_head_splits
+
+            if circuit.basis != "mlp_post":
+                raise RelPLensError("--heads needs the mlp_post basis")
+            say(f"splitting the edges of the drawn graph (≤ {args.graph_nodes} neurons) over attention heads ...")
+            circuit = attribute_head_splits(model, circuit, edge_rows, method="grad" if args.method == "grad" else "relp",
+                                            batch_size=args.batch_size, max_nodes=args.graph_nodes, progress=progress)
+            top = ", ".join(f"{l}.{h} {w:+.3g}" for l, h, w in circuit.heads["totals"][:5])
+            print(f"head splits of {len(circuit.heads['edges'])} edges; heads carrying the most weight: {top}")
     if len(held_out):
         say(f"evaluating {len(circuit)} nodes on {len(held_out)} held-out prompts ({circuit.ablation} ablation) ...")
         circuit.evaluation = evaluate_circuit(model, circuit, held_out, batch_size=args.batch_size, warn=False)
@@ -374,6 +401,7 @@ def _report_writer(args, model, attr, circuit, held_out: list[dict], accuracy: s
     inputs = report_inputs(model, attr, circuit, held_out=held_out, task=circuit.data["source"],
                            n_cards=args.report_cards, accuracy=accuracy, batch_size=args.batch_size,
                            progress=not args.no_progress)
+    inputs.graph_nodes = args.graph_nodes
 
     def write(path: Path):
         from relp_lens.report import write_report
@@ -478,6 +506,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--edges", action="store_true", help="also weigh edges between circuit nodes")
     t.add_argument("--edge-prompts", type=int, default=16, help="prompts used for edges (default 16)")
     t.add_argument("--edge-keep", type=float, default=1.0, help="keep this fraction of edges (top |weight|)")
+    t.add_argument("--influence-prune", type=float, nargs=2, default=None, metavar=("NODE", "EDGE"),
+                   help="prune by influence as circuit-tracer does (e.g. 0.8 0.98); needs --edges")
+    t.add_argument("--heads", action="store_true",
+                   help="split the drawn graph's edges over attention heads (stored in the circuit); needs --edges")
+    t.add_argument("--graph-nodes", type=int, default=40,
+                   help="neurons in the readable graph drawn in the report and split by --heads (default 40)")
     t.add_argument("--out", default="circuit.json", help="circuit JSON to write (default circuit.json)")
     t.add_argument("--export-circuit-tracer", default=None, metavar="FILE", help="also write circuit-tracer graph JSON")
     t.add_argument("--report", default=None, metavar="FILE.html",

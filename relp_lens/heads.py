@@ -80,7 +80,8 @@ def edge_key(source: str, target: str) -> str:
 
 def attribute_head_splits(model: HookedTransformer, circuit: Circuit, prompts, *, method: str = "relp",
                           metric=None, rules: RelPConfig | None = None, batch_size: int = 8,
-                          edge_batch: int = 256, top: int | None = 12, progress: bool = True) -> Circuit:
+                          edge_batch: int = 256, top: int | None = 12, max_nodes: int | None = None,
+                          progress: bool = True) -> Circuit:
     """The circuit with how each of its edges splits over attention heads (see the module docstring).
 
     Splits every neuron → neuron edge, and, when the circuit has ``io_edges``, every embedding → neuron,
@@ -89,7 +90,17 @@ def attribute_head_splits(model: HookedTransformer, circuit: Circuit, prompts, *
     ``"L3/100@-1 -> L5/20@-1"``, ``"E@-2 -> …"``, ``"… -> out"``), the residual share, the ``top`` heads by
     |weight| as ``[block, head, weight]`` and what the other heads carry (``other``); and ``totals``, every
     head's exact total over all split edges.
+
+    ``max_nodes``: split only the edges of the readable graph of at most that many neurons
+    (:func:`relp_lens.pruning.readable_graph`, what the report draws); the whole circuit is returned.
     """
+    if max_nodes is not None:
+        from relp_lens.pruning import readable_graph
+
+        drawn = attribute_head_splits(model, readable_graph(circuit, max_nodes), prompts, method=method,
+                                      metric=metric, rules=rules, batch_size=batch_size, edge_batch=edge_batch,
+                                      top=top, progress=progress)
+        return replace(circuit, heads=dict(drawn.heads, max_nodes=max_nodes))
     if method not in ("relp", "grad"):
         raise RelPLensError(f"edge method must be 'relp' or 'grad', got {method!r}")
     if top is not None and top < 0:

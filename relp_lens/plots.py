@@ -3,8 +3,13 @@
 - :func:`attribution_heatmap`: layers × token positions; a cell is the summed |score| of its nodes (the
   attribution mass) or the single top node's score; hover names the top neuron and its score.
 - :func:`top_neurons_bar`: the top nodes as bars.
-- :func:`circuit_graph`: nodes placed by token position (x) and layer (y), sized and coloured by score,
-  edges drawn by weight.
+- :func:`circuit_graph`: every circuit node placed by token position (x) and layer (y), sized and coloured
+  by score, edges drawn by weight.
+- :func:`attribution_graph`: the readable graph — a pruned graph of a few dozen neurons
+  (:func:`relp_lens.pruning.readable_graph`), token embeddings along the bottom and the output at the top,
+  edge width by |weight|; hover shows a node's label, score and card summary and an edge's weight and top
+  heads; with :data:`HIGHLIGHT_JS` (the report adds it) hovering a node highlights its incoming and outgoing
+  edges.
 - :func:`faithfulness_curves`: faithfulness/completeness against circuit size, several bases/methods.
 - :func:`steering_plot`: token probabilities against the steering factor.
 """
@@ -144,6 +149,134 @@ def circuit_graph(circuit, str_tokens: list[str] | None = None, *, max_edges: in
                       xaxis=dict(title=axis, tickvals=ticks, ticktext=ticktext),
                       yaxis=dict(title="layer"), height=700,
                       legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0))
+    return fig
+
+
+# Hovering a node shows only its own edges (report pages pass it as plotly's post_script).
+HIGHLIGHT_JS = """
+(function () {
+  var gd = document.getElementById('{plot_id}');
+  if (!gd || !gd.on) { return; }
+  var edgeIdx = [], base = [];
+  gd.data.forEach(function (t, i) { if (t.meta && t.meta.edge) { edgeIdx.push(i); base.push(t.opacity); } });
+  gd.on('plotly_hover', function (ev) {
+    var id = ev.points[0].customdata;
+    if (typeof id !== 'string' || edgeIdx.length === 0) { return; }
+    var op = edgeIdx.map(function (i) { var m = gd.data[i].meta; return (m.s === id || m.t === id) ? 1.0 : 0.05; });
+    Plotly.restyle(gd, {opacity: op}, edgeIdx);
+  });
+  gd.on('plotly_unhover', function () { if (edgeIdx.length) { Plotly.restyle(gd, {opacity: base}, edgeIdx); } });
+})();
+"""
+
+
+def attribution_graph(circuit, *, max_nodes: int = 40, cards: dict | None = None,
+                      str_tokens: list[str] | None = None) -> go.Figure:
+    """The readable attribution graph of a circuit (see :func:`relp_lens.pruning.readable_graph`).
+
+    Token embeddings sit along the bottom (one node per position, labelled by its token), neurons at
+    (position, layer), the output at the top; edge width ∝ |weight|, blue positive, red negative. Hover: a
+    node's label, token, score and, from ``cards`` (``{(layer, index): text}``), its card summary; an edge's
+    (marker at its middle) weight and its top heads when the circuit has head splits
+    (:func:`relp_lens.heads.attribute_head_splits`).
+    """
+    from relp_lens.graph_io import IOEdges
+    from relp_lens.heads import OUT, edge_key, embedding_key
+    from relp_lens.pruning import readable_graph
+
+    g = readable_graph(circuit, max_nodes)
+    order, labels = _position_axis(g, str_tokens)
+    io = IOEdges.from_dict(g.io_edges, len(g.nodes)) if g.io_edges is not None else None
+    if io is not None:
+        order = sorted(set(order) | set(io.positions), key=lambda p: (p < 0, p))
+    column = {p: i for i, p in enumerate(order)}
+    n_pos = len(order)
+    n_layers = len(g.hook_names)
+    cells: dict[tuple[int, int], list[int]] = {}
+    for i, n in enumerate(g.nodes):
+        cells.setdefault((n_pos if n.pos is None else column[n.pos], n.layer), []).append(i)
+    pos_xy: dict[str, tuple[float, float]] = {}
+    for (x, layer), members in cells.items():
+        members.sort(key=lambda i: -abs(g.nodes[i].score))
+        for rank, i in enumerate(members):  # 0, +1, −1, +2, … spread over ±0.4 of the cell
+            slot = (rank + 1) // 2 * (1 if rank % 2 else -1)
+            pos_xy[f"n{i}"] = (x + (0.0 if len(members) == 1 else 0.8 * slot / len(members)), float(layer))
+    names = {f"n{i}": n.label() for i, n in enumerate(g.nodes)}
+    links: list[tuple[str, str, float]] = [(f"n{e.source}", f"n{e.target}", e.weight) for e in g.edges]
+    if io is not None:
+        for r, p in enumerate(io.positions):
+            pos_xy[f"e{r}"] = (float(column[p]), -1.0)
+            names[f"e{r}"] = embedding_key(p)
+        pos_xy[OUT], names[OUT] = (float(n_pos - 1), float(n_layers)), OUT  # above the last token
+        links += [(f"e{r}", f"n{j}", float(io.input[r, j])) for r, j in io.input.nonzero().tolist()]
+        links += [(f"n{j}", OUT, float(w)) for j, w in enumerate(io.output.tolist()) if w]
+        links += [(f"e{r}", OUT, float(w)) for r, w in enumerate(io.direct.tolist()) if w]
+    splits = (g.heads or {}).get("edges", {})
+    wmax = max((abs(w) for *_, w in links), default=1.0) or 1.0
+    traces = []
+    mid_x, mid_y, mid_text = [], [], []
+    for s, t, w in sorted(links, key=lambda x: abs(x[2])):  # strongest drawn last, on top
+        (x0, y0), (x1, y1) = pos_xy[s], pos_xy[t]
+        colour = "rgb(31,119,180)" if w >= 0 else "rgb(214,39,40)"
+        traces.append(go.Scatter(x=[x0, x1], y=[y0, y1], mode="lines", hoverinfo="skip", showlegend=False,
+                                 line=dict(color=colour, width=0.5 + 6 * abs(w) / wmax), opacity=0.55,
+                                 meta=dict(edge=True, s=s, t=t)))
+        text = f"{names[s]} → {names[t]}<br>weight {w:+.4g}"
+        split = splits.get(edge_key(names[s], names[t]))
+        if split:
+            heads = " · ".join(f"{l}.{h} {v:+.3g}" for l, h, v in split["heads"][:4])
+            text += f"<br>heads (block.head): {heads or 'none'}<br>residual stream {split['residual']:+.3g}"
+        mid_x.append((x0 + x1) / 2)
+        mid_y.append((y0 + y1) / 2)
+        mid_text.append(text)
+    traces.append(go.Scatter(x=mid_x, y=mid_y, mode="markers", text=mid_text, hoverinfo="text", name="edges",
+                             marker=dict(size=5, color="rgba(80,80,80,0.35)"), showlegend=False))
+    scores = [n.score for n in g.nodes]
+    biggest = max((abs(v) for v in scores), default=1.0) or 1.0
+    n_in = {k: 0 for k in pos_xy}
+    n_out = dict(n_in)
+    for s, t, _ in links:
+        n_out[s] += 1
+        n_in[t] += 1
+    hover = []
+    for i, n in enumerate(g.nodes):
+        tok = f" {labels[n.pos]}" if n.pos is not None and n.pos in labels else ""
+        card = (cards or {}).get((n.layer, n.index))
+        hover.append(f"<b>{n.label()}</b>{tok}<br>{g.hook_names[n.layer]}[{n.index}]<br>score {n.score:+.4g}"
+                     f"<br>{n_in[f'n{i}']} edges in, {n_out[f'n{i}']} out" + (f"<br>{card}" if card else ""))
+    traces.append(go.Scatter(
+        x=[pos_xy[f"n{i}"][0] for i in range(len(g.nodes))], y=[pos_xy[f"n{i}"][1] for i in range(len(g.nodes))],
+        mode="markers", text=hover, hoverinfo="text", name="neurons", customdata=[f"n{i}" for i in range(len(g.nodes))],
+        marker=dict(size=[8 + 22 * abs(v) / biggest for v in scores], color=scores, colorscale="RdBu", cmid=0.0,
+                    colorbar=dict(title="score"), line=dict(width=0.5, color="black"))))
+    if io is not None:
+        emb = [k for k in pos_xy if k.startswith("e")]
+        traces.append(go.Scatter(
+            x=[pos_xy[k][0] for k in emb], y=[pos_xy[k][1] for k in emb], mode="markers+text", name="tokens",
+            text=[labels.get(io.positions[int(k[1:])], str(io.positions[int(k[1:])])) for k in emb],
+            textposition="bottom center", customdata=emb, hoverinfo="text",
+            hovertext=[f"embedding at {names[k]}: {labels.get(io.positions[int(k[1:])], '?')}<br>"
+                       f"{n_out[k]} edges out" for k in emb],
+            marker=dict(size=12, symbol="square", color="lightgrey", line=dict(width=1, color="black"))))
+        traces.append(go.Scatter(
+            x=[pos_xy[OUT][0]], y=[pos_xy[OUT][1]], mode="markers+text", name="output", text=[g.metric],
+            textposition="top center", customdata=[OUT], hoverinfo="text",
+            hovertext=[f"output: {g.metric} (mean {io.metric:+.4g})<br>{n_in[OUT]} edges in"],
+            marker=dict(size=16, symbol="diamond", color="gold", line=dict(width=1, color="black"))))
+    fig = go.Figure(traces)
+    ticktext = [f"{labels[p]}" if p in labels else str(p) for p in order] + (
+        ["all"] if any(n.pos is None for n in g.nodes) else [])
+    y_ticks = ([-1] if io is not None else []) + list(range(n_layers)) + ([n_layers] if io is not None else [])
+    y_text = (["tokens"] if io is not None else []) + [str(l) for l in range(n_layers)] + (
+        ["output"] if io is not None else [])
+    how = (f"top edges leaving ≤ {max_nodes} neurons with an input and an output edge" if io is not None
+           else f"top edges between ≤ {max_nodes} neurons" if circuit.edges else f"top {max_nodes} nodes, no edges")
+    fig.update_layout(
+        title=f"attribution graph: {len(g.nodes)} of {len(circuit.nodes)} neurons, {len(links)} edges ({how})",
+        xaxis=dict(title="token position" + (" (from the end)" if g.positions.get("rule") == "end" else ""),
+                   tickvals=list(range(len(ticktext))), ticktext=ticktext, zeroline=False),
+        yaxis=dict(title="layer", tickvals=y_ticks, ticktext=y_text, zeroline=False),
+        height=750, hovermode="closest", legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0))
     return fig
 
 

@@ -195,3 +195,66 @@ def influence_prune(circuit: Circuit, *, node_threshold: float = 0.8, edge_thres
                  direct=torch.where(keep_edge[n + p, n:n + p], io.direct, 0.0))
     return subgraph(circuit, used, kept, io=io,
                     selection=dict(node_threshold=node_threshold, edge_threshold=edge_threshold))
+
+
+def readable_graph(circuit: Circuit, max_nodes: int = 40) -> Circuit:
+    """The largest top-edges graph with at most ``max_nodes`` neurons, for drawing.
+
+    With input/output edges: the top n edges of the full graph by |weight|, keeping the neurons on a path
+    from an embedding to the output along them (the paper's rule, repeated until every drawn neuron has a
+    drawn way in and out), for the largest n that leaves ≤ ``max_nodes`` neurons; drawn are the top-n edges
+    between those neurons and the endpoints. Without them: the top n neuron edges and their ends.
+    Without edges: the ``max_nodes`` nodes of largest |score|.
+    """
+    if max_nodes < 1:
+        raise RelPLensError(f"max_nodes must be ≥ 1, got {max_nodes}")
+    n = len(circuit.nodes)
+    if not circuit.edges:
+        used = sorted(sorted(range(n), key=lambda i: -abs(circuit.nodes[i].score))[:max_nodes])
+        return subgraph(circuit, used, [], selection=dict(drawn_nodes=max_nodes))
+    if circuit.io_edges is None:
+        ranked = sorted(circuit.edges, key=lambda e: -abs(e.weight))
+
+        def ends(k):
+            return sorted({e.source for e in ranked[:k]} | {e.target for e in ranked[:k]})
+
+        k = _largest(len(ranked), lambda k: len(ends(k)) <= max_nodes)
+        return subgraph(circuit, ends(k), ranked[:k], selection=dict(drawn_nodes=max_nodes))
+    io = IOEdges.from_dict(circuit.io_edges, n)
+    edges = sorted(graph_edges(circuit, io), key=lambda e: -abs(e[2]))
+    k = _largest(len(edges), lambda k: len(_connected(edges[:k], n)) <= max_nodes)
+    alive = _connected(edges[:k], n)
+    cut = abs(edges[k - 1][2])  # the k-th largest |weight|: keep every edge at least this large between live ends
+    kept = [e for e in circuit.edges if abs(e.weight) >= cut and e.source in alive and e.target in alive]
+    big = lambda w: w.abs() >= cut  # noqa: E731
+    live = torch.tensor([i in alive for i in range(n)])
+    io = replace(io, input=torch.where(big(io.input) & live[None, :], io.input, 0.0),
+                 output=torch.where(big(io.output) & live, io.output, 0.0),
+                 direct=torch.where(big(io.direct), io.direct, 0.0))
+    return subgraph(circuit, sorted(alive), kept, io=io, selection=dict(drawn_nodes=max_nodes))
+
+
+def _connected(kept: Sequence[tuple[int, int, float]], n_nodes: int) -> set[int]:
+    """Neurons on a path embedding → … → output along ``kept`` edges: :func:`survivors`' rule repeated
+    until no neuron loses its last incoming or outgoing edge to a dropped one (for drawing)."""
+    alive = set(range(n_nodes))
+    while True:
+        live = [(s, t) for s, t, _ in kept if (s < 0 or s in alive) and (t < 0 or t in alive)]
+        now = {t for _, t in live if t >= 0} & {s for s, _ in live if s >= 0}
+        if now == alive:
+            return alive
+        alive = now
+
+
+def _largest(n: int, fits) -> int:
+    """The largest k in [1, n] with ``fits(k)``, searched by doubling then bisection (1 if none fits)."""
+    lo, hi = 1, 1
+    while hi < n and fits(min(n, hi * 2)):
+        lo = hi = min(n, hi * 2)
+    hi = min(n, hi * 2)
+    if fits(hi):
+        return hi
+    while hi - lo > 1:  # fits(lo), not fits(hi)
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo

@@ -25,7 +25,8 @@ from relp_lens.cards import NeuronCard, neuron_cards
 from relp_lens.circuit import Circuit
 from relp_lens.errors import RelPLensError
 from relp_lens.files import write_text_atomic
-from relp_lens.plots import attribution_heatmap, circuit_graph, faithfulness_curves, steering_plot, top_neurons_bar
+from relp_lens.plots import (HIGHLIGHT_JS, attribution_graph, attribution_heatmap, circuit_graph, faithfulness_curves,
+                             steering_plot, top_neurons_bar)
 
 if TYPE_CHECKING:  # annotations only: TransformerLens 4 has no HookedTransformer
     from transformer_lens import HookedTransformer
@@ -44,6 +45,7 @@ class ReportInputs:
     steering: dict | None = None  # output of relp_lens.steering.steering_sweep
     notes: list[str] = field(default_factory=list)  # free lines shown under the summary
     held_out: list[dict] = field(default_factory=list)  # evaluation rows, listed on the page
+    graph_nodes: int = 40  # neurons in the drawn attribution graph (relp_lens.pruning.readable_graph)
 
 
 def report_inputs(model: HookedTransformer, attr: Attribution, circuit: Circuit, *,
@@ -144,6 +146,29 @@ def _card_html(card: NeuronCard) -> str:
     return "".join(parts) + "</div>"
 
 
+def _card_text(card: NeuronCard) -> str:
+    """One hover line of a card: the tokens the neuron's output promotes and suppresses."""
+    promoted = ", ".join(f"{t!r}" for t, _ in card.promoted[:4])
+    suppressed = ", ".join(f"{t!r}" for t, _ in card.suppressed[:3])
+    return f"promotes {_e(promoted)}<br>suppresses {_e(suppressed)}"
+
+
+def _graph_notes(circuit: Circuit) -> str:
+    """What the attribution graph shows, and the heads that carry the most edge weight (with head splits)."""
+    parts = ["<p class='muted'>Hover a node to see only its incoming and outgoing edges; hover an edge's middle "
+             "marker for its weight" + (" and the attention heads it passes through (each path credited to the "
+                                        "last head on it)" if circuit.heads else "")
+             + ". Edge weights are direct effects (every MLP in between held constant).</p>"]
+    heads = (circuit.heads or {}).get("totals") or []
+    if heads:
+        rows = "".join(f"<tr><td>{l}.{h}</td><td class='num {'neg' if w < 0 else 'pos'}'>{w:+.4f}</td></tr>"
+                       for l, h, w in heads[:10])
+        parts.append(f"<details><summary>heads carrying the most edge weight (over {len(circuit.heads['edges'])} "
+                     f"split edges)</summary><table><tr><th>block.head</th><th>summed weight</th></tr>{rows}"
+                     f"</table></details>")
+    return "".join(parts)
+
+
 def _prompts_html(attr: Attribution, held_out: list[dict], limit: int = 50) -> str:
     """Collapsible lists of the build prompts (with the clean metric) and the held-out prompts."""
     p = attr.prompts
@@ -182,7 +207,9 @@ def render_report(attr: Attribution, circuit: Circuit, inputs: ReportInputs | No
         ("Attribution heatmap", attribution_heatmap(attr, title="attribution mass per layer and position "
                                                                 "(mean over build prompts)", model=model)),
         ("Top nodes", top_neurons_bar(attr, 20, aggregate_pos=_aggregate(circuit))),
-        ("Circuit graph", circuit_graph(circuit)),
+        ("Attribution graph", attribution_graph(circuit, max_nodes=inputs.graph_nodes,
+                                                cards={(c.layer, c.index): _card_text(c) for c in inputs.cards})),
+        ("All circuit nodes", circuit_graph(circuit)),
     ]
     if inputs.curves:
         figures.append(("Faithfulness and completeness", faithfulness_curves(inputs.curves)))
@@ -221,7 +248,9 @@ def render_report(attr: Attribution, circuit: Circuit, inputs: ReportInputs | No
     for i, (name, fig) in enumerate(figures):
         body.append(f"<h2>{_e(name)}</h2>")
         body.append(fig.to_html(full_html=False, include_plotlyjs=(i == 0), config={"responsive": True},
-                                div_id=f"fig-{i}"))
+                                div_id=f"fig-{i}", post_script=HIGHLIGHT_JS if name == "Attribution graph" else None))
+        if name == "Attribution graph":
+            body.append(_graph_notes(circuit))
 
     cards = {(c.layer, c.index): c for c in inputs.cards}
     rows = []

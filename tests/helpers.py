@@ -161,6 +161,31 @@ def js_errors(console: list[str]) -> list[str]:
     return [line for line in console if "Uncaught" in line or "error" in line.lower()]
 
 
+def synthetic_graph(seed: int, n_layers: int = 4, per_layer: int = 6, n_pos: int = 3) -> "Circuit":
+    """A synthetic full graph: neurons at (layer, pos), edges only to later layers, input and output edges."""
+    import torch
+
+    from relp_lens.circuit import CircuitEdge, CircuitNode
+    from relp_lens.graph_io import IOEdges
+
+    g = torch.Generator().manual_seed(seed)
+    nodes = [CircuitNode(l, int(torch.randint(n_pos, (1,), generator=g)), i, score=1.0)
+             for l in range(n_layers) for i in range(per_layer)]
+    edges = [CircuitEdge(s, t, float(torch.randn(1, generator=g)) * float(torch.rand(1, generator=g)) ** 3)
+             for s in range(len(nodes)) for t in range(len(nodes))
+             if nodes[s].layer < nodes[t].layer and torch.rand(1, generator=g) < 0.5]
+    n = len(nodes)
+    io = IOEdges(positions=list(range(n_pos)), input=torch.randn(n_pos, n, generator=g, dtype=torch.float64)
+                 * (torch.rand(n_pos, n, generator=g, dtype=torch.float64) < 0.3),
+                 output=torch.randn(n, generator=g, dtype=torch.float64) ** 3,
+                 direct=torch.randn(n_pos, generator=g, dtype=torch.float64), metric=1.0)
+    from relp_lens.circuit import Circuit
+
+    return Circuit(nodes=nodes, basis="mlp_post", hook_names=[f"blocks.{l}.mlp.hook_post" for l in range(n_layers)],
+                   node_width=per_layer, model=dict(name="synthetic", n_layers=n_layers), edges=edges,
+                   io_edges=io.to_dict())
+
+
 def same_length_rows(model, rows=AGREEMENT_ROWS) -> list[dict]:
     """The rows whose clean prompt has as many tokens as the first one's (one batch, absolute positions)."""
     n = len(model.to_tokens(rows[0]["clean_prefix"])[0])

@@ -312,3 +312,26 @@ def test_damaged_tokenizer_cache_is_rebuilt(tmp_path, monkeypatch):
         assert again.bos_token == first.bos_token
         assert [p.name for p in (tmp_path / "tokenizers").iterdir()] == [cached.name]  # rebuilt in place
         assert (cached / damage).read_text() == text
+
+
+def test_trace_heads_and_influence_pruning(tmp_path, capsys, tiny, rows_file):
+    """--heads splits the drawn graph's edges (stored in the circuit file); --influence-prune prunes the graph."""
+    out = tmp_path / "c.json"
+    assert main([*TRACE_TINY, "--k", "12", "--data", str(rows_file), "--edges", "--edge-prompts", "2",
+                 "--influence-prune", "0.9", "0.98", "--heads", "--graph-nodes", "6", "--out", str(out),
+                 "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "influence pruning kept" in printed and "head splits of" in printed
+    saved = json.loads(out.read_text())
+    assert saved["heads"]["max_nodes"] == 6 and saved["heads"]["edges"] and saved["heads"]["totals"]
+    assert saved["selection"]["node_threshold"] == 0.9 and len(saved["nodes"]) <= 12
+
+
+@pytest.mark.parametrize("extra, message", [(["--heads"], "--heads needs --edges"),
+                                            (["--influence-prune", "0.8", "0.98"], "--influence-prune needs --edges"),
+                                            (["--edges", "--influence-prune", "0", "1"], "thresholds must be in"),
+                                            (["--graph-nodes", "0"], "--graph-nodes must be")])
+def test_graph_options_are_checked_before_the_model_loads(extra, message, no_model, rows_file, tmp_path, capsys):
+    assert main([*TRACE_TINY, "--data", str(rows_file), *extra, "--out", str(tmp_path / "c.json")]) == 2
+    assert message in one_error_line(capsys)
+    assert not (tmp_path / "c.json").exists()

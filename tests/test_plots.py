@@ -80,3 +80,35 @@ def test_other_figures():
     sweep = steering_sweep(model, "The keys", [(1, None, 3)], ["are", "is"], factors=[-1, 0, 1])
     sp = steering_plot(sweep)
     assert len(sp.data) == 2 and list(sp.data[0].x) == [-1, 0, 1]
+
+
+def test_attribution_graph_layout_and_hover():
+    """Tokens along the bottom, the output on top, ≤ max_nodes neurons, width by |weight|, heads on hover."""
+    from relp_lens.graph_io import IOEdges
+    from relp_lens.heads import edge_key
+    from relp_lens.plots import attribution_graph
+    from relp_lens.pruning import readable_graph
+    from helpers import synthetic_graph
+
+    circuit = synthetic_graph(1)
+    shown = readable_graph(circuit, 8)
+    e = max(shown.edges, key=lambda e: abs(e.weight))  # a drawn neuron → neuron edge
+    key = edge_key(shown.nodes[e.source].label(), shown.nodes[e.target].label())
+    circuit.heads = dict(rule="last head", n_heads=4, top=12, edges={
+        key: dict(residual=0.25 * e.weight, heads=[[2, 3, 0.75 * e.weight]], other=0.0)}, totals=[[2, 3, 1.0]])
+    circuit.positions = dict(rule="absolute", n_shared=0, labels={0: "'The'", 1: "' keys'", 2: "' are'"})
+    fig = attribution_graph(circuit, max_nodes=8)
+    by_name = {t.name: t for t in fig.data if t.name}
+    drawn = readable_graph(circuit, 8)
+    assert len(by_name["neurons"].x) == len(drawn.nodes) <= 8
+    assert set(by_name["tokens"].y) == {-1.0} and list(by_name["tokens"].text) == ["'The'", "' keys'", "' are'"]
+    assert list(by_name["output"].y) == [float(len(circuit.hook_names))]
+    assert set(by_name["neurons"].y) <= set(map(float, range(len(circuit.hook_names))))
+    lines = [t for t in fig.data if t.meta and t.meta.get("edge")]
+    io = IOEdges.from_dict(drawn.io_edges, len(drawn.nodes))
+    assert len(lines) == len(drawn.edges) + int((io.input != 0).sum() + (io.output != 0).sum() + (io.direct != 0).sum())
+    widths = [t.line.width for t in lines]
+    assert widths == sorted(widths) and widths[-1] == 6.5  # strongest drawn last, at full width
+    hover = " ".join(by_name["edges"].text)
+    assert "heads (block.head): 2.3" in hover and "residual stream" in hover
+    assert all("edges in" in h for h in by_name["neurons"].text)

@@ -9,7 +9,7 @@ from relp_lens.circuit import Circuit
 from relp_lens.edges import attribute_edges
 from relp_lens.graph_io import attribute_io_edges
 from relp_lens.pruning import INPUT, OUTPUT, edge_pruning_sweep, survivors
-from helpers import AGREEMENT_ROWS, same_length_rows, tiny_llama
+from helpers import AGREEMENT_ROWS, same_length_rows, synthetic_graph, tiny_llama
 
 
 def test_survivors_need_an_incoming_and_an_outgoing_edge():
@@ -53,29 +53,6 @@ def test_sweep_judges_the_survivors():
         edge_pruning_sweep(model, circuit, io, rows, percents=[0], progress=False)
 
 
-def random_graph(seed: int, n_layers: int = 4, per_layer: int = 6, n_pos: int = 3) -> Circuit:
-    """A synthetic full graph: neurons at (layer, pos), edges only to later layers, input and output edges."""
-    import torch
-
-    from relp_lens.circuit import CircuitEdge, CircuitNode
-    from relp_lens.graph_io import IOEdges
-
-    g = torch.Generator().manual_seed(seed)
-    nodes = [CircuitNode(l, int(torch.randint(n_pos, (1,), generator=g)), i, score=1.0)
-             for l in range(n_layers) for i in range(per_layer)]
-    edges = [CircuitEdge(s, t, float(torch.randn(1, generator=g)) * float(torch.rand(1, generator=g)) ** 3)
-             for s in range(len(nodes)) for t in range(len(nodes))
-             if nodes[s].layer < nodes[t].layer and torch.rand(1, generator=g) < 0.5]
-    n = len(nodes)
-    io = IOEdges(positions=list(range(n_pos)), input=torch.randn(n_pos, n, generator=g, dtype=torch.float64)
-                 * (torch.rand(n_pos, n, generator=g, dtype=torch.float64) < 0.3),
-                 output=torch.randn(n, generator=g, dtype=torch.float64) ** 3,
-                 direct=torch.randn(n_pos, generator=g, dtype=torch.float64), metric=1.0)
-    return Circuit(nodes=nodes, basis="mlp_post", hook_names=[f"blocks.{l}.mlp.hook_post" for l in range(n_layers)],
-                   node_width=per_layer, model=dict(name="synthetic", n_layers=n_layers), edges=edges,
-                   io_edges=io.to_dict())
-
-
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("thresholds", [(0.8, 0.98), (0.5, 0.9), (0.95, 0.7)])
 def test_influence_pruning_matches_circuit_tracer(seed, thresholds):
@@ -89,7 +66,7 @@ def test_influence_pruning_matches_circuit_tracer(seed, thresholds):
     from relp_lens.graph_io import IOEdges
     from relp_lens.pruning import graph_adjacency, influence_prune
 
-    circuit = random_graph(seed)
+    circuit = synthetic_graph(seed)
     io = IOEdges.from_dict(circuit.io_edges, len(circuit.nodes))
     a = graph_adjacency(circuit, io).float()
     n, p = len(circuit.nodes), len(io.positions)
@@ -114,8 +91,30 @@ def test_influence_pruning_needs_the_full_graph():
 
     from relp_lens.pruning import influence_prune
 
-    circuit = random_graph(0)
+    circuit = synthetic_graph(0)
     with pytest.raises(RelPLensError, match="attribute_io_edges"):
         influence_prune(replace(circuit, io_edges=None))
     with pytest.raises(RelPLensError, match="node_threshold"):
         influence_prune(circuit, node_threshold=0)
+
+
+@pytest.mark.parametrize("max_nodes", [1, 5, 12, 100])
+def test_readable_graph_is_the_largest_that_fits(max_nodes):
+    from relp_lens.graph_io import IOEdges
+    from relp_lens.pruning import _connected, graph_edges, readable_graph, survivors
+
+    circuit = synthetic_graph(3)
+    g = readable_graph(circuit, max_nodes)
+    assert len(g.nodes) <= max_nodes
+    edges = sorted(graph_edges(circuit, IOEdges.from_dict(circuit.io_edges, len(circuit.nodes))),
+                   key=lambda e: -abs(e[2]))
+    counts = [len(_connected(edges[:k], len(circuit.nodes))) for k in range(1, len(edges) + 1)]
+    k = max([k for k, c in enumerate(counts, 1) if c <= max_nodes], default=1)
+    assert len(g.nodes) == counts[k - 1]
+    assert set(_connected(edges[:k], len(circuit.nodes))) <= set(survivors(edges, len(circuit.nodes), k))
+    drawn = IOEdges.from_dict(g.io_edges, len(g.nodes))
+    cut = abs(edges[k - 1][2])
+    assert all(abs(e.weight) >= cut for e in g.edges) and all(abs(w) >= cut for w in drawn.output if w)
+    for i in range(len(g.nodes)):  # every drawn neuron has a drawn way in and a drawn way out
+        assert any(e.target == i for e in g.edges) or drawn.input[:, i].any()
+        assert any(e.source == i for e in g.edges) or drawn.output[i] != 0

@@ -1,5 +1,7 @@
 """The HTML report: contents, self-containment, errors, and drawing in a real headless browser."""
 
+import html
+import json
 import re
 
 import pytest
@@ -8,6 +10,9 @@ import relp_lens
 from relp_lens import RelPLensError
 from relp_lens.report import ReportInputs, render_report, report_inputs, write_report
 from relp_lens.steering import steering_sweep
+from relp_lens.graph_io import attribute_io_edges
+from relp_lens.heads import attribute_head_splits
+from relp_lens.pruning import readable_graph
 from helpers import find_chromium, js_errors, render_in_browser, tiny_llama
 
 
@@ -32,6 +37,8 @@ def traced():
     circuit = relp_lens.select_top_k(attr, model, 15, task="agreement")
     circuit.evaluation = relp_lens.evaluate_circuit(model, circuit, held_out)
     circuit, _ = relp_lens.attribute_edges(model, circuit, build, progress=False)
+    circuit.io_edges = attribute_io_edges(model, circuit, build, progress=False).to_dict()
+    circuit = attribute_head_splits(model, circuit, build, max_nodes=8, progress=False)  # the drawn edges
     top = [(n.layer, n.pos, n.index) for n in circuit.nodes[:3]]
     sweep = steering_sweep(model, [r["clean_prefix"] for r in build], top, [" are", " is"], factors=(-2, 0, 2))
     inputs = report_inputs(model, attr, circuit, held_out=held_out, task="agreement", n_cards=4, sizes=(2, 5, 10),
@@ -60,11 +67,14 @@ def test_page_has_every_part_and_is_self_contained(traced):
     model, attr, circuit, inputs = traced
     page = render_report(attr, circuit, inputs, model_facts={"model": "tiny-llama"})
     figs = _figure_divs(page)
-    assert list(figs) == ["fig-0", "fig-1", "fig-2", "fig-3", "fig-4"]  # heatmap, bars, graph, curves, steering
-    for title in ("Attribution heatmap", "Top nodes", "Circuit graph", "Faithfulness and completeness", "Steering"):
+    # heatmap, bars, attribution graph, all nodes, curves, steering
+    assert list(figs) == ["fig-0", "fig-1", "fig-2", "fig-3", "fig-4", "fig-5"]
+    for title in ("Attribution heatmap", "Top nodes", "Attribution graph", "All circuit nodes",
+                  "Faithfulness and completeness", "Steering"):
         assert f"<h2>{title}</h2>" in page
     assert page.count("<script src=") == 0  # nothing loaded from the network: plotly.js is inline, once
-    assert page.count("Plotly.newPlot") == 5 and len(page) > 3_000_000 and page.count("plotly.js v") <= 2
+    assert "heads carrying the most edge weight" in page and "heads (block.head)" in page
+    assert page.count("Plotly.newPlot") == 6 and len(page) > 3_000_000 and page.count("plotly.js v") <= 2
     assert page.count("<tr><td class='num'>") >= len(circuit)  # one row per node (card context rows add more)
     carded = {(c.layer, c.index) for c in inputs.cards}
     n_carded = sum((n.layer, n.index) in carded for n in circuit.nodes)
@@ -117,15 +127,44 @@ def test_report_draws_in_headless_chromium(traced, tmp_path):
     dom, console = render_in_browser(path, CHROMIUM)
     assert js_errors(console) == []
     figs = _figure_divs(dom)
-    assert len(figs) == 5
+    assert len(figs) == 6
     for name, markup in figs.items():
         assert "js-plotly-plot" in markup.split(">", 1)[0], f"{name} was not turned into a plot"
         assert 'class="main-svg"' in markup, f"{name} has no rendered SVG"
     assert 'class="hm"' in figs["fig-0"]  # the heatmap layer
     assert figs["fig-1"].count('class="point"') == 20  # the top-20 bars
-    assert figs["fig-2"].count('class="point"') >= len(circuit)  # a marker per circuit node
-    assert 'class="js-line"' in figs["fig-2"]  # edges drawn
+    graph = readable_graph(circuit, 40)
+    assert figs["fig-2"].count('class="point"') >= len(graph.nodes)  # a marker per drawn neuron
+    assert figs["fig-2"].count('class="js-line"') >= len(graph.edges)  # an edge trace per drawn edge
+    assert figs["fig-3"].count('class="point"') >= len(circuit)  # every circuit node
     assert "<details>" in dom and "promotes" in dom  # the cards
+
+
+@needs_browser
+def test_hovering_a_node_highlights_its_edges(traced, tmp_path):
+    """Hovering a neuron of the attribution graph (plotly's hover event, as plotly emits it) keeps its edges and
+    fades the rest."""
+    model, attr, circuit, inputs = traced
+    path = write_report(tmp_path / "report.html", model, attr, circuit, inputs=inputs)
+    probe = """<script>
+    window.addEventListener('load', function () { setTimeout(function () {
+      var gd = document.getElementById('fig-2');
+      var node = gd.data.findIndex(function (t) { return t.name === 'neurons'; });
+      var id = gd.data[node].customdata[0];
+      gd.emit('plotly_hover', {points: [{curveNumber: node, pointNumber: 0, customdata: id}]});
+      var out = gd.data.filter(function (t) { return t.meta && t.meta.edge; }).map(function (t) {
+        return [(t.meta.s === id || t.meta.t === id) ? 1 : 0, t.opacity]; });
+      document.body.setAttribute('data-probe', JSON.stringify(out));
+    }, 500); });
+    </script></body>"""
+    path.write_text(path.read_text().replace("</body>", probe))
+    dom, console = render_in_browser(path, CHROMIUM)
+    assert js_errors(console) == []
+    found = re.search(r'data-probe="([^"]*)"', dom)
+    assert found, "the probe did not run"
+    pairs = json.loads(html.unescape(found.group(1)))
+    assert any(own for own, _ in pairs) and any(not own for own, _ in pairs)
+    assert all(op == (1.0 if own else 0.05) for own, op in pairs), pairs
 
 
 def test_report_for_another_basis_and_position_free_nodes(tmp_path):
