@@ -239,7 +239,7 @@ def subgraph(circuit: Circuit, used: Sequence[int], kept: Sequence[CircuitEdge],
     if io is None and circuit.io_edges is not None:
         io = IOEdges.from_dict(circuit.io_edges, len(circuit.nodes))
     if io is not None:
-        io = replace(io, input=io.input[:, used], output=io.output[used])
+        io = io.restricted(used)
     heads = circuit.heads
     if heads is not None:
         label = [n.label() for n in nodes]

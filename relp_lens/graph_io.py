@@ -6,7 +6,9 @@ This module adds the graph's two ends with the same definition and the same RelP
 - ``w(E_p → d) = Σ_dims  ∇̃_d m · (∂̃d/∂e_p) · Δe_p`` — the embedding at aligned position ``p`` into node ``d``,
   along paths through the residual stream and attention only;
 - ``w(u → out) = ∇̃^direct_u m · Δu`` — node ``u``'s direct effect on the metric (every later MLP constant);
-- ``w(E_p → out) = ∇̃^direct_{e_p} m · Δe_p`` — the direct path from the embedding to the metric.
+- ``w(E_p → out) = ∇̃^direct_{e_p} m · Δe_p`` — the direct path from the embedding to the metric;
+- for ``logit_diff`` also the same two kinds of edges into each target logit (the clean answer's and the
+  patch answer's): the metric's edges are the clean ones minus the patch ones.
 
 ``Δ`` is what the node scores multiply with: ``patch − clean`` for paired data, ``clean − 0`` for the zero
 baseline. (The mean baseline of unpaired data has no embedding reference yet: refused.) The embedding is
@@ -40,7 +42,7 @@ Algorithm, per batch of prompts of one length:
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -69,13 +71,24 @@ class IOEdges:
     output: torch.Tensor  # [node]: circuit node → metric (direct effect)
     direct: torch.Tensor  # [pos]: embedding at a position → metric (direct path)
     metric: float  # the mean metric on the clean prompts
+    # a metric that is a signed sum of target logits (logit_diff = clean answer − patch answer) also gets an
+    # output node per target: its name, its sign in the metric, and the direct edges into that logit
+    targets: list[str] = field(default_factory=list)
+    signs: list[float] = field(default_factory=list)
+    target_output: torch.Tensor | None = None  # [target, node]
+    target_direct: torch.Tensor | None = None  # [target, pos]
 
     def to_dict(self) -> dict:
         """JSON form (stored in a circuit file as ``io_edges``): non-zero input edges as [row, node, weight]."""
         nz = self.input.nonzero().tolist()
-        return dict(positions=list(self.positions), metric=float(self.metric),
-                    input=[[int(r), int(n), float(self.input[r, n])] for r, n in nz],
-                    output=[float(w) for w in self.output.tolist()], direct=[float(w) for w in self.direct.tolist()])
+        d = dict(positions=list(self.positions), metric=float(self.metric),
+                 input=[[int(r), int(n), float(self.input[r, n])] for r, n in nz],
+                 output=[float(w) for w in self.output.tolist()], direct=[float(w) for w in self.direct.tolist()])
+        if self.targets:
+            d["targets"] = [dict(name=t, sign=float(s), output=[float(w) for w in o.tolist()],
+                                 direct=[float(w) for w in dr.tolist()])
+                            for t, s, o, dr in zip(self.targets, self.signs, self.target_output, self.target_direct)]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict, n_nodes: int) -> "IOEdges":
@@ -88,12 +101,26 @@ class IOEdges:
             for r, n, w in d["input"]:
                 inp[int(r), int(n)] = float(w)
             metric = float(d.get("metric", float("nan")))
+            targets = d.get("targets") or []
+            names = [str(t["name"]) for t in targets]
+            signs = [float(t["sign"]) for t in targets]
+            t_out = torch.tensor([[float(w) for w in t["output"]] for t in targets], dtype=torch.float64)
+            t_dir = torch.tensor([[float(w) for w in t["direct"]] for t in targets], dtype=torch.float64)
         except (KeyError, TypeError, ValueError, IndexError) as e:
             raise RelPLensError(f"io_edges: malformed ({type(e).__name__}: {e})") from None
         if output.shape[0] != n_nodes or direct.shape[0] != len(positions):
             raise RelPLensError(f"io_edges: {output.shape[0]} output weights for {n_nodes} nodes, "
                                 f"{direct.shape[0]} direct weights for {len(positions)} positions")
-        return cls(positions=positions, input=inp, output=output, direct=direct, metric=metric)
+        if targets and (t_out.shape != (len(targets), n_nodes) or t_dir.shape != (len(targets), len(positions))):
+            raise RelPLensError(f"io_edges: target edges must have {n_nodes} output and {len(positions)} direct "
+                                f"weights each")
+        return cls(positions=positions, input=inp, output=output, direct=direct, metric=metric, targets=names,
+                   signs=signs, target_output=t_out if targets else None, target_direct=t_dir if targets else None)
+
+    def restricted(self, used: list[int]) -> "IOEdges":
+        """The same edges for the nodes ``used`` only (node numbers), renumbered in that order."""
+        return replace(self, input=self.input[:, used], output=self.output[used],
+                       target_output=None if self.target_output is None else self.target_output[:, used])
 
 
 def attribute_io_edges(model: HookedTransformer, circuit: Circuit, prompts, *, method: str = "relp",
@@ -123,6 +150,9 @@ def attribute_io_edges(model: HookedTransformer, circuit: Circuit, prompts, *, m
     w_out = torch.zeros(len(nodes), dtype=torch.float64)
     w_direct = torch.zeros(n_cols, dtype=torch.float64)
     m_total = 0.0
+    targets = metric_targets(run.metric_fn)
+    t_out = torch.zeros(len(targets), len(nodes), dtype=torch.float64)
+    t_direct = torch.zeros(len(targets), n_cols, dtype=torch.float64)
     use_relp = method == "relp"
     w_outs = {layer: backends.W_out(model, blocks[layer]) for layer in {n.layer for n in nodes}}
 
@@ -155,24 +185,28 @@ def attribute_io_edges(model: HookedTransformer, circuit: Circuit, prompts, *, m
             fwd.append((f"blocks.{block}.hook_mlp_out", leaf(f"other.{block}")))
         mode = relp(model, **vars(run.rules)) if use_relp else contextlib.nullcontext()
         with torch.enable_grad(), mode, backends.hooks(model, fwd_hooks=fwd):
-            m = evaluate_metric(run.metric_fn, model(batch.clean_tokens.to(model.cfg.device)), batch)
+            logits = model(batch.clean_tokens.to(model.cfg.device))
+            m = evaluate_metric(run.metric_fn, logits, batch)
             m_total += m.detach().double().sum().item()
             embeds = [h for h in embeds if h in leaves]  # a bridge lists hook_pos_embed even where it never fires
             d_emb = [(leaves[h].detach() - (e_ref[h] if e_ref is not None else 0)).float() * (-1 if run.paired else 1)
                      for h in embeds]  # Δe: patch − clean (paired), clean − 0 (zero baseline)
-            # 3. output edges: the metric's direct gradient at every leaf
+            # 3. output edges: the metric's (and each target logit's) direct gradient at every leaf
             keys = embeds + list(range(len(blocks)))
-            g = torch.autograd.grad(m.sum(), [leaves[k] for k in keys], allow_unused=True, retain_graph=True)
-            for h, gh, de in zip(embeds, g, d_emb):
-                if gh is not None:
-                    w_direct.index_add_(0, cols, (gh.float() * de).sum((0, 2)).double().cpu())
-            for k, n in enumerate(nodes):
-                gl = g[len(embeds) + n.layer]
-                if gl is None:
-                    continue
-                direct = gl.float() @ w_outs[n.layer][n.index].float()  # [B, pos]: ∂m/∂post_u along direct paths
-                contrib = direct * deltas[n.layer][..., n.index].float()
-                w_out[k] += (contrib.sum() if at[k] is None else contrib[:, at[k]].sum()).double().cpu()
+            outs = [(m.sum(), w_direct, w_out)] + [
+                (value(logits[:, -1], batch).sum(), t_direct[t], t_out[t]) for t, (_, _, value) in enumerate(targets)]
+            for scalar, to_direct, to_out in outs:
+                g = torch.autograd.grad(scalar, [leaves[k] for k in keys], allow_unused=True, retain_graph=True)
+                for h, gh, de in zip(embeds, g, d_emb):
+                    if gh is not None:
+                        to_direct.index_add_(0, cols, (gh.float() * de).sum((0, 2)).double().cpu())
+                for k, n in enumerate(nodes):
+                    gl = g[len(embeds) + n.layer]
+                    if gl is None:
+                        continue
+                    direct = gl.float() @ w_outs[n.layer][n.index].float()  # [B, pos]: ∂m/∂post_u, direct paths
+                    contrib = direct * deltas[n.layer][..., n.index].float()
+                    to_out[k] += (contrib.sum() if at[k] is None else contrib[:, at[k]].sum()).double().cpu()
             # 4. input edges: seed ∇̃_d m at each node, backward to the embedding leaves
             r_max = max(1, edge_batch // b)
             order = list(range(len(nodes)))
@@ -192,7 +226,20 @@ def attribute_io_edges(model: HookedTransformer, circuit: Circuit, prompts, *, m
                         0, cols, per_pos.T.double().cpu())
     n = len(data)
     return IOEdges(positions=list(run.alignment.labels), input=w_in / n, output=w_out / n, direct=w_direct / n,
-                   metric=m_total / n)
+                   metric=m_total / n, targets=[name for name, _, _ in targets], signs=[s for _, s, _ in targets],
+                   target_output=t_out / n if targets else None, target_direct=t_direct / n if targets else None)
+
+
+def metric_targets(metric_fn) -> list[tuple[str, float, object]]:
+    """The target logits a metric is a signed sum of, as ``(name, sign, fn(logits [batch, d_vocab], batch))``:
+    ``logit_diff`` → the clean answer's logit (+1) and the patch answer's (−1); other metrics: none (``logit``
+    is already one target node, ``logprob`` is not a sum of logits, a callable is opaque)."""
+    from relp_lens import metrics
+
+    if metric_fn is metrics.logit_diff:
+        return [("clean answer logit", 1.0, metrics.logit),
+                ("patch answer logit", -1.0, lambda logits, batch: metrics._gather_sum(logits, batch.patch_answer_ids))]
+    return []
 
 
 def _embeddings(model, tokens: torch.Tensor, embeds: list[str]) -> dict[str, torch.Tensor]:

@@ -222,6 +222,9 @@ def attribution_graph(circuit, *, max_nodes: int = 40, cards: dict | None = None
                                  line=dict(color=colour, width=0.5 + 6 * abs(w) / wmax), opacity=0.55,
                                  meta=dict(edge=True, s=s, t=t)))
         text = f"{names[s]} → {names[t]}<br>weight {w:+.4g}"
+        if t == OUT and io.targets:  # the metric's edge = Σ sign · the edges into each target logit
+            per = (io.target_output if s.startswith("n") else io.target_direct)[:, int(s[1:])]  # [target]
+            text += "".join(f"<br>into {name} {float(v):+.4g}" for name, v in zip(io.targets, per))
         split = splits.get(edge_key(names[s], names[t]))
         if split:
             heads = " · ".join(f"{l}.{h} {v:+.3g}" for l, h, v in split["heads"][:4])

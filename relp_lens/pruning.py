@@ -192,7 +192,9 @@ def influence_prune(circuit: Circuit, *, node_threshold: float = 0.8, edge_thres
     kept = [e for e in circuit.edges if keep_edge[e.target, e.source]]
     io = replace(io, input=torch.where(keep_edge[:n, n:n + p].T, io.input, 0.0),
                  output=torch.where(keep_edge[n + p, :n], io.output, 0.0),
-                 direct=torch.where(keep_edge[n + p, n:n + p], io.direct, 0.0))
+                 direct=torch.where(keep_edge[n + p, n:n + p], io.direct, 0.0),
+                 target_output=_masked(io.target_output, keep_edge[n + p, :n]),
+                 target_direct=_masked(io.target_direct, keep_edge[n + p, n:n + p]))
     return subgraph(circuit, used, kept, io=io,
                     selection=dict(node_threshold=node_threshold, edge_threshold=edge_threshold))
 
@@ -230,7 +232,9 @@ def readable_graph(circuit: Circuit, max_nodes: int = 40) -> Circuit:
     live = torch.tensor([i in alive for i in range(n)])
     io = replace(io, input=torch.where(big(io.input) & live[None, :], io.input, 0.0),
                  output=torch.where(big(io.output) & live, io.output, 0.0),
-                 direct=torch.where(big(io.direct), io.direct, 0.0))
+                 direct=torch.where(big(io.direct), io.direct, 0.0),
+                 target_output=_masked(io.target_output, big(io.output) & live),
+                 target_direct=_masked(io.target_direct, big(io.direct)))
     return subgraph(circuit, sorted(alive), kept, io=io, selection=dict(drawn_nodes=max_nodes))
 
 
@@ -244,6 +248,11 @@ def _connected(kept: Sequence[tuple[int, int, float]], n_nodes: int) -> set[int]
         if now == alive:
             return alive
         alive = now
+
+
+def _masked(per_target: torch.Tensor | None, keep: torch.Tensor) -> torch.Tensor | None:
+    """Per-target output edges ``[target, …]`` kept where the metric's edge is kept."""
+    return None if per_target is None else torch.where(keep[None, :], per_target, 0.0)
 
 
 def _largest(n: int, fits) -> int:

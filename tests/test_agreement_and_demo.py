@@ -34,5 +34,5 @@ def test_demo_writes_files(tmp_path, capsys):
     assert "steering the top 20 circuit neurons" in out
     html = (tmp_path / "report.html").read_text()
     assert "<script src=" not in html and len(html) > 1_000_000  # plotly.js embedded: works offline
-    assert html.count("Plotly.newPlot") == 5 and html.count("<details>") >= 3  # 5 figures, neuron cards
+    assert html.count("Plotly.newPlot") == 6 and html.count("<details>") >= 3  # 6 figures, neuron cards
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html", "summary.txt", "top_neurons.json"]

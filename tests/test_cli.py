@@ -69,7 +69,7 @@ def test_trace_and_evaluate_on_shipped_model(tmp_path, capsys):
     assert json.loads(graph.read_text())["links"]
     page = report.read_text()
     assert "smollm2-135m" in page and "accuracy" in page and page.count("<details>") >= 3
-    assert page.count("Plotly.newPlot") == 4  # heatmap, bars, graph, held-out curves
+    assert page.count("Plotly.newPlot") == 5  # heatmap, bars, attribution graph, all nodes, held-out curves
     assert main(["evaluate", str(out), "--sweep", "5,20"]) == 0
     text = capsys.readouterr().out
     assert "faithfulness" in text and "    20" in text

@@ -7,7 +7,7 @@ import relp_lens
 from relp_lens import RelPLensError
 from relp_lens.circuit import Circuit, CircuitNode, model_facts
 from relp_lens.edges import attribute_edges
-from relp_lens.graph_io import attribute_io_edges
+from relp_lens.graph_io import IOEdges, attribute_io_edges
 from relp_lens.relp_mode import RelPConfig
 from helpers import AGREEMENT_ROWS, hooks_left, same_length_rows, tiny_gpt2, tiny_llama
 
@@ -94,3 +94,31 @@ def test_stored_in_the_circuit_file_and_kept_through_pruning(tmp_path):
     bad = dict(circuit.to_dict(), io_edges=dict(circuit.io_edges, output=[1.0]))
     with pytest.raises(RelPLensError, match="1 output weights for 8 nodes"):
         Circuit.from_dict(bad)
+
+
+@pytest.mark.hooked
+def test_target_logit_edges_make_up_the_metric_edges(tmp_path):
+    """logit_diff: the edges into the clean answer's logit minus those into the patch answer's are the metric's
+    edges (neuron → out and embedding → out); they survive the file and pruning."""
+    model = tiny_llama()
+    rows = same_length_rows(model)[:3]
+    attr = relp_lens.attribute(model, rows, progress=False)
+    circuit, _ = attribute_edges(model, relp_lens.select_top_k(attr, model, 10), rows, progress=False)
+    io = attribute_io_edges(model, circuit, rows, progress=False)
+    assert io.targets == ["clean answer logit", "patch answer logit"] and io.signs == [1.0, -1.0]
+    combined = io.target_output[0] - io.target_output[1]
+    assert torch.allclose(combined, io.output, atol=1e-6 * io.output.abs().max().item())
+    assert torch.allclose(io.target_direct[0] - io.target_direct[1], io.direct, atol=1e-6)
+    assert io.target_output[0].abs().sum() > 0 and io.target_output[1].abs().sum() > 0
+    circuit.io_edges = io.to_dict()
+    again = relp_lens.Circuit.load(circuit.save(tmp_path / "c.json"))
+    back = IOEdges.from_dict(again.io_edges, len(again.nodes))
+    assert back.targets == io.targets and torch.equal(back.target_output, io.target_output.double())
+    pruned = relp_lens.prune_edges(again, 0.3)
+    kept = [next(i for i, n in enumerate(circuit.nodes) if n.key == p.key) for p in pruned.nodes]
+    small = IOEdges.from_dict(pruned.io_edges, len(pruned.nodes))
+    assert torch.equal(small.target_output, io.target_output.double()[:, kept])
+    from relp_lens import metrics
+    from relp_lens.graph_io import metric_targets
+
+    assert metric_targets(metrics.logit) == [] == metric_targets(metrics.logprob)  # one target / not a sum

@@ -74,6 +74,7 @@ def test_page_has_every_part_and_is_self_contained(traced):
         assert f"<h2>{title}</h2>" in page
     assert page.count("<script src=") == 0  # nothing loaded from the network: plotly.js is inline, once
     assert "heads carrying the most edge weight" in page and "heads (block.head)" in page
+    assert "into clean answer logit" in page and "into patch answer logit" in page  # logit_diff's two targets
     assert page.count("Plotly.newPlot") == 6 and len(page) > 3_000_000 and page.count("plotly.js v") <= 2
     assert page.count("<tr><td class='num'>") >= len(circuit)  # one row per node (card context rows add more)
     carded = {(c.layer, c.index) for c in inputs.cards}
