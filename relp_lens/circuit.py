@@ -31,7 +31,8 @@ JSON schema, version 2::
      "edges": [{"source": node#, "target": node#, "weight": float}],
      "evaluation": {...}|null,
      "io_edges": {"positions": [int], "input": [[row, node#, float]], "output": [float per node],   # optional
-                  "direct": [float per position], "metric": float},
+                  "direct": [float per position], "metric": float,
+                  "targets": [{"name", "sign", "output": [float per node], "direct": [float per position]}]},
      "heads": {"rule": "last head", "n_heads": int, "top": int|null, "method": str,          # optional
                "edges": {"L3/100@-1 -> L5/20@-1": {"residual": float, "heads": [[block, head, float]],
                                                    "other": float}},   # also "E@-2 -> …", "… -> out"

@@ -140,7 +140,7 @@ def attribute_head_splits(model: HookedTransformer, circuit: Circuit, prompts, *
     w_outs = {layer: backends.W_out(model, blocks[layer]) for layer in {n.layer for n in nodes}}
     use_relp = method == "relp"
     embeds = [h for h in EMBED_HOOKS if h in model.hook_dict]
-    row_of = {p: r for r, p in enumerate(io.positions)} if io is not None else {}
+    dev = model.cfg.device
 
     for batch in tqdm(batches, desc="head splits", disable=not progress, leave=False):
         _, grads, deltas, _, _ = batch_gradients(run, batch, use_relp)  # per layer [B, pos, node]
@@ -154,9 +154,9 @@ def attribute_head_splits(model: HookedTransformer, circuit: Circuit, prompts, *
         sources = {s for ss in pairs.values() for s in ss}
         for s in sorted(x for x in sources if x[0] == "n"):
             n = nodes[s[1]]
-            t = deltas[n.layer][..., n.index, None].float() * w_outs[n.layer][n.index].float()  # [B, pos, d]
+            t = deltas[n.layer][..., n.index, None].float().to(dev) * w_outs[n.layer][n.index].float()  # [B, pos, d]
             if at[s[1]] is not None:
-                mask = torch.zeros(length, 1)
+                mask = torch.zeros(length, 1, device=t.device)
                 mask[at[s[1]]] = 1
                 t = t * mask
             tangents[s] = (n.layer, t)
@@ -167,7 +167,7 @@ def attribute_head_splits(model: HookedTransformer, circuit: Circuit, prompts, *
                 where = [p for p in range(length) if labels[cols[p]] == io.positions[s[1]]]
                 if not where:
                     continue  # these prompts have no token at that aligned position
-                mask = torch.zeros(length, 1)
+                mask = torch.zeros(length, 1, device=e_clean[fired[0]].device)
                 mask[where] = 1
                 for h in fired:
                     tangents[s + (h,)] = (h, d_emb[h].float() * mask)
