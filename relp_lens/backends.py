@@ -148,6 +148,16 @@ def W_out(model: Any, layer: int) -> torch.Tensor:
     return _as_shape(w, model.cfg.d_mlp, model.cfg.d_model, f"blocks.{layer}.mlp.W_out")
 
 
+def check_neuron_directions(model: Any) -> None:
+    """Edges of neurons read a neuron's effect at ``hook_mlp_out`` as ``a · W_out[neuron]``. Models that
+    normalise the MLP's output after the down-projection (Gemma 2/3 post-norms, ``ln2_post``) break that;
+    they are refused rather than given wrong edges."""
+    if getattr(model.cfg, "use_normalization_before_and_after", False) or any(
+            ".ln2_post." in name for name in model.hook_dict):
+        raise RelPLensError("neuron edges are not supported yet for models with a norm after the MLP "
+                            "(Gemma 2/3 post-norms): hook_mlp_out is not a sum of a·W_out rows there")
+
+
 def W_U(model: Any) -> torch.Tensor:
     """The unembedding ``[d_model, d_vocab]``."""
     w = model.W_U

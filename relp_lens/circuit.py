@@ -34,6 +34,7 @@ JSON schema, version 2::
                   "direct": [float per position], "metric": float,
                   "targets": [{"name", "sign", "output": [float per node], "direct": [float per position]}]},
      "heads": {"rule": "last head", "n_heads": int, "top": int|null, "method": str,          # optional
+               "max_nodes": int (only the drawn graph was split), "totals_exact": bool,
                "edges": {"L3/100@-1 -> L5/20@-1": {"residual": float, "heads": [[block, head, float]],
                                                    "other": float}},   # also "E@-2 -> …", "… -> out"
                "totals": [[block, head, float]]}}     # see relp_lens.heads

@@ -249,6 +249,9 @@ def cmd_trace(args) -> int:
         raise RelPLensError(f"--graph-nodes must be ≥ 1, got {args.graph_nodes}")
     if args.influence_prune is not None and not all(0 < t <= 1 for t in args.influence_prune):
         raise RelPLensError(f"--influence-prune thresholds must be in (0, 1], got {args.influence_prune}")
+    for flag, given in (("--heads", args.heads), ("--influence-prune", args.influence_prune is not None)):
+        if given and args.basis != "mlp_post":
+            raise RelPLensError(f"{flag} needs the mlp_post basis (neurons), not {args.basis!r}")
     outputs = _check_outputs([("--out", args.out), ("--export-circuit-tracer", args.export_circuit_tracer),
                               ("--report", args.report)])
     if "--export-circuit-tracer" in outputs:
@@ -258,6 +261,8 @@ def cmd_trace(args) -> int:
         outputs.update(_check_outputs([(INDEX_FILE, str(outputs["--export-circuit-tracer"].parent / INDEX_FILE))]))
     say = _say_fn(args)
     prompts = _read_prompts(args.data) if args.data else None
+    if args.influence_prune is not None and prompts is not None and not prompts.paired and args.baseline != "zero":
+        raise RelPLensError("--influence-prune needs input/output edges: paired data or --baseline zero")
     task = None if args.data else args.task
     model = _load_model(args, say)
     if prompts is None:

@@ -122,6 +122,8 @@ def attribute_edges(
     if not circuit.nodes:
         raise RelPLensError("the circuit is empty: no edges to attribute")
     blocks = edge_layers(circuit.hook_names)
+    if circuit.hook_names[0].endswith("mlp.hook_post"):
+        backends.check_neuron_directions(model)
     data = as_prompts(prompts)
     if metric is None:
         metric = circuit.metric if circuit.metric in ("logit_diff", "logit", "logprob") else None
@@ -166,6 +168,8 @@ def attribute_edges(
         for layer in range(t_max + 1):
             out_name = f"blocks.{blocks[layer]}.hook_mlp_out"
             fwd += [(circuit.hook_names[layer], keep(layer)), (out_name, cut(layer))]  # mlp_out: keep, then cut
+        for block in sorted(set(range(blocks[t_max] + 1)) - set(blocks)):  # MLPs outside the basis: constants too
+            fwd.append((f"blocks.{block}.hook_mlp_out", lambda x, hook: x.detach()))
         mode = relp(model, **vars(run.rules)) if use_relp else contextlib.nullcontext()
         with torch.enable_grad(), mode, backends.hooks(model, fwd_hooks=fwd):
             # one forward pass (up to the last downstream block) serves every chunk of downstream nodes
@@ -248,6 +252,14 @@ def subgraph(circuit: Circuit, used: Sequence[int], kept: Sequence[CircuitEdge],
             keys |= {edge_key(embedding_key(io.positions[r]), label[n]) for r, n in io.input.nonzero().tolist()}
             keys |= {edge_key(label[j], OUT) for j in io.output.nonzero().flatten().tolist()}
             keys |= {edge_key(embedding_key(io.positions[r]), OUT) for r in io.direct.nonzero().flatten().tolist()}
-        heads = dict(heads, edges={k: v for k, v in heads["edges"].items() if k in keys})
+        kept_splits = {k: v for k, v in heads["edges"].items() if k in keys}
+        if len(kept_splits) < len(heads["edges"]):  # totals over the remaining edges: from their listed heads
+            totals: dict[tuple[int, int], float] = {}
+            for split in kept_splits.values():
+                for l, h, w in split["heads"]:
+                    totals[(l, h)] = totals.get((l, h), 0.0) + w
+            heads = dict(heads, totals=[[l, h, w] for (l, h), w in sorted(totals.items(), key=lambda x: -abs(x[1]))],
+                         totals_exact=all(split["other"] == 0 for split in kept_splits.values()))
+        heads = dict(heads, edges=kept_splits)
     return replace(circuit, nodes=nodes, edges=edges, selection=dict(circuit.selection, **(selection or {})),
                    io_edges=None if io is None else io.to_dict(), heads=heads)

@@ -135,6 +135,7 @@ def attribute_io_edges(model: HookedTransformer, circuit: Circuit, prompts, *, m
     if not circuit.hook_names[0].endswith("mlp.hook_post"):
         raise RelPLensError("input/output edges are defined for MLP neurons (basis mlp_post)")
     blocks = edge_layers(circuit.hook_names)
+    backends.check_neuron_directions(model)
     data = as_prompts(prompts)
     if metric is None:
         metric = circuit.metric if circuit.metric in ("logit_diff", "logit", "logprob") else None

@@ -89,7 +89,9 @@ def attribute_head_splits(model: HookedTransformer, circuit: Circuit, prompts, *
     with: the splits then sum to the stored weights. The result's ``heads`` field holds, per edge (keyed
     ``"L3/100@-1 -> L5/20@-1"``, ``"E@-2 -> …"``, ``"… -> out"``), the residual share, the ``top`` heads by
     |weight| as ``[block, head, weight]`` and what the other heads carry (``other``); and ``totals``, every
-    head's exact total over all split edges.
+    head's exact total over all split edges (after pruning, :func:`relp_lens.edges.subgraph` sums the listed
+    heads of the remaining edges and sets ``totals_exact`` to whether nothing was left out; ``top=None`` keeps
+    every head, so totals stay exact).
 
     ``max_nodes``: split only the edges of the readable graph of at most that many neurons
     (:func:`relp_lens.pruning.readable_graph`, what the report draws); the whole circuit is returned.
@@ -111,6 +113,7 @@ def attribute_head_splits(model: HookedTransformer, circuit: Circuit, prompts, *
     if not circuit.hook_names[0].endswith("mlp.hook_post"):
         raise RelPLensError("head splits are defined for MLP neurons (basis mlp_post)")
     blocks = edge_layers(circuit.hook_names)
+    backends.check_neuron_directions(model)
     z_names = [f"blocks.{b}.attn.hook_z" for b in range(model.cfg.n_layers)]
     missing = [n for n in z_names if n not in model.hook_dict]
     if missing:
@@ -124,6 +127,9 @@ def attribute_head_splits(model: HookedTransformer, circuit: Circuit, prompts, *
     io = IOEdges.from_dict(circuit.io_edges, len(nodes)) if circuit.io_edges is not None else None
     if io is not None and run.baseline == "mean":
         raise RelPLensError("input edges need an embedding reference: paired data or the zero baseline")
+    if io is not None and list(run.alignment.labels) != list(io.positions):
+        raise RelPLensError(f"the input/output edges were computed on prompts aligned at positions {io.positions}, "
+                            f"these prompts at {list(run.alignment.labels)}: split them on the same prompts")
     n_heads = model.cfg.n_heads
     # which (source, target) pairs to split: sources ('n', node#) | ('e', row); targets ('n', node#) | ('out',)
     pairs: dict[tuple, set] = {}
@@ -188,7 +194,7 @@ def attribute_head_splits(model: HookedTransformer, circuit: Circuit, prompts, *
         totals += heads
         splits[edge_key(labels_of[s], labels_of[t])] = _compact(r / n_prompts, heads, top)
     info = dict(rule=RULE, n_heads=n_heads, top=top, method=method, edges=splits,
-                totals=_triples(totals, None))
+                totals=_triples(totals, None), totals_exact=True)
     return replace(circuit, heads=info)
 
 

@@ -20,8 +20,8 @@ one embedding node per aligned position and the output node,
 1. ``A[target, source] = |w|``, each row divided by its sum (a node's incoming shares);
 2. a node's influence on the output is the sum over paths of every length, ``e_out·(A + A² + …)`` (the graph
    is acyclic, so the series ends after as many terms as the graph is deep);
-3. keep the neurons holding the top ``node_threshold`` of total influence (cumulative share); the embeddings
-   and the output always stay;
+3. keep the nodes holding the top ``node_threshold`` of total influence (cumulative share over every node,
+   embeddings and output included, as circuit-tracer computes it); the embeddings and the output always stay;
 4. on the graph of kept nodes, an edge's score is its normalised weight × (its target's influence, plus 1 for
    the output); keep the edges holding the top ``edge_threshold`` of total edge score;
 5. drop neurons left without an incoming or an outgoing kept edge, again until nothing changes.
@@ -220,6 +220,9 @@ def readable_graph(circuit: Circuit, max_nodes: int = 40) -> Circuit:
         def ends(k):
             return sorted({e.source for e in ranked[:k]} | {e.target for e in ranked[:k]})
 
+        if len(ends(1)) > max_nodes:  # even the strongest edge has too many ends: the top nodes, no edges
+            used = sorted(sorted(range(n), key=lambda i: -abs(circuit.nodes[i].score))[:max_nodes])
+            return subgraph(circuit, used, [], selection=dict(drawn_nodes=max_nodes))
         k = _largest(len(ranked), lambda k: len(ends(k)) <= max_nodes)
         return subgraph(circuit, ends(k), ranked[:k], selection=dict(drawn_nodes=max_nodes))
     io = IOEdges.from_dict(circuit.io_edges, n)

@@ -57,7 +57,8 @@ def report_inputs(model: HookedTransformer, attr: Attribution, circuit: Circuit,
     from relp_lens.ablation import faithfulness_sweep
     from relp_lens.tasks import task_report
 
-    inputs = ReportInputs(task=task, accuracy=accuracy, steering=steering, held_out=list(held_out or []))
+    inputs = ReportInputs(task=task, accuracy=accuracy, steering=steering, held_out=list(held_out or []),
+                          graph_nodes=int((circuit.heads or {}).get("max_nodes") or 40))  # draw the split graph
     if accuracy is None and attr.prompts is not None and attr.prompts.answers is not None:
         inputs.accuracy = str(task_report(model, attr.prompts, batch_size=batch_size, warn=False))
     if held_out:
@@ -163,8 +164,9 @@ def _graph_notes(circuit: Circuit) -> str:
     if heads:
         rows = "".join(f"<tr><td>{l}.{h}</td><td class='num {'neg' if w < 0 else 'pos'}'>{w:+.4f}</td></tr>"
                        for l, h, w in heads[:10])
+        listed = "" if circuit.heads.get("totals_exact", True) else ", their listed top heads"
         parts.append(f"<details><summary>heads carrying the most edge weight (over {len(circuit.heads['edges'])} "
-                     f"split edges)</summary><table><tr><th>block.head</th><th>summed weight</th></tr>{rows}"
+                     f"split edges{listed})</summary><table><tr><th>block.head</th><th>summed weight</th></tr>{rows}"
                      f"</table></details>")
     return "".join(parts)
 

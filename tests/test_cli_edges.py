@@ -324,14 +324,24 @@ def test_trace_heads_and_influence_pruning(tmp_path, capsys, tiny, rows_file):
     assert "influence pruning kept" in printed and "head splits of" in printed
     saved = json.loads(out.read_text())
     assert saved["heads"]["max_nodes"] == 6 and saved["heads"]["edges"] and saved["heads"]["totals"]
-    assert saved["selection"]["node_threshold"] == 0.9 and len(saved["nodes"]) <= 12
+    assert saved["selection"]["node_threshold"] == 0.9 and len(saved["nodes"]) < 12  # pruning removed neurons
+    assert f"influence pruning kept {len(saved['nodes'])} of 12 neurons" in printed
 
 
 @pytest.mark.parametrize("extra, message", [(["--heads"], "--heads needs --edges"),
                                             (["--influence-prune", "0.8", "0.98"], "--influence-prune needs --edges"),
                                             (["--edges", "--influence-prune", "0", "1"], "thresholds must be in"),
-                                            (["--graph-nodes", "0"], "--graph-nodes must be")])
+                                            (["--graph-nodes", "0"], "--graph-nodes must be"),
+                                            (["--edges", "--heads", "--basis", "mlp_out"], "needs the mlp_post basis")])
 def test_graph_options_are_checked_before_the_model_loads(extra, message, no_model, rows_file, tmp_path, capsys):
     assert main([*TRACE_TINY, "--data", str(rows_file), *extra, "--out", str(tmp_path / "c.json")]) == 2
     assert message in one_error_line(capsys)
     assert not (tmp_path / "c.json").exists()
+
+
+def test_influence_pruning_of_unpaired_data_needs_the_zero_baseline(no_model, tmp_path, capsys):
+    rows = tmp_path / "unpaired.jsonl"
+    rows.write_text("".join(json.dumps(dict(clean_prefix=r["clean_prefix"])) + "\n" for r in AGREEMENT_ROWS))
+    assert main([*TRACE_TINY, "--data", str(rows), "--edges", "--influence-prune", "0.8", "0.98",
+                 "--out", str(tmp_path / "c.json")]) == 2  # default --baseline mean: no embedding reference
+    assert "paired data or --baseline zero" in one_error_line(capsys)

@@ -11,7 +11,7 @@ from relp_lens.edges import attribute_edges, prune_edges
 from relp_lens.graph_io import attribute_io_edges
 from relp_lens.heads import attribute_head_splits, edge_key, embedding_key
 from relp_lens.relp_mode import RelPConfig, relp
-from helpers import hooks_left, same_length_rows, tiny_gpt2, tiny_llama
+from helpers import AGREEMENT_ROWS, hooks_left, same_length_rows, tiny_gpt2, tiny_llama
 
 RULES = {"AH": RelPConfig(attention=True), "default": RelPConfig()}
 
@@ -149,7 +149,11 @@ def test_splits_survive_pruning_and_files(tmp_path):
     label = [n.label() for n in pruned.nodes]
     keys = set(pruned.heads["edges"])
     assert {edge_key(label[e.source], label[e.target]) for e in pruned.edges} <= keys
-    assert all(k.split(" -> ")[0] in label or k.startswith("E@") for k in keys)
+    for key in keys:  # both ends of every kept split are in the pruned graph
+        assert all(end in label or end.startswith("E@") or end == "out" for end in key.split(" -> ")), key
+    listed = sum(w for s in pruned.heads["edges"].values() for *_, w in s["heads"])
+    assert sum(w for *_, w in pruned.heads["totals"]) == pytest.approx(listed)  # totals of what remains
+    assert pruned.heads["totals_exact"] == all(s["other"] == 0 for s in pruned.heads["edges"].values())
     path = split.save(tmp_path / "c.json")
     again = relp_lens.Circuit.load(path)
     assert again.heads == split.heads
@@ -172,3 +176,44 @@ def test_head_split_errors():
     with pytest.raises(RelPLensError, match="top"):
         attribute_head_splits(model, circuit, rows, top=-1, progress=False)
     assert hooks_left(model) == []
+
+
+@pytest.mark.hooked
+def test_partial_basis_edges_hold_the_other_mlps_constant_too():
+    """A basis of blocks 0 and 2 only: edges (and their splits) are direct effects with block 1's MLP constant
+    as well, so the splits still sum to the edges."""
+    model = tiny_llama()
+    rows = same_length_rows(model)[:2]
+    basis = ["blocks.0.mlp.hook_post", "blocks.2.mlp.hook_post"]
+    attr = relp_lens.attribute(model, rows, basis=basis, progress=False)
+    circuit, _ = attribute_edges(model, relp_lens.select_top_k(attr, model, 10), rows, progress=False)
+    assert circuit.edges
+    split = attribute_head_splits(model, circuit, rows, top=None, progress=False)
+    label = [n.label() for n in circuit.nodes]
+    for e in circuit.edges:
+        assert total(split.heads["edges"][edge_key(label[e.source], label[e.target])]) == pytest.approx(
+            e.weight, rel=1e-4, abs=1e-7)
+
+
+@pytest.mark.hooked
+def test_models_with_a_norm_after_the_mlp_are_refused():
+    """Gemma 2/3 post-norms: hook_mlp_out is not Σ a·W_out, so neuron edges would be wrong: refused."""
+    from helpers import tiny_gemma
+
+    model = tiny_gemma()
+    rows = same_length_rows(model)[:2]
+    circuit = relp_lens.select_top_k(relp_lens.attribute(model, rows, progress=False), model, 5)
+    for fn in (attribute_edges, attribute_io_edges):
+        with pytest.raises(RelPLensError, match="norm after the MLP"):
+            fn(model, circuit, rows, progress=False)
+    assert hooks_left(model) == []
+
+
+@pytest.mark.hooked
+def test_splits_need_the_prompts_the_io_edges_used():
+    model = tiny_llama()
+    rows = same_length_rows(model)
+    circuit, _ = full_graph(model, rows[:2], RelPConfig())
+    other = [r for r in AGREEMENT_ROWS if r not in rows][:1]  # another token length: other aligned positions
+    with pytest.raises(RelPLensError, match="same prompts"):
+        attribute_head_splits(model, circuit, other, progress=False)

@@ -134,7 +134,8 @@ def test_report_draws_in_headless_chromium(traced, tmp_path):
         assert 'class="main-svg"' in markup, f"{name} has no rendered SVG"
     assert 'class="hm"' in figs["fig-0"]  # the heatmap layer
     assert figs["fig-1"].count('class="point"') == 20  # the top-20 bars
-    graph = readable_graph(circuit, 40)
+    assert inputs.graph_nodes == 8  # the report draws the graph whose edges were split (max_nodes=8)
+    graph = readable_graph(circuit, inputs.graph_nodes)
     assert figs["fig-2"].count('class="point"') >= len(graph.nodes)  # a marker per drawn neuron
     assert figs["fig-2"].count('class="js-line"') >= len(graph.edges)  # an edge trace per drawn edge
     assert figs["fig-3"].count('class="point"') >= len(circuit)  # every circuit node
