@@ -64,11 +64,12 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "cpr_cmd": ("ablation", "cpr_cmd"),
     "attribute_head_splits": ("heads", "attribute_head_splits"),
     "influence_prune": ("pruning", "influence_prune"),
+    "neuron_auroc": ("probes", "neuron_auroc"),
 }
 # submodules reachable as attributes after a bare ``import relp_lens`` (``relp_lens.plots.…``), as before
 _SUBMODULES = {"ablation", "agreement", "attribution", "backends", "cards", "circuit", "cli", "data", "demo",
                "edges", "errors", "exact", "files", "graph_export", "graph_io", "heads", "metrics", "models", "nodes",
-               "plots", "positions", "pruning", "relp_mode", "report", "rules", "steering", "tasks"}
+               "plots", "positions", "probes", "pruning", "relp_mode", "report", "rules", "steering", "tasks"}
 
 __all__ = [
     "BASES", "METHODS", "Attribution", "Circuit", "CircuitEdge", "CircuitNode", "Prompts", "RelPConfig",
@@ -76,7 +77,7 @@ __all__ = [
     "faithfulness_sweep", "load_model", "pearson", "prune_edges", "relp", "relp_hooks", "resolve_hooks",
     "select_threshold", "select_top_k", "shipped_gguf_path", "steer", "steering_direction", "steering_sweep",
     "plot", "always_on_neurons", "only_correct", "wrap_hf_model", "write_circuit_tracer", "attribute_io_edges",
-    "edge_pruning_sweep", "cpr_cmd", "attribute_head_splits", "influence_prune",
+    "edge_pruning_sweep", "cpr_cmd", "attribute_head_splits", "influence_prune", "neuron_auroc",
 ]
 
 
@@ -108,6 +109,7 @@ if TYPE_CHECKING:
     from relp_lens.graph_export import write_circuit_tracer
     from relp_lens.graph_io import attribute_io_edges
     from relp_lens.heads import attribute_head_splits
+    from relp_lens.probes import neuron_auroc
     from relp_lens.pruning import edge_pruning_sweep, influence_prune
     from relp_lens.edges import attribute_edges, prune_edges
     from relp_lens.errors import RelPLensError
