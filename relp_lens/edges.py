@@ -71,6 +71,25 @@ def edge_layers(hook_names: Sequence[str]) -> list[int]:
     return blocks
 
 
+def leaf_hook(store: dict, key):
+    """Forward hook: the value becomes a detached leaf, kept in ``store[key]``; what follows depends on it
+    only through the leaf (a constant for everything upstream), and its gradient can be read there. ``key``
+    is bound here, never read from ``hook.name`` (a bridge's may be an alias's)."""
+    def hook(x, hook):
+        store[key] = x.detach().requires_grad_(True)
+        return store[key]
+
+    return hook
+
+
+def keep_hook(store: dict, key):
+    """Forward hook: remember the live value in ``store[key]`` (its graph kept), leave it unchanged."""
+    def hook(x, hook):
+        store[key] = x
+
+    return hook
+
+
 def node_positions(nodes: Sequence, batch, data, run) -> list[int | None]:
     """Each node's absolute position in ``batch``'s prompts (``None``: every position); a node at a position
     the batch's prompts lack is an error naming both (see :func:`relp_lens.positions.require`)."""
@@ -151,23 +170,10 @@ def attribute_edges(
         live: dict[int, torch.Tensor] = {}
         leaves: dict[int, torch.Tensor] = {}
 
-        def cut(layer):  # every MLP output becomes a leaf: MLPs are constants for what follows
-            def hook(x, hook):
-                leaves[layer] = x.detach().requires_grad_(True)
-                return leaves[layer]
-
-            return hook
-
-        def keep(layer):  # the layer is bound here, never read from hook.name (a bridge's may be an alias's)
-            def hook(x, hook):
-                live[layer] = x
-
-            return hook
-
         fwd = []
-        for layer in range(t_max + 1):
+        for layer in range(t_max + 1):  # every MLP output becomes a leaf: MLPs are constants for what follows
             out_name = f"blocks.{blocks[layer]}.hook_mlp_out"
-            fwd += [(circuit.hook_names[layer], keep(layer)), (out_name, cut(layer))]  # mlp_out: keep, then cut
+            fwd += [(circuit.hook_names[layer], keep_hook(live, layer)), (out_name, leaf_hook(leaves, layer))]
         for block in sorted(set(range(blocks[t_max] + 1)) - set(blocks)):  # MLPs outside the basis: constants too
             fwd.append((f"blocks.{block}.hook_mlp_out", lambda x, hook: x.detach()))
         mode = relp(model, **vars(run.rules)) if use_relp else contextlib.nullcontext()

@@ -51,7 +51,7 @@ from tqdm.auto import tqdm
 from relp_lens import backends
 from relp_lens.attribution import as_prompts, batch_gradients, prepare_run
 from relp_lens.circuit import Circuit
-from relp_lens.edges import edge_layers, node_positions, node_seeds
+from relp_lens.edges import edge_layers, keep_hook, leaf_hook, node_positions, node_seeds
 from relp_lens.errors import RelPLensError
 from relp_lens.metrics import evaluate_metric
 from relp_lens.relp_mode import RelPConfig, relp
@@ -163,27 +163,14 @@ def attribute_io_edges(model: HookedTransformer, circuit: Circuit, prompts, *, m
         cols = run.alignment.columns(length)
         at = node_positions(nodes, batch, data, run)
         e_ref = _embeddings(model, batch.patch_tokens, embeds) if run.paired else None
-        leaves: dict[str, torch.Tensor] = {}
+        leaves: dict[str | int, torch.Tensor] = {}
         live: dict[int, torch.Tensor] = {}
-
-        def leaf(name):
-            def hook(x, hook):
-                leaves[name] = x.detach().requires_grad_(True)
-                return leaves[name]
-
-            return hook
-
-        def keep(layer):
-            def hook(x, hook):
-                live[layer] = x
-
-            return hook
-
-        fwd = [(h, leaf(h)) for h in embeds]
+        fwd = [(h, leaf_hook(leaves, h)) for h in embeds]
         for layer, block in enumerate(blocks):
-            fwd += [(circuit.hook_names[layer], keep(layer)), (f"blocks.{block}.hook_mlp_out", leaf(layer))]
+            fwd += [(circuit.hook_names[layer], keep_hook(live, layer)),
+                    (f"blocks.{block}.hook_mlp_out", leaf_hook(leaves, layer))]
         for block in set(range(model.cfg.n_layers)) - set(blocks):  # MLPs outside the basis: constants too
-            fwd.append((f"blocks.{block}.hook_mlp_out", leaf(f"other.{block}")))
+            fwd.append((f"blocks.{block}.hook_mlp_out", leaf_hook(leaves, f"other.{block}")))
         mode = relp(model, **vars(run.rules)) if use_relp else contextlib.nullcontext()
         with torch.enable_grad(), mode, backends.hooks(model, fwd_hooks=fwd):
             logits = model(batch.clean_tokens.to(model.cfg.device))

@@ -55,7 +55,7 @@ from tqdm.auto import tqdm
 from relp_lens import backends
 from relp_lens.attribution import as_prompts, batch_gradients, prepare_run
 from relp_lens.circuit import Circuit
-from relp_lens.edges import edge_layers, node_positions, node_seeds
+from relp_lens.edges import edge_layers, keep_hook, leaf_hook, node_positions, node_seeds
 from relp_lens.errors import RelPLensError
 from relp_lens.graph_io import EMBED_HOOKS, IOEdges, _embeddings
 from relp_lens.metrics import evaluate_metric
@@ -269,26 +269,13 @@ def _pull_and_contract(model, run, batch, circuit, pairs, tangents, push, grads,
     n_heads = model.cfg.n_heads
     leaves: dict = {}
     live: dict[int, torch.Tensor] = {}
-
-    def leaf(key):
-        def hook(x, hook):
-            leaves[key] = x.detach().requires_grad_(True)
-            return leaves[key]
-
-        return hook
-
-    def keep(layer):
-        def hook(x, hook):
-            live[layer] = x
-
-        return hook
-
-    fwd = [(h, leaf(h)) for h in embeds]
+    fwd = [(h, leaf_hook(leaves, h)) for h in embeds]
     for block in range(model.cfg.n_layers):
-        layer = blocks.index(block) if block in blocks else None
-        if layer is not None:
-            fwd.append((circuit.hook_names[layer], keep(layer)))
-        fwd += [(f"blocks.{block}.hook_mlp_out", leaf(("mlp", block))), (z_names[block], leaf(("z", block)))]
+        if block in blocks:
+            layer = blocks.index(block)
+            fwd.append((circuit.hook_names[layer], keep_hook(live, layer)))
+        fwd += [(f"blocks.{block}.hook_mlp_out", leaf_hook(leaves, ("mlp", block))),
+                (z_names[block], leaf_hook(leaves, ("z", block)))]
     targets = [t for t in pairs if t[0] == "n"]
     mode = relp(model, **vars(run.rules)) if use_relp else contextlib.nullcontext()
     with torch.enable_grad(), mode, backends.hooks(model, fwd_hooks=fwd):
