@@ -65,10 +65,13 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "attribute_head_splits": ("heads", "attribute_head_splits"),
     "influence_prune": ("pruning", "influence_prune"),
     "neuron_auroc": ("probes", "neuron_auroc"),
+    "group_neurons": ("groups", "group_neurons"),
+    "groups_of": ("groups", "groups_of"),
+    "group_steering": ("steering", "group_steering"),
 }
 # submodules reachable as attributes after a bare ``import relp_lens`` (``relp_lens.plots.…``), as before
 _SUBMODULES = {"ablation", "agreement", "attribution", "backends", "cards", "circuit", "cli", "data", "demo",
-               "edges", "errors", "exact", "files", "graph_export", "graph_io", "heads", "metrics", "models", "nodes",
+               "edges", "errors", "exact", "files", "graph_export", "graph_io", "groups", "heads", "metrics", "models", "nodes",
                "plots", "positions", "probes", "pruning", "relp_mode", "report", "rules", "steering", "tasks"}
 
 __all__ = [
@@ -78,6 +81,7 @@ __all__ = [
     "select_threshold", "select_top_k", "shipped_gguf_path", "steer", "steering_direction", "steering_sweep",
     "plot", "always_on_neurons", "only_correct", "wrap_hf_model", "write_circuit_tracer", "attribute_io_edges",
     "edge_pruning_sweep", "cpr_cmd", "attribute_head_splits", "influence_prune", "neuron_auroc",
+    "group_neurons", "groups_of", "group_steering",
 ]
 
 
@@ -108,6 +112,7 @@ if TYPE_CHECKING:
     from relp_lens.data import Prompts
     from relp_lens.graph_export import write_circuit_tracer
     from relp_lens.graph_io import attribute_io_edges
+    from relp_lens.groups import group_neurons, groups_of
     from relp_lens.heads import attribute_head_splits
     from relp_lens.probes import neuron_auroc
     from relp_lens.pruning import edge_pruning_sweep, influence_prune
@@ -117,5 +122,5 @@ if TYPE_CHECKING:
     from relp_lens.models import load_model, shipped_gguf_path
     from relp_lens.nodes import BASES, resolve_hooks
     from relp_lens.relp_mode import RelPConfig, relp, relp_hooks
-    from relp_lens.steering import steer, steering_direction, steering_sweep
+    from relp_lens.steering import group_steering, steer, steering_direction, steering_sweep
     from relp_lens.tasks import only_correct

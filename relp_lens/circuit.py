@@ -37,7 +37,12 @@ JSON schema, version 2::
                "max_nodes": int (only the drawn graph was split), "totals_exact": bool,
                "edges": {"L3/100@-1 -> L5/20@-1": {"residual": float, "heads": [[block, head, float]],
                                                    "other": float}},   # also "E@-2 -> …", "… -> out"
-               "totals": [[block, head, float]]}}     # see relp_lens.heads
+               "totals": [[block, head, float]]},    # see relp_lens.heads
+     "groups": {"method": "spectral", "features": ["attribution", "activation", "edges"],   # optional
+                "seed": int, "n_prompts": int, "pruned": bool,
+                "stability": {"ari": float, "ari_seeds": [float], "ari_subsets": [float], "subset_fraction"},
+                "groups": [{"name": "G1", "label": str, "members": ["L3/100@-1", ...], "score": float,
+                            "stability": float, "promoted": [str]}]}}             # see relp_lens.groups
 
 Version 1 had no baseline, ablation or positions: positions were absolute, the baseline the patch prompts
 (paired) or zero, and evaluation mean ablation.
@@ -116,6 +121,7 @@ class Circuit:
     positions: dict[str, Any] = field(default_factory=lambda: dict(rule="absolute", n_shared=0, labels={}))
     io_edges: dict[str, Any] | None = None  # relp_lens.graph_io.IOEdges.to_dict(): embedding/output edges
     heads: dict[str, Any] | None = None  # relp_lens.heads.attribute_head_splits: edges split over heads
+    groups: dict[str, Any] | None = None  # relp_lens.groups.group_neurons: neuron groups (supernodes)
 
     def __post_init__(self) -> None:
         if self.ablation not in ABLATIONS:
@@ -195,6 +201,7 @@ class Circuit:
             "evaluation": self.evaluation,
             **({"io_edges": self.io_edges} if self.io_edges is not None else {}),
             **({"heads": self.heads} if self.heads is not None else {}),
+            **({"groups": self.groups} if self.groups is not None else {}),
         }
 
     @classmethod
@@ -241,10 +248,13 @@ class Circuit:
             heads = d.get("heads")
             if heads is not None:
                 _check_heads(heads)
+            groups = d.get("groups")
+            if groups is not None:
+                _check_groups(groups, nodes)
             return cls(nodes=nodes, basis=d["basis"], hook_names=d["hook_names"], node_width=d["node_width"],
                        model=d["model"], method=d.get("method", "?"), metric=d.get("metric", "?"),
                        data=data, selection=d.get("selection") or {}, edges=edges,
-                       evaluation=d.get("evaluation"), io_edges=io, heads=heads, **extra)
+                       evaluation=d.get("evaluation"), io_edges=io, heads=heads, groups=groups, **extra)
         except RelPLensError as e:
             raise RelPLensError(f"{source}: {e}") from None
 
@@ -292,6 +302,17 @@ def _check_heads(heads: Any) -> None:
             int(l), int(h), float(w)
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise RelPLensError(f"heads: malformed ({type(e).__name__}: {e})") from None
+
+
+def _check_groups(groups: Any, nodes: Sequence[CircuitNode]) -> None:
+    """Validate the optional ``groups`` field: well formed, members are nodes of the circuit."""
+    from relp_lens.groups import NeuronGroups
+
+    labels = {n.label() for n in nodes}
+    for g in NeuronGroups.from_dict(groups).groups:
+        missing = [m for m in g.members if m not in labels]
+        if missing:
+            raise RelPLensError(f"groups: group {g.name} member {missing[0]} is not a node of this circuit")
 
 
 def model_facts(model: HookedTransformer) -> dict[str, Any]:

@@ -237,7 +237,8 @@ def subgraph(circuit: Circuit, used: Sequence[int], kept: Sequence[CircuitEdge],
 
     Input/output edges: ``io`` (an :class:`~relp_lens.graph_io.IOEdges` over the old numbering, pruned edges
     zeroed) or the circuit's own, restricted to ``used`` and renumbered. Head splits are kept for exactly the
-    edges that remain (their keys are node labels: nothing to renumber).
+    edges that remain (their keys are node labels: nothing to renumber); neuron groups keep the members that
+    remain (groups left empty are dropped).
     """
     from relp_lens.graph_io import IOEdges
     from relp_lens.heads import OUT, edge_key, embedding_key
@@ -267,5 +268,11 @@ def subgraph(circuit: Circuit, used: Sequence[int], kept: Sequence[CircuitEdge],
             heads = dict(heads, totals=[[l, h, w] for (l, h), w in sorted(totals.items(), key=lambda x: -abs(x[1]))],
                          totals_exact=all(split["other"] == 0 for split in kept_splits.values()))
         heads = dict(heads, edges=kept_splits)
+    groups = circuit.groups
+    if groups is not None:
+        from relp_lens.groups import NeuronGroups
+
+        kept_groups = NeuronGroups.from_dict(groups).restricted([n.label() for n in nodes])
+        groups = None if kept_groups is None else kept_groups.to_dict()
     return replace(circuit, nodes=nodes, edges=edges, selection=dict(circuit.selection, **(selection or {})),
-                   io_edges=None if io is None else io.to_dict(), heads=heads)
+                   io_edges=None if io is None else io.to_dict(), heads=heads, groups=groups)

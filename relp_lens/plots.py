@@ -316,3 +316,25 @@ def steering_plot(sweep: dict) -> go.Figure:
     fig.update_layout(title=f"steering ({sweep.get('mode', 'scale')})", xaxis_title="factor",
                       yaxis_title="probability at the last position")
     return fig
+
+
+def group_steering_plot(result: dict) -> go.Figure:
+    """A group's steering sweep (:func:`relp_lens.steering.group_steering`): per token, the group's curve and
+    the random groups' mean ± one standard deviation as a band."""
+    colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
+    fig = go.Figure()
+    x = list(result["factors"])
+    for j, (t, p) in enumerate(result["probs"].items()):
+        c = colors[j % len(colors)]
+        mean, std = result.get("random_mean", {}).get(t), result.get("random_std", {}).get(t)
+        if mean:
+            upper = [m + s for m, s in zip(mean, std)]
+            lower = [max(0.0, m - s) for m, s in zip(mean, std)]
+            fig.add_trace(go.Scatter(x=x + x[::-1], y=upper + lower[::-1], fill="toself", fillcolor=c, opacity=0.15,
+                                     line=dict(width=0), hoverinfo="skip", showlegend=False))
+            fig.add_trace(go.Scatter(x=x, y=mean, mode="lines", line=dict(color=c, dash="dot"),
+                                     name=f"{t!r}, {len(result['random'][t])} random groups"))
+        fig.add_trace(go.Scatter(x=x, y=p, mode="lines+markers", line=dict(color=c), name=f"{t!r}, {result['group']}"))
+    fig.update_layout(title=f"steering group {result['group']} ({result['size']} neurons) × factor",
+                      xaxis_title="factor (activation multiplier)", yaxis_title="probability at the last position")
+    return fig

@@ -9,6 +9,8 @@
    the target one (``f = 1`` ≈ mean-patching the nodes to the target).
 3. :func:`steering_sweep` — for each factor, the probabilities of chosen tokens at the last position; the
    factor is the value itself, or multiplies a per-node ``direction``.
+4. :func:`group_steering` — a neuron group (:mod:`relp_lens.groups`) scaled by the paper's factors
+   {−4, −2, −1, 0, 1, 2, 4}, next to random groups of the same size, layers and positions.
 
 Positions follow :mod:`relp_lens.positions`: ``pos >= 0`` from the start, ``pos < 0`` from the end of each
 forward pass (``-1``: the last token), ``None`` every position. A forward pass that lacks a node's
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import random
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
@@ -37,6 +40,7 @@ if TYPE_CHECKING:  # annotations only: TransformerLens 4 has no HookedTransforme
 
 Node = tuple[int, int | None, int]
 MODES = ("scale", "set", "add")
+FACTORS = (-4, -2, -1, 0, 1, 2, 4)  # the paper's steering multipliers
 
 
 def _width(model: HookedTransformer, hook: str) -> int | None:
@@ -148,15 +152,34 @@ def steering_direction(model: HookedTransformer, nodes: Sequence[Node], source: 
     return [t - s for s, t in zip(mean_acts(source, "source"), mean_acts(target, "target"))]
 
 
+def _last_probs(model: HookedTransformer, prompts: Sequence[str], ids: Sequence[int],
+                batch_size: int = 32) -> torch.Tensor:
+    """Mean probability of each token id at the last position over ``prompts`` (batched by token length).
+    → ``[token]``."""
+    tokens = [model.to_tokens(p)[0] for p in prompts]
+    by_length: dict[int, list[int]] = {}
+    for i, t in enumerate(tokens):
+        by_length.setdefault(len(t), []).append(i)
+    acc = torch.zeros(len(ids), dtype=torch.float64)
+    with torch.no_grad():
+        for idx in by_length.values():
+            for s in range(0, len(idx), batch_size):
+                batch = torch.stack([tokens[i] for i in idx[s:s + batch_size]])  # [batch, pos]
+                probs = model(batch)[:, -1].float().softmax(-1)[:, list(ids)]  # [batch, token]
+                acc += probs.sum(0).double().cpu()
+    return (acc / len(prompts)).float()
+
+
 def steering_sweep(model: HookedTransformer, prompts: str | Sequence[str], nodes: Sequence[Node],
-                   tokens: Sequence[str], factors: Sequence[float] = (-4, -2, -1, 0, 1, 2, 4), *,
-                   mode: str = "scale", direction: Sequence[float] | None = None, basis="mlp_post") -> dict:
+                   tokens: Sequence[str], factors: Sequence[float] = FACTORS, *,
+                   mode: str = "scale", direction: Sequence[float] | None = None, basis="mlp_post",
+                   batch_size: int = 32) -> dict:
     """Mean probability of each of ``tokens`` (single tokens) at the last position, per steering factor.
 
     The steering value at factor ``f`` is ``f`` itself, or ``f × direction`` per node when a ``direction``
     is given (e.g. from :func:`steering_direction`, with ``mode="add"``).
-    Returns ``{"factors": [...], "probs": {token: [p per factor]}, "mode": mode}``; prompts of different
-    token lengths are run one at a time.
+    Returns ``{"factors": [...], "probs": {token: [p per factor]}, "mode": mode}``; prompts of one token
+    length run in batches of ``batch_size``.
     """
     if direction is not None and len(direction) != len(nodes):
         raise RelPLensError(f"direction has {len(direction)} values for {len(nodes)} nodes")
@@ -166,11 +189,65 @@ def steering_sweep(model: HookedTransformer, prompts: str | Sequence[str], nodes
     ids = [answer_token(model, t) for t in tokens]
     probs = {t: [] for t in tokens}
     for f in factors:
-        acc = torch.zeros(len(ids))
         value = f if direction is None else [f * d for d in direction]
-        with steer(model, nodes, value, mode=mode, basis=basis), torch.no_grad():
-            for p in prompts:
-                acc += model(model.to_tokens(p))[0, -1].softmax(-1)[ids].cpu()
-        for t, v in zip(tokens, (acc / len(prompts)).tolist()):
+        with steer(model, nodes, value, mode=mode, basis=basis):
+            p = _last_probs(model, prompts, ids, batch_size)
+        for t, v in zip(tokens, p.tolist()):
             probs[t].append(v)
     return {"factors": list(factors), "probs": probs, "mode": mode if direction is None else f"{mode} × direction"}
+
+
+def random_groups(nodes: Sequence[Node], width: int, n: int, *, seed: int = 0,
+                  exclude: Sequence[Node] = ()) -> list[list[Node]]:
+    """``n`` random groups matched to ``nodes``: the same layers and positions, other neuron indices (none of
+    ``nodes`` or ``exclude``, no index twice in a layer and position)."""
+    taken = {(l, p, i) for l, p, i in list(nodes) + list(exclude)}
+    per_slot: dict[tuple[int, int | None], int] = {}
+    for l, p, _ in nodes:
+        per_slot[(l, p)] = per_slot.get((l, p), 0) + 1
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        group = []
+        for (l, p), count in per_slot.items():
+            free = [i for i in range(width) if (l, p, i) not in taken]
+            if len(free) < count:
+                raise RelPLensError(f"layer {l} has only {len(free)} free neurons for a random group of {count}")
+            group += [(l, p, i) for i in rng.sample(free, count)]
+        out.append(group)
+    return out
+
+
+def group_steering(model: HookedTransformer, circuit, group: str | int, prompts: str | Sequence[str],
+                   tokens: Sequence[str], factors: Sequence[float] = FACTORS, *, n_random: int = 10,
+                   seed: int = 0, batch_size: int = 32) -> dict:
+    """Multiply a neuron group's activations at its positions by each factor (the paper's −4 … 4) and read
+    the probabilities of ``tokens``; the same for ``n_random`` random groups of the same size, layers and
+    positions (:func:`random_groups`, neurons outside the circuit).
+
+    ``group``: a group name (``"G1"``) or number of ``circuit``'s neuron groups
+    (:func:`relp_lens.groups.group_neurons`). Returns the group's sweep (as :func:`steering_sweep`) plus
+    ``"group"``, ``"size"``, ``"random"`` (``{token: [[p per factor] per random group]}``) and
+    ``"random_mean"`` / ``"random_std"`` (``{token: [per factor]}``).
+    """
+    from relp_lens.groups import group_nodes
+
+    if circuit.basis != "mlp_post":
+        raise RelPLensError(f"group steering scales MLP neurons; this circuit's basis is {circuit.basis!r}")
+    circuit.check_model(model)
+    nodes = group_nodes(circuit, group)
+    if not nodes:
+        raise RelPLensError(f"group {group!r} has no members left in this circuit")
+    if n_random < 0:
+        raise RelPLensError(f"n_random must be ≥ 0, got {n_random}")
+    name = group if isinstance(group, str) else f"G{int(group) + 1}"
+    out = steering_sweep(model, prompts, nodes, tokens, factors, mode="scale", batch_size=batch_size)
+    others = random_groups(nodes, circuit.node_width, n_random, seed=seed, exclude=[n.key for n in circuit.nodes])
+    sweeps = [steering_sweep(model, prompts, g, tokens, factors, mode="scale", batch_size=batch_size)
+              for g in others]
+    random_probs = {t: [sw["probs"][t] for sw in sweeps] for t in tokens}
+    stats = {t: torch.tensor(v, dtype=torch.float64) if v else None for t, v in random_probs.items()}
+    out.update(group=name, size=len(nodes), random=random_probs,
+               random_mean={t: [] if v is None else v.mean(0).tolist() for t, v in stats.items()},
+               random_std={t: [] if v is None else (v.std(0, unbiased=False)).tolist() for t, v in stats.items()})
+    return out

@@ -192,3 +192,63 @@ def test_negative_positions_steer_the_last_token(llama):
     assert d[0] == pytest.approx(b["blocks.1.mlp.hook_post"][0, -1, 4].item()
                                  - a["blocks.1.mlp.hook_post"][0, -1, 4].item(), rel=1e-5)
     assert hooks_left(llama) == []
+
+
+def _planted_group_circuit(model, token="are", size=3):
+    """A circuit whose group G1 is last-layer neurons at the last position writing straight into ``token``'s
+    unembedding (each neuron's W_out row set to sign(activation) × W_U[:, token]): scaling the group up must
+    raise P(token), scaling it down or negating it must lower it."""
+    from relp_lens.circuit import Circuit, CircuitNode, model_facts
+    from relp_lens.groups import NeuronGroup, NeuronGroups
+
+    layer = model.cfg.n_layers - 1
+    acts = post(model, layer)[-1]  # [d_mlp] at the last position
+    idx = acts.abs().topk(size).indices.tolist()
+    t = model.to_single_token(token)
+    with torch.no_grad():
+        for i in idx:
+            model.blocks[layer].mlp.W_out[i] = torch.sign(acts[i]) * model.W_U[:, t] / model.W_U[:, t].norm()
+    hooks = [f"blocks.{l}.mlp.hook_post" for l in range(model.cfg.n_layers)]
+    nodes = [CircuitNode(layer, -1, i, 1.0) for i in idx] + [CircuitNode(0, -1, 0, 0.1)]
+    groups = NeuronGroups([NeuronGroup("G1", "planted", [n.label() for n in nodes[:size]], float(size)),
+                           NeuronGroup("G2", "other", [nodes[-1].label()], 0.1)], ["attribution"])
+    return Circuit(nodes, "mlp_post", hooks, model.cfg.d_mlp, model_facts(model), groups=groups.to_dict()), idx
+
+
+def test_group_steering_moves_the_planted_token():
+    from relp_lens.steering import FACTORS, group_steering, random_groups
+
+    model = tiny_llama(seed=3)
+    circuit, idx = _planted_group_circuit(model)
+    res = group_steering(model, circuit, "G1", [PROMPT], ["are", "is"], n_random=4)
+    assert hooks_left(model) == []
+    assert res["factors"] == list(FACTORS) and res["group"] == "G1" and res["size"] == 3
+    p = dict(zip(res["factors"], res["probs"]["are"]))
+    base = model(model.to_tokens(PROMPT))[0, -1].softmax(-1)[model.to_single_token("are")].item()
+    assert p[1] == pytest.approx(base, rel=1e-5)  # factor 1 is the unsteered model
+    assert p[4] > p[2] > p[1] > p[0] > p[-1] > p[-4]  # the planted direction: monotone in the factor
+    with steer(model, [(circuit.nodes[0].layer, -1, i) for i in idx], 0.0, mode="set"):
+        zeroed = model(model.to_tokens(PROMPT))[0, -1].softmax(-1)[model.to_single_token("are")].item()
+    assert p[0] == pytest.approx(zeroed, rel=1e-5)  # factor 0 zero-ablates the group
+    # random groups: same size, layer and position, other neurons; they barely move the token
+    assert len(res["random"]["are"]) == 4 and len(res["random_mean"]["are"]) == len(FACTORS)
+    spread = max(res["random_mean"]["are"]) - min(res["random_mean"]["are"])
+    assert spread < (p[4] - p[-4]) / 3
+    others = random_groups([n.key for n in circuit.nodes[:3]], model.cfg.d_mlp, 5, seed=1,
+                           exclude=[n.key for n in circuit.nodes])
+    for g in others:
+        assert len(g) == 3 and {(l, q) for l, q, _ in g} == {(circuit.nodes[0].layer, -1)}
+        assert not {i for *_, i in g} & set(idx) and len({i for *_, i in g}) == 3
+    with pytest.raises(RelPLensError, match="no group 'G7'"):
+        group_steering(model, circuit, "G7", [PROMPT], ["are"])
+
+
+def test_group_steering_plot():
+    from relp_lens.plots import group_steering_plot
+    from relp_lens.steering import group_steering
+
+    model = tiny_llama(seed=3)
+    circuit, _ = _planted_group_circuit(model)
+    fig = group_steering_plot(group_steering(model, circuit, 0, [PROMPT, "The parents"], ["are"], n_random=2))
+    names = [t.name for t in fig.data if t.name]
+    assert names == ["'are', 2 random groups", "'are', G1"] and "G1" in fig.layout.title.text

@@ -1,0 +1,414 @@
+"""Neuron groups (supernodes): a circuit's neurons clustered into units that act together.
+
+The paper groups a circuit's neurons by hand (city → state → capital) and names automatic grouping as an
+open question. relp_lens groups them from what the neurons share:
+
+1. Profiles over the build prompts (or ``rows``), per circuit node ``(layer, pos, index)``:
+   - its attribution score on each prompt, ``[prompt, node]`` (the circuit's gradient method, RelP for
+     anything else; ``pos=None``: summed over the prompt's positions, as selection sums it);
+   - its clean activation on each prompt at its position (``pos=None``: the mean over the prompt's positions).
+2. Affinities between nodes, each in [0, 1]:
+   - ``attribution``: cosine similarity of score profiles, negative values clipped to 0 — neurons that
+     matter on the same prompts, in the same direction;
+   - ``activation``: Pearson correlation of activation profiles, clipped to 0 — co-activation;
+   - ``edges`` (only when the circuit has edges): cosine similarity of the nodes' |weight| rows — edges in
+     from every other node and from the embeddings, then edges out to every other node and to the output —
+     so neurons that read from and write to the same places group together. A direct edge A → B puts
+     nothing in a shared coordinate: the steps of a chain are not pulled into one group by their link.
+   The affinity is the mean of the kinds used (default: all that are available).
+3. Spectral clustering (scikit-learn, precomputed affinity, k-means on the spectral embedding) into ``k``
+   groups; with ``n_groups=None``, ``k`` in ``[2, max_groups]`` maximises the silhouette score of the
+   distance 1 − affinity.
+4. Stability: the clustering is repeated with ``n_seeds`` other seeds, and on ``n_subsets`` random subsets of
+   the prompts (``subset_fraction`` of them; profiles from those prompts only, edges — computed on all
+   prompts — kept), each compared with the reference by the adjusted Rand index (ARI: 1 = the same
+   partition, ≈ 0 = chance). Per group: the mean over those runs of its best Jaccard overlap with a group
+   of the run. The stability score is the mean ARI over the subsets (seeds alone, when there are fewer than
+   4 prompts): re-drawing the data is the harder test — k-means seeds rarely move a partition.
+5. Labels, like a neuron card for the whole group: its layers and positions, and the tokens its mean write
+   promotes — Σ over members of (mean clean activation × the member's output direction, ``W_out`` row
+   times the final norm weight), read through ``W_U``.
+
+Groups are stored in the circuit file (field ``groups``), members named by node label (``L3/100@-1``) so
+pruning keeps them valid (:func:`relp_lens.edges.subgraph` drops members that leave).
+"""
+
+from __future__ import annotations
+
+import random
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from relp_lens import backends
+from relp_lens.errors import RelPLensError
+
+if TYPE_CHECKING:  # annotations only: TransformerLens 4 has no HookedTransformer
+    from transformer_lens import HookedTransformer
+
+    from relp_lens.circuit import Circuit
+
+FEATURES = ("attribution", "activation", "edges")
+
+
+@dataclass
+class NeuronGroup:
+    name: str  # "G1", "G2", … in order of |total score|
+    label: str  # layers, positions and promoted tokens (step 5)
+    members: list[str]  # node labels, "L3/100@-1"
+    score: float  # sum of the members' circuit scores
+    stability: float | None = None  # mean best Jaccard overlap across re-clusterings (step 4)
+    promoted: list[str] = field(default_factory=list)  # tokens the group's mean write raises most
+
+
+@dataclass
+class NeuronGroups:
+    """The ``groups`` field of a circuit (JSON: :meth:`to_dict`)."""
+
+    groups: list[NeuronGroup]
+    features: list[str]
+    seed: int = 0
+    n_prompts: int = 0
+    stability: dict[str, Any] = field(default_factory=dict)  # {"ari": mean, "ari_seeds": [...], "ari_subsets": [...]}
+    method: str = "spectral"
+    pruned: bool = False  # members were removed by pruning after grouping
+
+    def __post_init__(self) -> None:
+        bad = [f for f in self.features if f not in FEATURES]
+        if bad:
+            raise RelPLensError(f"groups: unknown feature {bad[0]!r}; choose from {list(FEATURES)}")
+        seen: set[str] = set()
+        for g in self.groups:
+            if not g.members:
+                raise RelPLensError(f"groups: group {g.name} has no members")
+            twice = seen.intersection(g.members)
+            if twice:
+                raise RelPLensError(f"groups: node {sorted(twice)[0]} is in more than one group")
+            seen.update(g.members)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "NeuronGroups":
+        try:
+            groups = [NeuronGroup(name=str(g["name"]), label=str(g["label"]), members=[str(m) for m in g["members"]],
+                                  score=float(g["score"]),
+                                  stability=None if g.get("stability") is None else float(g["stability"]),
+                                  promoted=[str(t) for t in g.get("promoted", [])])
+                      for g in d["groups"]]
+            return cls(groups=groups, features=[str(f) for f in d["features"]], seed=int(d.get("seed", 0)),
+                       n_prompts=int(d.get("n_prompts", 0)), stability=dict(d.get("stability") or {}),
+                       method=str(d.get("method", "spectral")), pruned=bool(d.get("pruned", False)))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise RelPLensError(f"groups: malformed ({type(e).__name__}: {e})") from None
+
+    def assignment(self, labels: Sequence[str]) -> list[int]:
+        """Group number of each node label (-1: in no group)."""
+        where = {m: i for i, g in enumerate(self.groups) for m in g.members}
+        return [where.get(label, -1) for label in labels]
+
+    def restricted(self, labels: Sequence[str]) -> "NeuronGroups | None":
+        """Only the members among ``labels`` (after pruning); groups left empty are dropped."""
+        keep = set(labels)
+        groups = [replace(g, members=[m for m in g.members if m in keep]) for g in self.groups]
+        groups = [g for g in groups if g.members]
+        if not groups:
+            return None
+        changed = sum(len(g.members) for g in groups) < sum(len(g.members) for g in self.groups)
+        return replace(self, groups=groups, pruned=self.pruned or changed)
+
+    def summary(self) -> str:
+        st = self.stability.get("ari")
+        lines = [f"{len(self.groups)} neuron groups from {', '.join(self.features)} ({self.method}"
+                 + (f", stability ARI {st:.2f}" if st is not None else "") + ")"]
+        for g in self.groups:
+            stab = "" if g.stability is None else f", stability {g.stability:.2f}"
+            lines.append(f"  {g.name}: {len(g.members)} neurons, score {g.score:+.3f}{stab} — {g.label}")
+        return "\n".join(lines)
+
+
+# -- step 2: affinities ------------------------------------------------------------------------------------
+def _cosine(x: np.ndarray) -> np.ndarray:
+    """``[node, node]`` cosine similarity of the columns of ``x`` (``[features, node]``); 0 for a zero column."""
+    norm = np.linalg.norm(x, axis=0)
+    y = x / np.where(norm > 0, norm, 1.0)
+    return y.T @ y
+
+
+def affinity(scores: np.ndarray | None = None, acts: np.ndarray | None = None,
+             edges: np.ndarray | None = None) -> np.ndarray:
+    """The mean affinity (step 2) of the kinds given, ``[node, node]``.
+
+    ``scores``, ``acts``: ``[prompt, node]`` profiles; ``edges``: ``[edge slot, node]`` |weight| profiles —
+    per node, its edges in from each possible source, then its edges out to each possible target
+    (:func:`edge_profiles`).
+    """
+    parts = []
+    if scores is not None:
+        parts.append(np.clip(_cosine(scores), 0, 1))
+    if acts is not None:
+        parts.append(np.clip(_cosine(acts - acts.mean(0, keepdims=True)), 0, 1))
+    if edges is not None:
+        parts.append(np.clip(_cosine(np.abs(edges)), 0, 1))
+    if not parts:
+        raise RelPLensError("no features to group by")
+    out = sum(parts) / len(parts)
+    np.fill_diagonal(out, 1.0)
+    return out
+
+
+# -- step 3: clustering -------------------------------------------------------------------------------------
+def cluster(aff: np.ndarray, n_groups: int, seed: int = 0) -> np.ndarray:
+    """Spectral clustering of a ``[node, node]`` affinity into ``n_groups`` labels (``[node]`` ints)."""
+    from sklearn.cluster import SpectralClustering
+
+    n = aff.shape[0]
+    if not 1 <= n_groups <= n:
+        raise RelPLensError(f"cannot split {n} nodes into {n_groups} groups")
+    if n_groups == 1:
+        return np.zeros(n, dtype=int)
+    a = aff + 1e-6  # keeps the affinity graph connected (isolated nodes would make the embedding degenerate)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        model = SpectralClustering(n_clusters=n_groups, affinity="precomputed", random_state=seed,
+                                   assign_labels="kmeans", n_init=10)
+        return model.fit_predict(a)
+
+
+def choose_k(aff: np.ndarray, max_groups: int = 8, seed: int = 0) -> int:
+    """The ``k`` in ``[2, max_groups]`` whose clustering has the largest silhouette score on 1 − affinity."""
+    from sklearn.metrics import silhouette_score
+
+    n = aff.shape[0]
+    dist = np.clip(1.0 - aff, 0, None)
+    np.fill_diagonal(dist, 0.0)
+    best, best_k = -2.0, 2
+    for k in range(2, min(max_groups, n - 1) + 1):
+        labels = cluster(aff, k, seed)
+        if len(set(labels.tolist())) < 2:
+            continue
+        s = silhouette_score(dist, labels, metric="precomputed")
+        if s > best + 1e-9:
+            best, best_k = s, k
+    return best_k
+
+
+# -- step 4: stability -------------------------------------------------------------------------------------
+def best_jaccard(ref: np.ndarray, other: np.ndarray) -> list[float]:
+    """Per group of ``ref``: its largest Jaccard overlap with a group of ``other`` (same nodes)."""
+    out = []
+    for g in sorted(set(ref.tolist())):
+        a = set(np.flatnonzero(ref == g).tolist())
+        out.append(max(len(a & b) / len(a | b) for b in (set(np.flatnonzero(other == h).tolist())
+                                                        for h in set(other.tolist()))))
+    return out
+
+
+def stability(profiles: dict[str, np.ndarray | None], labels: np.ndarray, n_groups: int, *, seed: int = 0,
+              n_seeds: int = 5, n_subsets: int = 5, subset_fraction: float = 0.7) -> tuple[dict, list[float]]:
+    """ARI of re-clusterings against ``labels`` (step 4) → (``{"ari", "ari_seeds", "ari_subsets", …}``,
+    per-group mean best Jaccard)."""
+    from sklearn.metrics import adjusted_rand_score
+
+    aff = affinity(profiles.get("scores"), profiles.get("acts"), profiles.get("edges"))
+    runs, seeds_ari, subsets_ari = [], [], []
+    for s in range(1, n_seeds + 1):
+        other = cluster(aff, n_groups, seed + s)
+        seeds_ari.append(float(adjusted_rand_score(labels, other)))
+        runs.append(other)
+    n_prompts = next((p.shape[0] for k, p in profiles.items() if k != "edges" and p is not None), 0)
+    rng = random.Random(seed)
+    if n_prompts >= 4:
+        m = max(2, round(subset_fraction * n_prompts))
+        for _ in range(n_subsets):
+            rows = sorted(rng.sample(range(n_prompts), m))
+            sub = {k: (p if k == "edges" or p is None else p[rows]) for k, p in profiles.items()}
+            other = cluster(affinity(sub.get("scores"), sub.get("acts"), sub.get("edges")), n_groups, seed)
+            subsets_ari.append(float(adjusted_rand_score(labels, other)))
+            runs.append(other)
+    per_group = np.mean([best_jaccard(labels, r) for r in runs], axis=0).tolist() if runs else []
+    headline = subsets_ari or seeds_ari
+    return dict(ari=float(np.mean(headline)) if headline else None, ari_seeds=seeds_ari, ari_subsets=subsets_ari,
+                subset_fraction=subset_fraction), per_group
+
+
+# -- step 1: profiles ---------------------------------------------------------------------------------------
+def node_profiles(model: HookedTransformer, circuit: Circuit, rows: Sequence[dict], *, batch_size: int = 16,
+                  progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Per-prompt attribution scores and clean activations of the circuit's nodes (step 1):
+    ``([prompt, node], [prompt, node])``."""
+    from relp_lens.attribution import attribute
+
+    method = circuit.method if circuit.method in ("relp", "grad") else "relp"
+    paired = bool(rows) and "patch_prefix" in rows[0]
+    attr = attribute(model, list(rows), basis=circuit.hook_names, method=method,
+                     metric=circuit.metric if circuit.metric in ("logit_diff", "logit", "logprob") else None,
+                     baseline=None if paired else circuit.baseline, batch_size=batch_size, progress=progress)
+    scores = attr.scores  # [prompt, layer, pos, node]
+    cols = [None if n.pos is None else attr.alignment.column(n.pos) for n in circuit.nodes]
+    out_s = np.zeros((attr.n_examples, len(circuit.nodes)))
+    for j, (n, c) in enumerate(zip(circuit.nodes, cols)):
+        out_s[:, j] = (scores[:, n.layer, :, n.index].sum(-1) if c is None else scores[:, n.layer, c, n.index]).numpy()
+    # activations at the same columns, from one no-grad forward per batch
+    from relp_lens.data import make_batches, tokenize
+
+    tok = tokenize(model, attr.prompts)
+    hooks = sorted({circuit.hook_names[n.layer] for n in circuit.nodes})
+    out_a = np.zeros_like(out_s)
+    for batch in make_batches(tok, batch_size):
+        with torch.no_grad():
+            _, cache = model.run_with_cache(batch.clean_tokens.to(model.cfg.device),
+                                            names_filter=lambda name: name in hooks)
+        length = batch.clean_tokens.shape[1]
+        where = attr.alignment.columns(length)  # [pos] column of each token
+        for j, (n, c) in enumerate(zip(circuit.nodes, cols)):
+            a = cache[circuit.hook_names[n.layer]]
+            a = a.reshape(a.shape[0], a.shape[1], -1)[:, :, n.index].float().cpu()  # [batch, pos]
+            if c is None:
+                out_a[batch.indices, j] = a.mean(1).numpy()
+            else:
+                t = (where == c).nonzero().flatten()
+                if len(t):
+                    out_a[batch.indices, j] = a[:, int(t[0])].numpy()
+    return out_s, out_a
+
+
+def edge_profiles(circuit: Circuit) -> np.ndarray | None:
+    """``[edge slot, node]`` |weight| profiles (step 2's ``edges``): per node, its edges in from every node and
+    every embedding position, then its edges out to every node and the output; None without edges."""
+    n = len(circuit.nodes)
+    if not circuit.edges and circuit.io_edges is None:
+        return None
+    inputs, io = 0, None
+    if circuit.io_edges is not None:
+        from relp_lens.graph_io import IOEdges
+
+        io = IOEdges.from_dict(circuit.io_edges, n)
+        inputs = io.input.shape[0]
+    a = np.zeros((n + 1, n + inputs))  # [target (nodes, output), source (nodes, embeddings)]
+    for e in circuit.edges:
+        a[e.target, e.source] += abs(e.weight)
+    if io is not None:
+        a[:n, n:] = io.input.abs().T.numpy()
+        a[n, :n] = io.output.abs().numpy()
+    return np.concatenate([a[:n].T, a[:, :n]], axis=0)  # [(n + inputs) + (n + 1), node]
+
+
+def _promoted(model: HookedTransformer, circuit: Circuit, members: Sequence[int], mean_acts: np.ndarray,
+              k: int = 3) -> list[str]:
+    """Tokens the group's mean write raises most (step 5); empty for bases without neuron directions."""
+    if circuit.basis != "mlp_post":
+        return []
+    with torch.no_grad():
+        w_final = backends.final_norm_weight(model)
+        write = None
+        for j in members:
+            node = circuit.nodes[j]
+            d = backends.W_out(model, node.layer)[node.index].float() * float(mean_acts[j])  # [d_model]
+            write = d if write is None else write + d
+        if w_final is not None:
+            write = write * w_final.float()
+        logits = write @ backends.W_U(model).float()  # [d_vocab]
+        return [model.to_string(int(i)) for i in logits.topk(k).indices]
+
+
+def _label(circuit: Circuit, members: Sequence[int], promoted: Sequence[str]) -> str:
+    layers = sorted({circuit.nodes[j].layer for j in members})
+    span = f"L{layers[0]}" if len(layers) == 1 else f"L{layers[0]}–{layers[-1]}"
+    positions: dict[Any, int] = {}
+    for j in members:
+        positions[circuit.nodes[j].pos] = positions.get(circuit.nodes[j].pos, 0) + 1
+    top = sorted(positions, key=lambda p: -positions[p])[:2]
+    where = ", ".join("all" if p is None else f"{p} {circuit.token_label(p)}" for p in top)
+    more = "…" if len(positions) > 2 else ""
+    writes = f" → {', '.join(repr(t) for t in promoted)}" if promoted else ""
+    return f"{span} @ {where}{more}{writes}"
+
+
+def group_neurons(model: HookedTransformer, circuit: Circuit, rows: Sequence[dict] | None = None, *,
+                  n_groups: int | None = None, max_groups: int = 8, features: Sequence[str] | None = None,
+                  seed: int = 0, n_seeds: int = 5, n_subsets: int = 5, subset_fraction: float = 0.7,
+                  batch_size: int = 16, progress: bool = False) -> Circuit:
+    """The circuit with its neurons grouped (field ``groups``; see the module docstring).
+
+    Args:
+        rows: prompts for the profiles (default: the circuit's build rows).
+        n_groups: the number of groups; ``None`` chooses it in ``[2, max_groups]`` (step 3).
+        features: kinds of affinity (``attribution``, ``activation``, ``edges``); default: all available —
+            ``edges`` only when the circuit has edges.
+        seed, n_seeds, n_subsets, subset_fraction: the reference clustering's seed and the stability runs.
+    """
+    from relp_lens.circuit import Circuit  # noqa: F401 (type of the result)
+
+    circuit.check_model(model)
+    rows = rows if rows is not None else (circuit.data or {}).get("rows")
+    if not rows:
+        raise RelPLensError("no prompts to group by: the circuit stores no rows; pass rows=")
+    n = len(circuit.nodes)
+    if n < 2:
+        raise RelPLensError(f"a circuit of {n} node(s) cannot be grouped")
+    has_edges = bool(circuit.edges) or circuit.io_edges is not None
+    if features is None:
+        features = ["attribution", "activation"] + (["edges"] if has_edges else [])
+    features = list(features)
+    bad = [f for f in features if f not in FEATURES]
+    if bad or not features:
+        raise RelPLensError(f"unknown feature {bad[0]!r}; choose from {list(FEATURES)}" if bad else "no features")
+    if "edges" in features and not has_edges:
+        raise RelPLensError("feature 'edges' needs a circuit with edges (relp_lens.attribute_edges)")
+    if n_groups is not None and not 1 <= n_groups <= n:
+        raise RelPLensError(f"n_groups must be in [1, {n}], got {n_groups}")
+    if max_groups < 2:
+        raise RelPLensError(f"max_groups must be ≥ 2, got {max_groups}")
+    if not 0 < subset_fraction < 1:
+        raise RelPLensError(f"subset_fraction must be in (0, 1), got {subset_fraction}")
+    scores, acts = node_profiles(model, circuit, rows, batch_size=batch_size, progress=progress)
+    profiles = dict(scores=scores if "attribution" in features else None,
+                    acts=acts if "activation" in features else None,
+                    edges=edge_profiles(circuit) if "edges" in features else None)
+    aff = affinity(profiles["scores"], profiles["acts"], profiles["edges"])
+    k = choose_k(aff, max_groups, seed) if n_groups is None else n_groups
+    labels = cluster(aff, k, seed)
+    stab, per_group = stability(profiles, labels, k, seed=seed, n_seeds=n_seeds, n_subsets=n_subsets,
+                                subset_fraction=subset_fraction)
+    mean_acts = acts.mean(0)
+    found = []
+    for g in sorted(set(labels.tolist())):
+        members = np.flatnonzero(labels == g).tolist()
+        promoted = _promoted(model, circuit, members, mean_acts)
+        found.append((members, promoted, per_group[g] if per_group else None))
+    found.sort(key=lambda x: -abs(sum(circuit.nodes[j].score for j in x[0])))
+    groups = [NeuronGroup(name=f"G{i + 1}", label=_label(circuit, members, promoted),
+                          members=[circuit.nodes[j].label() for j in members],
+                          score=float(sum(circuit.nodes[j].score for j in members)), stability=st, promoted=promoted)
+              for i, (members, promoted, st) in enumerate(found)]
+    result = NeuronGroups(groups=groups, features=features, seed=seed, n_prompts=len(rows), stability=stab)
+    return replace(circuit, groups=result.to_dict())
+
+
+def groups_of(circuit: Circuit) -> NeuronGroups:
+    """The circuit's groups (an error naming the fix when it has none)."""
+    if circuit.groups is None:
+        raise RelPLensError("this circuit has no neuron groups; run relp_lens.group_neurons(model, circuit) first")
+    return NeuronGroups.from_dict(circuit.groups)
+
+
+def group_nodes(circuit: Circuit, group: str | int) -> list[tuple[int, int | None, int]]:
+    """The ``(layer, pos, index)`` nodes of a group, by name (``"G2"``) or number (0-based)."""
+    groups = groups_of(circuit)
+    names = [g.name for g in groups.groups]
+    if isinstance(group, str):
+        if group not in names:
+            raise RelPLensError(f"no group {group!r}; this circuit has {names}")
+        g = groups.groups[names.index(group)]
+    else:
+        if not 0 <= int(group) < len(names):
+            raise RelPLensError(f"group number {group} outside [0, {len(names)})")
+        g = groups.groups[int(group)]
+    by_label = {n.label(): n.key for n in circuit.nodes}
+    return [by_label[m] for m in g.members if m in by_label]
