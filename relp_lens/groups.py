@@ -324,7 +324,13 @@ def _label(circuit: Circuit, members: Sequence[int], promoted: Sequence[str]) ->
     for j in members:
         positions[circuit.nodes[j].pos] = positions.get(circuit.nodes[j].pos, 0) + 1
     top = sorted(positions, key=lambda p: -positions[p])[:2]
-    where = ", ".join("all" if p is None else f"{p} {circuit.token_label(p)}" for p in top)
+    def at(p):
+        if p is None:
+            return "all positions"
+        tok = circuit.token_label(p)
+        return f"pos {p}" + (f" {tok}" if tok != "?" and len(tok) <= 14 else "")
+
+    where = ", ".join(at(p) for p in top)
     more = "…" if len(positions) > 2 else ""
     writes = f" → {', '.join(repr(t) for t in promoted)}" if promoted else ""
     return f"{span} @ {where}{more}{writes}"
