@@ -9,8 +9,8 @@ import pytest
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 
 
-def test_the_three_notebooks_exist():
-    assert [p.stem for p in NOTEBOOKS] == ["01_quickstart", "02_agreement_circuit", "03_steering"]
+def test_the_four_notebooks_exist():
+    assert [p.stem for p in NOTEBOOKS] == ["01_quickstart", "02_agreement_circuit", "03_steering", "04_case_study"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -39,3 +39,8 @@ def test_runs_top_to_bottom(path, tmp_path):
     assert figures, f"{path.name} showed no plotly figure"
     if path.stem == "02_agreement_circuit":
         assert (tmp_path / "out" / "agreement_report.html").stat().st_size > 1_000_000
+    if path.stem == "04_case_study":
+        text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs
+                       if o.output_type == "stream")
+        assert "neuron groups from attribution, activation, edges" in text
+        assert text.count("fires on ") >= 2 and "⟦" in text  # cards over the real-text corpus
