@@ -28,6 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from relp_lens import backends
+from relp_lens import distributed as dp
 from relp_lens.attribution import Attribution, _mean_acts, as_prompts
 from relp_lens.circuit import ABLATIONS, Circuit, consistent_ablation, select_threshold, select_top_k
 from relp_lens.data import Prompts, make_batches, tokenize
@@ -90,7 +91,7 @@ class Ablation:
             width = cache[names[0]].reshape(1, cache[names[0]].shape[1], -1).shape[-1]
         if mode == "counterfactual":
             patch_acts = {}
-            for j, b in enumerate(batches):
+            for j, b in dp.shard(list(enumerate(batches))):  # only the batches this rank scores
                 with torch.no_grad():
                     _, cache = model.run_with_cache(b.patch_tokens.to(model.cfg.device),
                                                     names_filter=lambda n: n in set(names))
@@ -133,25 +134,27 @@ class Ablation:
     def score(self, keep: dict[int, list[torch.Tensor]] | None, ablate_kept: bool = False) -> float:
         """Mean metric with nodes outside ``keep`` (or, with ``ablate_kept``, inside it) ablated."""
         total = 0.0
-        for j, b in enumerate(self.batches):
-            length = b.clean_tokens.shape[1]
-            hooks = []
-            if keep is not None:
-                for layer, name in enumerate(self.hook_names):
-                    mask = keep[length][layer]
-                    if ablate_kept:
-                        mask = ~mask
-                    value = self._value(j, b, layer)
+        mine = dp.shard(list(enumerate(self.batches)))  # data parallel: this rank's batches
+        with dp.stage("ablation"):
+            for j, b in mine:
+                length = b.clean_tokens.shape[1]
+                hooks = []
+                if keep is not None:
+                    for layer, name in enumerate(self.hook_names):
+                        mask = keep[length][layer]
+                        if ablate_kept:
+                            mask = ~mask
+                        value = self._value(j, b, layer)
 
-                    def ablate(x, hook, mask=mask, value=value):
-                        flat = x.reshape(x.shape[0], x.shape[1], -1)
-                        return torch.where(mask.to(x.device), flat, value.to(x.device, x.dtype)).reshape(x.shape)
+                        def ablate(x, hook, mask=mask, value=value):
+                            flat = x.reshape(x.shape[0], x.shape[1], -1)
+                            return torch.where(mask.to(x.device), flat, value.to(x.device, x.dtype)).reshape(x.shape)
 
-                    hooks.append((name, ablate))
-            with torch.no_grad(), backends.hooks(self.model, fwd_hooks=hooks):
-                logits = self.model(b.clean_tokens.to(self.model.cfg.device))
-                total += evaluate_metric(self.metric_fn, logits, b).sum().item()
-        return total / self.n_prompts
+                        hooks.append((name, ablate))
+                with torch.no_grad(), backends.hooks(self.model, fwd_hooks=hooks):
+                    logits = self.model(b.clean_tokens.to(self.model.cfg.device))
+                    total += evaluate_metric(self.metric_fn, logits, b).sum().item()
+        return dp.all_reduce_float(total) / self.n_prompts
 
 
 MeanAblation = Ablation  # the name before zero and counterfactual ablation existed

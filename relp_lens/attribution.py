@@ -34,6 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from relp_lens import backends
+from relp_lens import distributed as dp
 from relp_lens.data import Batch, Prompts, make_batches, str_tokens_of, tokenize, warn_unlikely_answers
 from relp_lens.errors import RelPLensError
 from relp_lens.metrics import MetricFn, evaluate_metric, resolve_metric
@@ -484,15 +485,19 @@ def _mean_acts(model: HookedTransformer, batches: list[Batch], hooks: list[str],
     """Per-column mean activation over the examples that reach each column (of the patch prompts with
     ``patch``). → (per hook ``[column, node]``, ``[column]`` example counts)."""
     sums, counts = None, torch.zeros(alignment.n_columns, dtype=torch.long)
-    for batch in batches:
-        tokens = batch.patch_tokens if patch else batch.clean_tokens
-        _, acts, _ = _cache_acts(model, tokens.to(model.cfg.device), hooks)
-        if sums is None:
-            sums = [torch.zeros(alignment.n_columns, a.shape[-1], dtype=torch.float64) for a in acts]
-        cols = alignment.columns(tokens.shape[1])
-        for s, a in zip(sums, acts):
-            s[cols] += a.sum(0).double().cpu()
-        counts[cols] += len(batch)
+    mine = dp.shard(batches)  # under relp_lens.data_parallel: this rank's batches, sums combined below
+    with dp.stage("mean activations"):
+        for batch in mine:
+            tokens = batch.patch_tokens if patch else batch.clean_tokens
+            _, acts, _ = _cache_acts(model, tokens.to(model.cfg.device), hooks)
+            if sums is None:
+                sums = [torch.zeros(alignment.n_columns, a.shape[-1], dtype=torch.float64) for a in acts]
+            cols = alignment.columns(tokens.shape[1])
+            for s, a in zip(sums, acts):
+                s[cols] += a.sum(0).double().cpu()
+            counts[cols] += len(batch)
+    if dp.active():
+        sums, counts = [dp.all_reduce(s) for s in sums], dp.all_reduce(counts)
     return [(s / counts[:, None].clamp(min=1)).float() for s in sums], counts
 
 
@@ -650,40 +655,52 @@ def attribute(
     hooks, paired, align = run.hooks, run.paired, run.alignment
     _check_memory(model, tok, hooks, batch_size, reduce)
 
-    # -- run ---------------------------------------------------------------------------------------
+    # -- run (under relp_lens.data_parallel: this rank's batches, sums combined below) ---------------
+    if dp.active() and method == "exact":
+        raise RelPLensError("method 'exact' does not run data parallel; run it in one process")
+    mine = dp.shard(batches)
     scores = score_sum = None
     counts = torch.zeros(align.n_columns, dtype=torch.long)
     metric_clean = torch.zeros(len(data))
     metric_ref = torch.full((len(data),), float("nan")) if paired else None
     fill = float("nan") if method == "exact" else 0.0
-    for batch in tqdm(batches, desc=f"{method} attribution", disable=not progress, leave=False):
-        if method in ("relp", "grad"):
-            s, m, m_ref = _grad_batch(run, batch, use_relp=method == "relp")
-        elif method == "ig":
-            s, m, m_ref = _ig_batch(run, batch, ig_steps)
-        else:
-            s, m, m_ref = _exact_batch(run, batch, list(nodes), node_batch)
-        # s: [batch, layer, pos, node]
-        if scores is None and score_sum is None:
-            width = s.shape[-1]
-            if reduce == "none":
-                scores = torch.full((len(data), len(hooks), align.n_columns, width), fill)
+    with dp.stage(f"{method} attribution"):
+        for batch in tqdm(mine, desc=f"{method} attribution", disable=not progress, leave=False):
+            if method in ("relp", "grad"):
+                s, m, m_ref = _grad_batch(run, batch, use_relp=method == "relp")
+            elif method == "ig":
+                s, m, m_ref = _ig_batch(run, batch, ig_steps)
             else:
-                score_sum = torch.zeros(len(hooks), align.n_columns, width, dtype=torch.float64)
-        if s.shape[-1] != width:
-            raise RelPLensError(f"hooks of basis {basis_name(basis)!r} have different widths; attribute them separately")
-        cols = align.columns(s.shape[2])
-        idx = torch.tensor(batch.indices)
-        if scores is not None:
-            block = scores[idx]
-            block[:, :, cols] = s
-            scores[idx] = block
-        else:
-            score_sum[:, cols] += s.sum(0).double()
-        counts[cols] += len(batch)
-        metric_clean[idx] = m.float()
-        if metric_ref is not None and m_ref is not None:
-            metric_ref[idx] = m_ref.float().cpu()
+                s, m, m_ref = _exact_batch(run, batch, list(nodes), node_batch)
+            # s: [batch, layer, pos, node]
+            if scores is None and score_sum is None:
+                width = s.shape[-1]
+                if reduce == "none":
+                    scores = torch.full((len(data), len(hooks), align.n_columns, width), fill)
+                else:
+                    score_sum = torch.zeros(len(hooks), align.n_columns, width, dtype=torch.float64)
+            if s.shape[-1] != width:
+                raise RelPLensError(f"hooks of basis {basis_name(basis)!r} have different widths; "
+                                    f"attribute them separately")
+            cols = align.columns(s.shape[2])
+            idx = torch.tensor(batch.indices)
+            if scores is not None:
+                block = scores[idx]
+                block[:, :, cols] = s
+                scores[idx] = block
+            else:
+                score_sum[:, cols] += s.sum(0).double()
+            counts[cols] += len(batch)
+            metric_clean[idx] = m.float()
+            if metric_ref is not None and m_ref is not None:
+                metric_ref[idx] = m_ref.float().cpu()
+    if dp.active():  # each example was scored by one rank (zeros elsewhere): sums combine the shares exactly
+        scores = None if scores is None else dp.all_reduce(scores)
+        score_sum = None if score_sum is None else dp.all_reduce(score_sum)
+        counts, metric_clean = dp.all_reduce(counts), dp.all_reduce(metric_clean)
+        if metric_ref is not None:
+            known = dp.all_reduce((~metric_ref.isnan()).double())
+            metric_ref = dp.all_reduce(metric_ref.nan_to_num(0.0)).masked_fill(known == 0, float("nan"))
     str_tokens = [str_tokens_of(model, t) for t in tok.clean_tokens]
     return Attribution(scores=scores, str_tokens=str_tokens, hook_names=hooks, basis=basis_name(basis),
                        method=method, metric=metric_name, paired=paired, metric_clean=metric_clean,

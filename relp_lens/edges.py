@@ -38,6 +38,7 @@ import torch
 from tqdm.auto import tqdm
 
 from relp_lens import backends
+from relp_lens import distributed as dp
 from relp_lens.attribution import as_prompts, batch_gradients, prepare_run
 from relp_lens.circuit import Circuit, CircuitEdge
 from relp_lens.errors import RelPLensError
@@ -163,54 +164,57 @@ def attribute_edges(
     passes, rows_per_pass = 0, 0
     use_relp = method == "relp"
 
-    for batch in tqdm(batches if targets else [], desc="edge attribution", disable=not progress, leave=False):
-        _, grads, deltas, _, _ = batch_gradients(run, batch, use_relp)  # per layer [B, pos, node]
-        b = len(batch)
-        at = where[batch.clean_tokens.shape[1]]  # absolute position of each node in this batch
-        live: dict[int, torch.Tensor] = {}
-        leaves: dict[int, torch.Tensor] = {}
+    mine = dp.shard(batches) if targets else []
+    with dp.stage("edge attribution"):
+        for batch in tqdm(mine, desc="edge attribution", disable=not progress,
+                          leave=False):  # under relp_lens.data_parallel: this rank's batches, weights summed below
+            _, grads, deltas, _, _ = batch_gradients(run, batch, use_relp)  # per layer [B, pos, node]
+            b = len(batch)
+            at = where[batch.clean_tokens.shape[1]]  # absolute position of each node in this batch
+            live: dict[int, torch.Tensor] = {}
+            leaves: dict[int, torch.Tensor] = {}
 
-        fwd = []
-        for layer in range(t_max + 1):  # every MLP output becomes a leaf: MLPs are constants for what follows
-            out_name = f"blocks.{blocks[layer]}.hook_mlp_out"
-            fwd += [(circuit.hook_names[layer], keep_hook(live, layer)), (out_name, leaf_hook(leaves, layer))]
-        for block in sorted(set(range(blocks[t_max] + 1)) - set(blocks)):  # MLPs outside the basis: constants too
-            fwd.append((f"blocks.{block}.hook_mlp_out", lambda x, hook: x.detach()))
-        mode = relp(model, **vars(run.rules)) if use_relp else contextlib.nullcontext()
-        with torch.enable_grad(), mode, backends.hooks(model, fwd_hooks=fwd):
-            # one forward pass (up to the last downstream block) serves every chunk of downstream nodes
-            model(batch.clean_tokens.to(model.cfg.device), stop_at_layer=blocks[t_max] + 1)
-            r_max = max(1, edge_batch // b)
-            for start in range(0, len(targets), r_max):
-                chunk = targets[start:start + r_max]
-                R = len(chunk)
-                seeds = node_seeds(nodes, chunk, at, grads, live)
-                out_layers = sorted(seeds)
-                chunk_src = [l for l in src_layers if l < max(out_layers)]
-                # one vectorised backward pass: row r of every gradient belongs to downstream node chunk[r]
-                g = torch.autograd.grad([live[l] for l in out_layers], [leaves[l] for l in chunk_src],
-                                        [seeds[l] for l in out_layers], allow_unused=True,
-                                        retain_graph=True, is_grads_batched=True)
-                passes += 1
-                rows_per_pass = max(rows_per_pass, R * b)
-                for layer, grad in zip(chunk_src, g):  # grad: [R, B, pos, d_model] at the MLP output
-                    if grad is None:
-                        continue
-                    src = by_layer[layer]
-                    idx = [nodes[j].index for j in src]
-                    if neurons:  # ∂d/∂post[j] = W_out[j] · ∂d/∂mlp_out: project only the circuit's neurons
-                        grad = grad @ backends.W_out(model, blocks[layer])[idx].T  # [R, B, pos, n_src]
-                        delta = deltas[layer][..., idx]  # [B, pos, n_src]
-                    else:
-                        grad, delta = grad[..., idx], deltas[layer][..., idx]
-                    contrib = grad * delta[None]  # [R, B, pos, n_src]
-                    w = torch.stack([contrib[..., k].sum(-1) if nodes[j].pos is None else contrib[..., at[j], k]
-                                     for k, j in enumerate(src)], -1).sum(1)  # [R, n_src]
-                    for r, i in enumerate(chunk):
-                        if nodes[i].layer > layer:
-                            weights[src, i] += w[r].double().cpu()
+            fwd = []
+            for layer in range(t_max + 1):  # every MLP output becomes a leaf: MLPs are constants for what follows
+                out_name = f"blocks.{blocks[layer]}.hook_mlp_out"
+                fwd += [(circuit.hook_names[layer], keep_hook(live, layer)), (out_name, leaf_hook(leaves, layer))]
+            for block in sorted(set(range(blocks[t_max] + 1)) - set(blocks)):  # MLPs outside the basis: constants too
+                fwd.append((f"blocks.{block}.hook_mlp_out", lambda x, hook: x.detach()))
+            mode = relp(model, **vars(run.rules)) if use_relp else contextlib.nullcontext()
+            with torch.enable_grad(), mode, backends.hooks(model, fwd_hooks=fwd):
+                # one forward pass (up to the last downstream block) serves every chunk of downstream nodes
+                model(batch.clean_tokens.to(model.cfg.device), stop_at_layer=blocks[t_max] + 1)
+                r_max = max(1, edge_batch // b)
+                for start in range(0, len(targets), r_max):
+                    chunk = targets[start:start + r_max]
+                    R = len(chunk)
+                    seeds = node_seeds(nodes, chunk, at, grads, live)
+                    out_layers = sorted(seeds)
+                    chunk_src = [l for l in src_layers if l < max(out_layers)]
+                    # one vectorised backward pass: row r of every gradient belongs to downstream node chunk[r]
+                    g = torch.autograd.grad([live[l] for l in out_layers], [leaves[l] for l in chunk_src],
+                                            [seeds[l] for l in out_layers], allow_unused=True,
+                                            retain_graph=True, is_grads_batched=True)
+                    passes += 1
+                    rows_per_pass = max(rows_per_pass, R * b)
+                    for layer, grad in zip(chunk_src, g):  # grad: [R, B, pos, d_model] at the MLP output
+                        if grad is None:
+                            continue
+                        src = by_layer[layer]
+                        idx = [nodes[j].index for j in src]
+                        if neurons:  # ∂d/∂post[j] = W_out[j] · ∂d/∂mlp_out: project only the circuit's neurons
+                            grad = grad @ backends.W_out(model, blocks[layer])[idx].T  # [R, B, pos, n_src]
+                            delta = deltas[layer][..., idx]  # [B, pos, n_src]
+                        else:
+                            grad, delta = grad[..., idx], deltas[layer][..., idx]
+                        contrib = grad * delta[None]  # [R, B, pos, n_src]
+                        w = torch.stack([contrib[..., k].sum(-1) if nodes[j].pos is None else contrib[..., at[j], k]
+                                         for k, j in enumerate(src)], -1).sum(1)  # [R, n_src]
+                        for r, i in enumerate(chunk):
+                            if nodes[i].layer > layer:
+                                weights[src, i] += w[r].double().cpu()
 
-    weights /= len(data)
+    weights = dp.all_reduce(weights) / len(data)
     edges = [CircuitEdge(source=int(s), target=int(t), weight=float(weights[s, t]))
              for s, t in weights.nonzero().tolist()]
     edges.sort(key=lambda e: -abs(e.weight))

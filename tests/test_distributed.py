@@ -1,0 +1,77 @@
+"""Data parallel runs (torch.distributed, Gloo on localhost): 2 processes give the single-process result;
+a failing rank stops every rank with a clear error and no output file."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import dp_worker
+from relp_lens import RelPLensError
+from relp_lens import distributed as dp
+
+WORKER = Path(__file__).parent / "dp_worker.py"
+
+
+def torchrun(nproc: int, *args, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("WORLD_SIZE", None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def single():
+    return dp_worker.compute(*dp_worker.data())
+
+
+def close(a, b, tol=1e-6):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        if isinstance(x, list):
+            close(x, y, tol)
+        elif x != y:
+            assert x == pytest.approx(y, rel=tol, abs=tol), (x, y)
+
+
+def test_two_gloo_processes_equal_one(single, tmp_path):
+    out = tmp_path / "dp.json"
+    proc = torchrun(2, WORKER, out, "ok")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(out.read_text())
+    assert got["world"] == 2
+    assert [n[:3] for n in got["nodes"]] == [n[:3] for n in single["nodes"]]  # the same circuit
+    for key in ("nodes", "edges", "mean", "per_example", "metric_clean", "metric_ref", "counts", "unpaired"):
+        close(got[key], single[key])
+    for key in ("faithfulness", "completeness", "cf_faithfulness"):
+        assert got[key] == pytest.approx(single[key], abs=1e-6)
+    assert single["edges"] and any(single["per_example"])
+
+
+def test_a_failing_rank_stops_every_rank_and_writes_nothing(tmp_path):
+    out = tmp_path / "dp.json"
+    proc = torchrun(2, WORKER, out, "fail")
+    assert proc.returncode != 0
+    text = proc.stdout + proc.stderr
+    assert "rank 1 of 2 failed during relp attribution: ValueError: boom on purpose" in text
+    assert text.count("RelPLensError") >= 2  # rank 0 raises it too, instead of waiting in a collective
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_outside_torchrun_nothing_changes():
+    with dp.data_parallel() as where:
+        assert where == {"rank": 0, "world": 1, "device": "cpu"} and not dp.active()
+        assert dp.shard([1, 2, 3]) == [1, 2, 3] and dp.is_writer()
+
+
+def test_sharding_and_too_few_batches():
+    dp._state.update(active=True, rank=1, world=4)
+    try:
+        with pytest.raises(RelPLensError, match="3 batches for 4 processes"):
+            dp.shard([0, 1, 2])
+        assert dp.shard(list(range(9))) == [1, 5]
+    finally:
+        dp._state.update(active=False, rank=0, world=1)
