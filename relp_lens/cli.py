@@ -32,6 +32,7 @@ the commands import what they need when they run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import re
@@ -126,7 +127,12 @@ def _load_model(args, say: Callable[[str], None]):
     if args.gguf is not None and not Path(args.gguf).is_file():
         raise RelPLensError(f"--gguf {args.gguf}: " + ("is a folder" if Path(args.gguf).is_dir() else "file not found"))
     say(f"loading {args.gguf or args.model} ...")
-    return _model(args)
+    model = _model(args)
+    from relp_lens import distributed as dp
+
+    if dp.active() and str(dp._state.get("device", "cpu")).startswith("cuda"):
+        model = model.to(dp._state["device"])  # NCCL: each rank's model on its own GPU
+    return model
 
 
 def _task_rows(model, task: str, n: int, seed: int) -> list[dict]:
@@ -286,6 +292,10 @@ def cmd_trace(args) -> int:
     if "--report" in outputs:
         files.append((outputs["--report"], _report_writer(args, model, attr, circuit, held_out, accuracy, say)))
     print(circuit.summary(args.show))
+    from relp_lens import distributed as dp
+
+    if not dp.is_writer():  # data parallel: rank 0 writes
+        return 0
     _write_all(files)
     print(f"wrote {outputs['--out']}")
     if "--export-circuit-tracer" in outputs:
@@ -567,7 +577,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
-            return args.func(args)
+            return _run(args)
     except (RelPLensError, OSError) as e:  # bad input; a file that cannot be read or written
         return _error(str(e))
     except (MemoryError, RuntimeError) as e:
@@ -577,6 +587,23 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("relp-lens: interrupted", file=sys.stderr)
         return 130
+
+
+def _run(args) -> int:
+    """The command; under ``torchrun`` (several processes) inside :func:`relp_lens.data_parallel`, where every
+    rank computes its share, rank 0 alone prints and writes files, and the other ranks are silent."""
+    from relp_lens import distributed as dp
+
+    if not dp.launched():
+        return args.func(args)
+    with dp.data_parallel() as where:
+        if dp.is_writer():
+            print(f"data parallel: {where['world']} processes ({dp._state['backend']})", file=sys.stderr)
+            return args.func(args)
+        if hasattr(args, "no_progress"):
+            args.no_progress = True
+        with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
+            return args.func(args)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

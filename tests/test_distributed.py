@@ -75,3 +75,29 @@ def test_sharding_and_too_few_batches():
         assert dp.shard(list(range(9))) == [1, 5]
     finally:
         dp._state.update(active=False, rank=0, world=1)
+
+
+@pytest.mark.slow
+def test_cli_trace_under_torchrun_equals_one_process(tmp_path):
+    """``torchrun --nproc_per_node=2 -m relp_lens.cli trace ...`` on the shipped model writes (rank 0 only) the
+    circuit a single process writes: same nodes, scores, edges and faithfulness up to summation order."""
+    from relp_lens.circuit import Circuit
+
+    pairs = Path(__file__).parent.parent / "examples" / "pairs.jsonl"
+    common = ["trace", "--data", pairs, "--k", "20", "--n-prompts", "8", "--n-eval", "4", "--edges",
+              "--edge-prompts", "4", "--batch-size", "2", "--no-progress"]
+    one = subprocess.run([sys.executable, "-m", "relp_lens.cli", *map(str, common), "--out", tmp_path / "one.json"],
+                         capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="2"), timeout=600)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = torchrun(2, "-m", "relp_lens.cli", *common, "--out", tmp_path / "two.json", timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "data parallel: 2 processes (gloo)" in two.stderr
+    assert two.stdout.count("wrote ") == 1  # rank 0 alone prints and writes
+    a, b = Circuit.load(tmp_path / "one.json"), Circuit.load(tmp_path / "two.json")
+    assert [n.key for n in a.nodes] == [n.key for n in b.nodes]
+    close([n.score for n in a.nodes], [n.score for n in b.nodes])
+    assert [(e.source, e.target) for e in a.edges] == [(e.source, e.target) for e in b.edges]
+    close([e.weight for e in a.edges], [e.weight for e in b.edges])
+    for key in ("faithfulness", "completeness"):
+        assert a.evaluation[key] == pytest.approx(b.evaluation[key], abs=1e-6)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.json", "two.json"]  # no partial files

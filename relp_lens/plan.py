@@ -1,0 +1,160 @@
+"""Memory and pass planner: how much memory per device, and how many forward/backward passes, a run needs —
+before loading anything.
+
+1. A model's shape (:class:`ModelShape`): from a loaded model's config, a shipped model's name, or one of the
+   known shapes (:data:`KNOWN`, e.g. the paper's ``llama-3.1-8b``).
+2. Weights: parameters × bytes per element of the dtype (TransformerLens keeps embedding and unembedding
+   apart even when the checkpoint ties them).
+3. One batch's working set, ``batch × tokens`` positions (bytes per element of the dtype):
+   - the forward pass kept for the backward pass: per layer and position ``ACT_D`` × d_model +
+     ``ACT_MLP`` × d_mlp values (norm inputs, q/k/v, z, MLP pre/gate/post, hook copies), plus
+     ``2 × n_heads × tokens`` attention scores and pattern;
+   - the logits and their softmax, kept in float32: ``3 × d_vocab`` per position;
+   - with a backward pass, one unembedding-sized float32 temporary (``d_vocab × d_model``);
+   - attribution's patch (or mean) activations of the basis: ``n_layers × d_mlp``.
+4. Kept results: attribution scores, ``n_layers × tokens × d_mlp`` float64 sums (``reduce="mean"``) or float32
+   per prompt (``reduce="none"``); edge weights ``k²`` float64.
+5. Per task:
+   - ``attribution`` (RelP or gradients): 2 forwards + 1 backward per batch (1 forward for unpaired zero baseline);
+   - ``ig``: ``n_layers × ig_steps`` forward+backward per batch, memory as attribution;
+   - ``edges``: 1 forward and ``⌈targets × batch / edge_batch⌉`` backward passes per batch; the batched
+     backward adds two ``edge_batch × tokens × d_model`` gradients per layer (at every MLP output and in the
+     residual stream) and one layer's ``edge_batch × tokens × (d_model + 3 d_mlp)`` in flight;
+   - ``evaluation``: no backward; 4 runs (M, C, M∖C, ∅) plus one reference forward per batch; logits and the
+     ablation values.
+6. Devices: with the model split over ``devices`` (``n_devices`` / ``device_map``), weights and per-layer
+   activations divide by the number of devices (the logits sit on the last one); data parallel processes
+   each hold the whole model and their own batch.
+
+Checked against measured peaks on the shipped model: ``benchmarks/plan_check.py`` (docs/results.md).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from relp_lens.errors import RelPLensError
+
+# values per layer and position kept for the backward pass, of width d_model and of width d_mlp: set from the
+# measured peaks of benchmarks/plan_check.py (SmolLM2-135M, RelP, batches of 48 to 1,024 positions)
+ACT_D = 8
+ACT_MLP = 5
+BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
+TASKS = ("attribution", "ig", "edges", "evaluation")
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    name: str
+    n_layers: int
+    d_model: int
+    d_mlp: int
+    n_heads: int
+    d_vocab: int
+    n_params: int  # as TransformerLens holds them (untied embedding and unembedding)
+
+    @classmethod
+    def of(cls, model: Any) -> "ModelShape":
+        """The shape of a loaded model (HookedTransformer or TransformerBridge)."""
+        c = model.cfg
+        n = sum(p.numel() for p in model.parameters())
+        return cls(str(c.model_name), c.n_layers, c.d_model, c.d_mlp or 4 * c.d_model, c.n_heads, c.d_vocab, n)
+
+
+def _llama(name, n_layers, d_model, d_mlp, n_heads, n_kv, d_vocab) -> ModelShape:
+    d_head = d_model // n_heads
+    per_layer = d_model * d_head * (2 * n_heads + 2 * n_kv) + 3 * d_model * d_mlp + 2 * d_model
+    return ModelShape(name, n_layers, d_model, d_mlp, n_heads, d_vocab,
+                      n_layers * per_layer + 2 * d_vocab * d_model + d_model)
+
+
+KNOWN = {s.name: s for s in (
+    _llama("smollm2-135m", 30, 576, 1536, 9, 3, 49152),
+    _llama("llama-3.2-1b", 16, 2048, 8192, 32, 8, 128256),
+    _llama("llama-3.1-8b", 32, 4096, 14336, 32, 8, 128256),
+    _llama("llama-3.1-70b", 80, 8192, 28672, 64, 8, 128256),
+    ModelShape("gemma3-270m", 18, 640, 2048, 4, 262144, 435_000_000),
+)}
+
+
+def shape_of(model: Any) -> ModelShape:
+    """A :class:`ModelShape` from a name in :data:`KNOWN`, a ModelShape, or a loaded model."""
+    if isinstance(model, ModelShape):
+        return model
+    if isinstance(model, str):
+        if model not in KNOWN:
+            raise RelPLensError(f"unknown model {model!r} for planning; known: {sorted(KNOWN)} (or pass a loaded "
+                                f"model or a ModelShape)")
+        return KNOWN[model]
+    return ModelShape.of(model)
+
+
+def _batch_bytes(s: ModelShape, positions: int, tokens: int, e: int) -> dict[str, int]:
+    acts = s.n_layers * positions * (ACT_D * s.d_model + ACT_MLP * s.d_mlp + 2 * s.n_heads * tokens) * e
+    logits = positions * 3 * s.d_vocab * 4
+    basis = s.n_layers * positions * s.d_mlp * e
+    return dict(activations=acts, logits=logits, reference=basis, unembed_temp=s.d_vocab * s.d_model * 4)
+
+
+def plan(model: Any, n_prompts: int, tokens: int, *, batch_size: int = 16, dtype: str = "float32",
+         reduce: str = "mean", paired: bool = True, ig_steps: int = 10, k: int = 300, edge_batch: int = 256,
+         devices: int = 1) -> dict[str, Any]:
+    """Estimated peak memory per device (bytes) and passes per task (see the module docstring).
+
+    Returns ``{"model": shape, "weights": bytes, task: {"peak": bytes per device, "forward": n, "backward":
+    n, "parts": {...}}}`` for ``attribution``, ``ig``, ``edges`` and ``evaluation``.
+    """
+    s = shape_of(model)
+    if dtype not in BYTES:
+        raise RelPLensError(f"unknown dtype {dtype!r}; choose from {list(BYTES)}")
+    for name, v in (("n_prompts", n_prompts), ("tokens", tokens), ("batch_size", batch_size), ("devices", devices),
+                    ("ig_steps", ig_steps), ("k", k), ("edge_batch", edge_batch)):
+        if not isinstance(v, int) or v < 1:
+            raise RelPLensError(f"{name} must be a positive integer, got {v!r}")
+    if reduce not in ("mean", "none"):
+        raise RelPLensError(f"reduce must be 'mean' or 'none', got {reduce!r}")
+    e = BYTES[dtype]
+    b = min(batch_size, n_prompts)
+    n_batches = math.ceil(n_prompts / b)
+    weights = s.n_params * e
+    one = _batch_bytes(s, b * tokens, tokens, e)
+    width = s.n_layers * tokens * s.d_mlp
+    scores = width * 8 if reduce == "mean" else n_prompts * width * 4
+    split = lambda x: math.ceil(x / devices)  # noqa: E731 — layers spread over the devices
+
+    def task(parts: dict[str, int], forward: int, backward: int) -> dict[str, Any]:
+        per_device = split(weights) + split(parts.get("activations", 0)) + parts.get("logits", 0) + sum(
+            v for key, v in parts.items() if key not in ("activations", "logits"))
+        return dict(peak=per_device, forward=forward, backward=backward, parts=dict(parts, weights=weights))
+
+    ref_forwards = 1 if paired else 0
+    out: dict[str, Any] = dict(model=asdict(s), weights=weights, n_prompts=n_prompts, tokens=tokens,
+                               batch_size=b, dtype=dtype, devices=devices)
+    out["attribution"] = task(dict(one, scores=scores), n_batches * (1 + ref_forwards), n_batches)
+    out["ig"] = task(dict(one, scores=scores), n_batches * (ref_forwards + s.n_layers * ig_steps),
+                     n_batches * s.n_layers * ig_steps)
+    rows = min(edge_batch, k * b)
+    grads = 2 * s.n_layers * rows * tokens * s.d_model * e + rows * tokens * (s.d_model + 3 * s.d_mlp) * e
+    edge_backward = n_batches * math.ceil(k * b / edge_batch)
+    out["edges"] = task(dict(one, grads=grads, weights_kept=k * k * 8), n_batches * (1 + ref_forwards),
+                        edge_backward)
+    ev = dict(logits=b * tokens * s.d_vocab * 4 * 2, means=width * 4,
+              activations=2 * s.n_layers * b * tokens * s.d_model * e)
+    out["evaluation"] = task(ev, n_batches * 5, 0)
+    return out
+
+
+def describe(p: dict[str, Any]) -> str:
+    """The plan as a table."""
+    gib = 2 ** 30
+    m = p["model"]
+    lines = [f"{m['name']}: {m['n_params'] / 1e9:.2f} B parameters, {p['dtype']}, weights {p['weights'] / gib:.2f} GiB; "
+             f"{p['n_prompts']} prompts × {p['tokens']} tokens, batch {p['batch_size']}, "
+             f"{p['devices']} device(s)",
+             f"{'task':<12s} {'peak/device':>12s} {'forward':>9s} {'backward':>9s}"]
+    for t in TASKS:
+        r = p[t]
+        lines.append(f"{t:<12s} {r['peak'] / gib:>9.2f} GiB {r['forward']:>9d} {r['backward']:>9d}")
+    return "\n".join(lines)
