@@ -128,7 +128,7 @@ def neuron_cards(model: HookedTransformer, neurons: Sequence[tuple[int, int]], *
                  corpus=None, k: int = 8, progress: bool = False) -> list[NeuronCard]:
     """Cards of several ``(layer, index)`` neurons; each prompt and corpus text is run once for all of them
     (``corpus``: see the module docstring, step 3)."""
-    from relp_lens.corpus import ContextIndex, context_index
+    from relp_lens.corpus import ContextIndex, context_index, model_key
 
     neurons = [(int(layer), int(index)) for layer, index in neurons]
     for layer, index in neurons:
@@ -151,7 +151,10 @@ def neuron_cards(model: HookedTransformer, neurons: Sequence[tuple[int, int]], *
     found: list[list[tuple[str, float]]] = [[] for _ in neurons]
     ctx = corpus if isinstance(corpus, ContextIndex) else None
     if isinstance(corpus, str):
-        ctx = context_index(model, corpus, progress=progress)
+        ctx = context_index(model, corpus, k=max(k, 8), progress=progress)
+    elif ctx is not None and ctx.model_key != model_key(model):
+        raise RelPLensError("this context index was built with another model (its activations differ); build it "
+                            "with relp_lens.corpus.context_index(model, ...)")
     if ctx is not None:
         if len(ctx.hook_names) != model.cfg.n_layers or ctx.top_values.shape[-1] != model.cfg.d_mlp:
             raise RelPLensError("this context index was built for a model of another shape")

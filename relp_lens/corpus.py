@@ -13,8 +13,9 @@
    top-k of its most positive and most negative activations, merged batch by batch — ``[k, layer, d_mlp]``
    values and the flat token index where each occurs.
 4. Cache: the index is saved under ``$RELP_LENS_CACHE`` (default ``~/.cache/relp_lens``)/``contexts``, keyed by
-   the model (name, shape, a checksum of its weights), the text's hash, ``window`` and ``k``; later calls —
-   in any process — load it instead of running the pass again. Written atomically.
+   the model (:func:`model_key`: its shape and what it computes on a fixed input), the text's hash,
+   ``window`` and ``k``; later calls — in any process — load it instead of running the pass again. Written
+   atomically; a file that does not load, or was built for another model, is rebuilt.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +39,7 @@ if TYPE_CHECKING:  # annotations only: TransformerLens 4 has no HookedTransforme
     from transformer_lens import HookedTransformer
 
 CORPORA = ("sotu",)
+FORMAT = "relp_lens.context_index/1"
 DEFAULT_BYTES = 1_200_000
 
 
@@ -84,6 +87,7 @@ class ContextIndex:
     corpus: str  # "sotu" or "texts"
     n_bytes: int
     key: str = ""
+    model_key: str = ""  # model_key() of the model it was built with
 
     @property
     def n_tokens(self) -> int:
@@ -106,13 +110,25 @@ class ContextIndex:
         return out[:k]
 
 
-def _model_key(model: HookedTransformer) -> str:
+def model_key(model: HookedTransformer) -> str:
+    """A fingerprint of what the model computes: its shape and, on a fixed 16-token input, the norms of every
+    layer's MLP neuron activations and of the logits (4 significant digits). Any weight change that
+    matters changes it; the same weights behind a HookedTransformer or a TransformerBridge share it (a
+    rounding-edge mismatch costs a rebuilt index, never a wrong one)."""
     c = model.cfg
-    with torch.no_grad():
-        sums = [float(backends.W_out(model, layer).double().sum()) for layer in (0, c.n_layers - 1)]
-        sums.append(float(backends.W_U(model).double().abs().sum()))
-    # 4 significant digits: the same weights loaded by HookedTransformer or a TransformerBridge share one key
-    return f"{c.n_layers}|{c.d_model}|{c.d_mlp}|{c.d_vocab}|" + "|".join(f"{s:.3e}" for s in sums)
+    tokens = (torch.arange(16) * 7919 % max(c.d_vocab - 1, 1) + 1)[None]  # [1, 16] fixed ids
+    hooks = [f"blocks.{layer}.mlp.hook_post" for layer in range(c.n_layers)]
+    got: dict[str, torch.Tensor] = {}
+
+    def keep(name):  # the name is bound here (a bridge's hook.name may be an alias's canonical one)
+        def hook(x, hook):
+            got[name] = x.detach().double().cpu()
+        return hook
+
+    with torch.no_grad(), backends.hooks(model, fwd_hooks=[(h, keep(h)) for h in hooks]):
+        logits = model(tokens.to(c.device)).detach().double().cpu()
+    stats = [got[h].norm() for h in hooks] + [logits.norm()]  # norms: means near 0 are rounding-fragile
+    return f"{c.n_layers}|{c.d_model}|{c.d_mlp}|{c.d_vocab}|" + "|".join(f"{float(t):.3e}" for t in stats)
 
 
 def cache_dir() -> Path:
@@ -137,13 +153,17 @@ def context_index(model: HookedTransformer, corpus: str | Sequence[str] = "sotu"
     if not texts:
         raise RelPLensError("the corpus has no texts")
     joined = "\n\n".join(texts)
-    digest = hashlib.sha256("\x00".join([_model_key(model), joined, str(window), str(k)]).encode()).hexdigest()[:20]
+    fingerprint = model_key(model)
+    digest = hashlib.sha256("\x00".join([FORMAT, fingerprint, joined, str(window), str(k)]).encode()).hexdigest()[:20]
     path = cache_dir() / f"{name}-{digest}.pt"
     if cache and path.exists():
         try:
-            return ContextIndex(**torch.load(path, weights_only=False))
+            index = ContextIndex(**torch.load(path, weights_only=True))
+            if index.model_key == fingerprint:
+                return index
         except Exception:  # a damaged cache file is rebuilt, never trusted
-            path.unlink(missing_ok=True)
+            pass
+        path.unlink(missing_ok=True)
     ids = model.tokenizer(joined, add_special_tokens=False)["input_ids"]
     if not ids:
         raise RelPLensError("the corpus has no tokens")
@@ -183,10 +203,17 @@ def context_index(model: HookedTransformer, corpus: str | Sequence[str] = "sotu"
                 vals[:, layer] = v_all.gather(0, best)
                 at[:, layer] = a_all.gather(0, best)
     index = ContextIndex(tokens=tokens.int(), top_values=top_v, top_at=top_a, bottom_values=bot_v, bottom_at=bot_a,
-                         hook_names=hooks, corpus=name, n_bytes=len(joined.encode("utf-8")), key=digest)
+                         hook_names=hooks, corpus=name, n_bytes=len(joined.encode("utf-8")), key=digest,
+                         model_key=fingerprint)
     if cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save(index.__dict__, tmp)
-        os.replace(tmp, path)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(index.__dict__, tmp)
+            os.replace(tmp, path)
+        except OSError as e:  # the index is still good; only the cache is lost
+            warnings.warn(f"could not cache the context index in {path.parent} ({e}); it is rebuilt next time",
+                          stacklevel=2)
+        finally:
+            tmp.unlink(missing_ok=True)
     return index

@@ -220,7 +220,10 @@ def attribute_edges(
     edges.sort(key=lambda e: -abs(e.weight))
     sel = dict(circuit.selection, edge_method=method)
     stats = EdgeStats(backward_passes=passes, downstream_nodes=len(targets), rows_per_pass=rows_per_pass)
-    return replace(circuit, edges=edges, selection=sel, heads=None), stats  # new edges: old splits are stale
+    groups = circuit.groups  # groups made from the old edges are stale too
+    if groups is not None and "edges" in groups.get("features", []):
+        groups = None
+    return replace(circuit, edges=edges, selection=sel, heads=None, groups=groups), stats  # old splits are stale
 
 
 def prune_edges(circuit: Circuit, keep_fraction: float) -> Circuit:

@@ -7,6 +7,9 @@ open question. relp_lens groups them from what the neurons share:
    - its attribution score on each prompt, ``[prompt, node]`` (the circuit's gradient method, RelP for
      anything else; ``pos=None``: summed over the prompt's positions, as selection sums it);
    - its clean activation on each prompt at its position (``pos=None``: the mean over the prompt's positions).
+   A position is found in each prompt as evaluation finds it (:func:`relp_lens.positions.resolve` with these
+   prompts' shared prefix). A node absent from some prompts (a warning names it) counts as attribution 0
+   there, and its activation as its mean over the other prompts; absent from every prompt is an error.
 2. Affinities between nodes, each in [0, 1]:
    - ``attribution``: cosine similarity of score profiles, negative values clipped to 0 — neurons that
      matter on the same prompts, in the same direction;
@@ -21,7 +24,7 @@ open question. relp_lens groups them from what the neurons share:
    distance 1 − affinity.
 4. Stability: the clustering is repeated with ``n_seeds`` other seeds, and on ``n_subsets`` random subsets of
    the prompts (``subset_fraction`` of them; profiles from those prompts only, edges — computed on all
-   prompts — kept), each compared with the reference by the adjusted Rand index (ARI: 1 = the same
+   prompts — kept; with ``edges`` alone there are no prompt profiles and only seeds are tried), each compared with the reference by the adjusted Rand index (ARI: 1 = the same
    partition, ≈ 0 = chance). Per group: the mean over those runs of its best Jaccard overlap with a group
    of the run. The stability score is the mean ARI over the subsets (seeds alone, when there are fewer than
    4 prompts): re-drawing the data is the harder test — k-means seeds rarely move a partition.
@@ -177,7 +180,8 @@ def cluster(aff: np.ndarray, n_groups: int, seed: int = 0) -> np.ndarray:
         warnings.simplefilter("ignore", UserWarning)
         model = SpectralClustering(n_clusters=n_groups, affinity="precomputed", random_state=seed,
                                    assign_labels="kmeans", n_init=10)
-        return model.fit_predict(a)
+        labels = model.fit_predict(a)
+    return np.unique(labels, return_inverse=True)[1].reshape(-1)  # 0..g-1 (k-means can leave a cluster empty)
 
 
 def choose_k(aff: np.ndarray, max_groups: int = 8, seed: int = 0) -> int:
@@ -234,7 +238,7 @@ def stability(profiles: dict[str, np.ndarray | None], labels: np.ndarray, n_grou
     per_group = np.mean([best_jaccard(labels, r) for r in runs], axis=0).tolist() if runs else []
     headline = subsets_ari or seeds_ari
     return dict(ari=float(np.mean(headline)) if headline else None, ari_seeds=seeds_ari, ari_subsets=subsets_ari,
-                subset_fraction=subset_fraction), per_group
+                subset_fraction=subset_fraction, kind="subsets" if subsets_ari else "seeds"), per_group
 
 
 # -- step 1: profiles ---------------------------------------------------------------------------------------
@@ -250,31 +254,42 @@ def node_profiles(model: HookedTransformer, circuit: Circuit, rows: Sequence[dic
                      metric=circuit.metric if circuit.metric in ("logit_diff", "logit", "logprob") else None,
                      baseline=None if paired else circuit.baseline, batch_size=batch_size, progress=progress)
     scores = attr.scores  # [prompt, layer, pos, node]
-    cols = [None if n.pos is None else attr.alignment.column(n.pos) for n in circuit.nodes]
-    out_s = np.zeros((attr.n_examples, len(circuit.nodes)))
-    for j, (n, c) in enumerate(zip(circuit.nodes, cols)):
-        out_s[:, j] = (scores[:, n.layer, :, n.index].sum(-1) if c is None else scores[:, n.layer, c, n.index]).numpy()
-    # activations at the same columns, from one no-grad forward per batch
+    align = attr.alignment
     from relp_lens.data import make_batches, tokenize
+    from relp_lens.positions import resolve
 
     tok = tokenize(model, attr.prompts)
     hooks = sorted({circuit.hook_names[n.layer] for n in circuit.nodes})
-    out_a = np.zeros_like(out_s)
+    n_ex, n = attr.n_examples, len(circuit.nodes)
+    out_s, out_a = np.zeros((n_ex, n)), np.full((n_ex, n), np.nan)
     for batch in make_batches(tok, batch_size):
         with torch.no_grad():
             _, cache = model.run_with_cache(batch.clean_tokens.to(model.cfg.device),
                                             names_filter=lambda name: name in hooks)
         length = batch.clean_tokens.shape[1]
-        where = attr.alignment.columns(length)  # [pos] column of each token
-        for j, (n, c) in enumerate(zip(circuit.nodes, cols)):
-            a = cache[circuit.hook_names[n.layer]]
-            a = a.reshape(a.shape[0], a.shape[1], -1)[:, :, n.index].float().cpu()  # [batch, pos]
-            if c is None:
+        cols = align.columns(length)  # [pos] column of each token
+        sb = scores[torch.tensor(batch.indices)]  # [batch, layer, column, node]
+        for j, node in enumerate(circuit.nodes):
+            a = cache[circuit.hook_names[node.layer]]
+            a = a.reshape(a.shape[0], length, -1)[:, :, node.index].float().cpu()  # [batch, pos]
+            if node.pos is None:  # every position: summed scores, mean activation
+                out_s[batch.indices, j] = sb[:, node.layer, cols, node.index].sum(-1).numpy()
                 out_a[batch.indices, j] = a.mean(1).numpy()
-            else:
-                t = (where == c).nonzero().flatten()
-                if len(t):
-                    out_a[batch.indices, j] = a[:, int(t[0])].numpy()
+                continue
+            t = resolve(node.pos, length, align.tail_start)  # as evaluation resolves it in these prompts
+            if t is None:
+                continue  # absent from prompts of this length: no score, activation filled below
+            out_s[batch.indices, j] = sb[:, node.layer, int(cols[t]), node.index].numpy()
+            out_a[batch.indices, j] = a[:, t].numpy()
+    missing = np.isnan(out_a)
+    if missing.all(0).any():
+        j = int(np.flatnonzero(missing.all(0))[0])
+        raise RelPLensError(f"node {circuit.nodes[j].label()} has no position in any of the {n_ex} prompts")
+    if missing.any():
+        bad = [circuit.nodes[j].label() for j in np.flatnonzero(missing.any(0))]
+        warnings.warn(f"{len(bad)} node(s) (e.g. {bad[0]}) are absent from some prompts: their attribution there "
+                      f"counts as 0 and their activation as their mean over the other prompts", stacklevel=3)
+        out_a = np.where(missing, np.nanmean(out_a, axis=0, keepdims=True), out_a)
     return out_s, out_a
 
 
@@ -355,6 +370,8 @@ def group_neurons(model: HookedTransformer, circuit: Circuit, rows: Sequence[dic
     rows = rows if rows is not None else (circuit.data or {}).get("rows")
     if not rows:
         raise RelPLensError("no prompts to group by: the circuit stores no rows; pass rows=")
+    if len(rows) < 2:
+        raise RelPLensError(f"grouping needs profiles over at least 2 prompts, got {len(rows)}")
     n = len(circuit.nodes)
     if n < 2:
         raise RelPLensError(f"a circuit of {n} node(s) cannot be grouped")

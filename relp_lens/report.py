@@ -170,8 +170,9 @@ def _groups_html(circuit: Circuit) -> str:
     how = (f"Spectral clustering of the circuit's neurons on {', '.join(groups.features)} over "
            f"{groups.n_prompts} prompts (relp_lens.groups). Stability: adjusted Rand index "
            + (f"{ari:.2f}" if ari is not None else "n/a")
-           + f" against re-clustering on random {st.get('subset_fraction', 0.7):.0%} subsets of the prompts; "
-           "per group, the mean best Jaccard overlap with a group of those runs."
+           + (f" against re-clustering on random {st.get('subset_fraction', 0.7):.0%} subsets of the prompts; "
+              if st.get("ari_subsets") else " against re-clustering with other k-means seeds; ")
+           + "per group, the mean best Jaccard overlap with a group of those runs."
            + (" Pruning removed members after grouping." if groups.pruned else ""))
     return (f"<h2>Neuron groups</h2><p class='muted'>{_e(how)} Outlined in the attribution graph by group.</p>"
             "<table id='groups'><tr><th>group</th><th>neurons</th><th>score</th><th>stability</th><th>label "

@@ -156,6 +156,8 @@ def _last_probs(model: HookedTransformer, prompts: Sequence[str], ids: Sequence[
                 batch_size: int = 32) -> torch.Tensor:
     """Mean probability of each token id at the last position over ``prompts`` (batched by token length).
     → ``[token]``."""
+    if batch_size < 1:
+        raise RelPLensError(f"batch_size must be ≥ 1, got {batch_size}")
     tokens = [model.to_tokens(p)[0] for p in prompts]
     by_length: dict[int, list[int]] = {}
     for i, t in enumerate(tokens):
@@ -230,7 +232,7 @@ def group_steering(model: HookedTransformer, circuit, group: str | int, prompts:
     ``"group"``, ``"size"``, ``"random"`` (``{token: [[p per factor] per random group]}``) and
     ``"random_mean"`` / ``"random_std"`` (``{token: [per factor]}``).
     """
-    from relp_lens.groups import group_nodes
+    from relp_lens.groups import group_nodes, groups_of
 
     if circuit.basis != "mlp_post":
         raise RelPLensError(f"group steering scales MLP neurons; this circuit's basis is {circuit.basis!r}")
@@ -240,9 +242,11 @@ def group_steering(model: HookedTransformer, circuit, group: str | int, prompts:
         raise RelPLensError(f"group {group!r} has no members left in this circuit")
     if n_random < 0:
         raise RelPLensError(f"n_random must be ≥ 0, got {n_random}")
-    name = group if isinstance(group, str) else f"G{int(group) + 1}"
+    name = group if isinstance(group, str) else groups_of(circuit).groups[int(group)].name
     out = steering_sweep(model, prompts, nodes, tokens, factors, mode="scale", batch_size=batch_size)
-    others = random_groups(nodes, circuit.node_width, n_random, seed=seed, exclude=[n.key for n in circuit.nodes])
+    in_circuit = {(n.layer, n.index) for n in circuit.nodes}  # a circuit neuron at any position is no random pick
+    exclude = [(l, p, i) for l, p, _ in nodes for (l2, i) in in_circuit if l2 == l]
+    others = random_groups(nodes, circuit.node_width, n_random, seed=seed, exclude=exclude)
     sweeps = [steering_sweep(model, prompts, g, tokens, factors, mode="scale", batch_size=batch_size)
               for g in others]
     random_probs = {t: [sw["probs"][t] for sw in sweeps] for t in tokens}

@@ -86,8 +86,11 @@ def test_context_index_matches_brute_force_and_is_cached(tmp_path, monkeypatch):
     # cached: the second call loads the file (the pass is not run again), a different k is another entry
     files = list((tmp_path / "contexts").glob("texts-*.pt"))
     assert len(files) == 1
-    monkeypatch.setattr(model, "forward", lambda *a, **k: (_ for _ in ()).throw(AssertionError("pass re-run")))
+    calls = []
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
     again = context_index(model, TEXTS, window=8, k=3, batch_size=2, progress=False)
+    assert len(calls) == 1  # only the model fingerprint's forward; the pass over the windows is not re-run
     assert torch.equal(again.top_values, index.top_values) and again.key == index.key
     monkeypatch.undo()
     monkeypatch.setenv("RELP_LENS_CACHE", str(tmp_path))
@@ -110,6 +113,15 @@ def test_cards_from_an_index_mark_tokens_and_describe(tmp_path, monkeypatch):
     assert "writes " + repr(card.promoted[0][0]) in card.description and card.corpus.startswith("texts")
     with pytest.raises(RelPLensError, match="keeps 4 contexts"):
         neuron_card(model, 1, 4, corpus=index, k=5)
+    other = tiny_llama(seed=1)  # another model: its index is another cache entry, and a foreign index is refused
+    with pytest.raises(RelPLensError, match="built with another model"):
+        neuron_card(other, 1, 4, corpus=index)
+    from relp_lens.corpus import model_key
+
+    assert model_key(other) != model_key(model)
+    with torch.no_grad():
+        other.blocks[0].attn.W_Q.copy_(model.blocks[0].attn.W_Q * 1.5)  # only attention changed: still another key
+    assert model_key(other) != model_key(model)
 
 
 def test_describe_hand_case():

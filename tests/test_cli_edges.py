@@ -332,11 +332,27 @@ def test_trace_heads_and_influence_pruning(tmp_path, capsys, tiny, rows_file):
                                             (["--influence-prune", "0.8", "0.98"], "--influence-prune needs --edges"),
                                             (["--edges", "--influence-prune", "0", "1"], "thresholds must be in"),
                                             (["--graph-nodes", "0"], "--graph-nodes must be"),
-                                            (["--edges", "--heads", "--basis", "mlp_out"], "needs the mlp_post basis")])
+                                            (["--edges", "--heads", "--basis", "mlp_out"], "needs the mlp_post basis"),
+                                            (["--group-prompts", "8"], "--group-prompts needs --groups"),
+                                            (["--groups", "--group-prompts", "1"], "--group-prompts must be"),
+                                            (["--groups", "--k", "1"], "at least 2 neurons"),
+                                            (["--corpus", "sotu"], "needs --report")])
 def test_graph_options_are_checked_before_the_model_loads(extra, message, no_model, rows_file, tmp_path, capsys):
     assert main([*TRACE_TINY, "--data", str(rows_file), *extra, "--out", str(tmp_path / "c.json")]) == 2
     assert message in one_error_line(capsys)
     assert not (tmp_path / "c.json").exists()
+
+
+def test_trace_groups(tmp_path, capsys, tiny, rows_file):
+    """--groups groups the circuit's neurons and stores them in the circuit file."""
+    out = tmp_path / "c.json"
+    assert main([*TRACE_TINY, "--k", "12", "--data", str(rows_file), "--edges", "--edge-prompts", "2", "--groups",
+                 "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "neuron groups from attribution, activation, edges" in printed
+    saved = json.loads(out.read_text())
+    members = [m for g in saved["groups"]["groups"] for m in g["members"]]
+    assert len(members) == len(saved["nodes"]) == 12
 
 
 def test_influence_pruning_of_unpaired_data_needs_the_zero_baseline(no_model, tmp_path, capsys):

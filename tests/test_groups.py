@@ -88,6 +88,39 @@ def tiny():
     return model, rows, circuit
 
 
+def test_profiles_of_prompts_of_different_lengths():
+    """End-aligned prompts: each node is read at its own token in every prompt (negative positions from the
+    end); a node some prompts lack is named in a warning and counts as no attribution there."""
+    from helpers import AGREEMENT_ROWS
+
+    model = tiny_llama()
+    rows = AGREEMENT_ROWS
+    attr = relp_lens.attribute(model, rows, progress=False)
+    assert attr.alignment.end_aligned
+    circuit = relp_lens.select_top_k(attr, model, 12)
+    with pytest.warns(UserWarning) if any(n.pos is not None and n.pos < -4 for n in circuit.nodes) else _none():
+        scores, acts = node_profiles(model, circuit, rows)
+    for i, r in enumerate(rows):
+        tokens = model.to_tokens(r["clean_prefix"])
+        _, cache = model.run_with_cache(tokens)
+        cols = attr.alignment.columns(tokens.shape[1])
+        for j, n in enumerate(circuit.nodes):
+            t = tokens.shape[1] + n.pos if n.pos < 0 else n.pos
+            if t < attr.alignment.tail_start or t >= tokens.shape[1]:
+                assert scores[i, j] == 0
+                continue
+            assert scores[i, j] == pytest.approx(float(attr.scores[i, n.layer, cols[t], n.index]), abs=1e-6)
+            assert acts[i, j] == pytest.approx(float(cache[circuit.hook_names[n.layer]][0, t, n.index]), abs=1e-5)
+
+
+class _none:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
 def test_profiles_match_attribution_and_cache(tiny):
     model, rows, circuit = tiny
     scores, acts = node_profiles(model, circuit, rows)
@@ -96,7 +129,7 @@ def test_profiles_match_attribution_and_cache(tiny):
     for j, n in enumerate(circuit.nodes):
         c = attr.alignment.column(n.pos)
         assert np.allclose(scores[:, j], attr.scores[:, n.layer, c, n.index].numpy(), atol=1e-6)
-        a = cache[circuit.hook_names[n.layer]][:, n.pos if n.pos >= 0 else n.pos, n.index]
+        a = cache[circuit.hook_names[n.layer]][:, n.pos, n.index]  # one length: absolute positions
         assert np.allclose(acts[:, j], a.detach().numpy(), atol=1e-5)
     # the circuit's mean score is the mean of the per-prompt profile
     assert np.allclose(scores.mean(0), [n.score for n in circuit.nodes], atol=1e-5)
@@ -120,9 +153,13 @@ def test_group_neurons_end_to_end(tiny, tmp_path):
     assert groups_of(loaded) == groups
     pruned = prune_edges(loaded, 0.2)
     kept = {n.label() for n in pruned.nodes}
+    assert len(kept) < len(circuit.nodes)  # pruning removed neurons
     left = groups_of(pruned)
-    assert all(m in kept for g in left.groups for m in g.members)
-    assert left.pruned == (len(kept) < len(circuit.nodes))
+    assert all(m in kept for g in left.groups for m in g.members) and left.pruned
+    assert sum(len(g.members) for g in left.groups) == len(kept)
+    # re-weighing edges makes groups built from edges stale: they are dropped
+    again, _ = attribute_edges(model, grouped, rows, progress=False)
+    assert again.groups is None
     print(groups.summary())
 
 
@@ -174,3 +211,25 @@ def test_groups_in_graph_and_report(tiny):
     assert "<th>group</th>" in page
     plain = render_report(attr, circuit, ReportInputs())
     assert "Neuron groups" not in plain and "<th>group</th>" not in plain
+
+
+def test_steering_a_group_by_number_after_pruning_names_the_right_group(tiny):
+    """Pruning can empty a group; group numbers then follow the remaining groups, and so do the names."""
+    from relp_lens.edges import subgraph
+    from relp_lens.steering import group_steering
+
+    model, rows, circuit = tiny
+    grouped = group_neurons(model, circuit, rows, n_groups=3, n_seeds=1, n_subsets=1)
+    first = groups_of(grouped).groups[0]
+    keep = [i for i, n in enumerate(grouped.nodes) if n.label() not in first.members]
+    pruned = subgraph(grouped, keep, [])
+    names = [g.name for g in groups_of(pruned).groups]
+    assert first.name not in names and len(names) == 2
+    res = group_steering(model, pruned, 0, [rows[0]["clean_prefix"]], ["are"], factors=[0, 1], n_random=1)
+    assert res["group"] == names[0] and res["size"] == len(groups_of(pruned).groups[0].members)
+
+
+def test_cluster_labels_are_contiguous():
+    aff = np.ones((6, 6))  # identical points: k-means may leave clusters empty
+    labels = cluster(aff, 3)
+    assert sorted(set(labels.tolist())) == list(range(len(set(labels.tolist()))))

@@ -86,6 +86,15 @@ def test_scale_one_is_identity_and_generate_works(llama):
     assert hooks_left(llama) == []
 
 
+def test_batched_sweep_equals_one_prompt_at_a_time(llama):
+    prompts = [PROMPT, "The parents", "The author near the doctors", "The doctor"]  # several token lengths
+    many = steering_sweep(llama, prompts, [(2, -1, 4), (1, 0, 7)], ["are", "is"], factors=[-2, 0.5], batch_size=3)
+    for t in ("are", "is"):
+        single = [steering_sweep(llama, [p], [(2, -1, 4), (1, 0, 7)], [t], factors=[-2, 0.5])["probs"][t]
+                  for p in prompts]
+        assert many["probs"][t] == pytest.approx([sum(v) / len(prompts) for v in zip(*single)], rel=1e-5)
+
+
 def test_sweep(llama):
     res = steering_sweep(llama, [PROMPT, "The parents"], [(2, None, 4)], ["are", "is"], factors=[-2, 1, 4])
     assert res["factors"] == [-2, 1, 4] and set(res["probs"]) == {"are", "is"}
