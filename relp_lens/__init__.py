@@ -68,9 +68,11 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "group_neurons": ("groups", "group_neurons"),
     "groups_of": ("groups", "groups_of"),
     "group_steering": ("steering", "group_steering"),
+    "data_parallel": ("distributed", "data_parallel"),
 }
 # submodules reachable as attributes after a bare ``import relp_lens`` (``relp_lens.plots.…``), as before
-_SUBMODULES = {"ablation", "agreement", "attribution", "backends", "cards", "circuit", "cli", "data", "demo",
+_SUBMODULES = {"ablation", "agreement", "attribution", "backends", "cards", "circuit", "cli", "corpus", "data", "demo",
+               "distributed", "plan",
                "edges", "errors", "exact", "files", "graph_export", "graph_io", "groups", "heads", "metrics", "models", "nodes",
                "plots", "positions", "probes", "pruning", "relp_mode", "report", "rules", "steering", "tasks"}
 
@@ -81,7 +83,7 @@ __all__ = [
     "select_threshold", "select_top_k", "shipped_gguf_path", "steer", "steering_direction", "steering_sweep",
     "plot", "always_on_neurons", "only_correct", "wrap_hf_model", "write_circuit_tracer", "attribute_io_edges",
     "edge_pruning_sweep", "cpr_cmd", "attribute_head_splits", "influence_prune", "neuron_auroc",
-    "group_neurons", "groups_of", "group_steering",
+    "group_neurons", "groups_of", "group_steering", "data_parallel",
 ]
 
 
@@ -110,6 +112,7 @@ if TYPE_CHECKING:
     from relp_lens.cards import always_on_neurons
     from relp_lens.circuit import Circuit, CircuitEdge, CircuitNode, select_threshold, select_top_k
     from relp_lens.data import Prompts
+    from relp_lens.distributed import data_parallel
     from relp_lens.graph_export import write_circuit_tracer
     from relp_lens.graph_io import attribute_io_edges
     from relp_lens.groups import group_neurons, groups_of

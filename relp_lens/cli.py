@@ -445,6 +445,14 @@ def _report_writer(args, model, attr, circuit, held_out: list[dict], accuracy: s
     return write
 
 
+def cmd_plan(args) -> int:
+    from relp_lens.plan import describe, plan
+
+    print(describe(plan(args.model, args.prompts, args.tokens, batch_size=args.batch_size, dtype=args.dtype,
+                        reduce=args.reduce, paired=not args.unpaired, k=args.k, devices=args.devices)))
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     from relp_lens.ablation import evaluate_circuit
     from relp_lens.circuit import Circuit
@@ -572,6 +580,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how nodes are removed (default: the circuit's own)")
     e.add_argument("--no-progress", action="store_true", help="hide progress lines")
     e.set_defaults(func=cmd_evaluate)
+
+    pl = sub.add_parser("plan", help="estimate peak memory per device and passes, before loading anything",
+                       description="Memory and pass planner (relp_lens.plan): peak memory per device and forward/"
+                                   "backward passes for attribution, IG, edges and evaluation.")
+    pl.add_argument("--model", default="smollm2-135m",
+                   help="a known shape: smollm2-135m (default), gemma3-270m, llama-3.2-1b, llama-3.1-8b, llama-3.1-70b")
+    pl.add_argument("--prompts", type=int, required=True, help="number of prompts")
+    pl.add_argument("--tokens", type=int, required=True, help="tokens per prompt (the longest)")
+    pl.add_argument("--batch-size", type=int, default=16)
+    pl.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    pl.add_argument("--reduce", default="mean", choices=["mean", "none"])
+    pl.add_argument("--unpaired", action="store_true", help="unpaired prompts (no patch forward)")
+    pl.add_argument("--k", type=int, default=300, help="circuit size for edges (default 300)")
+    pl.add_argument("--devices", type=int, default=1, help="devices the model is split over (default 1)")
+    pl.set_defaults(func=cmd_plan)
     return p
 
 

@@ -125,8 +125,9 @@ def plan(model: Any, n_prompts: int, tokens: int, *, batch_size: int = 16, dtype
     split = lambda x: math.ceil(x / devices)  # noqa: E731 — layers spread over the devices
 
     def task(parts: dict[str, int], forward: int, backward: int) -> dict[str, Any]:
-        per_device = split(weights) + split(parts.get("activations", 0)) + parts.get("logits", 0) + sum(
-            v for key, v in parts.items() if key not in ("activations", "logits"))
+        layered = ("activations", "grads")  # per-layer tensors live with their layer's device
+        per_device = split(weights) + sum(split(parts.get(key, 0)) for key in layered) + sum(
+            v for key, v in parts.items() if key not in layered)
         return dict(peak=per_device, forward=forward, backward=backward, parts=dict(parts, weights=weights))
 
     ref_forwards = 1 if paired else 0
