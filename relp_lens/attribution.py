@@ -445,7 +445,7 @@ def _exact_batch(run: _Run, batch: Batch, nodes: list[Node], node_batch: int):
     for start in range(0, len(todo), chunk):
         group = todo[start:start + chunk]
         reps = len(group)
-        rows = torch.arange(reps * b, device=tokens.device).view(reps, b)  # [node, batch]
+        rows = torch.arange(reps * b).view(reps, b)  # [node, batch]; CPU indices work on any device
         by_hook: dict[int, list[tuple[int, Node]]] = {}
         for j, node in enumerate(group):
             by_hook.setdefault(node[0], []).append((j, node))

@@ -195,6 +195,9 @@ def _native_norm(module: Any) -> bool:
 
 def _norm_surrogate(module: Any, x: torch.Tensor) -> torch.Tensor:
     """``module``'s output on ``x`` with the normalising scale treated as a constant (LN rule)."""
+    weight = getattr(module.original_component, "weight", None)
+    if isinstance(weight, torch.Tensor) and weight.device != x.device:  # device_map: the norm sits elsewhere
+        x = x.to(weight.device)
     xf = x.float() if x.dtype not in (torch.float32, torch.float64) else x
     if not module.uses_rms_norm:
         xf = xf - xf.mean(-1, keepdim=True)

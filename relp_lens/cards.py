@@ -144,7 +144,8 @@ def neuron_cards(model: HookedTransformer, neurons: Sequence[tuple[int, int]], *
         tokens = model.to_tokens(text)
         with torch.no_grad():
             _, cache = model.run_with_cache(tokens, names_filter=lambda name: name in hooks)
-        values = torch.stack([cache[f"blocks.{layer}.mlp.hook_post"][0, :, index] for layer, index in neurons])
+        values = torch.stack([cache[f"blocks.{layer}.mlp.hook_post"][0, :, index].cpu()  # layers may sit on
+                              for layer, index in neurons])                            # several devices
         return values.float().cpu(), str_tokens_of(model, tokens[0])  # [neuron, pos], tokens
 
     task = [acts(p)[0][:, -1].tolist() for p in prompts]  # [prompt][neuron], last position
@@ -175,10 +176,11 @@ def neuron_cards(model: HookedTransformer, neurons: Sequence[tuple[int, int]], *
     with torch.no_grad():
         w_final = backends.final_norm_weight(model)
         for j, (layer, index) in enumerate(neurons):
-            direction = backends.W_out(model, layer)[index]  # [d_model]
+            w_u = backends.W_U(model)
+            direction = backends.W_out(model, layer)[index].to(w_u.device)  # [d_model]
             if w_final is not None:
-                direction = direction * w_final
-            logits = direction @ backends.W_U(model)  # [d_vocab]
+                direction = direction * w_final.to(w_u.device)
+            logits = direction @ w_u  # [d_vocab]
             top, bottom = logits.topk(k), (-logits).topk(k)
             promoted = [(model.to_string(int(i)), float(v)) for v, i in zip(top.values, top.indices)]
             suppressed = [(model.to_string(int(i)), -float(v)) for v, i in zip(bottom.values, bottom.indices)]

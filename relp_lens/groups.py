@@ -320,15 +320,16 @@ def _promoted(model: HookedTransformer, circuit: Circuit, members: Sequence[int]
     if circuit.basis != "mlp_post":
         return []
     with torch.no_grad():
+        w_u = backends.W_U(model).float()  # layers may sit on several devices: sum on the unembedding's
         w_final = backends.final_norm_weight(model)
         write = None
         for j in members:
             node = circuit.nodes[j]
-            d = backends.W_out(model, node.layer)[node.index].float() * float(mean_acts[j])  # [d_model]
-            write = d if write is None else write + d
+            d = backends.W_out(model, node.layer)[node.index].float().to(w_u.device) * float(mean_acts[j])
+            write = d if write is None else write + d  # [d_model]
         if w_final is not None:
-            write = write * w_final.float()
-        logits = write @ backends.W_U(model).float()  # [d_vocab]
+            write = write * w_final.float().to(w_u.device)
+        logits = write @ w_u  # [d_vocab]
         return [model.to_string(int(i)) for i in logits.topk(k).indices]
 
 

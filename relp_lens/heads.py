@@ -146,7 +146,6 @@ def attribute_head_splits(model: HookedTransformer, circuit: Circuit, prompts, *
     w_outs = {layer: backends.W_out(model, blocks[layer]) for layer in {n.layer for n in nodes}}
     use_relp = method == "relp"
     embeds = [h for h in EMBED_HOOKS if h in model.hook_dict]
-    dev = model.cfg.device
 
     for batch in tqdm(batches, desc="head splits", disable=not progress, leave=False):
         _, grads, deltas, _, _ = batch_gradients(run, batch, use_relp)  # per layer [B, pos, node]
@@ -160,7 +159,8 @@ def attribute_head_splits(model: HookedTransformer, circuit: Circuit, prompts, *
         sources = {s for ss in pairs.values() for s in ss}
         for s in sorted(x for x in sources if x[0] == "n"):
             n = nodes[s[1]]
-            t = deltas[n.layer][..., n.index, None].float().to(dev) * w_outs[n.layer][n.index].float()  # [B, pos, d]
+            w = w_outs[n.layer][n.index].float()  # [d] on its block's device (layers may sit on several devices)
+            t = deltas[n.layer][..., n.index, None].float().to(w.device) * w  # [B, pos, d]
             if at[s[1]] is not None:
                 mask = torch.zeros(length, 1, device=t.device)
                 mask[at[s[1]]] = 1
@@ -173,10 +173,10 @@ def attribute_head_splits(model: HookedTransformer, circuit: Circuit, prompts, *
                 where = [p for p in range(length) if labels[cols[p]] == io.positions[s[1]]]
                 if not where:
                     continue  # these prompts have no token at that aligned position
-                mask = torch.zeros(length, 1, device=e_clean[fired[0]].device)
+                mask = torch.zeros(length, 1)
                 mask[where] = 1
                 for h in fired:
-                    tangents[s + (h,)] = (h, d_emb[h].float() * mask)
+                    tangents[s + (h,)] = (h, d_emb[h].float() * mask.to(d_emb[h].device))
         if not tangents:
             continue
         push = _push(model, run, batch, tangents, blocks, z_names, use_relp, edge_batch)  # key -> per block z
@@ -231,7 +231,7 @@ def _push(model, run, batch, tangents: dict, blocks, z_names, use_relp: bool, ed
                 t = torch.zeros(R * b, *x.shape[1:], dtype=x.dtype, device=x.device)
                 for r, k in enumerate(chunk):
                     if tangents[k][0] == where:
-                        t[r * b:(r + 1) * b] = tangents[k][1].to(x.dtype)
+                        t[r * b:(r + 1) * b] = tangents[k][1].to(x.device, x.dtype)
                 return fwAD.make_dual(x.detach(), t)
 
             return hook
