@@ -37,6 +37,7 @@ def close(a, b, tol=1e-6):
             assert x == pytest.approx(y, rel=tol, abs=tol), (x, y)
 
 
+@pytest.mark.hooked  # the worker builds a tiny HookedTransformer
 def test_two_gloo_processes_equal_one(single, tmp_path):
     out = tmp_path / "dp.json"
     proc = torchrun(2, WORKER, out, "ok")
@@ -51,6 +52,7 @@ def test_two_gloo_processes_equal_one(single, tmp_path):
     assert single["edges"] and any(single["per_example"])
 
 
+@pytest.mark.hooked
 def test_a_failing_rank_stops_every_rank_and_writes_nothing(tmp_path):
     out = tmp_path / "dp.json"
     proc = torchrun(2, WORKER, out, "fail")
