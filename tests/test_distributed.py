@@ -89,7 +89,8 @@ def test_cli_trace_under_torchrun_equals_one_process(tmp_path):
     common = ["trace", "--data", pairs, "--k", "20", "--n-prompts", "8", "--n-eval", "4", "--edges",
               "--edge-prompts", "4", "--batch-size", "2", "--no-progress"]
     one = subprocess.run([sys.executable, "-m", "relp_lens.cli", *map(str, common), "--out", tmp_path / "one.json"],
-                         capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="2"), timeout=600)
+                         capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=600)
+    # one thread, as each torchrun process has: the same BLAS arithmetic per batch, only the sums combine differently
     assert one.returncode == 0, one.stderr[-2000:]
     two = torchrun(2, "-m", "relp_lens.cli", *common, "--out", tmp_path / "two.json", timeout=600)
     assert two.returncode == 0, two.stderr[-3000:]
