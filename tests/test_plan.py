@@ -62,8 +62,11 @@ def test_cli(capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.hooked  # the constants were measured on HookedTransformer; a TL 4.3 bridge peaks ~20 % lower
 def test_measured_peak_within_25_percent():
-    """One setting of benchmarks/plan_check.py: RelP attribution, batch 32 of 6-token pairs, in a fresh process."""
+    """One setting of benchmarks/plan_check.py: RelP attribution, batch 32 of 6-token pairs, in a fresh process
+    (HookedTransformer; on TransformerLens 4.3's bridge the same run measured 1/1.26 of the plan: the plan is
+    conservative there)."""
     sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
     import plan_check
 
