@@ -255,6 +255,15 @@ def answer_token(model: HookedTransformer, answer: str, where: str | None = None
     return int(ids[0])
 
 
+def length_groups(tokens: Sequence[torch.Tensor], batch_size: int) -> list[list[int]]:
+    """Indices of ``tokens`` (each ``[pos]``) in batches of equal length, at most ``batch_size`` each, in order of
+    first appearance (as :func:`make_batches` groups prompts)."""
+    by_length: dict[int, list[int]] = defaultdict(list)
+    for i, t in enumerate(tokens):
+        by_length[len(t)].append(i)
+    return [idx[s:s + batch_size] for idx in by_length.values() for s in range(0, len(idx), batch_size)]
+
+
 def prompt_tokens(model: HookedTransformer, text: str, where: str) -> torch.Tensor:
     """``[pos]`` tokens of one prompt with BOS, never truncated: a prompt longer than the model's context
     (``n_ctx``) is an error naming ``where`` and its token count."""

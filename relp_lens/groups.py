@@ -214,12 +214,14 @@ def best_jaccard(ref: np.ndarray, other: np.ndarray) -> list[float]:
 
 
 def stability(profiles: dict[str, np.ndarray | None], labels: np.ndarray, n_groups: int, *, seed: int = 0,
-              n_seeds: int = 5, n_subsets: int = 5, subset_fraction: float = 0.7) -> tuple[dict, list[float]]:
+              n_seeds: int = 5, n_subsets: int = 5, subset_fraction: float = 0.7,
+              aff: np.ndarray | None = None) -> tuple[dict, list[float]]:
     """ARI of re-clusterings against ``labels`` (step 4) → (``{"ari", "ari_seeds", "ari_subsets", …}``,
-    per-group mean best Jaccard)."""
+    per-group mean best Jaccard). ``aff``: the profiles' affinity, when the caller already has it."""
     from sklearn.metrics import adjusted_rand_score
 
-    aff = affinity(profiles.get("scores"), profiles.get("acts"), profiles.get("edges"))
+    if aff is None:
+        aff = affinity(profiles.get("scores"), profiles.get("acts"), profiles.get("edges"))
     runs, seeds_ari, subsets_ari = [], [], []
     for s in range(1, n_seeds + 1):
         other = cluster(aff, n_groups, seed + s)
@@ -365,8 +367,6 @@ def group_neurons(model: HookedTransformer, circuit: Circuit, rows: Sequence[dic
             ``edges`` only when the circuit has edges.
         seed, n_seeds, n_subsets, subset_fraction: the reference clustering's seed and the stability runs.
     """
-    from relp_lens.circuit import Circuit  # noqa: F401 (type of the result)
-
     circuit.check_model(model)
     rows = rows if rows is not None else (circuit.data or {}).get("rows")
     if not rows:
@@ -399,7 +399,7 @@ def group_neurons(model: HookedTransformer, circuit: Circuit, rows: Sequence[dic
     k = choose_k(aff, max_groups, seed) if n_groups is None else n_groups
     labels = cluster(aff, k, seed)
     stab, per_group = stability(profiles, labels, k, seed=seed, n_seeds=n_seeds, n_subsets=n_subsets,
-                                subset_fraction=subset_fraction)
+                                subset_fraction=subset_fraction, aff=aff)
     mean_acts = acts.mean(0)
     found = []
     for g in sorted(set(labels.tolist())):

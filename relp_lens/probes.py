@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from relp_lens import backends
-from relp_lens.data import prompt_tokens
+from relp_lens.data import length_groups, prompt_tokens
 from relp_lens.errors import RelPLensError
 from relp_lens.nodes import resolve_hooks
 
@@ -73,11 +73,8 @@ def node_values(model: HookedTransformer, prompts: Sequence[str], *, basis: str 
     for i, t in enumerate(tokens):
         if not -len(t) <= position < len(t):
             raise RelPLensError(f"prompt {i} ({prompts[i]!r}) has {len(t)} tokens: no position {position}")
-    by_length: dict[int, list[int]] = {}
-    for i, t in enumerate(tokens):
-        by_length.setdefault(len(t), []).append(i)
     out: torch.Tensor | None = None
-    groups = [idx[s:s + batch_size] for idx in by_length.values() for s in range(0, len(idx), batch_size)]
+    groups = length_groups(tokens, batch_size)
     wanted = set(hooks)
     for idx in tqdm(groups, desc="probe activations", disable=not progress, leave=False):
         batch = torch.stack([tokens[i] for i in idx]).to(model.cfg.device)

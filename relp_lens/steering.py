@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from relp_lens import backends
-from relp_lens.data import answer_token
+from relp_lens.data import answer_token, length_groups
 from relp_lens.errors import RelPLensError
 from relp_lens.nodes import resolve_hooks
 from relp_lens.positions import check_position, is_int, require, resolve
@@ -159,16 +159,12 @@ def _last_probs(model: HookedTransformer, prompts: Sequence[str], ids: Sequence[
     if batch_size < 1:
         raise RelPLensError(f"batch_size must be ≥ 1, got {batch_size}")
     tokens = [model.to_tokens(p)[0] for p in prompts]
-    by_length: dict[int, list[int]] = {}
-    for i, t in enumerate(tokens):
-        by_length.setdefault(len(t), []).append(i)
     acc = torch.zeros(len(ids), dtype=torch.float64)
     with torch.no_grad():
-        for idx in by_length.values():
-            for s in range(0, len(idx), batch_size):
-                batch = torch.stack([tokens[i] for i in idx[s:s + batch_size]])  # [batch, pos]
-                probs = model(batch)[:, -1].float().softmax(-1)[:, list(ids)]  # [batch, token]
-                acc += probs.sum(0).double().cpu()
+        for idx in length_groups(tokens, batch_size):
+            batch = torch.stack([tokens[i] for i in idx])  # [batch, pos]
+            probs = model(batch)[:, -1].float().softmax(-1)[:, list(ids)]  # [batch, token]
+            acc += probs.sum(0).double().cpu()
     return (acc / len(prompts)).float()
 
 
