@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import tempfile
 from functools import lru_cache
 
@@ -49,6 +50,33 @@ def word_tokenizer_dir() -> str:
 
 
 def _tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(word_tokenizer_dir())
+
+
+def tiny_hf_llama(seed: int = 0, mlp_bias: bool = False):
+    """A random 3-layer Llama (RMSNorm, gated SiLU, rotary, GQA) with non-trivial norm weights."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=len(WORDS) + 2, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16,
+                      rms_norm_eps=1e-5, tie_word_embeddings=False, bos_token_id=0, eos_token_id=0,
+                      pad_token_id=0, mlp_bias=mlp_bias)
+    torch.manual_seed(seed)
+    hf = LlamaForCausalLM(cfg)
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if "norm" in name:
+                p.copy_(1 + 0.2 * torch.randn_like(p))
+            elif name.endswith("bias"):
+                p.copy_(0.1 * torch.randn_like(p))
+            else:
+                p.copy_(torch.randn_like(p) / math.sqrt(p.shape[-1]))
+    return hf.eval()
+
+
+def word_tokenizer():
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(word_tokenizer_dir())

@@ -22,40 +22,13 @@ from relp_lens import backends
 from relp_lens.errors import RelPLensError
 from relp_lens.relp_mode import embedding_relevance, relp
 
-from helpers import AGREEMENT_ROWS, WORDS, hooks_left, word_tokenizer_dir
+from helpers import AGREEMENT_ROWS, WORDS, hooks_left, tiny_hf_llama, word_tokenizer
 
 needs_hooked = pytest.mark.hooked  # skipped on TransformerLens 4 (conftest)
 PROMPT = "The keys to the cabinet"
 
 
-# --- tiny models: one Hugging Face Llama, as a bridge and (TL 3.x) as a HookedTransformer -----------------
-def tiny_hf_llama(seed: int = 0, mlp_bias: bool = False):
-    """A random 3-layer Llama (RMSNorm, gated SiLU, rotary, GQA) with non-trivial norm weights."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    cfg = LlamaConfig(vocab_size=len(WORDS) + 2, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16,
-                      rms_norm_eps=1e-5, tie_word_embeddings=False, bos_token_id=0, eos_token_id=0,
-                      pad_token_id=0, mlp_bias=mlp_bias)
-    torch.manual_seed(seed)
-    hf = LlamaForCausalLM(cfg)
-    with torch.no_grad():
-        for name, p in hf.named_parameters():
-            if "norm" in name:
-                p.copy_(1 + 0.2 * torch.randn_like(p))
-            elif name.endswith("bias"):
-                p.copy_(0.1 * torch.randn_like(p))
-            else:
-                p.copy_(torch.randn_like(p) / math.sqrt(p.shape[-1]))
-    return hf.eval()
-
-
-def word_tokenizer():
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(word_tokenizer_dir())
-
-
+# --- tiny models: one Hugging Face Llama (helpers.tiny_hf_llama), as a bridge and (TL 3.x) as a HookedTransformer
 def hooked_from_hf(hf):
     """The same weights as a HookedTransformer (TransformerLens 3.x only)."""
     import einops
