@@ -28,9 +28,10 @@ TEXTS = ["The keys to the cabinet are near the door", "The author near the docto
 
 
 def _lists(x):
-    """Tensors → nested lists on the CPU (moved as a user would), everything else as is."""
+    """Tensors → nested lists, everything else as is. What relp_lens returns is gathered on the CPU already."""
     if isinstance(x, torch.Tensor):
-        return x.detach().cpu().double().tolist()
+        assert x.device == torch.device("cpu"), x.device
+        return x.detach().double().tolist()
     if isinstance(x, dict):
         return {k: _lists(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
@@ -81,7 +82,7 @@ def pipeline(model) -> dict:
     out["sweep"] = relp_lens.steering_sweep(model, ["The keys to the cabinet", "The parents"], nodes,
                                             [" are", " is"], factors=[-2.0, 0.0, 2.0])
     with torch.no_grad(), relp_lens.steer(model, nodes, 3.0):
-        out["steered_logits"] = model(model.to_tokens("The doctor"))[0, -1]
+        out["steered_logits"] = model(model.to_tokens("The doctor"))[0, -1].cpu()  # a model output: the user moves it
 
     grouped = relp_lens.group_neurons(model, circuit, AGREEMENT_ROWS, n_groups=2, n_seeds=1, n_subsets=1)
     out["groups"] = grouped.groups
