@@ -49,6 +49,7 @@ import torch
 from tqdm.auto import tqdm
 
 from relp_lens import backends
+from relp_lens import distributed as dp
 from relp_lens.attribution import as_prompts, batch_gradients, prepare_run
 from relp_lens.circuit import Circuit
 from relp_lens.edges import edge_layers, keep_hook, leaf_hook, node_positions, node_seeds
@@ -157,61 +158,64 @@ def attribute_io_edges(model: HookedTransformer, circuit: Circuit, prompts, *, m
     use_relp = method == "relp"
     w_outs = {layer: backends.W_out(model, blocks[layer]) for layer in {n.layer for n in nodes}}
 
-    for batch in tqdm(batches, desc="input/output edges", disable=not progress, leave=False):
-        _, grads, deltas, _, _ = batch_gradients(run, batch, use_relp)  # per layer [B, pos, node]
-        length, b = batch.clean_tokens.shape[1], len(batch)
-        cols = run.alignment.columns(length)
-        at = node_positions(nodes, batch, data, run)
-        e_ref = _embeddings(model, batch.patch_tokens, embeds) if run.paired else None
-        leaves: dict[str | int, torch.Tensor] = {}
-        live: dict[int, torch.Tensor] = {}
-        fwd = [(h, leaf_hook(leaves, h)) for h in embeds]
-        for layer, block in enumerate(blocks):
-            fwd += [(circuit.hook_names[layer], keep_hook(live, layer)),
-                    (f"blocks.{block}.hook_mlp_out", leaf_hook(leaves, layer))]
-        for block in set(range(model.cfg.n_layers)) - set(blocks):  # MLPs outside the basis: constants too
-            fwd.append((f"blocks.{block}.hook_mlp_out", leaf_hook(leaves, f"other.{block}")))
-        mode = relp(model, **vars(run.rules)) if use_relp else contextlib.nullcontext()
-        with torch.enable_grad(), mode, backends.hooks(model, fwd_hooks=fwd):
-            logits = model(batch.clean_tokens.to(model.cfg.device))
-            m = evaluate_metric(run.metric_fn, logits, batch)
-            m_total += m.detach().double().sum().item()
-            embeds = [h for h in embeds if h in leaves]  # a bridge lists hook_pos_embed even where it never fires
-            d_emb = [(leaves[h].detach() - (e_ref[h] if e_ref is not None else 0)).float() * (-1 if run.paired else 1)
-                     for h in embeds]  # Δe: patch − clean (paired), clean − 0 (zero baseline)
-            # 3. output edges: the metric's (and each target logit's) direct gradient at every leaf
-            keys = embeds + list(range(len(blocks)))
-            outs = [(m.sum(), w_direct, w_out)] + [
-                (value(logits[:, -1], batch).sum(), t_direct[t], t_out[t]) for t, (_, _, value) in enumerate(targets)]
-            for scalar, to_direct, to_out in outs:
-                g = torch.autograd.grad(scalar, [leaves[k] for k in keys], allow_unused=True, retain_graph=True)
-                for h, gh, de in zip(embeds, g, d_emb):
-                    if gh is not None:
-                        to_direct.index_add_(0, cols, (gh.float() * de).sum((0, 2)).double().cpu())
-                for k, n in enumerate(nodes):
-                    gl = g[len(embeds) + n.layer]
-                    if gl is None:
-                        continue
-                    direct = gl.float() @ w_outs[n.layer][n.index].float()  # [B, pos]: ∂m/∂post_u, direct paths
-                    contrib = direct * deltas[n.layer][..., n.index].float()
-                    to_out[k] += (contrib.sum() if at[k] is None else contrib[:, at[k]].sum()).double().cpu()
-            # 4. input edges: seed ∇̃_d m at each node, backward to the embedding leaves
-            r_max = max(1, edge_batch // b)
-            order = list(range(len(nodes)))
-            for start in range(0, len(order), r_max):
-                chunk = order[start:start + r_max]
-                R = len(chunk)
-                seeds = node_seeds(nodes, chunk, at, grads, live)
-                layers = sorted(seeds)
-                gi = torch.autograd.grad([live[l] for l in layers], [leaves[h] for h in embeds],
-                                         [seeds[l] for l in layers], allow_unused=True, retain_graph=True,
-                                         is_grads_batched=True)
-                for gh, de in zip(gi, d_emb):  # gh: [R, B, pos, d_model]
-                    if gh is None:
-                        continue
-                    per_pos = (gh.float() * de[None]).sum((1, 3))  # [R, pos]
-                    w_in[:, chunk] += torch.zeros(n_cols, R, dtype=torch.float64).index_add_(
-                        0, cols, per_pos.T.double().cpu())
+    with dp.stage("input/output edges"):  # under torchrun: this rank's batches; the sums are combined below
+        for batch in tqdm(dp.shard(batches), desc="input/output edges", disable=not progress, leave=False):
+            _, grads, deltas, _, _ = batch_gradients(run, batch, use_relp)  # per layer [B, pos, node]
+            length, b = batch.clean_tokens.shape[1], len(batch)
+            cols = run.alignment.columns(length)
+            at = node_positions(nodes, batch, data, run)
+            e_ref = _embeddings(model, batch.patch_tokens, embeds) if run.paired else None
+            leaves: dict[str | int, torch.Tensor] = {}
+            live: dict[int, torch.Tensor] = {}
+            fwd = [(h, leaf_hook(leaves, h)) for h in embeds]
+            for layer, block in enumerate(blocks):
+                fwd += [(circuit.hook_names[layer], keep_hook(live, layer)),
+                        (f"blocks.{block}.hook_mlp_out", leaf_hook(leaves, layer))]
+            for block in set(range(model.cfg.n_layers)) - set(blocks):  # MLPs outside the basis: constants too
+                fwd.append((f"blocks.{block}.hook_mlp_out", leaf_hook(leaves, f"other.{block}")))
+            mode = relp(model, **vars(run.rules)) if use_relp else contextlib.nullcontext()
+            with torch.enable_grad(), mode, backends.hooks(model, fwd_hooks=fwd):
+                logits = model(batch.clean_tokens.to(model.cfg.device))
+                m = evaluate_metric(run.metric_fn, logits, batch)
+                m_total += m.detach().double().sum().item()
+                embeds = [h for h in embeds if h in leaves]  # a bridge lists hook_pos_embed, which may never fire
+                sign = -1 if run.paired else 1  # Δe: patch − clean (paired), clean − 0 (zero baseline)
+                d_emb = [(leaves[h].detach() - (e_ref[h] if e_ref is not None else 0)).float() * sign for h in embeds]
+                # 3. output edges: the metric's (and each target logit's) direct gradient at every leaf
+                keys = embeds + list(range(len(blocks)))
+                outs = [(m.sum(), w_direct, w_out)] + [(value(logits[:, -1], batch).sum(), t_direct[t], t_out[t])
+                                                       for t, (_, _, value) in enumerate(targets)]
+                for scalar, to_direct, to_out in outs:
+                    g = torch.autograd.grad(scalar, [leaves[k] for k in keys], allow_unused=True, retain_graph=True)
+                    for h, gh, de in zip(embeds, g, d_emb):
+                        if gh is not None:
+                            to_direct.index_add_(0, cols, (gh.float() * de).sum((0, 2)).double().cpu())
+                    for k, n in enumerate(nodes):
+                        gl = g[len(embeds) + n.layer]
+                        if gl is None:
+                            continue
+                        direct = gl.float() @ w_outs[n.layer][n.index].float()  # [B, pos]: ∂m/∂post_u, direct paths
+                        contrib = direct * deltas[n.layer][..., n.index].float()
+                        to_out[k] += (contrib.sum() if at[k] is None else contrib[:, at[k]].sum()).double().cpu()
+                # 4. input edges: seed ∇̃_d m at each node, backward to the embedding leaves
+                r_max = max(1, edge_batch // b)
+                order = list(range(len(nodes)))
+                for start in range(0, len(order), r_max):
+                    chunk = order[start:start + r_max]
+                    R = len(chunk)
+                    seeds = node_seeds(nodes, chunk, at, grads, live)
+                    layers = sorted(seeds)
+                    gi = torch.autograd.grad([live[l] for l in layers], [leaves[h] for h in embeds],
+                                             [seeds[l] for l in layers], allow_unused=True, retain_graph=True,
+                                             is_grads_batched=True)
+                    for gh, de in zip(gi, d_emb):  # gh: [R, B, pos, d_model]
+                        if gh is None:
+                            continue
+                        per_pos = (gh.float() * de[None]).sum((1, 3))  # [R, pos]
+                        w_in[:, chunk] += torch.zeros(n_cols, R, dtype=torch.float64).index_add_(
+                            0, cols, per_pos.T.double().cpu())
+    w_in, w_out, w_direct, t_out, t_direct = (dp.all_reduce(x) for x in (w_in, w_out, w_direct, t_out, t_direct))
+    m_total = dp.all_reduce_float(m_total)
     n = len(data)
     return IOEdges(positions=list(run.alignment.labels), input=w_in / n, output=w_out / n, direct=w_direct / n,
                    metric=m_total / n, targets=[name for name, _, _ in targets], signs=[s for _, s, _ in targets],

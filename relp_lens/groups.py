@@ -48,6 +48,7 @@ import numpy as np
 import torch
 
 from relp_lens import backends
+from relp_lens import distributed as dp
 from relp_lens.errors import RelPLensError
 
 if TYPE_CHECKING:  # annotations only: TransformerLens 4 has no HookedTransformer
@@ -263,26 +264,36 @@ def node_profiles(model: HookedTransformer, circuit: Circuit, rows: Sequence[dic
     tok = tokenize(model, attr.prompts)
     hooks = sorted({circuit.hook_names[n.layer] for n in circuit.nodes})
     n_ex, n = attr.n_examples, len(circuit.nodes)
-    out_s, out_a = np.zeros((n_ex, n)), np.full((n_ex, n), np.nan)
-    for batch in make_batches(tok, batch_size):
-        with torch.no_grad():
-            _, cache = model.run_with_cache(batch.clean_tokens.to(model.cfg.device),
-                                            names_filter=lambda name: name in hooks)
-        length = batch.clean_tokens.shape[1]
-        cols = align.columns(length)  # [pos] column of each token
-        sb = scores[torch.tensor(batch.indices)]  # [batch, layer, column, node]
-        for j, node in enumerate(circuit.nodes):
-            a = cache[circuit.hook_names[node.layer]]
-            a = a.reshape(a.shape[0], length, -1)[:, :, node.index].float().cpu()  # [batch, pos]
-            if node.pos is None:  # every position: summed scores, mean activation
-                out_s[batch.indices, j] = sb[:, node.layer, cols, node.index].sum(-1).numpy()
-                out_a[batch.indices, j] = a.mean(1).numpy()
-                continue
-            t = resolve(node.pos, length, align.tail_start)  # as evaluation resolves it in these prompts
-            if t is None:
-                continue  # absent from prompts of this length: no score, activation filled below
-            out_s[batch.indices, j] = sb[:, node.layer, int(cols[t]), node.index].numpy()
-            out_a[batch.indices, j] = a[:, t].numpy()
+    out_s, out_a = np.zeros((n_ex, n)), np.zeros((n_ex, n))
+    seen = np.zeros((n_ex, n))  # 1 where the node has a position in the prompt
+    batches = make_batches(tok, batch_size)
+    mine = {id(b) for b in dp.shard(batches)}  # under torchrun: activations of this rank's batches only
+    with dp.stage("group profiles"):
+        for batch in batches:
+            length = batch.clean_tokens.shape[1]
+            cols = align.columns(length)  # [pos] column of each token
+            sb = scores[torch.tensor(batch.indices)]  # [batch, layer, column, node]
+            cache = None
+            if id(batch) in mine:
+                with torch.no_grad():
+                    _, cache = model.run_with_cache(batch.clean_tokens.to(model.cfg.device),
+                                                    names_filter=lambda name: name in hooks)
+            for j, node in enumerate(circuit.nodes):
+                t = None if node.pos is None else resolve(node.pos, length, align.tail_start)  # as evaluation does
+                if node.pos is not None and t is None:
+                    continue  # absent from prompts of this length: no score, activation filled below
+                if node.pos is None:  # every position: summed scores, mean activation
+                    out_s[batch.indices, j] = sb[:, node.layer, cols, node.index].sum(-1).numpy()
+                else:
+                    out_s[batch.indices, j] = sb[:, node.layer, int(cols[t]), node.index].numpy()
+                if cache is not None:
+                    a = cache[circuit.hook_names[node.layer]]
+                    a = a.reshape(a.shape[0], length, -1)[:, :, node.index].float().cpu()  # [batch, pos]
+                    out_a[batch.indices, j] = (a.mean(1) if t is None else a[:, t]).numpy()
+                    seen[batch.indices, j] = 1
+    out_a = dp.all_reduce(torch.from_numpy(out_a)).numpy()
+    seen = dp.all_reduce(torch.from_numpy(seen)).numpy()
+    out_a[seen == 0] = np.nan
     missing = np.isnan(out_a)
     if missing.all(0).any():
         j = int(np.flatnonzero(missing.all(0))[0])

@@ -53,6 +53,7 @@ import torch.autograd.forward_ad as fwAD
 from tqdm.auto import tqdm
 
 from relp_lens import backends
+from relp_lens import distributed as dp
 from relp_lens.attribution import as_prompts, batch_gradients, prepare_run
 from relp_lens.circuit import Circuit
 from relp_lens.edges import edge_layers, keep_hook, leaf_hook, node_positions, node_seeds
@@ -147,42 +148,48 @@ def attribute_head_splits(model: HookedTransformer, circuit: Circuit, prompts, *
     use_relp = method == "relp"
     embeds = [h for h in EMBED_HOOKS if h in model.hook_dict]
 
-    for batch in tqdm(batches, desc="head splits", disable=not progress, leave=False):
-        _, grads, deltas, _, _ = batch_gradients(run, batch, use_relp)  # per layer [B, pos, node]
-        b, length = len(batch), batch.clean_tokens.shape[1]
-        at = node_positions(nodes, batch, data, run)
-        cols = run.alignment.columns(length).tolist()  # aligned column of each position
-        labels = list(run.alignment.labels)
-        e_ref = _embeddings(model, batch.patch_tokens, embeds) if (io is not None and run.paired) else None
-        e_clean = _embeddings(model, batch.clean_tokens, embeds) if io is not None else None
-        tangents: dict[tuple, tuple[str | int, torch.Tensor]] = {}  # key -> (where it enters, [B, pos, d])
-        sources = {s for ss in pairs.values() for s in ss}
-        for s in sorted(x for x in sources if x[0] == "n"):
-            n = nodes[s[1]]
-            w = w_outs[n.layer][n.index].float()  # [d] on its block's device (layers may sit on several devices)
-            t = deltas[n.layer][..., n.index, None].float().to(w.device) * w  # [B, pos, d]
-            if at[s[1]] is not None:
-                mask = torch.zeros(length, 1, device=t.device)
-                mask[at[s[1]]] = 1
-                t = t * mask
-            tangents[s] = (n.layer, t)
-        if io is not None:
-            fired = [h for h in embeds if h in e_clean]  # a bridge lists hook_pos_embed even where it never fires
-            d_emb = {h: (e_clean[h] - e_ref[h]) * -1 if e_ref is not None else e_clean[h] for h in fired}
-            for s in sorted(x for x in sources if x[0] == "e"):  # Δe: patch − clean (paired), clean − 0 (zero)
-                where = [p for p in range(length) if labels[cols[p]] == io.positions[s[1]]]
-                if not where:
-                    continue  # these prompts have no token at that aligned position
-                mask = torch.zeros(length, 1)
-                mask[where] = 1
-                for h in fired:
-                    tangents[s + (h,)] = (h, d_emb[h].float() * mask.to(d_emb[h].device))
-        if not tangents:
-            continue
-        push = _push(model, run, batch, tangents, blocks, z_names, use_relp, edge_batch)  # key -> per block z
-        _pull_and_contract(model, run, batch, circuit, pairs, tangents, push, grads, at, blocks, z_names, embeds,
-                           use_relp, edge_batch, res, per_head)
-
+    with dp.stage("head splits"):  # under torchrun: this rank's batches; the sums are combined below
+        for batch in tqdm(dp.shard(batches), desc="head splits", disable=not progress, leave=False):
+            _, grads, deltas, _, _ = batch_gradients(run, batch, use_relp)  # per layer [B, pos, node]
+            b, length = len(batch), batch.clean_tokens.shape[1]
+            at = node_positions(nodes, batch, data, run)
+            cols = run.alignment.columns(length).tolist()  # aligned column of each position
+            labels = list(run.alignment.labels)
+            e_ref = _embeddings(model, batch.patch_tokens, embeds) if (io is not None and run.paired) else None
+            e_clean = _embeddings(model, batch.clean_tokens, embeds) if io is not None else None
+            tangents: dict[tuple, tuple[str | int, torch.Tensor]] = {}  # key -> (where it enters, [B, pos, d])
+            sources = {s for ss in pairs.values() for s in ss}
+            for s in sorted(x for x in sources if x[0] == "n"):
+                n = nodes[s[1]]
+                w = w_outs[n.layer][n.index].float()  # [d] on its block's device (layers may sit on several devices)
+                t = deltas[n.layer][..., n.index, None].float().to(w.device) * w  # [B, pos, d]
+                if at[s[1]] is not None:
+                    mask = torch.zeros(length, 1, device=t.device)
+                    mask[at[s[1]]] = 1
+                    t = t * mask
+                tangents[s] = (n.layer, t)
+            if io is not None:
+                fired = [h for h in embeds if h in e_clean]  # a bridge lists hook_pos_embed even where it never fires
+                d_emb = {h: (e_clean[h] - e_ref[h]) * -1 if e_ref is not None else e_clean[h] for h in fired}
+                for s in sorted(x for x in sources if x[0] == "e"):  # Δe: patch − clean (paired), clean − 0 (zero)
+                    where = [p for p in range(length) if labels[cols[p]] == io.positions[s[1]]]
+                    if not where:
+                        continue  # these prompts have no token at that aligned position
+                    mask = torch.zeros(length, 1)
+                    mask[where] = 1
+                    for h in fired:
+                        tangents[s + (h,)] = (h, d_emb[h].float() * mask.to(d_emb[h].device))
+            if not tangents:
+                continue
+            push = _push(model, run, batch, tangents, blocks, z_names, use_relp, edge_batch)  # key -> per block z
+            _pull_and_contract(model, run, batch, circuit, pairs, tangents, push, grads, at, blocks, z_names, embeds,
+                               use_relp, edge_batch, res, per_head)
+    keys = sorted(res, key=str)  # one order on every rank (set iteration order is not)
+    if keys:
+        sums = dp.all_reduce(torch.tensor([res[k] for k in keys], dtype=torch.float64))
+        stacked = dp.all_reduce(torch.stack([per_head[k] for k in keys]))  # [pair, layer, head]
+        res = {k: float(sums[i]) for i, k in enumerate(keys)}
+        per_head = {k: stacked[i] for i, k in enumerate(keys)}
     n_prompts = len(data)
     labels_of = {("n", i): n.label() for i, n in enumerate(nodes)}
     if io is not None:

@@ -15,8 +15,14 @@ from relp_lens.files import write_json_atomic  # noqa: E402
 
 
 def compute(model, rows, held_out, facts):
-    """Everything the data-parallel path combines: attribution (mean and per-example), edges, evaluation
-    (mean and counterfactual ablation), the unpaired mean baseline."""
+    """Everything the data-parallel path combines: attribution (mean and per-example), edges, input/output
+    edges, head splits, groups' per-prompt profiles, evaluation (mean and counterfactual ablation), the unpaired
+    mean baseline."""
+    from dataclasses import replace
+
+    from relp_lens.graph_io import attribute_io_edges
+    from relp_lens.groups import node_profiles
+
     attr = relp_lens.attribute(model, rows, reduce="mean", batch_size=2, progress=False)
     per_example = relp_lens.attribute(model, rows, batch_size=2, progress=False)
     circuit = relp_lens.select_top_k(attr, model, 10)
@@ -24,13 +30,21 @@ def compute(model, rows, held_out, facts):
     ev = relp_lens.evaluate_circuit(model, circuit, held_out, batch_size=2, warn=False)
     cf = relp_lens.evaluate_circuit(model, circuit, held_out, batch_size=2, ablation="counterfactual", warn=False)
     unpaired = relp_lens.attribute(model, facts, baseline="mean", reduce="mean", batch_size=2, progress=False)
+    io = attribute_io_edges(model, circuit, rows, batch_size=2, progress=False)
+    heads = relp_lens.attribute_head_splits(model, replace(circuit, io_edges=io.to_dict()), rows, batch_size=2,
+                                            top=None, progress=False).heads
+    profile_scores, profile_acts = node_profiles(model, circuit, rows, batch_size=2)
     return dict(nodes=[[n.layer, n.pos, n.index, n.score] for n in circuit.nodes],
                 edges=[[e.source, e.target, e.weight] for e in circuit.edges],
                 mean=attr.mean().nan_to_num(0).flatten().tolist()[:5000],
                 per_example=per_example.scores.flatten()[::97].tolist(),
                 metric_clean=attr.metric_clean.tolist(), metric_ref=attr.metric_ref.tolist(),
                 counts=attr.counts.tolist(), faithfulness=ev["faithfulness"], completeness=ev["completeness"],
-                cf_faithfulness=cf["faithfulness"], unpaired=unpaired.mean().nan_to_num(0).flatten()[::31].tolist())
+                cf_faithfulness=cf["faithfulness"], unpaired=unpaired.mean().nan_to_num(0).flatten()[::31].tolist(),
+                io=[io.input.flatten().tolist(), io.output.tolist(), io.direct.tolist(), io.metric,
+                    io.target_output.flatten().tolist(), io.target_direct.flatten().tolist()],
+                heads=[[key, split["residual"], split["heads"]] for key, split in heads["edges"].items()],
+                head_totals=heads["totals"], profiles=[profile_scores.tolist(), profile_acts.tolist()])
 
 
 def data():

@@ -45,11 +45,12 @@ def test_two_gloo_processes_equal_one(single, tmp_path):
     got = json.loads(out.read_text())
     assert got["world"] == 2
     assert [n[:3] for n in got["nodes"]] == [n[:3] for n in single["nodes"]]  # the same circuit
-    for key in ("nodes", "edges", "mean", "per_example", "metric_clean", "metric_ref", "counts", "unpaired"):
+    for key in ("nodes", "edges", "mean", "per_example", "metric_clean", "metric_ref", "counts", "unpaired", "io",
+                "heads", "head_totals", "profiles"):
         close(got[key], single[key])
     for key in ("faithfulness", "completeness", "cf_faithfulness"):
         assert got[key] == pytest.approx(single[key], abs=1e-6)
-    assert single["edges"] and any(single["per_example"])
+    assert single["edges"] and any(single["per_example"]) and single["heads"] and any(single["io"][0])
 
 
 @pytest.mark.hooked
