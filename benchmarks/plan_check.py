@@ -6,6 +6,9 @@ compared with the plan's estimate of the same (the peak minus the weights, alrea
 ratio within 25 %.
 
     .venv/bin/python benchmarks/plan_check.py        # prints the table; writes benchmarks/results/plan_check.json
+    .venv-tl4/bin/python benchmarks/plan_check.py    # TransformerLens 4 (a bridge): plan_check_bridge.json
+
+The plan is made for the backend the child loaded (``plan(..., backend=...)``).
 """
 
 from __future__ import annotations
@@ -50,7 +53,9 @@ elif task == "edges":
     relp_lens.attribute_edges(model, circuit, rows, batch_size=batch, progress=False)
 else:
     relp_lens.evaluate_circuit(model, circuit, rows, batch_size=batch, warn=False)
-print(json.dumps(dict(measured=status("VmHWM:") - before, n=len(rows), paired=paired)))
+from relp_lens import backends
+print(json.dumps(dict(measured=status("VmHWM:") - before, n=len(rows), paired=paired,
+                      backend="bridge" if backends.is_bridge(model) else "hooked")))
 """
 
 # glibc keeps freed memory for reuse, so RSS would miss a task's working set served from what loading the model
@@ -71,16 +76,17 @@ def main() -> None:
         if out.returncode:
             raise SystemExit(out.stderr[-2000:])
         got = json.loads(out.stdout.strip().splitlines()[-1])
-        p = plan("smollm2-135m", got["n"], tokens, batch_size=batch, paired=got["paired"], k=100)
+        backend = got["backend"]
+        p = plan("smollm2-135m", got["n"], tokens, batch_size=batch, paired=got["paired"], k=100, backend=backend)
         est = p[task]["peak"] - p["weights"]
         rows.append(dict(task=task, batch=batch, tokens=tokens, prompts=got["n"], measured=got["measured"],
                          estimate=est, ratio=est / got["measured"]))
         r = rows[-1]
-        print(f"{task:<12s} batch {batch:3d} × {tokens:4d} tokens: measured {r['measured'] / 2**20:8.1f} MiB, "
+        print(f"{backend:<7s}{task:<12s} batch {batch:3d} × {tokens:4d} tokens: measured {r['measured'] / 2**20:8.1f} MiB, "
               f"plan {r['estimate'] / 2**20:8.1f} MiB, ratio {r['ratio']:.2f}", flush=True)
     worst = max(abs(r["ratio"] - 1) for r in rows)
     print(f"largest deviation {worst:.0%} (target ≤ 25%)")
-    out = Path("benchmarks/results/plan_check.json")
+    out = Path("benchmarks/results/plan_check.json" if backend == "hooked" else "benchmarks/results/plan_check_bridge.json")
     out.write_text(json.dumps(rows, indent=1))
 
 

@@ -449,7 +449,8 @@ def cmd_plan(args) -> int:
     from relp_lens.plan import describe, plan
 
     print(describe(plan(args.model, args.prompts, args.tokens, batch_size=args.batch_size, dtype=args.dtype,
-                        reduce=args.reduce, paired=not args.unpaired, k=args.k, devices=args.devices)))
+                        reduce=args.reduce, paired=not args.unpaired, k=args.k, devices=args.devices,
+                        backend=args.backend)))
     return 0
 
 
@@ -594,6 +595,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--unpaired", action="store_true", help="unpaired prompts (no patch forward)")
     pl.add_argument("--k", type=int, default=300, help="circuit size for edges (default 300)")
     pl.add_argument("--devices", type=int, default=1, help="devices the model is split over (default 1)")
+    pl.add_argument("--backend", choices=["hooked", "bridge"], default=None,
+                    help="HookedTransformer or TransformerBridge (default: what load_model gives with the installed "
+                         "TransformerLens)")
     pl.set_defaults(func=cmd_plan)
     return p
 

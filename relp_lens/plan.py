@@ -10,7 +10,9 @@ before loading anything.
      ``ACT_MLP`` × d_mlp values (norm inputs, q/k/v, z, MLP pre/gate/post, hook copies), plus
      ``2 × n_heads × tokens`` attention scores and pattern;
    - the logits and their softmax, kept in float32: ``3 × d_vocab`` per position;
-   - with a backward pass, one unembedding-sized float32 temporary (``d_vocab × d_model``);
+   - with a backward pass on a HookedTransformer, one unembedding-sized float32 temporary
+     (``d_vocab × d_model``); a TransformerBridge's ``lm_head`` makes none (measured: the bridge's peaks
+     match the plan without it, to 9 %);
    - attribution's patch (or mean) activations of the basis: ``n_layers × d_mlp``.
 4. Kept results: attribution scores, ``n_layers × tokens × d_mlp`` float64 sums (``reduce="mean"``) or float32
    per prompt (``reduce="none"``); edge weights ``k²`` float64.
@@ -41,6 +43,8 @@ from relp_lens.errors import RelPLensError
 # measured peaks of benchmarks/plan_check.py (SmolLM2-135M, RelP, batches of 48 to 1,024 positions)
 ACT_D = 8
 ACT_MLP = 5
+# does the backward pass make a d_vocab × d_model float32 temporary at the unembedding? (plan_check, per backend)
+UNEMBED_TEMP = {"hooked": True, "bridge": False}
 BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
 TASKS = ("attribution", "ig", "edges", "evaluation")
 
@@ -91,17 +95,30 @@ def shape_of(model: Any) -> ModelShape:
     return ModelShape.of(model)
 
 
-def _batch_bytes(s: ModelShape, positions: int, tokens: int, e: int) -> dict[str, int]:
+def _batch_bytes(s: ModelShape, positions: int, tokens: int, e: int, backend: str) -> dict[str, int]:
     acts = s.n_layers * positions * (ACT_D * s.d_model + ACT_MLP * s.d_mlp + 2 * s.n_heads * tokens) * e
     logits = positions * 3 * s.d_vocab * 4
     basis = s.n_layers * positions * s.d_mlp * e
-    return dict(activations=acts, logits=logits, reference=basis, unembed_temp=s.d_vocab * s.d_model * 4)
+    temp = s.d_vocab * s.d_model * 4 if UNEMBED_TEMP[backend] else 0
+    return dict(activations=acts, logits=logits, reference=basis, unembed_temp=temp)
+
+
+def _backend_of(model: Any) -> str:
+    from relp_lens import backends
+
+    if not isinstance(model, (str, ModelShape)):
+        return "bridge" if backends.is_bridge(model) else "hooked"
+    return "hooked" if backends.resolve_backend("auto") == "hooked" else "bridge"
 
 
 def plan(model: Any, n_prompts: int, tokens: int, *, batch_size: int = 16, dtype: str = "float32",
          reduce: str = "mean", paired: bool = True, ig_steps: int = 10, k: int = 300, edge_batch: int = 256,
-         devices: int = 1) -> dict[str, Any]:
+         devices: int = 1, backend: str | None = None) -> dict[str, Any]:
     """Estimated peak memory per device (bytes) and passes per task (see the module docstring).
+
+    ``backend``: ``"hooked"`` (HookedTransformer) or ``"bridge"`` (TransformerBridge), whose forward passes keep
+    different intermediate values; by default the loaded model's, or for a name what ``load_model`` would give
+    with the installed TransformerLens.
 
     Returns ``{"model": shape, "weights": bytes, task: {"peak": bytes per device, "forward": n, "backward":
     n, "parts": {...}}}`` for ``attribution``, ``ig``, ``edges`` and ``evaluation``.
@@ -115,11 +132,14 @@ def plan(model: Any, n_prompts: int, tokens: int, *, batch_size: int = 16, dtype
             raise RelPLensError(f"{name} must be a positive integer, got {v!r}")
     if reduce not in ("mean", "none"):
         raise RelPLensError(f"reduce must be 'mean' or 'none', got {reduce!r}")
+    backend = backend or _backend_of(model)
+    if backend not in UNEMBED_TEMP:
+        raise RelPLensError(f"backend must be one of {sorted(UNEMBED_TEMP)}, got {backend!r}")
     e = BYTES[dtype]
     b = min(batch_size, n_prompts)
     n_batches = math.ceil(n_prompts / b)
     weights = s.n_params * e
-    one = _batch_bytes(s, b * tokens, tokens, e)
+    one = _batch_bytes(s, b * tokens, tokens, e, backend)
     width = s.n_layers * tokens * s.d_mlp
     scores = width * 8 if reduce == "mean" else n_prompts * width * 4
     split = lambda x: math.ceil(x / devices)  # noqa: E731 — layers spread over the devices
@@ -132,7 +152,7 @@ def plan(model: Any, n_prompts: int, tokens: int, *, batch_size: int = 16, dtype
 
     ref_forwards = 1 if paired else 0
     out: dict[str, Any] = dict(model=asdict(s), weights=weights, n_prompts=n_prompts, tokens=tokens,
-                               batch_size=b, dtype=dtype, devices=devices)
+                               batch_size=b, dtype=dtype, devices=devices, backend=backend)
     out["attribution"] = task(dict(one, scores=scores), n_batches * (1 + ref_forwards), n_batches)
     out["ig"] = task(dict(one, scores=scores), n_batches * (ref_forwards + s.n_layers * ig_steps),
                      n_batches * s.n_layers * ig_steps)
@@ -153,7 +173,7 @@ def describe(p: dict[str, Any]) -> str:
     m = p["model"]
     lines = [f"{m['name']}: {m['n_params'] / 1e9:.2f} B parameters, {p['dtype']}, weights {p['weights'] / gib:.2f} GiB; "
              f"{p['n_prompts']} prompts × {p['tokens']} tokens, batch {p['batch_size']}, "
-             f"{p['devices']} device(s)",
+             f"{p['devices']} device(s), {'HookedTransformer' if p['backend'] == 'hooked' else 'TransformerBridge'}",
              f"{'task':<12s} {'peak/device':>12s} {'forward':>9s} {'backward':>9s}"]
     for t in TASKS:
         r = p[t]

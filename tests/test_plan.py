@@ -25,8 +25,12 @@ def test_known_shapes_have_their_published_sizes():
 
 def test_parts_by_hand():
     s = KNOWN["smollm2-135m"]
-    p = plan(s, 100, 10, batch_size=8)
+    p = plan(s, 100, 10, batch_size=8, backend="hooked")
     assert p["weights"] == s.n_params * 4
+    assert p["attribution"]["parts"]["unembed_temp"] == s.d_vocab * s.d_model * 4  # HookedTransformer's backward
+    bridge = plan(s, 100, 10, batch_size=8, backend="bridge")
+    assert bridge["attribution"]["parts"]["unembed_temp"] == 0  # a bridge's lm_head makes no such temporary
+    assert p["attribution"]["peak"] - bridge["attribution"]["peak"] == s.d_vocab * s.d_model * 4
     assert p["attribution"]["parts"]["scores"] == s.n_layers * 10 * s.d_mlp * 8  # float64 running sums
     none = plan(s, 100, 10, batch_size=8, reduce="none")
     assert none["attribution"]["parts"]["scores"] == 100 * s.n_layers * 10 * s.d_mlp * 4
@@ -47,7 +51,8 @@ def test_grows_with_batch_tokens_and_shrinks_with_devices():
 
 
 @pytest.mark.parametrize("kwargs, message", [(dict(n_prompts=0), "n_prompts"), (dict(dtype="int8"), "dtype"),
-                                             (dict(reduce="sum"), "reduce"), (dict(model="gpt-9"), "unknown model")])
+                                             (dict(reduce="sum"), "reduce"), (dict(model="gpt-9"), "unknown model"),
+                                             (dict(backend="jax"), "backend")])
 def test_errors(kwargs, message):
     args = dict(model="smollm2-135m", n_prompts=10, tokens=8) | kwargs
     with pytest.raises(RelPLensError, match=message):
@@ -59,14 +64,22 @@ def test_cli(capsys):
     out = capsys.readouterr().out
     assert "llama-3.1-8b: 8.03 B parameters, bfloat16" in out and "attribution" in out and "GiB" in out
     assert main(["plan", "--model", "gpt-9", "--prompts", "3", "--tokens", "3"]) == 2
+    assert main(["plan", "--prompts", "3", "--tokens", "3", "--backend", "bridge"]) == 0
+    assert "TransformerBridge" in capsys.readouterr().out
+
+
+def test_default_backend_is_the_loaded_models():
+    from relp_lens import backends
+
+    assert plan(tiny_llama(), 4, 4)["backend"] == "hooked"
+    expected = "hooked" if backends.hooked_transformer_available() else "bridge"
+    assert plan("smollm2-135m", 4, 4)["backend"] == expected  # what load_model gives here
 
 
 @pytest.mark.slow
-@pytest.mark.hooked  # the constants were measured on HookedTransformer; a TL 4.3 bridge peaks ~20 % lower
 def test_measured_peak_within_25_percent():
-    """One setting of benchmarks/plan_check.py: RelP attribution, batch 32 of 6-token pairs, in a fresh process
-    (HookedTransformer; on TransformerLens 4.3's bridge the same run measured 1/1.26 of the plan: the plan is
-    conservative there)."""
+    """One setting of benchmarks/plan_check.py: RelP attribution, batch 32 of 6-token pairs, in a fresh process,
+    planned for the backend the process loaded (a HookedTransformer on TransformerLens 3.9, a bridge on 4.x)."""
     sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
     import plan_check
 
@@ -74,6 +87,6 @@ def test_measured_peak_within_25_percent():
                          capture_output=True, text=True, env=plan_check.ENV, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
-    p = plan("smollm2-135m", got["n"], 6, batch_size=32)
+    p = plan("smollm2-135m", got["n"], 6, batch_size=32, backend=got["backend"])
     ratio = (p["attribution"]["peak"] - p["weights"]) / got["measured"]
     assert 0.75 <= ratio <= 1.25, ratio
