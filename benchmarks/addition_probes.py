@@ -2,7 +2,7 @@
 
 1. ``--n`` prompts ``"x + y = "`` (x, y < 100, distinct pairs); how often the model's top next token is the
    sum's first digit (the model's addition accuracy).
-2. MLP neuron activations at the last token (:func:`relp_lens.probes.node_values`).
+2. MLP neuron activations at the last token (:func:`relp_lens.analysis.probes.node_values`).
 3. AUROC of every neuron for the ones digit of the sum mod 2 (binary), mod 5 and mod 10 (one-vs-rest per
    class); a neuron is selective for a class at AUROC ≥ 0.9 or ≤ 0.1 (the paper's cut). Control: the same
    counts with the labels shuffled.
@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 import relp_lens
-from relp_lens.probes import auroc, node_values, selective_neurons
+from relp_lens.analysis.probes import auroc, node_values, selective_neurons
 
 
 def main() -> None:

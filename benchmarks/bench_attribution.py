@@ -30,8 +30,8 @@ from pathlib import Path
 import torch
 
 import relp_lens
-from relp_lens.agreement import agreement_rows
-from relp_lens.data import Prompts, make_batches, tokenize
+from relp_lens.core.tasks import agreement_rows
+from relp_lens.core.data import Prompts, make_batches, tokenize
 
 
 def timed(fn, repeats: int) -> float:

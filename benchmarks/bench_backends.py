@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 import relp_lens
-from relp_lens.agreement import agreement_rows
+from relp_lens.core.tasks import agreement_rows
 
 
 def timed(fn, repeats: int) -> float:

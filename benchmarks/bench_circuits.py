@@ -23,10 +23,10 @@ from pathlib import Path
 import torch
 
 import relp_lens
-from relp_lens.ablation import faithfulness_sweep
-from relp_lens.agreement import agreement_rows
-from relp_lens.circuit import select_top_k
-from relp_lens.edges import attribute_edges
+from relp_lens.circuits.ablation import faithfulness_sweep
+from relp_lens.core.tasks import agreement_rows
+from relp_lens.circuits.circuit import select_top_k
+from relp_lens.circuits.edges import attribute_edges
 
 
 def rss_gb() -> float:

@@ -10,7 +10,7 @@ import argparse
 import torch
 
 import relp_lens
-from relp_lens.agreement import agreement_rows
+from relp_lens.core.tasks import agreement_rows
 
 
 def main() -> None:

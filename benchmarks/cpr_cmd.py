@@ -3,7 +3,7 @@
 Build on ``--n-build`` agreement pairs (nounpp and rc mixed, as in tests), evaluate by mean and by
 counterfactual ablation on ``--n-eval`` held-out pairs, at circuit sizes that are the MIB fractions {0.001, 0.002, 0.005, 0.01, 0.02,
 0.05, 0.1, 0.2, 0.5} of every candidate node (layer × position × neuron), for RelP and for plain gradients
-(attribution patching). Prints the curve and ``relp_lens.ablation.cpr_cmd`` (CPR: higher is better, CMD:
+(attribution patching). Prints the curve and ``relp_lens.circuits.ablation.cpr_cmd`` (CPR: higher is better, CMD:
 lower is better), and writes them to ``--out``.
 
 Usage: ``.venv/bin/python benchmarks/cpr_cmd.py [--n-build 32] [--n-eval 32] [--out benchmarks/results/cpr_cmd.json]``
@@ -16,8 +16,8 @@ import json
 from pathlib import Path
 
 import relp_lens
-from relp_lens.ablation import cpr_cmd, faithfulness_sweep
-from relp_lens.agreement import agreement_rows
+from relp_lens.circuits.ablation import cpr_cmd, faithfulness_sweep
+from relp_lens.core.tasks import agreement_rows
 
 FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
 

@@ -1,6 +1,6 @@
 """Throughput of data-parallel RelP attribution: 1 process vs N processes (torchrun, Gloo) on this machine.
 
-256 agreement pairs (relp_lens.agreement), RelP on mlp_post, ``reduce="mean"``, batch 32. Each run starts fresh;
+256 agreement pairs (relp_lens.core.tasks), RelP on mlp_post, ``reduce="mean"``, batch 32. Each run starts fresh;
 the clock runs from when every process has loaded the model and made the prompts (a barrier) to when the
 combined result exists on every rank, so it counts the attribution and the all_reduce, not loading. With 2
 cores, 1 process gets ``OMP_NUM_THREADS=2`` and 2 processes 1 thread each: the same cores, split two ways.
@@ -26,8 +26,8 @@ def child(n_prompts: int, out: str) -> None:
     import torch
 
     import relp_lens
-    from relp_lens import distributed as dp
-    from relp_lens.agreement import agreement_rows
+    from relp_lens.core import distributed as dp
+    from relp_lens.core.tasks import agreement_rows
 
     model = relp_lens.load_model()
     rows = agreement_rows(model, n_prompts, simple_fraction=0.0)

@@ -2,9 +2,9 @@
 
 1. RelP attribution on ``--n-build`` agreement pairs (nounpp and rc); the circuit is the top ``--k`` nodes.
 2. Its full graph: neuron → neuron edges (:func:`relp_lens.attribute_edges`) and embedding → neuron,
-   neuron → output, embedding → output edges (:func:`relp_lens.graph_io.attribute_io_edges`), on
+   neuron → output, embedding → output edges (:func:`relp_lens.circuits.graph_io.attribute_io_edges`), on
    ``--n-edge`` of the build pairs.
-3. :func:`relp_lens.pruning.edge_pruning_sweep` at p ∈ {0.2, 0.5, 1, 2, 5, 10, 20, 50, 100}%: surviving
+3. :func:`relp_lens.circuits.pruning.edge_pruning_sweep` at p ∈ {0.2, 0.5, 1, 2, 5, 10, 20, 50, 100}%: surviving
    neurons judged by mean and by counterfactual ablation on ``--n-eval`` held-out pairs; CPR/CMD of the curve over the edge fraction.
 
 The paper reports that about 10% of candidate edges keep faithfulness above 80%.
@@ -20,10 +20,10 @@ import time
 from pathlib import Path
 
 import relp_lens
-from relp_lens.ablation import cpr_cmd
-from relp_lens.agreement import agreement_rows
-from relp_lens.graph_io import attribute_io_edges
-from relp_lens.pruning import edge_pruning_sweep
+from relp_lens.circuits.ablation import cpr_cmd
+from relp_lens.core.tasks import agreement_rows
+from relp_lens.circuits.graph_io import attribute_io_edges
+from relp_lens.circuits.pruning import edge_pruning_sweep
 
 
 def main() -> None:

@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 import relp_lens
-from relp_lens.agreement import agreement_rows
-from relp_lens.groups import groups_of
+from relp_lens.core.tasks import agreement_rows
+from relp_lens.analysis.groups import groups_of
 
 
 def main() -> None:

@@ -2,8 +2,8 @@
 
 1. RelP attribution on ``--n-build`` agreement pairs; the circuit is the top ``--k`` nodes, with its full graph
    (neuron → neuron, embedding → neuron, neuron → output, embedding → output edges) on ``--n-edge`` pairs.
-2. :func:`relp_lens.edges.prune_edges` keeps the top ``--keep`` fraction of neuron edges (a readable graph).
-3. :func:`relp_lens.heads.attribute_head_splits` splits every edge of the pruned graph over attention heads
+2. :func:`relp_lens.circuits.edges.prune_edges` keeps the top ``--keep`` fraction of neuron edges (a readable graph).
+3. :func:`relp_lens.circuits.heads.attribute_head_splits` splits every edge of the pruned graph over attention heads
    (each path credited to the last head it passes through); the time it takes, how much of the graph's
    |weight| goes through heads rather than the residual stream, and the heads with the largest totals.
 
@@ -19,10 +19,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import relp_lens
-from relp_lens.agreement import agreement_rows
-from relp_lens.edges import prune_edges
-from relp_lens.graph_io import attribute_io_edges
-from relp_lens.heads import attribute_head_splits
+from relp_lens.core.tasks import agreement_rows
+from relp_lens.circuits.edges import prune_edges
+from relp_lens.circuits.graph_io import attribute_io_edges
+from relp_lens.circuits.heads import attribute_head_splits
 
 
 def main() -> None:

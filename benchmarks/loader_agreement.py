@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import relp_lens
-from relp_lens.relp_mode import embedding_relevance
+from relp_lens.core.relp_mode import embedding_relevance
 
 PROMPTS = ["The capital of France is", "The keys to the cabinet", "def add(a, b):\n    return"]
 

@@ -2,7 +2,7 @@
 so 1,024 prompts should cost about what 64 do (target: peak RSS ratio <= 1.15x).
 
 Each measurement runs in a fresh process (peak RSS is per process): load the shipped model, make N
-agreement pairs (relp_lens.agreement, one template), RelP attribution on ``mlp_post``, batch 32.
+agreement pairs (relp_lens.core.tasks, one template), RelP attribution on ``mlp_post``, batch 32.
 
     .venv/bin/python benchmarks/memory_reduce.py            # prints the table and the ratio
 
@@ -22,7 +22,7 @@ CHILD = r"""
 import resource, sys, time, warnings
 warnings.simplefilter("ignore")
 import relp_lens
-from relp_lens.agreement import agreement_rows
+from relp_lens.core.tasks import agreement_rows
 n, reduce = int(sys.argv[1]), sys.argv[2]
 model = relp_lens.load_model()
 rows = agreement_rows(model, n, simple_fraction=0.0)

@@ -32,9 +32,9 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 import relp_lens
-from relp_lens.ablation import faithfulness_sweep
-from relp_lens.exact import sample_nodes
-from relp_lens.tasks import AGREEMENT_SETS, agreement, task_report
+from relp_lens.circuits.ablation import faithfulness_sweep
+from relp_lens.core.exact import sample_nodes
+from relp_lens.core.tasks import AGREEMENT_SETS, agreement, task_report
 
 BASES = ("mlp_post", "mlp_out", "resid_post", "attn_out")
 GRID = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)

@@ -1,4 +1,4 @@
-"""The planner (relp_lens.plan) against measured peaks on the shipped SmolLM2-135M (CPU, float32).
+"""The planner (relp_lens.core.plan) against measured peaks on the shipped SmolLM2-135M (CPU, float32).
 
 Each setting runs in a fresh process: load the model, make the prompts, then reset the kernel's peak-RSS
 counter (``/proc/self/clear_refs``, 5) and run one task; measured = peak RSS during the task − RSS before it,
@@ -23,8 +23,8 @@ CHILD = r"""
 import json, sys, warnings
 warnings.simplefilter("ignore")
 import relp_lens
-from relp_lens.agreement import agreement_rows
-from relp_lens.corpus import corpus_texts
+from relp_lens.core.tasks import agreement_rows
+from relp_lens.analysis.corpus import corpus_texts
 task, batch, tokens, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 model = relp_lens.load_model()
 if tokens <= 8:
@@ -53,7 +53,7 @@ elif task == "edges":
     relp_lens.attribute_edges(model, circuit, rows, batch_size=batch, progress=False)
 else:
     relp_lens.evaluate_circuit(model, circuit, rows, batch_size=batch, warn=False)
-from relp_lens import backends
+from relp_lens.core import backends
 print(json.dumps(dict(measured=status("VmHWM:") - before, n=len(rows), paired=paired,
                       backend="bridge" if backends.is_bridge(model) else "hooked")))
 """
@@ -67,7 +67,7 @@ SETTINGS = [("attribution", 8, 6, 32), ("attribution", 32, 6, 64), ("attribution
 
 
 def main() -> None:
-    from relp_lens.plan import plan
+    from relp_lens.core.plan import plan
 
     rows = []
     for task, batch, tokens, n in SETTINGS:

@@ -6,7 +6,7 @@ Usage: ``.venv/bin/python benchmarks/task_accuracy.py [--n 64]``
 import argparse
 
 import relp_lens
-from relp_lens import tasks
+from relp_lens.core import tasks
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ counted from the end) are split in half, seeded: RelP attribution on the build h
 - ``zero/zero``: zero baseline, zero ablation (the paper's no-pair setting; consistent)
 - ``mean/mean``: mean baseline, mean ablation, shared-prefix positions left out (consistent)
 - ``... correct``: the same on the prompts the model gets right (build and held out)
-- ``... always-on``: also leaving out always-on neurons (``relp_lens.cards.always_on_neurons``)
+- ``... always-on``: also leaving out always-on neurons (``relp_lens.analysis.cards.always_on_neurons``)
 - ``... contrastive``: metric = target logit − mean logit of the task's other answers
 - ``... in-sample``: built and judged on the same (held-out) prompts — separates "no sparse circuit" from
   "the circuit is specific to the entities it was built on"
@@ -33,10 +33,10 @@ from pathlib import Path
 import torch
 
 import relp_lens
-from relp_lens.ablation import faithfulness_sweep
-from relp_lens.cards import always_on_neurons
-from relp_lens.data import Prompts
-from relp_lens.tasks import load_task, only_correct, task_report
+from relp_lens.circuits.ablation import faithfulness_sweep
+from relp_lens.analysis.cards import always_on_neurons
+from relp_lens.core.data import Prompts
+from relp_lens.core.tasks import load_task, only_correct, task_report
 
 SIZES = [10, 30, 100, 300, 1000, 3000, 10000]
 TASKS = ["city_to_state", "state_to_capital", "antonyms", "addition"]
@@ -61,9 +61,9 @@ def per_prompt(model, held, sizes, baseline="mean"):
     import copy
     import statistics
 
-    from relp_lens.ablation import Ablation, _ratios
-    from relp_lens.circuit import select_top_k
-    from relp_lens.data import make_batches, tokenize
+    from relp_lens.circuits.ablation import Ablation, _ratios
+    from relp_lens.circuits.circuit import select_top_k
+    from relp_lens.core.data import make_batches, tokenize
 
     data = Prompts.from_rows(held)
     attr = relp_lens.attribute(model, data, baseline=baseline, progress=False)

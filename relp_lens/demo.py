@@ -21,13 +21,13 @@ import time
 from pathlib import Path
 
 import relp_lens
-from relp_lens.ablation import evaluate_circuit
-from relp_lens.agreement import agreement_rows
-from relp_lens.circuit import select_top_k
-from relp_lens.edges import attribute_edges
-from relp_lens.files import write_text_atomic
-from relp_lens.report import report_inputs, write_report
-from relp_lens.steering import steering_direction, steering_sweep
+from relp_lens.circuits.ablation import evaluate_circuit
+from relp_lens.core.tasks import agreement_rows
+from relp_lens.circuits.circuit import select_top_k
+from relp_lens.circuits.edges import attribute_edges
+from relp_lens.core.files import write_text_atomic
+from relp_lens.views.report import report_inputs, write_report
+from relp_lens.analysis.steering import steering_direction, steering_sweep
 
 
 def main(argv: list[str] | None = None) -> None:

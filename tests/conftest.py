@@ -1,6 +1,6 @@
 import pytest
 
-from relp_lens import backends
+from relp_lens.core import backends
 
 # TransformerLens 4 has no HookedTransformer: tests marked `hooked` are skipped there, and so is every test
 # that builds a tiny HookedTransformer through helpers (the builders skip). test_rules.py imports

@@ -10,8 +10,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 import torch  # noqa: E402
 
 import relp_lens  # noqa: E402
-from relp_lens import distributed as dp  # noqa: E402
-from relp_lens.files import write_json_atomic  # noqa: E402
+from relp_lens.core import distributed as dp  # noqa: E402
+from relp_lens.core.files import write_json_atomic  # noqa: E402
 
 
 def compute(model, rows, held_out, facts):
@@ -20,8 +20,8 @@ def compute(model, rows, held_out, facts):
     mean baseline."""
     from dataclasses import replace
 
-    from relp_lens.graph_io import attribute_io_edges
-    from relp_lens.groups import node_profiles
+    from relp_lens.circuits.graph_io import attribute_io_edges
+    from relp_lens.analysis.groups import node_profiles
 
     attr = relp_lens.attribute(model, rows, reduce="mean", batch_size=2, progress=False)
     per_example = relp_lens.attribute(model, rows, batch_size=2, progress=False)
@@ -63,7 +63,7 @@ def main() -> None:
     model, rows, held_out, facts = data()
     with dp.data_parallel() as where:
         if mode == "fail" and where["rank"] == 1:
-            import relp_lens.attribution as attribution
+            import relp_lens.core.attribution as attribution
 
             def broken(*args, **kwargs):
                 raise ValueError("boom on purpose")

@@ -193,8 +193,8 @@ def synthetic_graph(seed: int, n_layers: int = 4, per_layer: int = 6, n_pos: int
     """A synthetic full graph: neurons at (layer, pos), edges only to later layers, input and output edges."""
     import torch
 
-    from relp_lens.circuit import CircuitEdge, CircuitNode
-    from relp_lens.graph_io import IOEdges
+    from relp_lens.circuits.circuit import CircuitEdge, CircuitNode
+    from relp_lens.circuits.graph_io import IOEdges
 
     g = torch.Generator().manual_seed(seed)
     nodes = [CircuitNode(l, int(torch.randint(n_pos, (1,), generator=g)), i, score=1.0)
@@ -207,7 +207,7 @@ def synthetic_graph(seed: int, n_layers: int = 4, per_layer: int = 6, n_pos: int
                  * (torch.rand(n_pos, n, generator=g, dtype=torch.float64) < 0.3),
                  output=torch.randn(n, generator=g, dtype=torch.float64) ** 3,
                  direct=torch.randn(n_pos, generator=g, dtype=torch.float64), metric=1.0)
-    from relp_lens.circuit import Circuit
+    from relp_lens.circuits.circuit import Circuit
 
     return Circuit(nodes=nodes, basis="mlp_post", hook_names=[f"blocks.{l}.mlp.hook_post" for l in range(n_layers)],
                    node_width=per_layer, model=dict(name="synthetic", n_layers=n_layers), edges=edges,

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from relp_lens import RelPLensError, attribute
-from relp_lens.ablation import evaluate_circuit, faithfulness_sweep
-from relp_lens.circuit import Circuit, CircuitNode, model_facts, select_top_k
+from relp_lens.circuits.ablation import evaluate_circuit, faithfulness_sweep
+from relp_lens.circuits.circuit import Circuit, CircuitNode, model_facts, select_top_k
 from helpers import AGREEMENT_ROWS, hooks_left, tiny_llama
 
 ROWS6 = [AGREEMENT_ROWS[0], AGREEMENT_ROWS[2]]
@@ -91,7 +91,7 @@ def test_bad_input(llama):
 
 
 def test_cpr_cmd_by_hand():
-    from relp_lens.ablation import cpr_cmd
+    from relp_lens.circuits.ablation import cpr_cmd
 
     # f = 0.5 at half the nodes: the curve (0,0)-(0.5,0.5)-(1,1) is the diagonal
     assert cpr_cmd([dict(n_nodes=50, faithfulness=0.5)], 100) == dict(cpr=0.5, cmd=0.5, n_points=1)

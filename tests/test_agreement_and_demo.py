@@ -5,7 +5,7 @@ import json
 import pytest
 
 from relp_lens import Prompts
-from relp_lens.agreement import agreement_rows
+from relp_lens.core.tasks import agreement_rows
 
 pytestmark = pytest.mark.slow
 

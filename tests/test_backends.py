@@ -1,7 +1,7 @@
 """relp_lens on a TransformerBridge (compatibility mode) as well as on a HookedTransformer.
 
 Fast tests use a tiny random Hugging Face ``LlamaForCausalLM`` (the word tokenizer of ``helpers``) wrapped by
-:func:`relp_lens.backends.wrap_hf_model`; where TransformerLens has ``HookedTransformer`` (3.x), the same
+:func:`relp_lens.core.backends.wrap_hf_model`; where TransformerLens has ``HookedTransformer`` (3.x), the same
 weights are also loaded into one and every result is compared. Slow tests do the same on the shipped
 SmolLM2-135M-Instruct: ``load_model(backend="bridge")`` (transformers' own GGUF loader) against
 ``load_model()`` (relp_lens's HookedTransformer). Tests that need a HookedTransformer skip on TransformerLens 4.
@@ -18,9 +18,9 @@ import pytest
 import torch
 
 import relp_lens
-from relp_lens import backends
-from relp_lens.errors import RelPLensError
-from relp_lens.relp_mode import embedding_relevance, relp
+from relp_lens.core import backends
+from relp_lens.core.errors import RelPLensError
+from relp_lens.core.relp_mode import embedding_relevance, relp
 
 from helpers import AGREEMENT_ROWS, WORDS, hooks_left, tiny_hf_llama, word_tokenizer
 
@@ -117,10 +117,11 @@ if hasattr(transformer_lens, "__dict__") and "HookedTransformer" in vars(transfo
                 "transformer_lens.components", "transformer_lens.components.mlps",
                 "transformer_lens.components.mlps.moe"):
         sys.modules[mod] = None
+import pkgutil
 import relp_lens
-from relp_lens import backends
-for name in sorted(relp_lens._SUBMODULES):
-    importlib.import_module("relp_lens." + name)
+from relp_lens.core import backends
+for info in pkgutil.walk_packages(relp_lens.__path__, "relp_lens."):  # every module of every stage
+    importlib.import_module(info.name)
 for name in relp_lens.__all__:
     getattr(relp_lens, name)
 assert not backends.hooked_transformer_available()
@@ -413,7 +414,7 @@ def test_circuit_edges_steering_cards_equal_hooked_transformer(bridge, hooked):
         sweep = relp_lens.steering_sweep(model, [PROMPT, "The parents"], nodes, ["are", "is"], factors=[-1.0, 2.0])
         with torch.no_grad(), relp_lens.steer(model, [(2, None, 4)], 5.0, mode="set"):
             text = model.generate(PROMPT, max_new_tokens=3, verbose=False, do_sample=False)
-        from relp_lens.cards import neuron_cards
+        from relp_lens.analysis.cards import neuron_cards
 
         cards = neuron_cards(model, [(1, 3), (2, 7)], prompts=[PROMPT], corpus=["The doctors near the cabinet are"])
         results[name] = (circuit, ev, edged, sweep, text, cards)
@@ -441,8 +442,8 @@ def test_head_splits_equal_hooked_transformer(bridge, hooked):
     bridge: the same per-head splits as the HookedTransformer, summing to the same edge weights."""
     from dataclasses import replace
 
-    from relp_lens.graph_io import attribute_io_edges
-    from relp_lens.heads import attribute_head_splits
+    from relp_lens.circuits.graph_io import attribute_io_edges
+    from relp_lens.circuits.heads import attribute_head_splits
 
     got = {}
     for name, model in (("bridge", bridge), ("hooked", hooked)):
@@ -474,13 +475,13 @@ def test_pipeline_runs_on_bridge(bridge, tmp_path):
     assert math.isfinite(ev["faithfulness"])
     edged, stats = relp_lens.attribute_edges(bridge, circuit, AGREEMENT_ROWS, progress=False)
     assert stats.backward_passes >= 1
-    from relp_lens.heads import attribute_head_splits, edge_key
+    from relp_lens.circuits.heads import attribute_head_splits, edge_key
 
     splits = attribute_head_splits(bridge, edged, AGREEMENT_ROWS, top=None, progress=False).heads["edges"]
     for e in edged.edges:  # forward-mode RelP on a bridge: the head splits sum to the edge weights
         s = splits[edge_key(edged.nodes[e.source].label(), edged.nodes[e.target].label())]
         assert s["residual"] + sum(w for *_, w in s["heads"]) == pytest.approx(e.weight, rel=1e-4, abs=1e-7)
-    from relp_lens.report import write_report
+    from relp_lens.views.report import write_report
 
     path = write_report(tmp_path / "report.html", bridge, attr, edged)
     assert path.is_file() and "tiny-llama" in path.read_text()
@@ -495,7 +496,7 @@ def test_cli_trace_on_bridge(bridge, tmp_path, capsys, monkeypatch):
     import json
 
     import relp_lens.cli as cli
-    import relp_lens.models
+    import relp_lens.core.models
 
     asked = []
 
@@ -503,7 +504,7 @@ def test_cli_trace_on_bridge(bridge, tmp_path, capsys, monkeypatch):
         asked.append(backend)
         return bridge
 
-    monkeypatch.setattr(relp_lens.models, "load_model", load)
+    monkeypatch.setattr(relp_lens.core.models, "load_model", load)
     rows = tmp_path / "rows.jsonl"
     rows.write_text("".join(json.dumps(r) + "\n" for r in AGREEMENT_ROWS))
     out, report = tmp_path / "c.json", tmp_path / "r.html"
@@ -560,7 +561,7 @@ def test_shipped_bridge_relp_forward_and_conservation(smollm_bridge):
 @pytest.mark.slow
 @needs_hooked
 def test_shipped_bridge_scores_equal_hooked_transformer(smollm_bridge, smollm):
-    from relp_lens.agreement import agreement_rows
+    from relp_lens.core.tasks import agreement_rows
 
     rows = agreement_rows(smollm, 6)
     for method in ("relp", "grad"):
@@ -577,8 +578,8 @@ def test_shipped_bridge_scores_equal_hooked_transformer(smollm_bridge, smollm):
 @pytest.mark.slow
 @needs_hooked
 def test_shipped_bridge_circuit_tools_agree(smollm_bridge, smollm):
-    from relp_lens.agreement import agreement_rows
-    from relp_lens.cards import neuron_cards
+    from relp_lens.core.tasks import agreement_rows
+    from relp_lens.analysis.cards import neuron_cards
 
     rows = agreement_rows(smollm, 8)
     out = {}

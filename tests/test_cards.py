@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from relp_lens import RelPLensError
-from relp_lens.cards import CORPUS, neuron_card, neuron_cards
+from relp_lens.analysis.cards import CORPUS, neuron_card, neuron_cards
 from helpers import tiny_llama
 
 
@@ -65,7 +65,7 @@ def _brute_force(model, index):
 
 
 def test_context_index_matches_brute_force_and_is_cached(tmp_path, monkeypatch):
-    from relp_lens.corpus import context_index
+    from relp_lens.analysis.corpus import context_index
 
     monkeypatch.setenv("RELP_LENS_CACHE", str(tmp_path))
     model = tiny_llama()
@@ -99,8 +99,8 @@ def test_context_index_matches_brute_force_and_is_cached(tmp_path, monkeypatch):
 
 
 def test_cards_from_an_index_mark_tokens_and_describe(tmp_path, monkeypatch):
-    from relp_lens.cards import describe
-    from relp_lens.corpus import context_index
+    from relp_lens.analysis.cards import describe
+    from relp_lens.analysis.corpus import context_index
 
     monkeypatch.setenv("RELP_LENS_CACHE", str(tmp_path))
     model = tiny_llama()
@@ -116,7 +116,7 @@ def test_cards_from_an_index_mark_tokens_and_describe(tmp_path, monkeypatch):
     other = tiny_llama(seed=1)  # another model: its index is another cache entry, and a foreign index is refused
     with pytest.raises(RelPLensError, match="built with another model"):
         neuron_card(other, 1, 4, corpus=index)
-    from relp_lens.corpus import model_key
+    from relp_lens.analysis.corpus import model_key
 
     assert model_key(other) != model_key(model)
     with torch.no_grad():
@@ -125,7 +125,7 @@ def test_cards_from_an_index_mark_tokens_and_describe(tmp_path, monkeypatch):
 
 
 def test_describe_hand_case():
-    from relp_lens.cards import NeuronCard, describe
+    from relp_lens.analysis.cards import NeuronCard, describe
 
     card = NeuronCard(3, 7, promoted=[(" are", 1.0), (" were", 0.5), (" have", 0.2)], suppressed=[],
                       top_contexts=[("The dogs⟦ bark⟧", 2.0), ("Cats⟦ bark⟧", 1.5), ("the⟦ cars⟧", 1.0)],
@@ -135,7 +135,7 @@ def test_describe_hand_case():
 
 
 def test_sotu_corpus_is_real_text_over_every_era():
-    from relp_lens.corpus import corpus_texts
+    from relp_lens.analysis.corpus import corpus_texts
 
     texts = corpus_texts("sotu", 200_000)
     size = sum(len(t.encode()) + 2 for t in texts)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from relp_lens import RelPLensError, attribute
-from relp_lens.circuit import Circuit, CircuitNode, model_facts, select_threshold, select_top_k
+from relp_lens.circuits.circuit import Circuit, CircuitNode, model_facts, select_threshold, select_top_k
 from helpers import AGREEMENT_ROWS, tiny_llama
 
 
@@ -99,7 +99,7 @@ def test_check_model(llama, attr):
 
 def test_circuit_tracer_export(llama, attr):
     c = select_top_k(attr, llama, 4)
-    from relp_lens.circuit import CircuitEdge
+    from relp_lens.circuits.circuit import CircuitEdge
     from dataclasses import replace
     c = replace(c, edges=[CircuitEdge(0, 1, 0.5)])
     g = c.to_circuit_tracer(attr.str_tokens[0], prompt=AGREEMENT_ROWS[0]["clean_prefix"])

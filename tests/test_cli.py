@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from relp_lens.circuit import VERSION
+from relp_lens.circuits.circuit import VERSION
 from relp_lens.cli import main
 from helpers import AGREEMENT_ROWS
 
@@ -87,7 +87,7 @@ def test_trace_bad_task_file(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_evaluate_rejects_circuit_for_other_model(tmp_path, capsys):
-    from relp_lens.circuit import Circuit, CircuitNode
+    from relp_lens.circuits.circuit import Circuit, CircuitNode
 
     c = Circuit(nodes=[CircuitNode(0, 1, 5000)], basis="mlp_post",
                 hook_names=[f"blocks.{l}.mlp.hook_post" for l in range(30)], node_width=6000,

@@ -55,9 +55,9 @@ TRACE_TINY = ["trace", "--k", "5", "--n-prompts", "2", "--n-eval", "2", "--batch
 
 # -- 1. --help answers at once, without torch ------------------------------------------------------------------
 def test_task_names_match_the_tasks_module():
-    import relp_lens.tasks
+    import relp_lens.core.tasks
 
-    assert cli.TASK_NAMES == ("agreement", *relp_lens.tasks.TASKS)
+    assert cli.TASK_NAMES == ("agreement", *relp_lens.core.tasks.TASKS)
 
 
 def test_parser_and_help_import_no_torch():
@@ -85,11 +85,11 @@ def test_package_import_is_lazy_and_complete():
     assert r.returncode == 0 and r.stdout.split() == ["False", "0.1.0"], r.stderr
 
     import relp_lens
-    import relp_lens.plots
+    import relp_lens.views.plots
     from relp_lens import attribute, select_top_k  # noqa: F401  (the documented spelling keeps working)
 
-    assert relp_lens.plot is relp_lens.plots
-    assert relp_lens.attribute is relp_lens.attribution.attribute
+    assert relp_lens.plot is relp_lens.views.plots
+    assert relp_lens.attribute is relp_lens.core.attribution.attribute
     for name in relp_lens.__all__:
         assert getattr(relp_lens, name) is not None, name
     assert set(relp_lens.__all__) <= set(dir(relp_lens))
@@ -118,7 +118,7 @@ def test_help_answers_at_once(cmd):
 def test_data_errors_come_before_the_model(cmd, tmp_path, capsys, no_model, rows_file):
     circuit = tmp_path / "c.json"
     if cmd == "evaluate":
-        from relp_lens.circuit import Circuit, CircuitNode
+        from relp_lens.circuits.circuit import Circuit, CircuitNode
 
         Circuit(nodes=[CircuitNode(0, 1, 3)], basis="mlp_post", hook_names=[f"blocks.{l}.mlp.hook_post"
                 for l in range(3)], node_width=48, model=dict(name="tiny", n_layers=3, d_model=32, d_mlp=48),
@@ -148,7 +148,7 @@ def test_data_errors_come_before_the_model(cmd, tmp_path, capsys, no_model, rows
 
 
 def test_evaluate_without_held_out_prompts_fails_before_the_model(tmp_path, capsys, no_model):
-    from relp_lens.circuit import Circuit, CircuitNode
+    from relp_lens.circuits.circuit import Circuit, CircuitNode
 
     path = Circuit(nodes=[CircuitNode(0, 1, 3)], basis="mlp_post", node_width=48,
                    hook_names=[f"blocks.{l}.mlp.hook_post" for l in range(3)],
@@ -264,7 +264,7 @@ def test_trace_writes_all_outputs_and_reports_progress(tmp_path, capsys, tiny, r
 
 
 def test_failing_report_write_leaves_nothing_and_keeps_old_files(tmp_path, capsys, tiny, rows_file, monkeypatch):
-    import relp_lens.report
+    import relp_lens.views.report
 
     o = outputs(tmp_path)
     o["c.json"].write_text("old circuit\n")
@@ -272,7 +272,7 @@ def test_failing_report_write_leaves_nothing_and_keeps_old_files(tmp_path, capsy
     def full_disk(path, *args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(relp_lens.report, "write_report", full_disk)
+    monkeypatch.setattr(relp_lens.views.report, "write_report", full_disk)
     assert trace_all(tmp_path, rows_file, "--no-progress") == 2
     line = one_error_line(capsys)
     assert f"could not write {o['r.html']} (No space left on device)" in line
@@ -297,7 +297,7 @@ def test_failing_rename_removes_the_files_already_renamed(tmp_path, capsys, tiny
 
 # -- 5. a damaged tokenizer cache is rebuilt -------------------------------------------------------------------
 def test_damaged_tokenizer_cache_is_rebuilt(tmp_path, monkeypatch):
-    from relp_lens.models import load_gguf_tokenizer, shipped_gguf_path
+    from relp_lens.core.models import load_gguf_tokenizer, shipped_gguf_path
 
     monkeypatch.setenv("RELP_LENS_CACHE", str(tmp_path))
     sentence = "The keys to the cabinet are on the table."

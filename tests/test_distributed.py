@@ -11,7 +11,7 @@ import pytest
 
 import dp_worker
 from relp_lens import RelPLensError
-from relp_lens import distributed as dp
+from relp_lens.core import distributed as dp
 
 WORKER = Path(__file__).parent / "dp_worker.py"
 
@@ -84,7 +84,7 @@ def test_sharding_and_too_few_batches():
 def test_cli_trace_under_torchrun_equals_one_process(tmp_path):
     """``torchrun --nproc_per_node=2 -m relp_lens.cli trace ...`` on the shipped model writes (rank 0 only) the
     circuit a single process writes: same nodes, scores, edges and faithfulness up to summation order."""
-    from relp_lens.circuit import Circuit
+    from relp_lens.circuits.circuit import Circuit
 
     pairs = Path(__file__).parent.parent / "examples" / "pairs.jsonl"
     common = ["trace", "--data", pairs, "--k", "20", "--n-prompts", "8", "--n-eval", "4", "--edges",

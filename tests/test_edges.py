@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from relp_lens import RelPLensError, attribute, relp
-from relp_lens.circuit import Circuit, CircuitNode, model_facts
-from relp_lens.edges import attribute_edges, prune_edges
+from relp_lens.circuits.circuit import Circuit, CircuitNode, model_facts
+from relp_lens.circuits.edges import attribute_edges, prune_edges
 from helpers import AGREEMENT_ROWS, hooks_left, tiny_gpt2, tiny_llama
 
 ROWS = [AGREEMENT_ROWS[0], AGREEMENT_ROWS[2]]  # both 6 tokens

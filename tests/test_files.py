@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from relp_lens.files import write_json_atomic, write_text_atomic
+from relp_lens.core.files import write_json_atomic, write_text_atomic
 
 
 def test_write_is_utf8_with_umask_permissions(tmp_path):

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import relp_lens
-from relp_lens import backends
-from relp_lens.relp_mode import embedding_relevance
+from relp_lens.core import backends
+from relp_lens.core.relp_mode import embedding_relevance
 from helpers import hooks_left
 
 pytestmark = pytest.mark.slow
@@ -27,7 +27,7 @@ AGREEMENT = [
 @pytest.fixture(scope="module")
 def reference():
     """transformers' own logits for PROMPTS (its GGUF loader, dequantized to float32)."""
-    from relp_lens.models import _hf_from_gguf, load_gguf_tokenizer, shipped_gguf_path
+    from relp_lens.core.models import _hf_from_gguf, load_gguf_tokenizer, shipped_gguf_path
 
     path = shipped_gguf_path("gemma3-270m")
     hf, tok = _hf_from_gguf(path), load_gguf_tokenizer(path, bos="<bos>")
@@ -89,9 +89,9 @@ def test_relp_tracks_exact_patching_on_agreement(gemma):
 
 
 def test_agreement_circuit_beats_random(gemma):
-    from relp_lens.ablation import evaluate_circuit
-    from relp_lens.agreement import agreement_rows
-    from relp_lens.circuit import Circuit, CircuitNode, select_top_k
+    from relp_lens.circuits.ablation import evaluate_circuit
+    from relp_lens.core.tasks import agreement_rows
+    from relp_lens.circuits.circuit import Circuit, CircuitNode, select_top_k
 
     rows = agreement_rows(gemma, 40, simple_fraction=0.0)
     build, held_out = rows[:28], rows[28:]

@@ -6,8 +6,8 @@ import re
 import pytest
 
 from relp_lens import RelPLensError
-from relp_lens.circuit import Circuit, CircuitEdge, CircuitNode
-from relp_lens.graph_export import INDEX_FILE, cantor_pairing, check_graph_path, write_circuit_tracer
+from relp_lens.circuits.circuit import Circuit, CircuitEdge, CircuitNode
+from relp_lens.circuits.graph_export import INDEX_FILE, cantor_pairing, check_graph_path, write_circuit_tracer
 
 TOKENS = ["<|endoftext|>", "The", " keys", " to", " the", " cabinet"]
 IDS = [0, 504, 10200, 288, 260, 18611]
@@ -109,7 +109,7 @@ def test_input_and_output_edges_become_links():
     import torch
 
     from circuit_tracer.frontend.graph_models import Model
-    from relp_lens.graph_io import IOEdges
+    from relp_lens.circuits.graph_io import IOEdges
 
     inp = torch.zeros(6, 3, dtype=torch.float64)
     inp[2, 1] = 0.7  # ' keys' → node 1 (3_7_2)

@@ -5,10 +5,10 @@ import torch
 
 import relp_lens
 from relp_lens import RelPLensError
-from relp_lens.circuit import Circuit, CircuitNode, model_facts
-from relp_lens.edges import attribute_edges
-from relp_lens.graph_io import IOEdges, attribute_io_edges
-from relp_lens.relp_mode import RelPConfig
+from relp_lens.circuits.circuit import Circuit, CircuitNode, model_facts
+from relp_lens.circuits.edges import attribute_edges
+from relp_lens.circuits.graph_io import IOEdges, attribute_io_edges
+from relp_lens.core.relp_mode import RelPConfig
 from helpers import AGREEMENT_ROWS, hooks_left, same_length_rows, tiny_gpt2, tiny_llama
 
 ALL_RULES = RelPConfig(attention=True)
@@ -75,8 +75,8 @@ def test_mean_baseline_is_refused():
 
 @pytest.mark.hooked
 def test_stored_in_the_circuit_file_and_kept_through_pruning(tmp_path):
-    from relp_lens.edges import prune_edges
-    from relp_lens.graph_io import IOEdges
+    from relp_lens.circuits.edges import prune_edges
+    from relp_lens.circuits.graph_io import IOEdges
 
     model = tiny_llama()
     rows = same_length_rows(model)
@@ -118,7 +118,7 @@ def test_target_logit_edges_make_up_the_metric_edges(tmp_path):
     kept = [next(i for i, n in enumerate(circuit.nodes) if n.key == p.key) for p in pruned.nodes]
     small = IOEdges.from_dict(pruned.io_edges, len(pruned.nodes))
     assert torch.equal(small.target_output, io.target_output.double()[:, kept])
-    from relp_lens import metrics
-    from relp_lens.graph_io import metric_targets
+    from relp_lens.core import metrics
+    from relp_lens.circuits.graph_io import metric_targets
 
     assert metric_targets(metrics.logit) == [] == metric_targets(metrics.logprob)  # one target / not a sum

@@ -7,9 +7,9 @@ import torch
 
 import relp_lens
 from relp_lens import RelPLensError
-from relp_lens.circuit import Circuit
-from relp_lens.edges import attribute_edges, prune_edges
-from relp_lens.groups import (NeuronGroups, affinity, choose_k, cluster, group_neurons, group_nodes, groups_of,
+from relp_lens.circuits.circuit import Circuit
+from relp_lens.circuits.edges import attribute_edges, prune_edges
+from relp_lens.analysis.groups import (NeuronGroups, affinity, choose_k, cluster, group_neurons, group_nodes, groups_of,
                               node_profiles, stability)
 from helpers import hooks_left, same_length_rows, tiny_llama
 
@@ -189,8 +189,8 @@ def test_group_errors(tiny):
 
 
 def test_groups_in_graph_and_report(tiny):
-    from relp_lens.plots import GROUP_COLOURS, attribution_graph
-    from relp_lens.report import ReportInputs, render_report
+    from relp_lens.views.plots import GROUP_COLOURS, attribution_graph
+    from relp_lens.views.report import ReportInputs, render_report
 
     model, rows, circuit = tiny
     circuit, _ = attribute_edges(model, circuit, rows, progress=False)
@@ -215,8 +215,8 @@ def test_groups_in_graph_and_report(tiny):
 
 def test_steering_a_group_by_number_after_pruning_names_the_right_group(tiny):
     """Pruning can empty a group; group numbers then follow the remaining groups, and so do the names."""
-    from relp_lens.edges import subgraph
-    from relp_lens.steering import group_steering
+    from relp_lens.circuits.edges import subgraph
+    from relp_lens.analysis.steering import group_steering
 
     model, rows, circuit = tiny
     grouped = group_neurons(model, circuit, rows, n_groups=3, n_seeds=1, n_subsets=1)

@@ -7,10 +7,10 @@ import torch
 
 import relp_lens
 from relp_lens import RelPLensError
-from relp_lens.edges import attribute_edges, prune_edges
-from relp_lens.graph_io import attribute_io_edges
-from relp_lens.heads import attribute_head_splits, edge_key, embedding_key
-from relp_lens.relp_mode import RelPConfig, relp
+from relp_lens.circuits.edges import attribute_edges, prune_edges
+from relp_lens.circuits.graph_io import attribute_io_edges
+from relp_lens.circuits.heads import attribute_head_splits, edge_key, embedding_key
+from relp_lens.core.relp_mode import RelPConfig, relp
 from helpers import AGREEMENT_ROWS, hooks_left, same_length_rows, tiny_gpt2, tiny_llama
 
 RULES = {"AH": RelPConfig(attention=True), "default": RelPConfig()}

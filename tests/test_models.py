@@ -6,8 +6,8 @@ import types
 import pytest
 
 import relp_lens
-from relp_lens import models
-from relp_lens.errors import RelPLensError
+from relp_lens.core import models
+from relp_lens.core.errors import RelPLensError
 
 
 def test_unsupported_gguf_architecture_is_named(tmp_path):

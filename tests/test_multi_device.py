@@ -18,7 +18,7 @@ import torch
 
 import relp_lens
 from helpers import AGREEMENT_ROWS, hooks_left, tiny_hf_llama, tiny_llama, word_tokenizer
-from relp_lens import backends
+from relp_lens.core import backends
 from sim_devices import simulated_devices, split_bridge, split_hooked
 
 DEVICES = ["cpu", "cuda:1", "cuda:2"]  # block 0 (and the embeddings) on the CPU, blocks 1 and 2 on two "GPUs"
@@ -45,10 +45,10 @@ def pipeline(model) -> dict:
     its edges, input/output edges, head splits, evaluation (mean and counterfactual ablation), steering, groups and
     group steering, probes, real-text cards, always-on neurons, comparison with exact patching, the edge-pruning
     sweep and the report's inputs (accuracy, faithfulness curve, cards)."""
-    from relp_lens.cards import neuron_cards
-    from relp_lens.corpus import context_index
-    from relp_lens.graph_io import attribute_io_edges
-    from relp_lens.report import report_inputs
+    from relp_lens.analysis.cards import neuron_cards
+    from relp_lens.analysis.corpus import context_index
+    from relp_lens.circuits.graph_io import attribute_io_edges
+    from relp_lens.views.report import report_inputs
 
     out = {}
     attr = relp_lens.attribute(model, AGREEMENT_ROWS, batch_size=2, progress=False)

@@ -11,7 +11,7 @@ import pytest
 
 from relp_lens import RelPLensError
 from relp_lens.cli import main
-from relp_lens.plan import KNOWN, ModelShape, plan
+from relp_lens.core.plan import KNOWN, ModelShape, plan
 from helpers import tiny_llama
 
 
@@ -69,7 +69,7 @@ def test_cli(capsys):
 
 
 def test_default_backend_is_the_loaded_models():
-    from relp_lens import backends
+    from relp_lens.core import backends
 
     assert plan(tiny_llama(), 4, 4)["backend"] == "hooked"
     expected = "hooked" if backends.hooked_transformer_available() else "bridge"

@@ -4,7 +4,7 @@ import plotly.graph_objects as go
 import pytest
 
 from relp_lens import attribute
-from relp_lens.plots import attribution_heatmap
+from relp_lens.views.plots import attribution_heatmap
 from helpers import AGREEMENT_ROWS, tiny_llama
 
 
@@ -50,11 +50,11 @@ def test_activations_and_heatmap_hover_show_them():
 
 
 def test_other_figures():
-    from relp_lens.ablation import faithfulness_sweep
-    from relp_lens.circuit import select_top_k
-    from relp_lens.edges import attribute_edges
-    from relp_lens.plots import circuit_graph, faithfulness_curves, steering_plot, top_neurons_bar
-    from relp_lens.steering import steering_sweep
+    from relp_lens.circuits.ablation import faithfulness_sweep
+    from relp_lens.circuits.circuit import select_top_k
+    from relp_lens.circuits.edges import attribute_edges
+    from relp_lens.views.plots import circuit_graph, faithfulness_curves, steering_plot, top_neurons_bar
+    from relp_lens.analysis.steering import steering_sweep
 
     model = tiny_llama()
     attr = attribute(model, AGREEMENT_ROWS, progress=False)
@@ -84,10 +84,10 @@ def test_other_figures():
 
 def test_attribution_graph_layout_and_hover():
     """Tokens along the bottom, the output on top, ≤ max_nodes neurons, width by |weight|, heads on hover."""
-    from relp_lens.graph_io import IOEdges
-    from relp_lens.heads import edge_key
-    from relp_lens.plots import attribution_graph
-    from relp_lens.pruning import readable_graph
+    from relp_lens.circuits.graph_io import IOEdges
+    from relp_lens.circuits.heads import edge_key
+    from relp_lens.views.plots import attribution_graph
+    from relp_lens.circuits.pruning import readable_graph
     from helpers import synthetic_graph
 
     circuit = synthetic_graph(1)

@@ -9,12 +9,12 @@ import torch
 
 import relp_lens
 from relp_lens import RelPLensError, attribute
-from relp_lens.ablation import Ablation, evaluate_circuit
-from relp_lens.circuit import Circuit, CircuitNode, model_facts, select_top_k
-from relp_lens.data import Prompts
-from relp_lens.edges import attribute_edges
-from relp_lens.exact import sample_nodes
-from relp_lens.positions import Alignment, resolve
+from relp_lens.circuits.ablation import Ablation, evaluate_circuit
+from relp_lens.circuits.circuit import Circuit, CircuitNode, model_facts, select_top_k
+from relp_lens.core.data import Prompts
+from relp_lens.circuits.edges import attribute_edges
+from relp_lens.core.exact import sample_nodes
+from relp_lens.core.positions import Alignment, resolve
 from helpers import AGREEMENT_ROWS, hooks_left, tiny_gpt2, tiny_llama
 
 UNPAIRED = ["The keys to the cabinet", "The parents are", "The doctor near the doctors", "The author"]
@@ -69,14 +69,14 @@ def test_reduce_mean_equals_mean_of_per_example_scores(llama):
         red.correlation(full)
     with pytest.raises(RelPLensError, match="use reduce='none'"):
         attribute(llama, AGREEMENT_ROWS, method="exact", nodes=[(0, 1, 0)], reduce="mean", progress=False)
-    from relp_lens.plots import attribution_heatmap, top_neurons_bar
+    from relp_lens.views.plots import attribution_heatmap, top_neurons_bar
 
     attribution_heatmap(red)
     top_neurons_bar(red)
 
 
 def test_memory_estimate_refuses_before_running(llama, monkeypatch):
-    import relp_lens.attribution as A
+    import relp_lens.core.attribution as A
 
     monkeypatch.setattr(A, "available_memory", lambda: 10_000)
     with pytest.raises(RelPLensError, match=r"needs about .* GiB .* reduce='mean'"):
@@ -197,7 +197,7 @@ def test_unpaired_defaults_are_consistent(llama):
 
 def test_weak_circuits_are_named(llama):
     c = _circuit(llama, [(0, -1, 0)])
-    with pytest.warns(relp_lens.ablation.WeakCircuitWarning, match="weak circuit"):
+    with pytest.warns(relp_lens.circuits.ablation.WeakCircuitWarning, match="weak circuit"):
         ev = evaluate_circuit(llama, c, AGREEMENT_ROWS)
     assert "do not read this as a sparse circuit" in ev["verdict"]
 
@@ -244,8 +244,8 @@ def test_gpt2_mixed_lengths_run_end_to_end():
 def test_shipped_model_city_to_state_positions_mean_one_token(smollm):
     """Case 1 on the shipped model: city_to_state prompts have 11-14 tokens; counted from the end, every
     position of the template's tail holds one token in every prompt, and the heatmap shows all of them."""
-    from relp_lens.plots import attribution_heatmap
-    from relp_lens.tasks import load_task
+    from relp_lens.views.plots import attribution_heatmap
+    from relp_lens.core.tasks import load_task
 
     rows = load_task(smollm, "city_to_state", 24)
     attr = attribute(smollm, rows, reduce="mean", progress=False)
@@ -263,8 +263,8 @@ def test_shipped_model_city_to_state_positions_mean_one_token(smollm):
 @pytest.mark.slow
 def test_shipped_model_warns_on_an_answer_without_its_space(smollm):
     """Case 6: "are" for " are" was accepted (accuracy 100%, target probability 0.000)."""
-    from relp_lens.data import AnswerWarning
-    from relp_lens.tasks import task_report
+    from relp_lens.core.data import AnswerWarning
+    from relp_lens.core.tasks import task_report
 
     rows = [dict(r, clean_answer="are", patch_answer="is") if i == 1 else r
             for i, r in enumerate(AGREEMENT_ROWS[:2])]
@@ -278,7 +278,7 @@ def test_shipped_model_warns_on_an_answer_without_its_space(smollm):
 
 
 def test_verdict_names_unstable_ratios_and_weak_circuits():
-    from relp_lens.ablation import verdict
+    from relp_lens.circuits.ablation import verdict
 
     row = dict(faithfulness=1.4, completeness=2.0, n_nodes=10, f_model=35.3, f_empty=35.9)
     assert verdict(row).startswith("unstable ratios")

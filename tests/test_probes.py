@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from relp_lens import RelPLensError
-from relp_lens.probes import auroc, auroc_heatmap, classes_of, neuron_auroc, node_values, selective_neurons
+from relp_lens.analysis.probes import auroc, auroc_heatmap, classes_of, neuron_auroc, node_values, selective_neurons
 from helpers import hooks_left, tiny_llama
 
 PROMPTS = ["The keys to the cabinet", "The key", "The parents of the doctor", "The author near the doctors",

@@ -4,11 +4,11 @@ import pytest
 
 import relp_lens
 from relp_lens import RelPLensError
-from relp_lens.ablation import cpr_cmd
-from relp_lens.circuit import Circuit
-from relp_lens.edges import attribute_edges
-from relp_lens.graph_io import attribute_io_edges
-from relp_lens.pruning import INPUT, OUTPUT, edge_pruning_sweep, survivors
+from relp_lens.circuits.ablation import cpr_cmd
+from relp_lens.circuits.circuit import Circuit
+from relp_lens.circuits.edges import attribute_edges
+from relp_lens.circuits.graph_io import attribute_io_edges
+from relp_lens.circuits.pruning import INPUT, OUTPUT, edge_pruning_sweep, survivors
 from helpers import AGREEMENT_ROWS, same_length_rows, synthetic_graph, tiny_llama
 
 
@@ -33,7 +33,7 @@ def test_sweep_judges_the_survivors():
     assert [r["percent"] for r in sweep] == [5, 20, 100]
     assert sweep[0]["n_edges"] < sweep[1]["n_edges"] < sweep[2]["n_edges"] == sweep[2]["n_edges_total"]
     # the 20% row is exactly evaluate_circuit on the surviving neurons
-    from relp_lens.pruning import graph_edges
+    from relp_lens.circuits.pruning import graph_edges
 
     alive = survivors(graph_edges(circuit, io), len(circuit.nodes), sweep[1]["n_edges"])
     sub = Circuit(nodes=[circuit.nodes[i] for i in alive], basis=circuit.basis, hook_names=circuit.hook_names,
@@ -63,8 +63,8 @@ def test_influence_pruning_matches_circuit_tracer(seed, thresholds):
     import torch
     from circuit_tracer.graph import prune_graph
 
-    from relp_lens.graph_io import IOEdges
-    from relp_lens.pruning import graph_adjacency, influence_prune
+    from relp_lens.circuits.graph_io import IOEdges
+    from relp_lens.circuits.pruning import graph_adjacency, influence_prune
 
     circuit = synthetic_graph(seed)
     io = IOEdges.from_dict(circuit.io_edges, len(circuit.nodes))
@@ -89,7 +89,7 @@ def test_influence_pruning_matches_circuit_tracer(seed, thresholds):
 def test_influence_pruning_needs_the_full_graph():
     from dataclasses import replace
 
-    from relp_lens.pruning import influence_prune
+    from relp_lens.circuits.pruning import influence_prune
 
     circuit = synthetic_graph(0)
     with pytest.raises(RelPLensError, match="attribute_io_edges"):
@@ -100,8 +100,8 @@ def test_influence_pruning_needs_the_full_graph():
 
 @pytest.mark.parametrize("max_nodes", [1, 5, 12, 100])
 def test_readable_graph_is_the_largest_that_fits(max_nodes):
-    from relp_lens.graph_io import IOEdges
-    from relp_lens.pruning import _connected, graph_edges, readable_graph, survivors
+    from relp_lens.circuits.graph_io import IOEdges
+    from relp_lens.circuits.pruning import _connected, graph_edges, readable_graph, survivors
 
     circuit = synthetic_graph(3)
     g = readable_graph(circuit, max_nodes)

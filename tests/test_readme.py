@@ -46,7 +46,7 @@ def test_block_extraction_keeps_order_and_skips_other_fences():
 
 
 def test_example_pairs_load_and_are_paired():
-    from relp_lens.data import Prompts
+    from relp_lens.core.data import Prompts
 
     prompts = Prompts.from_jsonl(PAIRS)
     assert prompts.paired and len(prompts) >= 10
@@ -59,7 +59,7 @@ def test_example_pairs_load_and_are_paired():
 
 @pytest.mark.slow
 def test_example_pairs_have_equal_token_lengths(smollm):
-    from relp_lens.data import Prompts, tokenize
+    from relp_lens.core.data import Prompts, tokenize
 
     tokenize(smollm, Prompts.from_jsonl(PAIRS))  # raises on unequal clean/patch lengths or multi-token answers
 

@@ -7,8 +7,8 @@ import torch
 
 import relp_lens
 from relp_lens import relp
-from relp_lens.errors import RelPLensError
-from relp_lens.relp_mode import embedding_relevance, relp_hooks
+from relp_lens.core.errors import RelPLensError
+from relp_lens.core.relp_mode import embedding_relevance, relp_hooks
 from helpers import (AGREEMENT_ROWS, hooks_left, tiny_attn_only, tiny_gemma, tiny_gemma2_softcap, tiny_gpt2,
                      tiny_llama, tiny_mixtral)
 

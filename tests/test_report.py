@@ -8,11 +8,11 @@ import pytest
 
 import relp_lens
 from relp_lens import RelPLensError
-from relp_lens.report import ReportInputs, render_report, report_inputs, write_report
-from relp_lens.steering import steering_sweep
-from relp_lens.graph_io import attribute_io_edges
-from relp_lens.heads import attribute_head_splits
-from relp_lens.pruning import readable_graph
+from relp_lens.views.report import ReportInputs, render_report, report_inputs, write_report
+from relp_lens.analysis.steering import steering_sweep
+from relp_lens.circuits.graph_io import attribute_io_edges
+from relp_lens.circuits.heads import attribute_head_splits
+from relp_lens.circuits.pruning import readable_graph
 from helpers import find_chromium, js_errors, render_in_browser, tiny_llama
 
 

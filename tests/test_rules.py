@@ -11,7 +11,7 @@ from transformer_lens.components.mlps.mlp import MLP
 from transformer_lens.hook_points import HookedRootModule
 
 from relp_lens import relp
-from relp_lens.rules import ForwardAs, HalfRule, IdentityRule, ah_rule, ln_rule, safe_denominator
+from relp_lens.core.rules import ForwardAs, HalfRule, IdentityRule, ah_rule, ln_rule, safe_denominator
 
 torch.manual_seed(0)
 

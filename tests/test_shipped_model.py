@@ -4,9 +4,9 @@ import pytest
 import torch
 
 import relp_lens
-from relp_lens import models
-from relp_lens.models import load_gguf_tokenizer, shipped_gguf_path
-from relp_lens.relp_mode import embedding_relevance
+from relp_lens.core import models
+from relp_lens.core.models import load_gguf_tokenizer, shipped_gguf_path
+from relp_lens.core.relp_mode import embedding_relevance
 from helpers import hooks_left
 
 pytestmark = pytest.mark.slow
@@ -100,9 +100,9 @@ def test_relp_tracks_exact_patching_on_agreement(smollm):
 
 def test_relp_circuit_beats_random_circuit(smollm):
     """The paper's claim in miniature: ~100 RelP-chosen neurons carry agreement; 100 random ones don't."""
-    from relp_lens.ablation import evaluate_circuit
-    from relp_lens.agreement import agreement_rows
-    from relp_lens.circuit import Circuit, CircuitNode, select_top_k
+    from relp_lens.circuits.ablation import evaluate_circuit
+    from relp_lens.core.tasks import agreement_rows
+    from relp_lens.circuits.circuit import Circuit, CircuitNode, select_top_k
 
     rows = agreement_rows(smollm, 40, simple_fraction=0.0)
     build, held_out = rows[:28], rows[28:]

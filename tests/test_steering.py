@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from relp_lens import RelPLensError
-from relp_lens.steering import steer, steering_direction, steering_sweep
+from relp_lens.analysis.steering import steer, steering_direction, steering_sweep
 from helpers import hooks_left, tiny_llama
 
 PROMPT = "The keys to the cabinet"
@@ -135,7 +135,7 @@ def test_bad_input(llama):
 def test_agreement_neurons_flip_the_verb(smollm):
     """Steering the top RelP neurons of a plural-subject circuit moves P(are) − P(is) far more than random ones."""
     import relp_lens
-    from relp_lens import tasks
+    from relp_lens.core import tasks
 
     rows = [r for r in tasks.agreement(smollm, "nounpp", 40) if r["clean_answer"] == " are"][:12]
     attr = relp_lens.attribute(smollm, rows, progress=False)
@@ -162,7 +162,7 @@ def test_worked_case_circuit_direction_flips_the_verb(smollm):
     """The README's worked case: adding the singular-minus-plural mean difference on the top-20 circuit neurons
     turns plural held-out prompts from " are" to " is"; the same on 20 random neurons (same slots) does nothing."""
     import relp_lens
-    from relp_lens.agreement import agreement_rows
+    from relp_lens.core.tasks import agreement_rows
 
     rows = agreement_rows(smollm, 64, simple_fraction=0.0)
     build, held = rows[:40], rows[40:]
@@ -207,8 +207,8 @@ def _planted_group_circuit(model, token="are", size=3):
     """A circuit whose group G1 is last-layer neurons at the last position writing straight into ``token``'s
     unembedding (each neuron's W_out row set to sign(activation) × W_U[:, token]): scaling the group up must
     raise P(token), scaling it down or negating it must lower it."""
-    from relp_lens.circuit import Circuit, CircuitNode, model_facts
-    from relp_lens.groups import NeuronGroup, NeuronGroups
+    from relp_lens.circuits.circuit import Circuit, CircuitNode, model_facts
+    from relp_lens.analysis.groups import NeuronGroup, NeuronGroups
 
     layer = model.cfg.n_layers - 1
     acts = post(model, layer)[-1]  # [d_mlp] at the last position
@@ -225,7 +225,7 @@ def _planted_group_circuit(model, token="are", size=3):
 
 
 def test_group_steering_moves_the_planted_token():
-    from relp_lens.steering import FACTORS, group_steering, random_groups
+    from relp_lens.analysis.steering import FACTORS, group_steering, random_groups
 
     model = tiny_llama(seed=3)
     circuit, idx = _planted_group_circuit(model)
@@ -253,8 +253,8 @@ def test_group_steering_moves_the_planted_token():
 
 
 def test_group_steering_plot():
-    from relp_lens.plots import group_steering_plot
-    from relp_lens.steering import group_steering
+    from relp_lens.views.plots import group_steering_plot
+    from relp_lens.analysis.steering import group_steering
 
     model = tiny_llama(seed=3)
     circuit, _ = _planted_group_circuit(model)

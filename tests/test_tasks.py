@@ -6,8 +6,8 @@ import warnings
 import pytest
 
 from relp_lens import Prompts, RelPLensError
-from relp_lens import tasks
-from relp_lens.tasks import TaskWarning, load_task, task_report
+from relp_lens.core import tasks
+from relp_lens.core.tasks import TaskWarning, load_task, task_report
 
 pytestmark = pytest.mark.slow
 

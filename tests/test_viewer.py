@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 
 import relp_lens
-from relp_lens.edges import attribute_edges
-from relp_lens.graph_export import write_circuit_tracer
-from relp_lens.graph_io import attribute_io_edges
+from relp_lens.circuits.edges import attribute_edges
+from relp_lens.circuits.graph_export import write_circuit_tracer
+from relp_lens.circuits.graph_io import attribute_io_edges
 from helpers import CHROMIUM_FLAGS, find_chromium, js_errors, same_length_rows, tiny_llama
 
 CHROMIUM = find_chromium()

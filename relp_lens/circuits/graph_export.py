@@ -18,7 +18,7 @@ How a circuit maps onto that schema:
 4. **One output node** for the metric: ``{n_layers + 1}_{target}_{last}`` (``target``: the answer token id,
    or 0), flagged ``is_target_logit``, its ``clerp`` in the viewer's form ``Output "label" (p=0.123)``.
 5. **Links**: the circuit's edges (direct effects), and each neuron → output with its attribution score (its
-   total effect on the metric) — or, given the input/output edges (:mod:`relp_lens.graph_io`), embedding →
+   total effect on the metric) — or, given the input/output edges (:mod:`relp_lens.circuits.graph_io`), embedding →
    neuron, neuron → output and embedding → output direct effects.
 6. ``scan`` is a local path (``./data/features-{slug}``), so clicking a node never sends requests for feature
    details to the internet; the model's name goes into the index entry's ``title_prefix``.
@@ -32,12 +32,12 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from relp_lens.errors import RelPLensError
-from relp_lens.files import write_text_atomic
+from relp_lens.core.errors import RelPLensError
+from relp_lens.core.files import write_text_atomic
 
 if TYPE_CHECKING:
-    from relp_lens.circuit import Circuit
-    from relp_lens.graph_io import IOEdges
+    from relp_lens.circuits.circuit import Circuit
+    from relp_lens.circuits.graph_io import IOEdges
 
 INDEX_FILE = "graph-metadata.json"
 _SLUG = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -67,7 +67,7 @@ def circuit_tracer_graph(circuit: Circuit, prompt_tokens: list[str], *, prompt: 
         token_ids: the prompt's token ids, for the embedding node ids; positions stand in when not given.
         output_label, output_token, output_prob: the output node's label (default: the metric's name), token
             id (default 0) and probability shown as ``(p=...)`` (default: not known, shown as 1.000).
-        io: the circuit's input/output edges (:func:`relp_lens.graph_io.attribute_io_edges`): then the graph
+        io: the circuit's input/output edges (:func:`relp_lens.circuits.graph_io.attribute_io_edges`): then the graph
             has embedding → neuron and embedding → output links, and neuron → output links carry the direct
             effect instead of the attribution score.
     """
@@ -128,7 +128,7 @@ def circuit_tracer_graph(circuit: Circuit, prompt_tokens: list[str], *, prompt: 
     if io is None:
         links += [dict(source=ids[i], target=out_id, weight=float(n.score)) for i, n in enumerate(circuit.nodes)]
     else:
-        from relp_lens.positions import resolve
+        from relp_lens.core.positions import resolve
 
         if io.output.shape[0] != len(circuit.nodes):
             raise RelPLensError(f"input/output edges are for {io.output.shape[0]} nodes, the circuit has "

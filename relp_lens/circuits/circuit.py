@@ -1,14 +1,14 @@
 """Circuits: a set of scored nodes (and optional weighted edges) with what is needed to reproduce them.
 
-1. Build from an :class:`~relp_lens.attribution.Attribution` with :func:`select_top_k` (top-k by |mean
+1. Build from an :class:`~relp_lens.core.attribution.Attribution` with :func:`select_top_k` (top-k by |mean
    score|) or :func:`select_threshold` (keep |score| ≥ τ·|m|, m the mean clean metric; the paper uses
    τ = 0.005). Nodes are position-specific ``(layer, pos, index)`` or position-aggregated (``pos=None``:
    the neuron at every position; score summed over positions).
-   Positions follow :mod:`relp_lens.positions` (negative: counted from the end). When the circuit will be
+   Positions follow :mod:`relp_lens.core.positions` (negative: counted from the end). When the circuit will be
    judged by mean ablation of unpaired data, positions every prompt shares (BOS, a common template start)
    are left out by default — mean ablation cannot move them; ``exclude_neurons`` leaves out chosen
-   neurons (e.g. :func:`relp_lens.cards.always_on_neurons`) at every position.
-2. Save / load as JSON (:meth:`Circuit.save`, :meth:`Circuit.load`): schema ``relp_lens.circuit``,
+   neurons (e.g. :func:`relp_lens.analysis.cards.always_on_neurons`) at every position.
+2. Save / load as JSON (:meth:`Circuit.save`, :meth:`Circuit.load`): schema ``relp_lens.circuits.circuit``,
    version 2 (version-1 files still load), written atomically; loading validates every field and names
    what is wrong.
 3. :meth:`Circuit.check_model` verifies a circuit fits a model (layers, widths) before any evaluation.
@@ -37,12 +37,12 @@ JSON schema, version 2::
                "max_nodes": int (only the drawn graph was split), "totals_exact": bool,
                "edges": {"L3/100@-1 -> L5/20@-1": {"residual": float, "heads": [[block, head, float]],
                                                    "other": float}},   # also "E@-2 -> …", "… -> out"
-               "totals": [[block, head, float]]},    # see relp_lens.heads
+               "totals": [[block, head, float]]},    # see relp_lens.circuits.heads
      "groups": {"method": "spectral", "features": ["attribution", "activation", "edges"],   # optional
                 "seed": int, "n_prompts": int, "pruned": bool,
                 "stability": {"ari": float, "ari_seeds": [float], "ari_subsets": [float], "subset_fraction"},
                 "groups": [{"name": "G1", "label": str, "members": ["L3/100@-1", ...], "score": float,
-                            "stability": float, "promoted": [str]}]}}             # see relp_lens.groups
+                            "stability": float, "promoted": [str]}]}}             # see relp_lens.analysis.groups
 
 Version 1 had no baseline, ablation or positions: positions were absolute, the baseline the patch prompts
 (paired) or zero, and evaluation mean ablation.
@@ -59,9 +59,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from relp_lens.attribution import Attribution
-from relp_lens.errors import RelPLensError
-from relp_lens.files import write_json_atomic
+from relp_lens.core.attribution import Attribution
+from relp_lens.core.errors import RelPLensError
+from relp_lens.core.files import write_json_atomic
 
 if TYPE_CHECKING:  # annotations only: TransformerLens 4 has no HookedTransformer
     from transformer_lens import HookedTransformer
@@ -119,9 +119,9 @@ class Circuit:
     baseline: str = "patch"
     ablation: str = "mean"
     positions: dict[str, Any] = field(default_factory=lambda: dict(rule="absolute", n_shared=0, labels={}))
-    io_edges: dict[str, Any] | None = None  # relp_lens.graph_io.IOEdges.to_dict(): embedding/output edges
-    heads: dict[str, Any] | None = None  # relp_lens.heads.attribute_head_splits: edges split over heads
-    groups: dict[str, Any] | None = None  # relp_lens.groups.group_neurons: neuron groups (supernodes)
+    io_edges: dict[str, Any] | None = None  # relp_lens.circuits.graph_io.IOEdges.to_dict(): embedding/output edges
+    heads: dict[str, Any] | None = None  # relp_lens.circuits.heads.attribute_head_splits: edges split over heads
+    groups: dict[str, Any] | None = None  # relp_lens.analysis.groups.group_neurons: neuron groups (supernodes)
 
     def __post_init__(self) -> None:
         if self.ablation not in ABLATIONS:
@@ -172,7 +172,7 @@ class Circuit:
         if pos in labels:
             return labels[pos]
         if str_tokens is not None:
-            from relp_lens.positions import resolve
+            from relp_lens.core.positions import resolve
 
             t = resolve(pos, len(str_tokens))
             return "?" if t is None else repr(str_tokens[t])
@@ -242,7 +242,7 @@ class Circuit:
         try:
             io = d.get("io_edges")
             if io is not None:
-                from relp_lens.graph_io import IOEdges
+                from relp_lens.circuits.graph_io import IOEdges
 
                 IOEdges.from_dict(io, len(nodes))  # validates
             heads = d.get("heads")
@@ -277,12 +277,12 @@ class Circuit:
     def to_circuit_tracer(self, prompt_tokens: list[str], prompt: str = "", slug: str = "relp-lens",
                           **kwargs) -> dict:
         """circuit-tracer graph JSON (its viewer's schema): neurons as features, embedding nodes, an output
-        node, links = edges plus each neuron's score into the output. See :mod:`relp_lens.graph_export`
+        node, links = edges plus each neuron's score into the output. See :mod:`relp_lens.circuits.graph_export`
         (``kwargs``: ``token_ids``, ``output_label``, ``output_token``, ``output_prob``)."""
-        from relp_lens.graph_export import circuit_tracer_graph
+        from relp_lens.circuits.graph_export import circuit_tracer_graph
 
         if "io" not in kwargs and self.io_edges is not None:
-            from relp_lens.graph_io import IOEdges
+            from relp_lens.circuits.graph_io import IOEdges
 
             kwargs["io"] = IOEdges.from_dict(self.io_edges, len(self.nodes))
         return circuit_tracer_graph(self, prompt_tokens, prompt=prompt, slug=slug, **kwargs)
@@ -306,7 +306,7 @@ def _check_heads(heads: Any) -> None:
 
 def _check_groups(groups: Any, nodes: Sequence[CircuitNode]) -> None:
     """Validate the optional ``groups`` field: well formed, members are nodes of the circuit."""
-    from relp_lens.groups import NeuronGroups
+    from relp_lens.analysis.groups import NeuronGroups
 
     labels = {n.label() for n in nodes}
     for g in NeuronGroups.from_dict(groups).groups:

@@ -20,7 +20,7 @@ Algorithm of :func:`load_model`:
 
 ``load_model(backend="bridge")`` (the default on TransformerLens 4, which has no HookedTransformer) instead
 lets transformers' own GGUF loader build the Hugging Face model and wraps it in a ``TransformerBridge``
-(:func:`relp_lens.backends.wrap_hf_model`), with the same cached tokenizer, BOS and ``n_ctx``.
+(:func:`relp_lens.core.backends.wrap_hf_model`), with the same cached tokenizer, BOS and ``n_ctx``.
 
 BOS: the file's BOS is ``<|im_start|>`` (id 1). We default to ``<|endoftext|>`` (id 0), which gave the
 better subject-verb agreement behaviour; pass ``bos="<|im_start|>"`` for the file's own choice.
@@ -47,8 +47,8 @@ import einops
 import numpy as np
 import torch
 
-from relp_lens import backends
-from relp_lens.errors import RelPLensError
+from relp_lens.core import backends
+from relp_lens.core.errors import RelPLensError
 
 if TYPE_CHECKING:  # imported where used: TransformerLens 4 has neither
     from transformer_lens import HookedTransformer, HookedTransformerConfig
@@ -333,7 +333,7 @@ def load_model(
             relp_lens from the dequantized weights, for Gemma 3 converted by TransformerLens' own
             ``convert_gemma_weights`` from the model transformers loads; ``"bridge"`` — the Hugging Face model
             that transformers' own GGUF loader builds, wrapped in a ``TransformerBridge`` in compatibility
-            mode (:func:`relp_lens.backends.wrap_hf_model`); ``"auto"`` (default) — ``"hooked"`` where
+            mode (:func:`relp_lens.core.backends.wrap_hf_model`); ``"auto"`` (default) — ``"hooked"`` where
             TransformerLens has it, else ``"bridge"`` (4.x). Both use the same tokenizer, BOS and ``n_ctx``;
             their logits agree to < 1e-4.
     """

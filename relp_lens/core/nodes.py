@@ -24,8 +24,8 @@ import difflib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from relp_lens import backends
-from relp_lens.errors import RelPLensError
+from relp_lens.core import backends
+from relp_lens.core.errors import RelPLensError
 
 if TYPE_CHECKING:  # annotations only: TransformerLens 4 has no HookedTransformer
     from transformer_lens import HookedTransformer

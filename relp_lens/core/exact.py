@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from relp_lens.attribution import Attribution, Node, attribute
-from relp_lens.data import Prompts
-from relp_lens.errors import RelPLensError
+from relp_lens.core.attribution import Attribution, Node, attribute
+from relp_lens.core.data import Prompts
+from relp_lens.core.errors import RelPLensError
 
 if TYPE_CHECKING:  # annotations only: TransformerLens 4 has no HookedTransformer
     from transformer_lens import HookedTransformer

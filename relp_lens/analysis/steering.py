@@ -9,10 +9,10 @@
    the target one (``f = 1`` ≈ mean-patching the nodes to the target).
 3. :func:`steering_sweep` — for each factor, the probabilities of chosen tokens at the last position; the
    factor is the value itself, or multiplies a per-node ``direction``.
-4. :func:`group_steering` — a neuron group (:mod:`relp_lens.groups`) scaled by the paper's factors
+4. :func:`group_steering` — a neuron group (:mod:`relp_lens.analysis.groups`) scaled by the paper's factors
    {−4, −2, −1, 0, 1, 2, 4}, next to random groups of the same size, layers and positions.
 
-Positions follow :mod:`relp_lens.positions`: ``pos >= 0`` from the start, ``pos < 0`` from the end of each
+Positions follow :mod:`relp_lens.core.positions`: ``pos >= 0`` from the start, ``pos < 0`` from the end of each
 forward pass (``-1``: the last token), ``None`` every position. A forward pass that lacks a node's
 position is an error naming the node — except a one-token step of ``model.generate`` with the KV cache after
 a pass that did contain it (the cached keys and values already carry the steered value). Values must be
@@ -29,11 +29,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from relp_lens import backends
-from relp_lens.data import answer_token, length_groups
-from relp_lens.errors import RelPLensError
-from relp_lens.nodes import resolve_hooks
-from relp_lens.positions import check_position, is_int, require, resolve
+from relp_lens.core import backends
+from relp_lens.core.data import answer_token, length_groups
+from relp_lens.core.errors import RelPLensError
+from relp_lens.core.nodes import resolve_hooks
+from relp_lens.core.positions import check_position, is_int, require, resolve
 
 if TYPE_CHECKING:  # annotations only: TransformerLens 4 has no HookedTransformer
     from transformer_lens import HookedTransformer
@@ -224,11 +224,11 @@ def group_steering(model: HookedTransformer, circuit, group: str | int, prompts:
     positions (:func:`random_groups`, neurons outside the circuit).
 
     ``group``: a group name (``"G1"``) or number of ``circuit``'s neuron groups
-    (:func:`relp_lens.groups.group_neurons`). Returns the group's sweep (as :func:`steering_sweep`) plus
+    (:func:`relp_lens.analysis.groups.group_neurons`). Returns the group's sweep (as :func:`steering_sweep`) plus
     ``"group"``, ``"size"``, ``"random"`` (``{token: [[p per factor] per random group]}``) and
     ``"random_mean"`` / ``"random_std"`` (``{token: [per factor]}``).
     """
-    from relp_lens.groups import group_nodes, groups_of
+    from relp_lens.analysis.groups import group_nodes, groups_of
 
     if circuit.basis != "mlp_post":
         raise RelPLensError(f"group steering scales MLP neurons; this circuit's basis is {circuit.basis!r}")

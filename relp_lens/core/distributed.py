@@ -17,7 +17,7 @@ Run a script (or the CLI) under ``torchrun``::
    ablation, the metric sums behind F(·) in faithfulness, edge weights — is combined with
    :func:`all_reduce` (float64 sums on the CPU for Gloo; on the device for NCCL).
 3. Failure: before every combination, :func:`agree` gathers each rank's state; if any rank raised, every
-   rank raises a :class:`~relp_lens.errors.RelPLensError` naming the failing rank and its error, so no rank
+   rank raises a :class:`~relp_lens.core.errors.RelPLensError` naming the failing rank and its error, so no rank
    waits forever in a collective and no output is written.
 4. Output: :func:`is_writer` is true on rank 0 only; the CLI writes files (atomically) and prints there.
 """
@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from relp_lens.errors import RelPLensError
+from relp_lens.core.errors import RelPLensError
 
 T = TypeVar("T")
 _state: dict[str, Any] = {"active": False, "rank": 0, "world": 1, "owned": False}

@@ -1,6 +1,6 @@
 """Input and output edges of a circuit: token embeddings → neurons, neurons → metric, embeddings → metric.
 
-Edges between neurons (:mod:`relp_lens.edges`) are direct effects with every MLP in between held constant.
+Edges between neurons (:mod:`relp_lens.circuits.edges`) are direct effects with every MLP in between held constant.
 This module adds the graph's two ends with the same definition and the same RelP rules:
 
 - ``w(E_p → d) = Σ_dims  ∇̃_d m · (∂̃d/∂e_p) · Δe_p`` — the embedding at aligned position ``p`` into node ``d``,
@@ -48,14 +48,14 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
-from relp_lens import backends
-from relp_lens import distributed as dp
-from relp_lens.attribution import as_prompts, batch_gradients, prepare_run
-from relp_lens.circuit import Circuit
-from relp_lens.edges import edge_layers, keep_hook, leaf_hook, node_positions, node_seeds
-from relp_lens.errors import RelPLensError
-from relp_lens.metrics import evaluate_metric
-from relp_lens.relp_mode import RelPConfig, relp
+from relp_lens.core import backends
+from relp_lens.core import distributed as dp
+from relp_lens.core.attribution import as_prompts, batch_gradients, prepare_run
+from relp_lens.circuits.circuit import Circuit
+from relp_lens.circuits.edges import edge_layers, keep_hook, leaf_hook, node_positions, node_seeds
+from relp_lens.core.errors import RelPLensError
+from relp_lens.core.metrics import evaluate_metric
+from relp_lens.core.relp_mode import RelPConfig, relp
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -226,7 +226,7 @@ def metric_targets(metric_fn) -> list[tuple[str, float, object]]:
     """The target logits a metric is a signed sum of, as ``(name, sign, fn(logits [batch, d_vocab], batch))``:
     ``logit_diff`` → the clean answer's logit (+1) and the patch answer's (−1); other metrics: none (``logit``
     is already one target node, ``logprob`` is not a sum of logits, a callable is opaque)."""
-    from relp_lens import metrics
+    from relp_lens.core import metrics
 
     if metric_fn is metrics.logit_diff:
         return [("clean answer logit", 1.0, metrics.logit),

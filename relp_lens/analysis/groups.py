@@ -7,7 +7,7 @@ open question. relp_lens groups them from what the neurons share:
    - its attribution score on each prompt, ``[prompt, node]`` (the circuit's gradient method, RelP for
      anything else; ``pos=None``: summed over the prompt's positions, as selection sums it);
    - its clean activation on each prompt at its position (``pos=None``: the mean over the prompt's positions).
-   A position is found in each prompt as evaluation finds it (:func:`relp_lens.positions.resolve` with these
+   A position is found in each prompt as evaluation finds it (:func:`relp_lens.core.positions.resolve` with these
    prompts' shared prefix). A node absent from some prompts (a warning names it) counts as attribution 0
    there, and its activation as its mean over the other prompts; absent from every prompt is an error.
 2. Affinities between nodes, each in [0, 1]:
@@ -33,7 +33,7 @@ open question. relp_lens groups them from what the neurons share:
    times the final norm weight), read through ``W_U``.
 
 Groups are stored in the circuit file (field ``groups``), members named by node label (``L3/100@-1``) so
-pruning keeps them valid (:func:`relp_lens.edges.subgraph` drops members that leave).
+pruning keeps them valid (:func:`relp_lens.circuits.edges.subgraph` drops members that leave).
 """
 
 from __future__ import annotations
@@ -47,14 +47,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from relp_lens import backends
-from relp_lens import distributed as dp
-from relp_lens.errors import RelPLensError
+from relp_lens.core import backends
+from relp_lens.core import distributed as dp
+from relp_lens.core.errors import RelPLensError
 
 if TYPE_CHECKING:  # annotations only: TransformerLens 4 has no HookedTransformer
     from transformer_lens import HookedTransformer
 
-    from relp_lens.circuit import Circuit
+    from relp_lens.circuits.circuit import Circuit
 
 FEATURES = ("attribution", "activation", "edges")
 
@@ -249,7 +249,7 @@ def node_profiles(model: HookedTransformer, circuit: Circuit, rows: Sequence[dic
                   progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Per-prompt attribution scores and clean activations of the circuit's nodes (step 1):
     ``([prompt, node], [prompt, node])``."""
-    from relp_lens.attribution import attribute
+    from relp_lens.core.attribution import attribute
 
     method = circuit.method if circuit.method in ("relp", "grad") else "relp"
     paired = bool(rows) and "patch_prefix" in rows[0]
@@ -258,8 +258,8 @@ def node_profiles(model: HookedTransformer, circuit: Circuit, rows: Sequence[dic
                      baseline=None if paired else circuit.baseline, batch_size=batch_size, progress=progress)
     scores = attr.scores  # [prompt, layer, pos, node]
     align = attr.alignment
-    from relp_lens.data import make_batches, tokenize
-    from relp_lens.positions import resolve
+    from relp_lens.core.data import make_batches, tokenize
+    from relp_lens.core.positions import resolve
 
     tok = tokenize(model, attr.prompts)
     hooks = sorted({circuit.hook_names[n.layer] for n in circuit.nodes})
@@ -314,7 +314,7 @@ def edge_profiles(circuit: Circuit) -> np.ndarray | None:
         return None
     inputs, io = 0, None
     if circuit.io_edges is not None:
-        from relp_lens.graph_io import IOEdges
+        from relp_lens.circuits.graph_io import IOEdges
 
         io = IOEdges.from_dict(circuit.io_edges, n)
         inputs = io.input.shape[0]

@@ -1,6 +1,6 @@
 """RelP backward mode: ``with relp(model): ...`` makes every backward pass follow the RelP rules.
 
-The forward pass is bit-identical; only gradients change. The rules (see :mod:`relp_lens.rules`) are
+The forward pass is bit-identical; only gradients change. The rules (see :mod:`relp_lens.core.rules`) are
 spliced in with TransformerLens hooks:
 
 1. LN rule: every ``*.hook_scale`` (each block's norms, post-norms, MLP-internal norms, ``ln_final``)
@@ -42,8 +42,8 @@ from typing import TYPE_CHECKING, Iterator
 import torch
 from transformer_lens.utilities.activation_functions import SOFTCAP_DISABLED, apply_softcap, softcap_enabled
 
-from relp_lens import backends
-from relp_lens.errors import RelPLensError
+from relp_lens.core import backends
+from relp_lens.core.errors import RelPLensError
 
 try:  # TransformerLens 3.x; 4.x removed HookedTransformer's components (bridges have no such MoE)
     from transformer_lens.components.mlps.moe import MoE
@@ -52,7 +52,7 @@ except ImportError:
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
-from relp_lens.rules import DEFAULT_EPS, ForwardAs, HalfRule, IdentityRule, ah_rule, ln_rule
+from relp_lens.core.rules import DEFAULT_EPS, ForwardAs, HalfRule, IdentityRule, ah_rule, ln_rule
 
 # Where a rule's hook must run among the hooks of its hook point (kept by _keep_order):
 FIRST = "first"  # it rewrites the value: hooks after it (a user's edit) act on the rule's output

@@ -20,7 +20,7 @@ Algorithm (one backward pass serves many downstream nodes):
    (``torch.autograd.grad(..., is_grads_batched=True)``) gives ∇̃_d m · ∂̃d/∂(MLP output of layer s) for
    all R seeds at once — the forward pass is shared by all of them.
 4. Node positions are resolved per prompt length (negative positions count from the end, see
-   :mod:`relp_lens.positions`), so prompts of different lengths share one circuit; a node at a position
+   :mod:`relp_lens.core.positions`), so prompts of different lengths share one circuit; a node at a position
    some prompt lacks is an error naming both.
 5. For neurons, ∂d/∂u = W_out[u] · ∂d/∂(MLP output), so only the circuit's neurons are projected;
    multiplying by Δu and summing over positions gives the edge weights, averaged over examples.
@@ -37,13 +37,13 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
-from relp_lens import backends
-from relp_lens import distributed as dp
-from relp_lens.attribution import as_prompts, batch_gradients, prepare_run
-from relp_lens.circuit import Circuit, CircuitEdge
-from relp_lens.errors import RelPLensError
-from relp_lens.positions import require
-from relp_lens.relp_mode import RelPConfig, relp
+from relp_lens.core import backends
+from relp_lens.core import distributed as dp
+from relp_lens.core.attribution import as_prompts, batch_gradients, prepare_run
+from relp_lens.circuits.circuit import Circuit, CircuitEdge
+from relp_lens.core.errors import RelPLensError
+from relp_lens.core.positions import require
+from relp_lens.core.relp_mode import RelPConfig, relp
 
 if TYPE_CHECKING:  # annotations only: TransformerLens 4 has no HookedTransformer
     from transformer_lens import HookedTransformer
@@ -93,7 +93,7 @@ def keep_hook(store: dict, key):
 
 def node_positions(nodes: Sequence, batch, data, run) -> list[int | None]:
     """Each node's absolute position in ``batch``'s prompts (``None``: every position); a node at a position
-    the batch's prompts lack is an error naming both (see :func:`relp_lens.positions.require`)."""
+    the batch's prompts lack is an error naming both (see :func:`relp_lens.core.positions.require`)."""
     length = batch.clean_tokens.shape[1]
     prompt = data.clean[batch.indices[0]]
     return [None if n.pos is None else require(n.pos, length, f"{i} ({n.label()})", prompt,
@@ -242,13 +242,13 @@ def subgraph(circuit: Circuit, used: Sequence[int], kept: Sequence[CircuitEdge],
              selection: dict | None = None) -> Circuit:
     """The circuit restricted to nodes ``used`` (node numbers, increasing) and neuron edges ``kept``.
 
-    Input/output edges: ``io`` (an :class:`~relp_lens.graph_io.IOEdges` over the old numbering, pruned edges
+    Input/output edges: ``io`` (an :class:`~relp_lens.circuits.graph_io.IOEdges` over the old numbering, pruned edges
     zeroed) or the circuit's own, restricted to ``used`` and renumbered. Head splits are kept for exactly the
     edges that remain (their keys are node labels: nothing to renumber); neuron groups keep the members that
     remain (groups left empty are dropped).
     """
-    from relp_lens.graph_io import IOEdges
-    from relp_lens.heads import OUT, edge_key, embedding_key
+    from relp_lens.circuits.graph_io import IOEdges
+    from relp_lens.circuits.heads import OUT, edge_key, embedding_key
 
     used = list(used)
     renumber = {old: new for new, old in enumerate(used)}
@@ -277,7 +277,7 @@ def subgraph(circuit: Circuit, used: Sequence[int], kept: Sequence[CircuitEdge],
         heads = dict(heads, edges=kept_splits)
     groups = circuit.groups
     if groups is not None:
-        from relp_lens.groups import NeuronGroups
+        from relp_lens.analysis.groups import NeuronGroups
 
         kept_groups = NeuronGroups.from_dict(groups).restricted([n.label() for n in nodes])
         groups = None if kept_groups is None else kept_groups.to_dict()

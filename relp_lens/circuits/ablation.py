@@ -2,9 +2,9 @@
 
 1. Tokenize the evaluation prompts (held out from the circuit's own prompts) and group them by length.
 2. Choose what an ablated node becomes (``ablation``, default: the circuit's own, consistent with how
-   its scores were computed — see :func:`relp_lens.circuit.consistent_ablation`):
+   its scores were computed — see :func:`relp_lens.circuits.circuit.consistent_ablation`):
    ``mean`` — its mean activation at that position over the patch prompts (the clean prompts for unpaired
-   data), positions aligned as in :mod:`relp_lens.positions` (counted from the end when lengths differ);
+   data), positions aligned as in :mod:`relp_lens.core.positions` (counted from the end when lengths differ);
    ``zero`` — 0; ``counterfactual`` (paired data) — its value on the prompt's own patch prompt.
 3. Resolve every circuit node's position in every prompt; a node at a position some prompt lacks is an
    error naming both (never skipped).
@@ -27,14 +27,14 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
-from relp_lens import backends
-from relp_lens import distributed as dp
-from relp_lens.attribution import Attribution, _mean_acts, as_prompts
-from relp_lens.circuit import ABLATIONS, Circuit, consistent_ablation, select_threshold, select_top_k
-from relp_lens.data import Prompts, make_batches, tokenize
-from relp_lens.errors import RelPLensError
-from relp_lens.metrics import MetricFn, evaluate_metric, resolve_metric
-from relp_lens.positions import Alignment, require
+from relp_lens.core import backends
+from relp_lens.core import distributed as dp
+from relp_lens.core.attribution import Attribution, _mean_acts, as_prompts
+from relp_lens.circuits.circuit import ABLATIONS, Circuit, consistent_ablation, select_threshold, select_top_k
+from relp_lens.core.data import Prompts, make_batches, tokenize
+from relp_lens.core.errors import RelPLensError
+from relp_lens.core.metrics import MetricFn, evaluate_metric, resolve_metric
+from relp_lens.core.positions import Alignment, require
 
 if TYPE_CHECKING:  # annotations only: TransformerLens 4 has no HookedTransformer
     from transformer_lens import HookedTransformer
@@ -232,7 +232,7 @@ def faithfulness_sweep(model: HookedTransformer, attr: Attribution, prompts: Pro
                        batch_size: int = 16, progress: bool = True) -> list[dict]:
     """Faithfulness/completeness against circuit size: top-k for each k in ``sizes``, or τ in ``taus``.
 
-    Selection and ablation as :func:`relp_lens.circuit.select_top_k` and :func:`evaluate_circuit`
+    Selection and ablation as :func:`relp_lens.circuits.circuit.select_top_k` and :func:`evaluate_circuit`
     (default ablation: consistent with the attribution's baseline).
     """
     if (sizes is None) == (taus is None):

@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from tqdm.auto import tqdm
 
-from relp_lens import backends
-from relp_lens.data import length_groups, prompt_tokens
-from relp_lens.errors import RelPLensError
-from relp_lens.nodes import resolve_hooks
+from relp_lens.core import backends
+from relp_lens.core.data import length_groups, prompt_tokens
+from relp_lens.core.errors import RelPLensError
+from relp_lens.core.nodes import resolve_hooks
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go

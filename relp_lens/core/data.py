@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from relp_lens.errors import RelPLensError
-from relp_lens.positions import Alignment
+from relp_lens.core.errors import RelPLensError
+from relp_lens.core.positions import Alignment
 
 if TYPE_CHECKING:  # annotations only: TransformerLens 4 has no HookedTransformer
     from transformer_lens import HookedTransformer

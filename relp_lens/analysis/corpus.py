@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
-from relp_lens import backends
-from relp_lens.errors import RelPLensError
+from relp_lens.core import backends
+from relp_lens.core.errors import RelPLensError
 
 if TYPE_CHECKING:  # annotations only: TransformerLens 4 has no HookedTransformer
     from transformer_lens import HookedTransformer

@@ -33,14 +33,14 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
-from relp_lens import backends
-from relp_lens import distributed as dp
-from relp_lens.data import Batch, Prompts, make_batches, str_tokens_of, tokenize, warn_unlikely_answers
-from relp_lens.errors import RelPLensError
-from relp_lens.metrics import MetricFn, evaluate_metric, resolve_metric
-from relp_lens.nodes import basis_name, resolve_hooks
-from relp_lens.positions import Alignment, check_position, is_int, column_tokens, require, resolve, token_label
-from relp_lens.relp_mode import RelPConfig, relp
+from relp_lens.core import backends
+from relp_lens.core import distributed as dp
+from relp_lens.core.data import Batch, Prompts, make_batches, str_tokens_of, tokenize, warn_unlikely_answers
+from relp_lens.core.errors import RelPLensError
+from relp_lens.core.metrics import MetricFn, evaluate_metric, resolve_metric
+from relp_lens.core.nodes import basis_name, resolve_hooks
+from relp_lens.core.positions import Alignment, check_position, is_int, column_tokens, require, resolve, token_label
+from relp_lens.core.relp_mode import RelPConfig, relp
 
 if TYPE_CHECKING:  # annotations only: TransformerLens 4 has no HookedTransformer
     from transformer_lens import HookedTransformer
@@ -54,7 +54,7 @@ _BLOCK = re.compile(r"^blocks\.(\d+)\.")
 class Attribution:
     """Node scores with everything needed to read them.
 
-    Positions follow :mod:`relp_lens.positions`: column ``c`` of the position axis is node position
+    Positions follow :mod:`relp_lens.core.positions`: column ``c`` of the position axis is node position
     ``positions[c]`` (absolute when every prompt has one length; else the shared prefix from the start and
     the rest counted from the end, ``-1`` = last token).
 
@@ -614,7 +614,7 @@ def attribute(
         answers, patch, patch_answers: with string prompts: the clean answers (one token each), patch prompts
             (same token length as the clean ones), patch answers.
         basis: ``mlp_post`` (neurons; default), ``mlp_out``, ``attn_out``, ``resid_pre``, ``resid_post``, a
-            hook name, a ``{L}`` template or a list of hook names (see :mod:`relp_lens.nodes`).
+            hook name, a ``{L}`` template or a list of hook names (see :mod:`relp_lens.core.nodes`).
         method: ``relp`` | ``grad`` | ``ig`` | ``exact``.
         metric: ``logit_diff`` (paired default) | ``logit`` (unpaired default) | ``logprob`` | a callable.
         baseline: unpaired data only: ``zero`` (default) or ``mean`` (per-position mean over the prompts).
@@ -628,7 +628,7 @@ def attribute(
             running float64 sums, so memory does not grow with the number of prompts.
         progress: show tqdm progress bars.
 
-    Positions follow :mod:`relp_lens.positions`: absolute when every prompt has one token length, else
+    Positions follow :mod:`relp_lens.core.positions`: absolute when every prompt has one token length, else
     counted from the end after the prefix every prompt shares.
     """
     # -- validate everything before touching the model -------------------------------------------------

@@ -37,7 +37,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from relp_lens.errors import RelPLensError
+from relp_lens.core.errors import RelPLensError
 
 # values per layer and position kept for the backward pass, of width d_model and of width d_mlp: set from the
 # measured peaks of benchmarks/plan_check.py (SmolLM2-135M, RelP, batches of 48 to 1,024 positions)
@@ -104,7 +104,7 @@ def _batch_bytes(s: ModelShape, positions: int, tokens: int, e: int, backend: st
 
 
 def _backend_of(model: Any) -> str:
-    from relp_lens import backends
+    from relp_lens.core import backends
 
     if not isinstance(model, (str, ModelShape)):
         return "bridge" if backends.is_bridge(model) else "hooked"

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import torch
 
-from relp_lens.errors import RelPLensError
+from relp_lens.core.errors import RelPLensError
 
 if TYPE_CHECKING:  # never imported at run time: HookedTransformer is gone in TransformerLens 4
     from transformer_lens import HookedTransformer  # noqa: F401
@@ -120,7 +120,7 @@ def check_model(model: Any) -> None:
         raise RelPLensError("this TransformerBridge is not in compatibility mode, so its MLP neuron hooks "
                             "(blocks.L.mlp.hook_post, ...) do not fire: call "
                             "bridge.enable_compatibility_mode(no_processing=True) first, or build it with "
-                            "relp_lens.backends.wrap_hf_model(hf_model, tokenizer)")
+                            "relp_lens.wrap_hf_model(hf_model, tokenizer)")
 
 
 def supports_start_at_layer(model: Any) -> bool:
@@ -213,14 +213,14 @@ def _norm_surrogate(module: Any, x: torch.Tensor) -> torch.Tensor:
 def ln_rule_hooks(model: Any, rule: Callable[[torch.Tensor], torch.Tensor]) -> list[tuple[str, Callable]]:
     """Forward hooks that make every norm scale a constant in the backward pass; forward values unchanged.
 
-    ``rule`` maps a scale to its constant (``relp_lens.rules.ln_rule``). HookedTransformer: ``rule`` on every
+    ``rule`` maps a scale to its constant (``relp_lens.core.rules.ln_rule``). HookedTransformer: ``rule`` on every
     ``*.hook_scale``. Bridge: the same for norms it computes in Python; for norms that return Hugging Face's
     own output, ``hook_in`` is remembered and ``hook_out`` becomes ``ForwardAs(out, surrogate)``.
     """
     hook_dict = model.hook_dict  # a bridge builds this dict anew on every access: read it once
     if not is_bridge(model):
         return [(n, lambda x, hook: rule(x)) for n in hook_dict if n.endswith("hook_scale")]
-    from relp_lens.rules import ForwardAs
+    from relp_lens.core.rules import ForwardAs
 
     name_of = {}  # hook point → its canonical name (aliases such as blocks.L.hook_resid_mid share the point)
     for n, hp in hook_dict.items():

@@ -4,7 +4,7 @@
 - ``logit``: the sum of the target logits (the default for unpaired data).
 - ``logprob``: log of the total probability of the targets.
 - any callable ``fn(logits)`` or ``fn(logits, batch)``: ``logits`` is ``[batch, d_vocab]`` at the last
-  position, ``batch`` a :class:`relp_lens.data.Batch` (``batch.answer_ids`` etc.); returns ``[batch]``.
+  position, ``batch`` a :class:`relp_lens.core.data.Batch` (``batch.answer_ids`` etc.); returns ``[batch]``.
 
 Targets absent from the data (unpaired prompts without answers) are the model's top-1 token on the clean
 prompt, fixed before the backward pass.
@@ -17,8 +17,8 @@ from collections.abc import Callable
 
 import torch
 
-from relp_lens.data import Batch
-from relp_lens.errors import RelPLensError
+from relp_lens.core.data import Batch
+from relp_lens.core.errors import RelPLensError
 
 MetricFn = Callable[..., torch.Tensor]
 METRICS = ("logit_diff", "logit", "logprob")

@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING
 
 import plotly.graph_objects as go
 
-from relp_lens.attribution import Attribution
-from relp_lens.cards import NeuronCard, neuron_cards
-from relp_lens.circuit import Circuit
-from relp_lens.errors import RelPLensError
-from relp_lens.files import write_text_atomic
-from relp_lens.plots import (HIGHLIGHT_JS, attribution_graph, attribution_heatmap, circuit_graph, faithfulness_curves,
+from relp_lens.core.attribution import Attribution
+from relp_lens.analysis.cards import NeuronCard, neuron_cards
+from relp_lens.circuits.circuit import Circuit
+from relp_lens.core.errors import RelPLensError
+from relp_lens.core.files import write_text_atomic
+from relp_lens.views.plots import (HIGHLIGHT_JS, attribution_graph, attribution_heatmap, circuit_graph, faithfulness_curves,
                              steering_plot, top_neurons_bar)
 
 if TYPE_CHECKING:  # annotations only: TransformerLens 4 has no HookedTransformer
@@ -40,12 +40,12 @@ class ReportInputs:
 
     task: str | None = None  # task name or data source
     accuracy: str | None = None  # e.g. str(TaskReport)
-    curves: list[dict] = field(default_factory=list)  # rows of relp_lens.ablation.faithfulness_sweep
+    curves: list[dict] = field(default_factory=list)  # rows of relp_lens.circuits.ablation.faithfulness_sweep
     cards: list[NeuronCard] = field(default_factory=list)
-    steering: dict | None = None  # output of relp_lens.steering.steering_sweep
+    steering: dict | None = None  # output of relp_lens.analysis.steering.steering_sweep
     notes: list[str] = field(default_factory=list)  # free lines shown under the summary
     held_out: list[dict] = field(default_factory=list)  # evaluation rows, listed on the page
-    graph_nodes: int = 40  # neurons in the drawn attribution graph (relp_lens.pruning.readable_graph)
+    graph_nodes: int = 40  # neurons in the drawn attribution graph (relp_lens.circuits.pruning.readable_graph)
 
 
 def report_inputs(model: HookedTransformer, attr: Attribution, circuit: Circuit, *,
@@ -54,9 +54,9 @@ def report_inputs(model: HookedTransformer, attr: Attribution, circuit: Circuit,
                   steering: dict | None = None, batch_size: int = 16, progress: bool = False,
                   corpus=None) -> ReportInputs:
     """Task accuracy (unless given), a held-out faithfulness sweep (when ``held_out`` is given) and the cards
-    of the top ``n_cards`` circuit neurons (contexts over ``corpus``: see :func:`relp_lens.cards.neuron_cards`)."""
-    from relp_lens.ablation import faithfulness_sweep
-    from relp_lens.tasks import task_report
+    of the top ``n_cards`` circuit neurons (contexts over ``corpus``: see :func:`relp_lens.analysis.cards.neuron_cards`)."""
+    from relp_lens.circuits.ablation import faithfulness_sweep
+    from relp_lens.core.tasks import task_report
 
     inputs = ReportInputs(task=task, accuracy=accuracy, steering=steering, held_out=list(held_out or []),
                           graph_nodes=int((circuit.heads or {}).get("max_nodes") or 40))  # draw the split graph
@@ -159,7 +159,7 @@ def _groups_html(circuit: Circuit) -> str:
     """The neuron groups table (and how they were found), or nothing without groups."""
     if circuit.groups is None:
         return ""
-    from relp_lens.groups import NeuronGroups
+    from relp_lens.analysis.groups import NeuronGroups
 
     groups = NeuronGroups.from_dict(circuit.groups)
     st = groups.stability
@@ -168,7 +168,7 @@ def _groups_html(circuit: Circuit) -> str:
                    f"<td class='num'>{'' if g.stability is None else f'{g.stability:.2f}'}</td><td>{_e(g.label)}</td></tr>"
                    for g in groups.groups)
     how = (f"Spectral clustering of the circuit's neurons on {', '.join(groups.features)} over "
-           f"{groups.n_prompts} prompts (relp_lens.groups). Stability: adjusted Rand index "
+           f"{groups.n_prompts} prompts (relp_lens.analysis.groups). Stability: adjusted Rand index "
            + (f"{ari:.2f}" if ari is not None else "n/a")
            + (f" against re-clustering on random {st.get('subset_fraction', 0.7):.0%} subsets of the prompts; "
               if st.get("ari_subsets") else " against re-clustering with other k-means seeds; ")
@@ -271,7 +271,7 @@ def render_report(attr: Attribution, circuit: Circuit, inputs: ReportInputs | No
         summary.append(("evaluation", f"faithfulness {ev['faithfulness']:+.3f}, completeness "
                                       f"{ev['completeness']:+.3f} on {ev.get('n_prompts', '?')} held-out prompts "
                                       f"({ev.get('ablation', circuit.ablation)} ablation)"))
-    from relp_lens.ablation import verdict
+    from relp_lens.circuits.ablation import verdict
 
     weak = verdict(inputs.curves) if inputs.curves else (verdict(ev) if ev else None)
     body = [f"<h1>{_e(title)}</h1>",
@@ -288,7 +288,7 @@ def render_report(attr: Attribution, circuit: Circuit, inputs: ReportInputs | No
             body.append(_groups_html(circuit))
 
     cards = {(c.layer, c.index): c for c in inputs.cards}
-    from relp_lens.plots import _groups
+    from relp_lens.views.plots import _groups
 
     group_list, group_of = _groups(circuit)
     group_name = {n.key: group_list[k].name for n, k in zip(circuit.nodes, group_of) if k >= 0}

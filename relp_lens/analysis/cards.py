@@ -9,9 +9,9 @@ For neuron ``index`` of layer ``layer`` (``blocks.{layer}.mlp.hook_post``):
 3. Top-activating contexts, the activating token marked ``⟦like this⟧``: the ``k`` (text, token) pairs with the
    highest activation and the ``k`` most negative ones (gated MLP activations are signed: a neuron can matter
    through either end). Over ``corpus``:
-   - ``"sotu"``: ~1.2 MB of real English (State of the Union addresses, :mod:`relp_lens.corpus`), read once
+   - ``"sotu"``: ~1.2 MB of real English (State of the Union addresses, :mod:`relp_lens.analysis.corpus`), read once
      for every neuron of the model and cached — later cards, in any process, are instant;
-   - a :class:`~relp_lens.corpus.ContextIndex` you built;
+   - a :class:`~relp_lens.analysis.corpus.ContextIndex` you built;
    - a list of texts (each read as a whole, token by token);
    - ``None``: :data:`CORPUS`, 40 sentences written for this package (fast; for tests and quick looks).
 4. A one-line description from 1 and 3 (:func:`describe`): the tokens it fires on most often among its top
@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
-from relp_lens import backends
-from relp_lens.data import str_tokens_of
-from relp_lens.errors import RelPLensError
+from relp_lens.core import backends
+from relp_lens.core.data import str_tokens_of
+from relp_lens.core.errors import RelPLensError
 
 if TYPE_CHECKING:  # annotations only: TransformerLens 4 has no HookedTransformer
     from transformer_lens import HookedTransformer
@@ -128,7 +128,7 @@ def neuron_cards(model: HookedTransformer, neurons: Sequence[tuple[int, int]], *
                  corpus=None, k: int = 8, progress: bool = False) -> list[NeuronCard]:
     """Cards of several ``(layer, index)`` neurons; each prompt and corpus text is run once for all of them
     (``corpus``: see the module docstring, step 3)."""
-    from relp_lens.corpus import ContextIndex, context_index, model_key
+    from relp_lens.analysis.corpus import ContextIndex, context_index, model_key
 
     neurons = [(int(layer), int(index)) for layer, index in neurons]
     for layer, index in neurons:
@@ -155,7 +155,7 @@ def neuron_cards(model: HookedTransformer, neurons: Sequence[tuple[int, int]], *
         ctx = context_index(model, corpus, k=max(k, 8), progress=progress)
     elif ctx is not None and ctx.model_key != model_key(model):
         raise RelPLensError("this context index was built with another model (its activations differ); build it "
-                            "with relp_lens.corpus.context_index(model, ...)")
+                            "with relp_lens.analysis.corpus.context_index(model, ...)")
     if ctx is not None:
         if len(ctx.hook_names) != model.cfg.n_layers or ctx.top_values.shape[-1] != model.cfg.d_mlp:
             raise RelPLensError("this context index was built for a model of another shape")
@@ -204,7 +204,7 @@ def always_on_neurons(model: HookedTransformer, texts: Sequence[str] | None = No
     layer (BOS excluded); a neuron is always on when it is large on at least ``min_fraction`` of the tokens
     of ``texts`` (default: the package corpus). Such neurons (the paper keeps a blacklist of them) carry
     position or bias-like signals rather than a behaviour, so selection can leave them out
-    (``exclude_neurons=`` of :func:`relp_lens.circuit.select_top_k`).
+    (``exclude_neurons=`` of :func:`relp_lens.circuits.circuit.select_top_k`).
     """
     if not 0 < quantile < 1 or not 0 < min_fraction <= 1:
         raise RelPLensError(f"quantile must be in (0, 1) and min_fraction in (0, 1], got {quantile}, {min_fraction}")

@@ -1,6 +1,6 @@
 """How each edge of a circuit's graph splits over the attention heads its paths pass through.
 
-An edge's weight (:mod:`relp_lens.edges`, :mod:`relp_lens.graph_io`) sums the direct paths from its source
+An edge's weight (:mod:`relp_lens.circuits.edges`, :mod:`relp_lens.circuits.graph_io`) sums the direct paths from its source
 to its target: every MLP in between is held constant, so each path either stays in the residual stream or
 passes through one or more attention heads. The weight is ``∇̃_d m · J̃ · Δu`` with ``J̃`` the (RelP) Jacobian
 along those paths, and by the chain rule ``J̃`` is a sum over paths. Each path is credited to the **last**
@@ -52,15 +52,15 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from tqdm.auto import tqdm
 
-from relp_lens import backends
-from relp_lens import distributed as dp
-from relp_lens.attribution import as_prompts, batch_gradients, prepare_run
-from relp_lens.circuit import Circuit
-from relp_lens.edges import edge_layers, keep_hook, leaf_hook, node_positions, node_seeds
-from relp_lens.errors import RelPLensError
-from relp_lens.graph_io import EMBED_HOOKS, IOEdges, _embeddings
-from relp_lens.metrics import evaluate_metric
-from relp_lens.relp_mode import RelPConfig, relp
+from relp_lens.core import backends
+from relp_lens.core import distributed as dp
+from relp_lens.core.attribution import as_prompts, batch_gradients, prepare_run
+from relp_lens.circuits.circuit import Circuit
+from relp_lens.circuits.edges import edge_layers, keep_hook, leaf_hook, node_positions, node_seeds
+from relp_lens.core.errors import RelPLensError
+from relp_lens.circuits.graph_io import EMBED_HOOKS, IOEdges, _embeddings
+from relp_lens.core.metrics import evaluate_metric
+from relp_lens.core.relp_mode import RelPConfig, relp
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -90,15 +90,15 @@ def attribute_head_splits(model: HookedTransformer, circuit: Circuit, prompts, *
     with: the splits then sum to the stored weights. The result's ``heads`` field holds, per edge (keyed
     ``"L3/100@-1 -> L5/20@-1"``, ``"E@-2 -> …"``, ``"… -> out"``), the residual share, the ``top`` heads by
     |weight| as ``[block, head, weight]`` and what the other heads carry (``other``); and ``totals``, every
-    head's exact total over all split edges (after pruning, :func:`relp_lens.edges.subgraph` sums the listed
+    head's exact total over all split edges (after pruning, :func:`relp_lens.circuits.edges.subgraph` sums the listed
     heads of the remaining edges and sets ``totals_exact`` to whether nothing was left out; ``top=None`` keeps
     every head, so totals stay exact).
 
     ``max_nodes``: split only the edges of the readable graph of at most that many neurons
-    (:func:`relp_lens.pruning.readable_graph`, what the report draws); the whole circuit is returned.
+    (:func:`relp_lens.circuits.pruning.readable_graph`, what the report draws); the whole circuit is returned.
     """
     if max_nodes is not None:
-        from relp_lens.pruning import readable_graph
+        from relp_lens.circuits.pruning import readable_graph
 
         drawn = attribute_head_splits(model, readable_graph(circuit, max_nodes), prompts, method=method,
                                       metric=metric, rules=rules, batch_size=batch_size, edge_batch=edge_batch,

@@ -1,17 +1,17 @@
 """Edge pruning the paper's way, judged by ablation.
 
 The full graph of a circuit has four kinds of edges: embedding → neuron and embedding → output
-(:mod:`relp_lens.graph_io`), neuron → neuron (:mod:`relp_lens.edges`) and neuron → output. For each p in
+(:mod:`relp_lens.circuits.graph_io`), neuron → neuron (:mod:`relp_lens.circuits.edges`) and neuron → output. For each p in
 ``percents``:
 
 1. keep the top p% of all edges by |weight| (at least one);
 2. a neuron survives iff it keeps at least one incoming edge (from the embeddings or a neuron) and at least
    one outgoing edge (to a neuron or the output) — the embeddings and the output count as endpoints;
 3. judge the surviving neurons by ablation (faithfulness and completeness on held-out prompts, as
-   :func:`relp_lens.ablation.evaluate_circuit`; the ablation statistics are computed once for the sweep).
+   :func:`relp_lens.circuits.ablation.evaluate_circuit`; the ablation statistics are computed once for the sweep).
 
 A neuron whose incoming edges are all pruned is not reached from the input along kept edges, and one whose
-outgoing edges are all pruned does not reach the output: the paper drops both. :func:`relp_lens.ablation.cpr_cmd`
+outgoing edges are all pruned does not reach the output: the paper drops both. :func:`relp_lens.circuits.ablation.cpr_cmd`
 with ``key="n_edges"`` summarises the curve.
 
 :func:`influence_prune` is the other way, circuit-tracer's (Ameisen et al. 2025): on the graph of neurons,
@@ -37,11 +37,11 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
-from relp_lens.ablation import Ablation, _ratios
-from relp_lens.circuit import Circuit
-from relp_lens.errors import RelPLensError
-from relp_lens.edges import subgraph
-from relp_lens.graph_io import IOEdges
+from relp_lens.circuits.ablation import Ablation, _ratios
+from relp_lens.circuits.circuit import Circuit
+from relp_lens.core.errors import RelPLensError
+from relp_lens.circuits.edges import subgraph
+from relp_lens.circuits.graph_io import IOEdges
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -82,7 +82,7 @@ def edge_pruning_sweep(model: HookedTransformer, circuit: Circuit, io: IOEdges, 
     """Faithfulness/completeness of the neurons that survive keeping the top p% of the full graph's edges.
 
     Rows: ``percent``, ``n_edges`` (kept), ``n_edges_total``, ``n_nodes`` (surviving neurons) and the ratios of
-    :func:`relp_lens.ablation.evaluate_circuit`; an empty survivor set is judged as the empty circuit.
+    :func:`relp_lens.circuits.ablation.evaluate_circuit`; an empty survivor set is judged as the empty circuit.
     """
     if not circuit.edges:
         raise RelPLensError("the circuit has no neuron edges: run attribute_edges first")

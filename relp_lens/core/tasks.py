@@ -4,7 +4,9 @@
   that controls agreement):
   ``simple`` ("The parents" → are/is), ``nounpp`` ("The teachers near the desk" → are/is), ``rc`` ("The
   athlete that the managers like" → agrees with the head noun), ``within_rc`` ("The athlete that the
-  managers" → like/likes, agrees with the embedded noun).
+  managers" → like/likes, agrees with the embedded noun). And :func:`agreement_rows`, the package's own
+  mix of ``simple`` and ``nounpp``-style pairs with are/is only ("The keys to the cabinet" → are/is), which the
+  demo, the CLI's ``--task agreement``, the benchmarks and the README's figures use.
 - Multi-hop capitals for all 50 US states (unpaired): two-hop ("the capital of the state containing
   Dallas is" → Austin) and the single hops (city → state, state → capital), plain or chat form.
 - Addition ("36 + 59 = " → 9, the first token of the sum) and antonyms in English, French, Spanish and
@@ -18,6 +20,7 @@ anyone traces a circuit for it, and :func:`load_task` resolves a task name or a 
 
 from __future__ import annotations
 
+import itertools
 import random
 import warnings
 from dataclasses import dataclass
@@ -26,8 +29,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from relp_lens.data import Prompts, make_batches, tokenize, warn_unlikely_answers
-from relp_lens.errors import RelPLensError
+from relp_lens.core.data import Prompts, make_batches, tokenize, warn_unlikely_answers
+from relp_lens.core.errors import RelPLensError
 
 if TYPE_CHECKING:  # annotations only: TransformerLens 4 has no HookedTransformer
     from transformer_lens import HookedTransformer
@@ -93,6 +96,14 @@ ANTONYMS = {
            [("groß", "klein"), ("heiß", "kalt"), ("schnell", "langsam"), ("glücklich", "traurig"), ("reich", "arm"),
             ("stark", "schwach"), ("voll", "leer"), ("lang", "kurz"), ("hoch", "niedrig"), ("jung", "alt")]),
 }
+# agreement_rows' own vocabulary (its rows, and every figure made from them, depend on these lists as they are)
+NOUNS = [("key", "keys"), ("parent", "parents"), ("author", "authors"), ("doctor", "doctors"),
+         ("teacher", "teachers"), ("student", "students"), ("farmer", "farmers"), ("manager", "managers"),
+         ("pilot", "pilots"), ("singer", "singers"), ("driver", "drivers"), ("child", "children"),
+         ("friend", "friends"), ("lawyer", "lawyers"), ("officer", "officers"), ("artist", "artists")]
+PLACES = ["cabinet", "desk", "house", "school", "table", "garden", "office", "car", "door", "window"]
+PREPS = ["to", "near", "behind", "beside", "by", "in", "on"]
+
 UNPAIRED_TASKS = ("capitals", "city_to_state", "state_to_capital", "addition", "antonyms")
 TASKS = AGREEMENT_SETS + UNPAIRED_TASKS
 
@@ -143,6 +154,29 @@ def agreement(model: HookedTransformer, kind: str = "simple", n: int = 64, seed:
         seen.add(clean)
         rows.append(dict(clean_prefix=clean, patch_prefix=patch, clean_answer=good, patch_answer=bad,
                          case=f"{kind}:{'plural' if plural else 'singular'}"))
+    return rows
+
+
+def agreement_rows(model: HookedTransformer, n: int = 32, seed: int = 0, simple_fraction: float = 0.25) -> list[dict]:
+    """``n`` paired rows: ``The {subj} [{prep} the {place}]`` → ``are``/``is``, half with plural subjects."""
+    rng = random.Random(seed)
+    combos = list(itertools.product(NOUNS, PREPS, PLACES))
+    rng.shuffle(combos)
+    rows: list[dict] = []
+    for i, ((sg, pl), prep, place) in enumerate(combos):
+        plural = i % 2 == 0
+        tail = "" if rng.random() < simple_fraction else f" {prep} the {place}"
+        clean, patch = (pl, sg) if plural else (sg, pl)
+        row = dict(clean_prefix=f"The {clean}{tail}", patch_prefix=f"The {patch}{tail}",
+                   clean_answer=" are" if plural else " is", patch_answer=" is" if plural else " are",
+                   case="nounpp" if tail else "simple")
+        if len(model.to_tokens(row["clean_prefix"])[0]) != len(model.to_tokens(row["patch_prefix"])[0]):
+            continue
+        if row in rows:
+            continue
+        rows.append(row)
+        if len(rows) == n:
+            break
     return rows
 
 
@@ -292,7 +326,7 @@ def task_report(model: HookedTransformer, rows, *, batch_size: int = 32, min_acc
                 warn: bool = True) -> TaskReport:
     """How well the model does the task; warns (:class:`TaskWarning`) below ``min_accuracy`` (50%).
 
-    Also warns (:class:`relp_lens.data.AnswerWarning`) for an answer the model almost never predicts where
+    Also warns (:class:`relp_lens.core.data.AnswerWarning`) for an answer the model almost never predicts where
     the same text with a leading space is likely (``"are"`` for ``" are"``).
     """
     data = rows if isinstance(rows, Prompts) else Prompts.from_rows(rows)

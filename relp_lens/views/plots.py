@@ -6,7 +6,7 @@
 - :func:`circuit_graph`: every circuit node placed by token position (x) and layer (y), sized and coloured
   by score, edges drawn by weight.
 - :func:`attribution_graph`: the readable graph — a pruned graph of a few dozen neurons
-  (:func:`relp_lens.pruning.readable_graph`), token embeddings along the bottom and the output at the top,
+  (:func:`relp_lens.circuits.pruning.readable_graph`), token embeddings along the bottom and the output at the top,
   edge width by |weight|; hover shows a node's label, score and card summary and an edge's weight and top
   heads; with :data:`HIGHLIGHT_JS` (the report adds it) hovering a node highlights its incoming and outgoing
   edges.
@@ -19,14 +19,14 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import torch
 
-from relp_lens.attribution import Attribution
+from relp_lens.core.attribution import Attribution
 
 
 def attribution_heatmap(attr: Attribution, *, example: int | None = None, value: str = "mass",
                         title: str | None = None, model=None) -> go.Figure:
     """Heatmap of one example, or of the mean over examples at every position of the data.
 
-    Positions follow :mod:`relp_lens.positions` (counted from the end when prompt lengths differ); the
+    Positions follow :mod:`relp_lens.core.positions` (counted from the end when prompt lengths differ); the
     axis shows the token at each position — the most common one and its share when prompts differ there.
     ``value``: ``"mass"`` (Σ|score| over the nodes of a cell) or ``"top"`` (signed score of the top node).
     With ``model``, the hover also shows the top node's clean activation (one no-grad forward pass).
@@ -177,7 +177,7 @@ def _groups(circuit) -> tuple[list, list[int]]:
     """The circuit's neuron groups (none without a ``groups`` field) and each node's group number (-1: none)."""
     if circuit.groups is None:
         return [], [-1] * len(circuit.nodes)
-    from relp_lens.groups import NeuronGroups
+    from relp_lens.analysis.groups import NeuronGroups
 
     groups = NeuronGroups.from_dict(circuit.groups)
     return groups.groups, groups.assignment([n.label() for n in circuit.nodes])
@@ -185,18 +185,18 @@ def _groups(circuit) -> tuple[list, list[int]]:
 
 def attribution_graph(circuit, *, max_nodes: int = 40, cards: dict | None = None,
                       str_tokens: list[str] | None = None) -> go.Figure:
-    """The readable attribution graph of a circuit (see :func:`relp_lens.pruning.readable_graph`).
+    """The readable attribution graph of a circuit (see :func:`relp_lens.circuits.pruning.readable_graph`).
 
     Token embeddings sit along the bottom (one node per position, labelled by its token), neurons at
     (position, layer), the output at the top; edge width ∝ |weight|, blue positive, red negative. Hover: a
     node's label, token, score and, from ``cards`` (``{(layer, index): text}``), its card summary; an edge's
     (marker at its middle) weight and its top heads when the circuit has head splits
-    (:func:`relp_lens.heads.attribute_head_splits`). Neuron groups (:func:`relp_lens.group_neurons`) outline
+    (:func:`relp_lens.circuits.heads.attribute_head_splits`). Neuron groups (:func:`relp_lens.group_neurons`) outline
     their members in one colour each (legend) and name the group on hover.
     """
-    from relp_lens.graph_io import IOEdges
-    from relp_lens.heads import OUT, edge_key, embedding_key
-    from relp_lens.pruning import readable_graph
+    from relp_lens.circuits.graph_io import IOEdges
+    from relp_lens.circuits.heads import OUT, edge_key, embedding_key
+    from relp_lens.circuits.pruning import readable_graph
 
     g = readable_graph(circuit, max_nodes)
     order, labels = _position_axis(g, str_tokens)
@@ -309,7 +309,7 @@ def attribution_graph(circuit, *, max_nodes: int = 40, cards: dict | None = None
 def faithfulness_curves(rows: list[dict]) -> go.Figure:
     """Faithfulness (solid) and completeness (dashed) against circuit size, one colour per basis · method.
 
-    ``rows``: output of :func:`relp_lens.ablation.faithfulness_sweep` (several sweeps may be concatenated).
+    ``rows``: output of :func:`relp_lens.circuits.ablation.faithfulness_sweep` (several sweeps may be concatenated).
     """
     groups: dict[str, list[dict]] = {}
     for r in rows:
@@ -333,7 +333,7 @@ def faithfulness_curves(rows: list[dict]) -> go.Figure:
 
 
 def steering_plot(sweep: dict) -> go.Figure:
-    """Token probabilities against the steering factor (output of :func:`relp_lens.steering.steering_sweep`)."""
+    """Token probabilities against the steering factor (output of :func:`relp_lens.analysis.steering.steering_sweep`)."""
     fig = go.Figure([go.Scatter(x=sweep["factors"], y=p, mode="lines+markers", name=repr(t))
                      for t, p in sweep["probs"].items()])
     fig.update_layout(title=f"steering ({sweep.get('mode', 'scale')})", xaxis_title="factor",
@@ -342,7 +342,7 @@ def steering_plot(sweep: dict) -> go.Figure:
 
 
 def group_steering_plot(result: dict) -> go.Figure:
-    """A group's steering sweep (:func:`relp_lens.steering.group_steering`): per token, the group's curve and
+    """A group's steering sweep (:func:`relp_lens.analysis.steering.group_steering`): per token, the group's curve and
     the random groups' mean ± one standard deviation as a band."""
     colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
     fig = go.Figure()

@@ -1,0 +1,55 @@
+"""The flat layout's module paths (``relp_lens.attribution``, …) kept working after the move into stage
+subpackages: one table (``relp_lens.MOVED``) and an import hook, no copies of any module.
+
+1. :func:`install` puts a finder on ``sys.meta_path`` that answers only for ``relp_lens.<old name>``.
+2. Its loader imports the module from its new place (``relp_lens.core.attribution``) and hands that same module
+   object back, so ``import relp_lens.attribution`` and ``from relp_lens.attribution import attribute`` work
+   and monkeypatching either path patches the one module.
+3. Every such use warns once per old name (``DeprecationWarning``), naming the new path.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.abc
+import importlib.util
+import sys
+import warnings
+
+_package = "relp_lens"
+_table: dict[str, str] = {}
+
+
+def old_module(name: str):
+    """The module the flat layout called ``relp_lens.<name>``, from its new place, with a warning."""
+    new = f"{_package}.{_table[name]}"
+    warnings.warn(f"{_package}.{name} moved to {new}" + (" (agreement_rows is there)" if name == "agreement" else ""),
+                  DeprecationWarning, stacklevel=3)
+    return importlib.import_module(new)
+
+
+class _Loader(importlib.abc.Loader):
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def create_module(self, spec):
+        return old_module(self.name)  # the module itself: its __name__ and __spec__ stay the new ones
+
+    def exec_module(self, module) -> None:  # already executed at its new place
+        pass
+
+
+class _Finder(importlib.abc.MetaPathFinder):
+    def find_spec(self, fullname: str, path=None, target=None):
+        package, _, name = fullname.rpartition(".")
+        if package != _package or name not in _table:
+            return None
+        return importlib.util.spec_from_loader(fullname, _Loader(name))
+
+
+def install(package: str, table: dict[str, str]) -> None:
+    global _package
+    _package = package
+    _table.update(table)
+    if not any(isinstance(f, _Finder) for f in sys.meta_path):
+        sys.meta_path.append(_Finder())
