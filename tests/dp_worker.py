@@ -16,10 +16,12 @@ from relp_lens.core.files import write_json_atomic  # noqa: E402
 
 def compute(model, rows, held_out, facts):
     """Everything the data-parallel path combines: attribution (mean and per-example), edges, input/output
-    edges, head splits, groups' per-prompt profiles, evaluation (mean and counterfactual ablation), the unpaired
+    edges, head splits, groups' per-prompt profiles, the real-text context index (its top and bottom values: tied
+    values may come from either of two contexts), evaluation (mean and counterfactual ablation), the unpaired
     mean baseline."""
     from dataclasses import replace
 
+    from relp_lens.analysis.corpus import context_index
     from relp_lens.circuits.graph_io import attribute_io_edges
     from relp_lens.analysis.groups import node_profiles
 
@@ -34,6 +36,8 @@ def compute(model, rows, held_out, facts):
     heads = relp_lens.attribute_head_splits(model, replace(circuit, io_edges=io.to_dict()), rows, batch_size=2,
                                             top=None, progress=False).heads
     profile_scores, profile_acts = node_profiles(model, circuit, rows, batch_size=2)
+    texts = [r["clean_prefix"] + r["clean_answer"] + " near the cabinets" for r in rows + held_out]
+    index = context_index(model, texts, window=5, k=3, batch_size=2, cache=False, progress=False)
     return dict(nodes=[[n.layer, n.pos, n.index, n.score] for n in circuit.nodes],
                 edges=[[e.source, e.target, e.weight] for e in circuit.edges],
                 mean=attr.mean().nan_to_num(0).flatten().tolist()[:5000],
@@ -44,7 +48,9 @@ def compute(model, rows, held_out, facts):
                 io=[io.input.flatten().tolist(), io.output.tolist(), io.direct.tolist(), io.metric,
                     io.target_output.flatten().tolist(), io.target_direct.flatten().tolist()],
                 heads=[[key, split["residual"], split["heads"]] for key, split in heads["edges"].items()],
-                head_totals=heads["totals"], profiles=[profile_scores.tolist(), profile_acts.tolist()])
+                head_totals=heads["totals"], profiles=[profile_scores.tolist(), profile_acts.tolist()],
+                contexts=[index.top_values.flatten().tolist(), index.bottom_values.flatten().tolist()],
+                contexts_found=bool((index.top_at >= 0).all() and (index.bottom_at >= 0).all()))
 
 
 def data():

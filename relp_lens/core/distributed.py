@@ -55,6 +55,16 @@ def world_size() -> int:
     return _state["world"]
 
 
+def backend() -> str | None:
+    """``"gloo"`` or ``"nccl"`` inside a run, else None."""
+    return _state.get("backend") if _state["active"] else None
+
+
+def device() -> str:
+    """Where this rank computes: ``cuda:LOCAL_RANK`` under NCCL, else ``cpu``."""
+    return str(_state.get("device", "cpu")) if _state["active"] else "cpu"
+
+
 def is_writer() -> bool:
     """True where outputs are written: rank 0 (or the only process)."""
     return _state["rank"] == 0
@@ -141,17 +151,40 @@ def stage(what: str) -> Iterator[None]:
     agree(error, what)
 
 
+def _comm_device() -> str:
+    """Where collectives run: NCCL needs CUDA tensors, Gloo CPU ones."""
+    return _state["device"] if _state.get("backend") == "nccl" else "cpu"
+
+
 def all_reduce(x: torch.Tensor) -> torch.Tensor:
     """The sum of ``x`` over the ranks (a new tensor, same dtype and device as ``x``); ``x`` outside a run."""
     if not _state["active"]:
         return x
     import torch.distributed as dist
 
-    device = _state["device"] if _state.get("backend") == "nccl" else "cpu"
-    y = x.detach().to(device, torch.float64 if x.is_floating_point() else torch.int64).clone()
+    y = x.detach().to(_comm_device(), torch.float64 if x.is_floating_point() else torch.int64).clone()
     dist.all_reduce(y, op=dist.ReduceOp.SUM)
     return y.to(x.device, x.dtype)
 
 
 def all_reduce_float(x: float) -> float:
     return float(all_reduce(torch.tensor([x], dtype=torch.float64))[0])
+
+
+def all_gather(x: torch.Tensor) -> torch.Tensor:
+    """Every rank's ``x`` stacked in rank order: ``[world, *x.shape]`` (same dtype and device as ``x``);
+    ``x[None]`` outside a run. Every rank must pass the same shape and dtype."""
+    if not _state["active"]:
+        return x[None]
+    import torch.distributed as dist
+
+    y = x.detach().to(_comm_device()).contiguous()
+    out = [torch.empty_like(y) for _ in range(_state["world"])]
+    dist.all_gather(out, y)
+    return torch.stack(out).to(x.device)
+
+
+def everywhere(flag: bool) -> bool:
+    """True when ``flag`` holds on every rank (``flag`` outside a run): for a choice every rank must make alike,
+    such as reusing a cache one node may lack."""
+    return bool(all_reduce(torch.tensor([0 if flag else 1]))[0] == 0)
