@@ -2,9 +2,10 @@
 subpackages: one table (``relp_lens.MOVED``) and an import hook, no copies of any module.
 
 1. :func:`install` puts a finder on ``sys.meta_path`` that answers only for ``relp_lens.<old name>``.
-2. Its loader imports the module from its new place (``relp_lens.core.attribution``) and hands that same module
-   object back, so ``import relp_lens.attribution`` and ``from relp_lens.attribution import attribute`` work
-   and monkeypatching either path patches the one module.
+2. Its loader imports the module from its new place (``relp_lens.core.attribution``) and puts that same module
+   object in ``sys.modules`` under the old name, which importlib then returns: ``import relp_lens.attribution``
+   and ``from relp_lens.attribution import attribute`` work, monkeypatching either path patches the one module,
+   and the module's own ``__name__`` and ``__spec__`` stay the new ones (``importlib.reload`` works).
 3. Every such use warns once per old name (``DeprecationWarning``), naming the new path.
 """
 
@@ -33,10 +34,10 @@ class _Loader(importlib.abc.Loader):
         self.name = name
 
     def create_module(self, spec):
-        return old_module(self.name)  # the module itself: its __name__ and __spec__ stay the new ones
+        return None  # a throwaway module: importlib would set its attributes (__spec__ …) on what we return
 
-    def exec_module(self, module) -> None:  # already executed at its new place
-        pass
+    def exec_module(self, module) -> None:  # importlib returns whatever sys.modules holds after this
+        sys.modules[module.__name__] = old_module(self.name)
 
 
 class _Finder(importlib.abc.MetaPathFinder):

@@ -130,8 +130,8 @@ def _load_model(args, say: Callable[[str], None]):
     model = _model(args)
     from relp_lens.core import distributed as dp
 
-    if dp.device().startswith("cuda"):
-        model = model.to(dp.device())  # NCCL: each rank's model on its own GPU
+    if dp.current_device().startswith("cuda"):
+        model = model.to(dp.current_device())  # NCCL: each rank's model on its own GPU
     return model
 
 
@@ -631,7 +631,7 @@ def _run(args) -> int:
         return args.func(args)
     with dp.data_parallel() as where:
         if dp.is_writer():
-            print(f"data parallel: {where['world']} processes ({dp.backend()})", file=sys.stderr)
+            print(f"data parallel: {where['world']} processes ({dp.current_backend()})", file=sys.stderr)
             return args.func(args)
         if hasattr(args, "no_progress"):
             args.no_progress = True

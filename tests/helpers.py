@@ -49,12 +49,6 @@ def word_tokenizer_dir() -> str:
     return path
 
 
-def _tokenizer():
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(word_tokenizer_dir())
-
-
 def tiny_hf_llama(seed: int = 0, mlp_bias: bool = False):
     """A random 3-layer Llama (RMSNorm, gated SiLU, rotary, GQA) with non-trivial norm weights."""
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -84,7 +78,7 @@ def word_tokenizer():
 
 def _finish(cfg: HookedTransformerConfig, biases: bool, seed: int) -> HookedTransformer:
     torch.manual_seed(seed)
-    model = HookedTransformer(cfg, tokenizer=_tokenizer(), move_to_device=False)
+    model = HookedTransformer(cfg, tokenizer=word_tokenizer(), move_to_device=False)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.split(".")[-1].startswith(("b", "_b")):

@@ -9,7 +9,8 @@ absent from the table is on the CPU). Inside :func:`simulated_devices`:
    back to the source device, as PyTorch's own ``_to_copy`` backward does; factories given ``device=d`` make a CPU
    tensor labelled ``d``.
 3. Every ATen op, forward and backward (a ``TorchDispatchMode`` sees the autograd engine's ops too), checks that its
-   tensor arguments share one device — 0-dim CPU tensors and CPU index tensors may mix, as in PyTorch — and raises PyTorch's error
+   tensor arguments share one device — 0-dim CPU tensors in elementwise ops and CPU index tensors may mix, as in
+   PyTorch — and raises PyTorch's error
    otherwise ("Expected all tensors to be on the same device"); its outputs get that device. ``copy_`` may cross
    devices, as in PyTorch. Tensors the engine creates itself (zero gradients) fit any device.
 
@@ -150,7 +151,7 @@ class _Functions(TorchFunctionMode):
                 return func(*args, **kwargs)
             finally:
                 torch.autograd._engine_run_backward = engine
-        if func is torch.Tensor.numpy:
+        if func in (torch.Tensor.numpy, torch.Tensor.__array__):  # np.asarray(t), np.array(t), arr[i] = t too
             d = sim.device_of(args[0])
             if d is not ANY and d.type != "cpu":
                 raise TypeError(f"can't convert {d} device type tensor to numpy. Use Tensor.cpu() to copy the "
@@ -186,14 +187,18 @@ class _Functions(TorchFunctionMode):
                     sim.place(t, dst)
             return out
         flat = tree_flatten((args, kwargs))[0]
-        has_tensor = any(isinstance(t, torch.Tensor) for t in flat)
-        sim.state.pending.append(ANY if has_tensor else CPU)
+        seen = {sim.device_of(t) for t in flat if isinstance(t, torch.Tensor)} - {ANY}
+        # a tensor an op makes inside itself (a mask, a workspace) sits on the op's device; none given: the CPU
+        sim.state.pending.append(CPU if not seen else seen.pop() if len(seen) == 1 else ANY)
         try:
             return func(*args, **kwargs)
         finally:
             sim.state.pending.pop()
 
 
+# elementwise ops (TensorIterator) accept 0-dim CPU tensors beside GPU ones; stack, matmul, gather … do not
+_SCALAR_OPS = {torch.ops.aten.where.self, torch.ops.aten.masked_fill.Tensor, torch.ops.aten.masked_fill_.Tensor,
+               torch.ops.aten.fill_.Tensor, torch.ops.aten.copy_.default}
 # indexing a GPU tensor with CPU index tensors is allowed in PyTorch
 _INDEX_OPS = {torch.ops.aten.index.Tensor, torch.ops.aten.index_put.default, torch.ops.aten.index_put_.default,
               torch.ops.aten._index_put_impl_.default}
@@ -215,10 +220,11 @@ class _Dispatch(TorchDispatchMode):
             return out
         inputs = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
         cpu_ok = {id(t) for t in tree_flatten(args[1])[0]} if func in _INDEX_OPS else set()
+        scalars_ok = torch.Tag.pointwise in func.tags or func in _SCALAR_OPS
         devices = set()
         for t in inputs:
             d = sim.device_of(t)
-            if d is ANY or (d.type == "cpu" and (t.dim() == 0 or id(t) in cpu_ok)):
+            if d is ANY or (d.type == "cpu" and ((t.dim() == 0 and scalars_ok) or id(t) in cpu_ok)):
                 continue
             devices.add(d)
         crossing = func in (torch.ops.aten.copy_.default, torch.ops.aten._copy_from.default)
@@ -251,17 +257,24 @@ def simulated_devices() -> Iterator[SimDevices]:
         yield sim
 
 
+def block_devices(n_blocks: int, devices: list[str]) -> list[torch.device]:
+    """Block i on ``devices[i * len(devices) // n_blocks]``: consecutive blocks share a device, as both
+    TransformerLens's ``n_devices`` and a balanced ``device_map`` place them."""
+    return [torch.device(devices[i * len(devices) // n_blocks]) for i in range(n_blocks)]
+
+
 def split_hooked(model, sim: SimDevices, devices: list[str]) -> list[torch.device]:
     """Split a HookedTransformer's blocks over ``devices`` as TransformerLens's ``n_devices`` does.
 
-    Block i goes to ``devices[i * len(devices) // n_layers]``; the embeddings stay with block 0's device and the
-    final norm and unembedding go with the last block. TransformerLens moves the residual stream to each block's
+    Blocks as :func:`block_devices`; the embeddings stay with block 0's device, which becomes ``cfg.device`` (where
+    ``to_tokens`` puts tokens), and the final norm and unembedding go with the last block. TransformerLens moves
+    the residual stream to each block's
     device in ``forward`` through ``get_device_for_block_index``, which the caller patches to return the returned
     list's entries (it gives ``cpu`` for every block when ``cfg.device`` is the CPU). Returns the device of
     each block.
     """
-    n = model.cfg.n_layers
-    per_block = [torch.device(devices[i * len(devices) // n]) for i in range(n)]
+    per_block = block_devices(model.cfg.n_layers, devices)
+    model.cfg.device = str(per_block[0])
     for name, module in model.named_children():
         if name == "blocks":
             for block, d in zip(module, per_block):
@@ -277,15 +290,16 @@ def split_bridge(bridge, sim: SimDevices, devices: list[str]) -> list[torch.devi
     """Split a TransformerBridge's Hugging Face model over ``devices`` as ``device_map`` does.
 
     accelerate's ``dispatch_model`` puts each decoder layer's weights on its device and a hook on it that moves
-    the layer's inputs there (``AlignDevicesHook``); the root model's hook moves the outputs back to the inputs'
-    device (``io_same_device``). Here: the embeddings and rotary tables with block 0, the final norm and the
-    unembedding with the last block, a forward pre-hook per decoder layer and a forward hook on the root.
-    Returns the device of each block; remove the hooks with the handles in ``sim.handles``.
+    the layer's inputs there (``AlignDevicesHook``); the root model's hook moves its inputs to the first device
+    and the outputs back to the inputs' device (``io_same_device``). Here: the embeddings and rotary tables with
+    block 0 (whose device becomes ``cfg.device``, as ``wrap_hf_model`` sets it from the first parameter), the
+    final norm and the unembedding with the last block, a forward pre-hook per decoder layer, a pre-hook and a
+    hook on the root. Returns the device of each block; remove the hooks with the handles in ``sim.handles``.
     """
     from torch.utils._pytree import tree_map
 
-    n = len(bridge.blocks)
-    per_block = [torch.device(devices[i * len(devices) // n]) for i in range(n)]
+    per_block = block_devices(len(bridge.blocks), devices)
+    bridge.cfg.device = str(per_block[0])
     sim.place_module(bridge.original_model, per_block[0])
     for i, block in enumerate(bridge.blocks):
         sim.place_module(block, per_block[i])
@@ -298,13 +312,21 @@ def split_bridge(bridge, sim: SimDevices, devices: list[str]) -> list[torch.devi
             return tree_map(to, args), tree_map(to, kwargs)
         return move
 
-    def back(module, args, kwargs, output):
+    arrived: list[torch.device] = []  # the device of each root call's inputs, to bring its outputs back to
+
+    def enter(module, args, kwargs):
         ids = kwargs.get("input_ids", args[0] if args else None)
-        if isinstance(ids, torch.Tensor) and getattr(output, "logits", None) is not None:
-            output.logits = output.logits.to(ids.device)
+        arrived.append(ids.device if isinstance(ids, torch.Tensor) else per_block[0])
+        return mover(per_block[0])(module, args, kwargs)
+
+    def back(module, args, kwargs, output):
+        device = arrived.pop()
+        if getattr(output, "logits", None) is not None:
+            output.logits = output.logits.to(device)
         return output
 
     sim.handles += [block._original_component.register_forward_pre_hook(mover(d), with_kwargs=True)
                     for block, d in zip(bridge.blocks, per_block)]
+    sim.handles.append(bridge.original_model.register_forward_pre_hook(enter, with_kwargs=True))
     sim.handles.append(bridge.original_model.register_forward_hook(back, with_kwargs=True))
     return per_block

@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
@@ -21,7 +22,7 @@ from helpers import AGREEMENT_ROWS, hooks_left, tiny_hf_llama, tiny_llama, word_
 from relp_lens.core import backends
 from sim_devices import simulated_devices, split_bridge, split_hooked
 
-DEVICES = ["cpu", "cuda:1", "cuda:2"]  # block 0 (and the embeddings) on the CPU, blocks 1 and 2 on two "GPUs"
+DEVICES = ["cuda:0", "cuda:1", "cuda:2"]  # one block per "GPU"; the CPU holds only what relp_lens gathers
 FACTS = [dict(clean_prefix=r["clean_prefix"], clean_answer=r["clean_answer"]) for r in AGREEMENT_ROWS]
 TEXTS = ["The keys to the cabinet are near the door", "The author near the doctors is here",
          "The parents of the doctor have keys"]
@@ -150,7 +151,8 @@ def test_split_forward_crosses_devices_and_keeps_values(unsplit_logits, split_ll
     hooks = [(f"blocks.{i}.mlp.hook_post", lambda x, hook: seen.setdefault(hook.layer(), x.device) and None)
              for i in range(3)]
     logits = model.run_with_hooks(tokens, fwd_hooks=hooks)
-    assert seen == {0: torch.device("cpu"), 1: torch.device("cuda:1"), 2: torch.device("cuda:2")}
+    assert seen == {0: torch.device("cuda:0"), 1: torch.device("cuda:1"), 2: torch.device("cuda:2")}
+    assert tokens.device == torch.device("cuda:0")  # to_tokens puts them on cfg.device
     assert logits.device == torch.device("cuda:2") and sim.crossings >= 2
     assert backends.W_U(model).device == torch.device("cuda:2")
     assert torch.equal(logits.cpu(), unsplit_logits)
@@ -163,7 +165,7 @@ def test_harness_refuses_a_forward_hook_that_mixes_devices(split_llama):
     def on_cfg_device(x, hook):  # the classic bug: a tensor made on cfg.device, not next to the activation
         return x + torch.zeros(x.shape, device=model.cfg.device)
 
-    with pytest.raises(RuntimeError, match="same device.*cpu and cuda:1"):
+    with pytest.raises(RuntimeError, match="same device.*cuda:0 and cuda:1"):
         model.run_with_hooks(model.to_tokens("The doctor"), fwd_hooks=[("blocks.1.mlp.hook_post", on_cfg_device)])
     model.reset_hooks()
     fine = model.run_with_hooks(model.to_tokens("The doctor"), fwd_hooks=[(
@@ -191,11 +193,26 @@ def test_harness_refuses_a_backward_hook_that_mixes_devices(split_llama):
 
 
 @pytest.mark.hooked
+def test_harness_refuses_what_pytorch_refuses_across_devices(split_llama):
+    """Beyond elementwise ops, a 0-dim CPU tensor may not join a GPU tensor (stack, matmul); CPU indices may."""
+    model, _, _ = split_llama
+    x = model(model.to_tokens("The doctor"))[0, -1]  # [d_vocab] on cuda:2
+    assert (x * torch.tensor(2.0)).device == x.device  # elementwise: a CPU scalar is fine
+    assert x[torch.tensor([0, 3])].shape == (2,)  # CPU index tensor: fine
+    with pytest.raises(RuntimeError, match="same device"):
+        torch.stack([x[0], torch.tensor(1.0)])
+    with pytest.raises(RuntimeError, match="same device"):
+        x @ torch.ones(x.shape[0])
+
+
+@pytest.mark.hooked
 def test_harness_refuses_numpy_of_a_gpu_tensor(split_llama):
     model, _, _ = split_llama
     logits = model(model.to_tokens("The doctor"))
     with pytest.raises(TypeError, match="cuda:2"):
         logits.numpy()
+    with pytest.raises(TypeError, match="cuda:2"):
+        np.asarray(logits)  # what sklearn, plotly and numpy code do with a tensor
     assert logits.cpu().numpy().shape == tuple(logits.shape)
 
 
@@ -234,7 +251,8 @@ def test_every_stage_on_a_split_bridge_equals_one_device(bridge_one_device):
             seen = {}
             hooks = [(f"blocks.{i}.mlp.hook_post", lambda x, hook: seen.setdefault(hook.name, x.device) and None)
                      for i in range(3)]
-            logits = bridge.run_with_hooks(bridge.to_tokens("The doctor"), fwd_hooks=hooks)
+            tokens = bridge.to_tokens("The doctor").cpu()
+            logits = bridge.run_with_hooks(tokens, fwd_hooks=hooks)
             assert list(seen.values()) == per_block and logits.device == torch.device("cpu")  # io_same_device
             got = pipeline(bridge)
         finally:

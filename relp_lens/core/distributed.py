@@ -55,13 +55,14 @@ def world_size() -> int:
     return _state["world"]
 
 
-def backend() -> str | None:
+def current_backend() -> str | None:
     """``"gloo"`` or ``"nccl"`` inside a run, else None."""
     return _state.get("backend") if _state["active"] else None
 
 
-def device() -> str:
-    """Where this rank computes: ``cuda:LOCAL_RANK`` under NCCL, else ``cpu``."""
+def current_device() -> str:
+    """The device this rank was given (``data_parallel``'s ``device``; by default ``cuda:LOCAL_RANK`` under NCCL
+    and ``cpu`` under Gloo); ``cpu`` outside a run."""
     return str(_state.get("device", "cpu")) if _state["active"] else "cpu"
 
 
@@ -103,14 +104,14 @@ def data_parallel(backend: str | None = None, device: str | None = None) -> Iter
             dist.destroy_process_group()
 
 
-def shard(items: Sequence[T], what: str = "batches") -> list[T]:
+def shard(items: Sequence[T], what: str = "batches", *, allow_empty: bool = False) -> list[T]:
     """This rank's share of ``items`` (item ``j`` to rank ``j mod world``); all of them outside a run.
 
     Every rank gets at least one item: fewer items than processes is an error (on every rank alike, since
-    every rank sees the same items)."""
+    every rank sees the same items), unless ``allow_empty`` (for sums whose empty share is harmless)."""
     if not _state["active"]:
         return list(items)
-    if len(items) < _state["world"]:
+    if len(items) < _state["world"] and not allow_empty:
         raise RelPLensError(f"{len(items)} {what} for {_state['world']} processes: every process needs at least one "
                             f"(use fewer processes, more prompts or a smaller batch_size)")
     return [x for j, x in enumerate(items) if j % _state["world"] == _state["rank"]]

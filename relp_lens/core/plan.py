@@ -33,6 +33,7 @@ Checked against measured peaks on the shipped model: ``benchmarks/plan_check.py`
 
 from __future__ import annotations
 
+import importlib.metadata
 import math
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -104,11 +105,18 @@ def _batch_bytes(s: ModelShape, positions: int, tokens: int, e: int, backend: st
 
 
 def _backend_of(model: Any) -> str:
-    from relp_lens.core import backends
-
+    """The loaded model's backend; for a name, what ``load_model``'s ``backend="auto"`` gives with the installed
+    TransformerLens (HookedTransformer through 3.x, the bridge from 4.0), read from the package metadata so that
+    planning imports neither torch nor TransformerLens."""
     if not isinstance(model, (str, ModelShape)):
+        from relp_lens.core import backends
+
         return "bridge" if backends.is_bridge(model) else "hooked"
-    return "hooked" if backends.resolve_backend("auto") == "hooked" else "bridge"
+    try:
+        major = int(importlib.metadata.version("transformer-lens").split(".")[0])
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        return "hooked"
+    return "hooked" if major < 4 else "bridge"
 
 
 def plan(model: Any, n_prompts: int, tokens: int, *, batch_size: int = 16, dtype: str = "float32",

@@ -97,12 +97,12 @@ ANTONYMS = {
             ("stark", "schwach"), ("voll", "leer"), ("lang", "kurz"), ("hoch", "niedrig"), ("jung", "alt")]),
 }
 # agreement_rows' own vocabulary (its rows, and every figure made from them, depend on these lists as they are)
-NOUNS = [("key", "keys"), ("parent", "parents"), ("author", "authors"), ("doctor", "doctors"),
-         ("teacher", "teachers"), ("student", "students"), ("farmer", "farmers"), ("manager", "managers"),
-         ("pilot", "pilots"), ("singer", "singers"), ("driver", "drivers"), ("child", "children"),
-         ("friend", "friends"), ("lawyer", "lawyers"), ("officer", "officers"), ("artist", "artists")]
-PLACES = ["cabinet", "desk", "house", "school", "table", "garden", "office", "car", "door", "window"]
-PREPS = ["to", "near", "behind", "beside", "by", "in", "on"]
+MIXED_NOUNS = [("key", "keys"), ("parent", "parents"), ("author", "authors"), ("doctor", "doctors"),
+               ("teacher", "teachers"), ("student", "students"), ("farmer", "farmers"), ("manager", "managers"),
+               ("pilot", "pilots"), ("singer", "singers"), ("driver", "drivers"), ("child", "children"),
+               ("friend", "friends"), ("lawyer", "lawyers"), ("officer", "officers"), ("artist", "artists")]
+MIXED_PLACES = ["cabinet", "desk", "house", "school", "table", "garden", "office", "car", "door", "window"]
+MIXED_PREPS = ["to", "near", "behind", "beside", "by", "in", "on"]
 
 UNPAIRED_TASKS = ("capitals", "city_to_state", "state_to_capital", "addition", "antonyms")
 TASKS = AGREEMENT_SETS + UNPAIRED_TASKS
@@ -160,7 +160,7 @@ def agreement(model: HookedTransformer, kind: str = "simple", n: int = 64, seed:
 def agreement_rows(model: HookedTransformer, n: int = 32, seed: int = 0, simple_fraction: float = 0.25) -> list[dict]:
     """``n`` paired rows: ``The {subj} [{prep} the {place}]`` → ``are``/``is``, half with plural subjects."""
     rng = random.Random(seed)
-    combos = list(itertools.product(NOUNS, PREPS, PLACES))
+    combos = list(itertools.product(MIXED_NOUNS, MIXED_PREPS, MIXED_PLACES))
     rng.shuffle(combos)
     rows: list[dict] = []
     for i, ((sg, pl), prep, place) in enumerate(combos):
