@@ -1,6 +1,6 @@
 """Throughput of data-parallel RelP attribution: 1 process vs N processes (torchrun, Gloo) on this machine.
 
-256 agreement pairs (relp_lens.core.tasks), RelP on mlp_post, ``reduce="mean"``, batch 32. Each run starts fresh;
+256 agreement pairs (relp_lens.core.tasks.agreement_rows), RelP on mlp_post, ``reduce="mean"``, batch 32. Each run starts fresh;
 the clock runs from when every process has loaded the model and made the prompts (a barrier) to when the
 combined result exists on every rank, so it counts the attribution and the all_reduce, not loading. With 2
 cores, 1 process gets ``OMP_NUM_THREADS=2`` and 2 processes 1 thread each: the same cores, split two ways.

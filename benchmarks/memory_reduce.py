@@ -2,7 +2,7 @@
 so 1,024 prompts should cost about what 64 do (target: peak RSS ratio <= 1.15x).
 
 Each measurement runs in a fresh process (peak RSS is per process): load the shipped model, make N
-agreement pairs (relp_lens.core.tasks, one template), RelP attribution on ``mlp_post``, batch 32.
+agreement pairs (relp_lens.core.tasks.agreement_rows, one template), RelP attribution on ``mlp_post``, batch 32.
 
     .venv/bin/python benchmarks/memory_reduce.py            # prints the table and the ratio
 
