@@ -212,3 +212,22 @@ def same_length_rows(model, rows=AGREEMENT_ROWS) -> list[dict]:
     """The rows whose clean prompt has as many tokens as the first one's (one batch, absolute positions)."""
     n = len(model.to_tokens(rows[0]["clean_prefix"])[0])
     return [r for r in rows if len(model.to_tokens(r["clean_prefix"])[0]) == n]
+
+
+def assert_same(a, b, path="", tol=1e-6):
+    """Nested equality of dicts, lists and tuples (``path`` names where they differ); floats to ``tol``
+    (relative and absolute), everything else exactly."""
+    import pytest
+
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), path
+        for k in a:
+            assert_same(a[k], b[k], f"{path}.{k}", tol)
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{path}[{i}]", tol)
+    elif isinstance(a, float) and a != b:
+        assert b == pytest.approx(a, rel=tol, abs=tol, nan_ok=True), path
+    else:
+        assert a == b, path

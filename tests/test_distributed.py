@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import dp_worker
+from helpers import assert_same
 from relp_lens import RelPLensError
 from relp_lens.core import distributed as dp
 
@@ -28,15 +29,6 @@ def single():
     return dp_worker.compute(*dp_worker.data())
 
 
-def close(a, b, tol=1e-6):
-    assert len(a) == len(b)
-    for x, y in zip(a, b):
-        if isinstance(x, list):
-            close(x, y, tol)
-        elif x != y:
-            assert x == pytest.approx(y, rel=tol, abs=tol), (x, y)
-
-
 @pytest.mark.hooked  # the worker builds a tiny HookedTransformer
 def test_two_gloo_processes_equal_one(single, tmp_path):
     out = tmp_path / "dp.json"
@@ -47,7 +39,7 @@ def test_two_gloo_processes_equal_one(single, tmp_path):
     assert [n[:3] for n in got["nodes"]] == [n[:3] for n in single["nodes"]]  # the same circuit
     for key in ("nodes", "edges", "mean", "per_example", "metric_clean", "metric_ref", "counts", "unpaired", "io",
                 "heads", "head_totals", "profiles", "contexts"):
-        close(got[key], single[key])
+        assert_same(got[key], single[key])
     for key in ("faithfulness", "completeness", "cf_faithfulness"):
         assert got[key] == pytest.approx(single[key], abs=1e-6)
     assert single["edges"] and any(single["per_example"]) and single["heads"] and any(single["io"][0])
@@ -100,9 +92,9 @@ def test_cli_trace_under_torchrun_equals_one_process(tmp_path):
     assert two.stdout.count("wrote ") == 1  # rank 0 alone prints and writes
     a, b = Circuit.load(tmp_path / "one.json"), Circuit.load(tmp_path / "two.json")
     assert [n.key for n in a.nodes] == [n.key for n in b.nodes]
-    close([n.score for n in a.nodes], [n.score for n in b.nodes])
+    assert_same([n.score for n in a.nodes], [n.score for n in b.nodes])
     assert [(e.source, e.target) for e in a.edges] == [(e.source, e.target) for e in b.edges]
-    close([e.weight for e in a.edges], [e.weight for e in b.edges])
+    assert_same([e.weight for e in a.edges], [e.weight for e in b.edges])
     for key in ("faithfulness", "completeness"):
         assert a.evaluation[key] == pytest.approx(b.evaluation[key], abs=1e-6)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one.json", "two.json"]  # no partial files

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import relp_lens
-from helpers import AGREEMENT_ROWS, hooks_left, tiny_hf_llama, tiny_llama, word_tokenizer
+from helpers import AGREEMENT_ROWS, assert_same, hooks_left, tiny_hf_llama, tiny_llama, word_tokenizer
 from relp_lens.core import backends
 from sim_devices import simulated_devices, split_bridge, split_hooked
 
@@ -105,22 +105,6 @@ def pipeline(model) -> dict:
     inputs = report_inputs(model, attr, circuit, held_out=AGREEMENT_ROWS, sizes=(2, 8), n_cards=2)
     out["report"] = [inputs.accuracy, inputs.curves, [c.promoted for c in inputs.cards]]
     return _lists(out)
-
-
-def assert_same(a, b, path="", tol=1e-6):
-    """Nested equality; floats to ``tol`` (relative and absolute)."""
-    if isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), path
-        for k in a:
-            assert_same(a[k], b[k], f"{path}.{k}", tol)
-    elif isinstance(a, (list, tuple)):
-        assert isinstance(b, (list, tuple)) and len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same(x, y, f"{path}[{i}]", tol)
-    elif isinstance(a, float) and a != b:
-        assert b == pytest.approx(a, rel=tol, abs=tol, nan_ok=True), path
-    else:
-        assert a == b, path
 
 
 @pytest.fixture(scope="module")

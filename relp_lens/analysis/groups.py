@@ -50,6 +50,7 @@ import torch
 from relp_lens.core import backends
 from relp_lens.core import distributed as dp
 from relp_lens.core.errors import RelPLensError
+from relp_lens.core.metrics import METRICS
 
 if TYPE_CHECKING:  # annotations only: TransformerLens 4 has no HookedTransformer
     from transformer_lens import HookedTransformer
@@ -254,7 +255,7 @@ def node_profiles(model: HookedTransformer, circuit: Circuit, rows: Sequence[dic
     method = circuit.method if circuit.method in ("relp", "grad") else "relp"
     paired = bool(rows) and "patch_prefix" in rows[0]
     attr = attribute(model, list(rows), basis=circuit.hook_names, method=method,
-                     metric=circuit.metric if circuit.metric in ("logit_diff", "logit", "logprob") else None,
+                     metric=circuit.metric if circuit.metric in METRICS else None,
                      baseline=None if paired else circuit.baseline, batch_size=batch_size, progress=progress)
     scores = attr.scores  # [prompt, layer, pos, node]
     align = attr.alignment

@@ -39,9 +39,10 @@ from tqdm.auto import tqdm
 
 from relp_lens.core import backends
 from relp_lens.core import distributed as dp
-from relp_lens.core.attribution import as_prompts, batch_gradients, prepare_run
+from relp_lens.core.attribution import BASELINES, as_prompts, batch_gradients, prepare_run
 from relp_lens.circuits.circuit import Circuit, CircuitEdge
 from relp_lens.core.errors import RelPLensError
+from relp_lens.core.metrics import METRICS
 from relp_lens.core.positions import require
 from relp_lens.core.relp_mode import RelPConfig, relp
 
@@ -119,6 +120,19 @@ def node_seeds(nodes: Sequence, chunk: Sequence[int], at: Sequence[int | None], 
     return seeds
 
 
+def circuit_run(model: HookedTransformer, circuit: Circuit, prompts, metric, rules: RelPConfig | None,
+                batch_size: int):
+    """The prompts, attribution run and batches that recompute what ``circuit`` was scored with, for its edges,
+    input/output edges and head splits: its metric unless ``metric`` is given (a named one only: a callable is
+    not stored) and, for unpaired prompts, its baseline. Returns ``(data, run, batches)``."""
+    data = as_prompts(prompts)
+    if metric is None:
+        metric = circuit.metric if circuit.metric in METRICS else None
+    baseline = None if data.paired or circuit.baseline not in BASELINES else circuit.baseline
+    run, batches, _, _ = prepare_run(model, data, circuit.hook_names, metric, baseline, rules, batch_size)
+    return data, run, batches
+
+
 def attribute_edges(
     model: HookedTransformer,
     circuit: Circuit,
@@ -144,11 +158,7 @@ def attribute_edges(
     blocks = edge_layers(circuit.hook_names)
     if circuit.hook_names[0].endswith("mlp.hook_post"):
         backends.check_neuron_directions(model)
-    data = as_prompts(prompts)
-    if metric is None:
-        metric = circuit.metric if circuit.metric in ("logit_diff", "logit", "logprob") else None
-    baseline = None if data.paired or circuit.baseline not in ("zero", "mean") else circuit.baseline
-    run, batches, tok, _ = prepare_run(model, data, circuit.hook_names, metric, baseline, rules, batch_size)
+    data, run, batches = circuit_run(model, circuit, prompts, metric, rules, batch_size)
     # every node's position in every prompt (negative: from the end); a missing one is an error
     where = {batch.clean_tokens.shape[1]: node_positions(circuit.nodes, batch, data, run) for batch in batches}
 

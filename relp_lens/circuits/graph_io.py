@@ -50,9 +50,9 @@ from tqdm.auto import tqdm
 
 from relp_lens.core import backends
 from relp_lens.core import distributed as dp
-from relp_lens.core.attribution import as_prompts, batch_gradients, prepare_run
+from relp_lens.core.attribution import batch_gradients
 from relp_lens.circuits.circuit import Circuit
-from relp_lens.circuits.edges import edge_layers, keep_hook, leaf_hook, node_positions, node_seeds
+from relp_lens.circuits.edges import circuit_run, edge_layers, keep_hook, leaf_hook, node_positions, node_seeds
 from relp_lens.core.errors import RelPLensError
 from relp_lens.core.metrics import evaluate_metric
 from relp_lens.core.relp_mode import RelPConfig, relp
@@ -137,11 +137,7 @@ def attribute_io_edges(model: HookedTransformer, circuit: Circuit, prompts, *, m
         raise RelPLensError("input/output edges are defined for MLP neurons (basis mlp_post)")
     blocks = edge_layers(circuit.hook_names)
     backends.check_neuron_directions(model)
-    data = as_prompts(prompts)
-    if metric is None:
-        metric = circuit.metric if circuit.metric in ("logit_diff", "logit", "logprob") else None
-    baseline = None if data.paired or circuit.baseline not in ("zero", "mean") else circuit.baseline
-    run, batches, _, _ = prepare_run(model, data, circuit.hook_names, metric, baseline, rules, batch_size)
+    data, run, batches = circuit_run(model, circuit, prompts, metric, rules, batch_size)
     if run.baseline == "mean":
         raise RelPLensError("input edges need an embedding reference: paired data or the zero baseline "
                             "(the mean baseline has none yet)")

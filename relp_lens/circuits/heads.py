@@ -54,9 +54,9 @@ from tqdm.auto import tqdm
 
 from relp_lens.core import backends
 from relp_lens.core import distributed as dp
-from relp_lens.core.attribution import as_prompts, batch_gradients, prepare_run
+from relp_lens.core.attribution import batch_gradients
 from relp_lens.circuits.circuit import Circuit
-from relp_lens.circuits.edges import edge_layers, keep_hook, leaf_hook, node_positions, node_seeds
+from relp_lens.circuits.edges import circuit_run, edge_layers, keep_hook, leaf_hook, node_positions, node_seeds
 from relp_lens.core.errors import RelPLensError
 from relp_lens.circuits.graph_io import EMBED_HOOKS, IOEdges, _embeddings
 from relp_lens.core.metrics import evaluate_metric
@@ -119,11 +119,7 @@ def attribute_head_splits(model: HookedTransformer, circuit: Circuit, prompts, *
     missing = [n for n in z_names if n not in model.hook_dict]
     if missing:
         raise RelPLensError(f"head splits need every attention layer's hook_z; this model lacks {missing[:3]}")
-    data = as_prompts(prompts)
-    if metric is None:
-        metric = circuit.metric if circuit.metric in ("logit_diff", "logit", "logprob") else None
-    baseline = None if data.paired or circuit.baseline not in ("zero", "mean") else circuit.baseline
-    run, batches, _, _ = prepare_run(model, data, circuit.hook_names, metric, baseline, rules, batch_size)
+    data, run, batches = circuit_run(model, circuit, prompts, metric, rules, batch_size)
     nodes = circuit.nodes
     io = IOEdges.from_dict(circuit.io_edges, len(nodes)) if circuit.io_edges is not None else None
     if io is not None and run.baseline == "mean":
