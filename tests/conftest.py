@@ -1,6 +1,17 @@
+import os
+
 import pytest
+from hypothesis import HealthCheck, settings
 
 from relp_lens.core import backends
+
+# Property-based tests (hypothesis): CI runs a small, derandomized budget, so the same examples run every time
+# (the cases hypothesis once found are pinned with @example); `HYPOTHESIS_PROFILE=long` searches further.
+_SLOW_OK = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large]
+settings.register_profile("ci", max_examples=40, derandomize=True, deadline=None, print_blob=True,
+                          suppress_health_check=_SLOW_OK)
+settings.register_profile("long", max_examples=1000, deadline=None, suppress_health_check=_SLOW_OK)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 # TransformerLens 4 has no HookedTransformer: tests marked `hooked` are skipped there, and so is every test
 # that builds a tiny HookedTransformer through helpers (the builders skip). test_rules.py imports

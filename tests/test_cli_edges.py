@@ -330,11 +330,11 @@ def test_trace_heads_and_influence_pruning(tmp_path, capsys, tiny, rows_file):
 
 @pytest.mark.parametrize("extra, message", [(["--heads"], "--heads needs --edges"),
                                             (["--influence-prune", "0.8", "0.98"], "--influence-prune needs --edges"),
-                                            (["--edges", "--influence-prune", "0", "1"], "thresholds must be in"),
-                                            (["--graph-nodes", "0"], "--graph-nodes must be"),
+                                            (["--edges", "--influence-prune", "0", "1"], "argument --influence-prune: must be a number in (0, 1]"),
+                                            (["--graph-nodes", "0"], "argument --graph-nodes: must be a positive integer"),
                                             (["--edges", "--heads", "--basis", "mlp_out"], "needs the mlp_post basis"),
                                             (["--group-prompts", "8"], "--group-prompts needs --groups"),
-                                            (["--groups", "--group-prompts", "1"], "--group-prompts must be"),
+                                            (["--groups", "--group-prompts", "1"], "argument --group-prompts: must be an integer ≥ 2"),
                                             (["--groups", "--k", "1"], "at least 2 neurons"),
                                             (["--corpus", "sotu"], "needs --report")])
 def test_graph_options_are_checked_before_the_model_loads(extra, message, no_model, rows_file, tmp_path, capsys):

@@ -68,7 +68,7 @@ def test_bos_default_and_tokenizer_cache(smollm, tmp_path, monkeypatch):
 def test_bad_model_names(tmp_path):
     with pytest.raises(ValueError, match="unknown shipped model 'gpt-5'"):
         relp_lens.load_model("gpt-5")
-    with pytest.raises(FileNotFoundError, match="GGUF file not found"):
+    with pytest.raises(relp_lens.RelPLensError, match="GGUF file not found"):
         relp_lens.load_model(gguf_path=tmp_path / "missing.gguf")
 
 

@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 
 import torch
 
+from relp_lens.core import validate
 from relp_lens.core.errors import RelPLensError
 
 T = TypeVar("T")
@@ -80,6 +81,8 @@ def data_parallel(backend: str | None = None, device: str | None = None) -> Iter
 
     if _state["active"]:
         raise RelPLensError("data_parallel() blocks do not nest")
+    if device is not None:
+        device = str(validate.device(device))
     if not launched():
         yield {"rank": 0, "world": 1, "device": device or "cpu"}
         return

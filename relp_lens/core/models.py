@@ -47,7 +47,7 @@ import einops
 import numpy as np
 import torch
 
-from relp_lens.core import backends
+from relp_lens.core import backends, validate
 from relp_lens.core.errors import RelPLensError
 
 if TYPE_CHECKING:  # imported where used: TransformerLens 4 has neither
@@ -338,9 +338,17 @@ def load_model(
             their logits agree to < 1e-4.
     """
     backend = backends.resolve_backend(backend)
+    device = validate.device(device)
+    n_ctx = validate.positive_int(n_ctx, "n_ctx")
+    if bos is not None and not isinstance(bos, str):
+        raise RelPLensError(f"bos must be a token string or None, got {type(bos).__name__}")
+    if gguf_path is not None and not isinstance(gguf_path, (str, os.PathLike)):
+        raise RelPLensError(f"gguf_path must be a path, got {type(gguf_path).__name__}")
     path = Path(gguf_path) if gguf_path is not None else shipped_gguf_path(name)
+    if path.is_dir():
+        raise RelPLensError(f"gguf_path {path} is a folder; give the .gguf file")
     if not path.is_file():
-        raise FileNotFoundError(f"GGUF file not found: {path}")
+        raise (RelPLensError if gguf_path is not None else FileNotFoundError)(f"GGUF file not found: {path}")
     label = name if gguf_path is None else path.stem
     from gguf import GGUFReader
 
@@ -349,6 +357,8 @@ def load_model(
         arch = _field(reader, "general.architecture")
     except (ValueError, IndexError, KeyError, TypeError) as e:  # bad magic, truncated file, bad field
         raise RelPLensError(f"{path}: not a readable GGUF file ({e})") from None
+    except PermissionError as e:
+        raise RelPLensError(f"{path}: cannot read the GGUF file ({e.strerror})") from e
     if arch not in ARCHITECTURES:
         raise RelPLensError(f"{path}: GGUF architecture {arch!r} is not supported; supported: {list(ARCHITECTURES)}"
                             " (any other Hugging Face model: relp_lens.wrap_hf_model(hf_model, tokenizer))")
