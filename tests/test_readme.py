@@ -79,3 +79,19 @@ def test_readme_python_blocks_run_top_to_bottom(tmp_path):
                                   f"--- stdout (tail) ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-8000:]}")
     assert (tmp_path / "circuit.json").is_file() and (tmp_path / "report.html").is_file()
     print(f"README blocks ran in {elapsed:.1f} s")
+
+
+DOCS = sorted((ROOT / "docs").glob("*.md"))
+
+
+@pytest.mark.parametrize("page", [p for p in DOCS if python_blocks(p.read_text(encoding="utf-8"))],
+                         ids=lambda p: p.name)
+def test_docs_python_blocks_run(page, tmp_path):
+    """Every docs page's ```python blocks, joined in order, run as pasted (from a scratch folder)."""
+    blocks = python_blocks(page.read_text(encoding="utf-8"))
+    script = tmp_path / "page.py"
+    script.write_text("\n".join(blocks), encoding="utf-8")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, f"{page.name}: exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
