@@ -80,46 +80,24 @@ def _error(message: str) -> int:
 
 
 # -- inputs ------------------------------------------------------------------------------------------------
-def _first_bad_byte(path: Path, err: UnicodeDecodeError) -> int:
-    """Offset in the file of its first byte that is not UTF-8 (``err`` only knows its read buffer)."""
-    try:
-        path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as e:
-        return e.start
-    except OSError:
-        pass
-    return err.start
-
-
-def _read_input(what: str, path: str, load: Callable[[Path], object]):
-    """``load(path)``, with one-line errors for a folder and for a file that is not UTF-8 text."""
-    p = Path(path)
-    if p.is_dir():
-        raise RelPLensError(f"{what} {path} is a folder; give a file")
-    try:
-        return load(p)
-    except UnicodeDecodeError as e:
-        raise RelPLensError(f"{path}: not UTF-8 text (byte {_first_bad_byte(p, e)})") from None
-
-
 def _read_prompts(path: str):
     """The validated prompts of a JSONL data file (read before the model loads); each remembers its
     ``file:line`` for later errors."""
     from relp_lens.core.data import Prompts
 
-    return _read_input("--data", path, lambda p: Prompts.from_jsonl(path))
+    return Prompts.from_jsonl(path)  # a folder, a missing file, bytes that are not UTF-8: RelPLensError
 
 
 def _read_rows(path: str) -> list[dict]:
     return _read_prompts(path).to_rows()
 
 
-def _check_tokens(model, prompts) -> None:
+def _check_tokens(model, prompts, prepend_bos: bool | None) -> None:
     """Tokenize once before any computation: token-level data errors (paired lengths, multi-token answers,
     prompts longer than the context) name their ``file:line`` right after the model loads."""
     from relp_lens.core.data import tokenize
 
-    tokenize(model, prompts)
+    tokenize(model, prompts, prepend_bos=prepend_bos)
 
 
 def _model(args):
@@ -250,7 +228,7 @@ def _graph_writers(model, attr, circuit, outputs: dict[str, Path], slug: str) ->
     from relp_lens.circuits.graph_export import INDEX_FILE, to_json, updated_index
 
     prompt = attr.prompts.clean[0]
-    tokens = model.to_tokens(prompt)  # [1, pos]
+    tokens = model.to_tokens(prompt, prepend_bos=attr.prepend_bos)  # [1, pos]
     label, target, prob = circuit.metric, None, None
     if attr.prompts.answers and len(attr.prompts.answers[0]) == 1:  # one target: the output node is its logit
         from relp_lens.core.data import answer_token
@@ -307,7 +285,7 @@ def cmd_trace(args) -> int:
 
         say(f"making the {args.task!r} prompts ...")
         prompts = Prompts.from_rows(_task_rows(model, args.task, args.n_prompts + args.n_eval, args.seed))
-    _check_tokens(model, prompts)
+    _check_tokens(model, prompts, args.prepend_bos)
     build, held_out = _split(prompts, args.n_prompts, args.n_eval, args.seed)
     circuit, attr, accuracy = _build_circuit(args, model, build, held_out, task, say)
     held_out = circuit.data["eval_rows"]  # (only the prompts the model gets right, with --only-correct)
@@ -347,16 +325,16 @@ def _build_circuit(args, model, build, held_out, task: str | None,
     progress = not args.no_progress
     accuracy = None
     if build.answers is not None:
-        report = task_report(model, build, batch_size=args.batch_size, warn=False)
+        report = task_report(model, build, batch_size=args.batch_size, warn=False, prepend_bos=args.prepend_bos)
         accuracy = str(report)
         print(f"{len(build)} build prompts, {len(held_out)} held out; task {report}")
         if report.accuracy < MIN_ACCURACY:
             print(f"warning: the model gets only {report.accuracy:.0%} of the build prompts right; a circuit "
                   f"for a behaviour the model does not have means little", file=sys.stderr)
         if args.only_correct:
-            build = only_correct(model, build, batch_size=args.batch_size)
+            build = only_correct(model, build, batch_size=args.batch_size, prepend_bos=args.prepend_bos)
             if len(held_out):
-                held_out = only_correct(model, held_out, batch_size=args.batch_size)
+                held_out = only_correct(model, held_out, batch_size=args.batch_size, prepend_bos=args.prepend_bos)
             print(f"--only-correct: tracing on the {len(build)} build and evaluating on the {len(held_out)} "
                   f"held-out prompts the model gets right")
     elif args.only_correct:
@@ -364,7 +342,7 @@ def _build_circuit(args, model, build, held_out, task: str | None,
     baseline = None if build.paired else args.baseline
     say(f"attributing {len(build)} build prompts ({args.method}, basis {args.basis}) ...")
     attr = relp_lens.attribute(model, build, basis=args.basis, method=args.method, batch_size=args.batch_size,
-                               baseline=baseline, reduce="mean", progress=progress)
+                               baseline=baseline, reduce="mean", progress=progress, prepend_bos=args.prepend_bos)
     if attr.alignment.end_aligned:
         print(f"prompts differ in token length: positions count from the end (-1 = last token) after the "
               f"{attr.alignment.n_shared} token(s) every prompt starts with")
@@ -477,7 +455,7 @@ def cmd_evaluate(args) -> int:
     from relp_lens.circuits.ablation import evaluate_circuit
     from relp_lens.circuits.circuit import Circuit
 
-    circuit = _read_input("circuit", args.circuit, Circuit.load)  # validate before the (slow) model load
+    circuit = Circuit.load(args.circuit)  # validate before the (slow) model load
     if not circuit.nodes:
         raise RelPLensError(f"{args.circuit}: the circuit is empty")
     sizes = args.sweep or []
@@ -491,7 +469,8 @@ def cmd_evaluate(args) -> int:
     model = _load_model(args, say)
     circuit.check_model(model)
     say(f"evaluating {len(circuit)} nodes on {len(rows)} held-out prompts ...")
-    ev = evaluate_circuit(model, circuit, rows, ablation=args.ablation, batch_size=args.batch_size, warn=False)
+    ev = evaluate_circuit(model, circuit, rows, ablation=args.ablation, batch_size=args.batch_size, warn=False,
+                          prepend_bos=args.prepend_bos)
     print(f"{len(circuit)} nodes on {ev['n_prompts']} held-out prompts ({ev['ablation']} ablation): faithfulness "
           f"{ev['faithfulness']:+.3f}, completeness {ev['completeness']:+.3f}  (F(M) {ev['f_model']:+.3f}, "
           f"F(∅) {ev['f_empty']:+.3f})")
@@ -502,7 +481,8 @@ def cmd_evaluate(args) -> int:
         print(f"{'k':>6s} {'faithfulness':>13s} {'completeness':>13s}")
         for k in sizes:
             sub = replace(circuit, nodes=ranked[:k], edges=[])
-            r = evaluate_circuit(model, sub, rows, ablation=args.ablation, batch_size=args.batch_size, warn=False)
+            r = evaluate_circuit(model, sub, rows, ablation=args.ablation, batch_size=args.batch_size, warn=False,
+                                 prepend_bos=args.prepend_bos)
             weak.append(r)
             print(f"{len(sub):6d} {r['faithfulness']:+13.3f} {r['completeness']:+13.3f}")
     from relp_lens.circuits.ablation import verdict
@@ -534,6 +514,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="TransformerLens model: HookedTransformer (hooked), TransformerBridge (bridge), or "
                              "auto: HookedTransformer where TransformerLens 3.x has it, else the bridge")
         sp.add_argument("--batch-size", type=POS_INT, default=16, help="prompts per forward pass (default 16)")
+        sp.add_argument("--prepend-bos", action=argparse.BooleanOptionalAction, default=None,
+                        help="start every prompt with the BOS token, or not (default: as the model's own to_tokens "
+                             "does, cfg.default_prepend_bos; evaluate: as the circuit was traced)")
 
     t = sub.add_parser("trace", help="build a circuit and write it as JSON",
                        description="Attribute, select nodes, evaluate on held-out prompts, write the circuit JSON.")

@@ -53,12 +53,15 @@ def tiny_hf_llama(seed: int = 0, mlp_bias: bool = False):
     """A random 3-layer Llama (RMSNorm, gated SiLU, rotary, GQA) with non-trivial norm weights."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(vocab_size=len(WORDS) + 2, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16,
-                      rms_norm_eps=1e-5, tie_word_embeddings=False, bos_token_id=0, eos_token_id=0,
-                      pad_token_id=0, mlp_bias=mlp_bias)
-    torch.manual_seed(seed)
-    hf = LlamaForCausalLM(cfg)
+    torch.manual_seed(seed)  # seeded before the model is built: its weights are the same as they always were
+    return _random_init(LlamaForCausalLM(LlamaConfig(**_tiny_decoder_kwargs(mlp_bias=mlp_bias))))
+
+
+def _random_init(hf, seed: int | None = None):
+    """Random weights with non-trivial norm weights and small biases (every parameter is overwritten), drawn
+    after ``torch.manual_seed(seed)`` (``None``: from the generator as it stands); the model in eval mode."""
+    if seed is not None:
+        torch.manual_seed(seed)
     with torch.no_grad():
         for name, p in hf.named_parameters():
             if "norm" in name:
@@ -68,6 +71,39 @@ def tiny_hf_llama(seed: int = 0, mlp_bias: bool = False):
             else:
                 p.copy_(torch.randn_like(p) / math.sqrt(p.shape[-1]))
     return hf.eval()
+
+
+def _tiny_decoder_kwargs(**overrides) -> dict:
+    """A tiny decoder's Hugging Face config keywords (3 layers, width 32, GQA), ``overrides`` applied."""
+    return dict(vocab_size=len(WORDS) + 2, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16, rms_norm_eps=1e-5,
+                tie_word_embeddings=False, bos_token_id=0, eos_token_id=0, pad_token_id=0) | overrides
+
+
+def tiny_hf_olmo2(seed: int = 0):
+    """A random 3-layer OLMo 2: RMSNorm *after* attention and after the MLP (no pre-norms), q/k norms, gated
+    SiLU MLP, rotary, GQA. TransformerLens 3.9's bridge calls the post-MLP norm ``ln2``, 4.x ``ln2_post``."""
+    from transformers import Olmo2Config, Olmo2ForCausalLM
+
+    return _random_init(Olmo2ForCausalLM(Olmo2Config(**_tiny_decoder_kwargs())), seed)
+
+
+def tiny_hf_phi3(seed: int = 0):
+    """A random 3-layer Phi-3: one joint ``gate_up_proj`` per MLP (the bridge splits it into gate and up and
+    recomputes ``SiLU(gate) · up`` itself), a joint ``qkv_proj``, RMSNorm, rotary, GQA."""
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    return _random_init(Phi3ForCausalLM(Phi3Config(**_tiny_decoder_kwargs())), seed)
+
+
+def tiny_hf_qwen2(seed: int = 0):
+    """A random 2-layer Qwen2 (its TransformerLens adapter sets ``default_prepend_bos=False``)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    kwargs = _tiny_decoder_kwargs(num_hidden_layers=2)
+    del kwargs["rms_norm_eps"]  # Qwen2's default
+    torch.manual_seed(seed)  # seeded before the model is built, as tiny_hf_llama
+    return _random_init(Qwen2ForCausalLM(Qwen2Config(**kwargs)))
 
 
 def word_tokenizer():
@@ -146,6 +182,123 @@ def tiny_attn_only(seed: int = 0) -> HookedTransformer:
 def hooks_left(model: HookedTransformer) -> list[str]:
     """Names of hook points that still carry a forward or backward hook."""
     return [n for n, hp in model.hook_dict.items() if hp.fwd_hooks or hp.bwd_hooks]
+
+
+# --- edges by brute force (test_edges, test_structure) ----------------------------------------------------
+def token_id(model, word: str) -> int:
+    """The id of ``word`` (leading space stripped) in the model's word-level tokenizer, on either backend."""
+    return model.tokenizer.convert_tokens_to_ids(word.strip())
+
+
+def capture(model, tokens, names) -> dict[str, torch.Tensor]:
+    """The values of the hook points ``names`` on ``tokens``, detached copies. Hook names are bound in
+    closures (a bridge's ``hook.name`` may be an alias's)."""
+    from relp_lens.core import backends
+
+    got = {}
+
+    def grab(name):
+        def hook(x, hook):
+            got[name] = x.detach().clone()
+
+        return hook
+
+    with torch.no_grad(), backends.hooks(model, fwd_hooks=[(n, grab(n)) for n in names]):
+        model(tokens)
+    return got
+
+
+def edge_circuit(model, basis_hook: str = "blocks.{L}.mlp.hook_post", width: int | None = None) -> "Circuit":
+    """Seven nodes over layers 0-2 (some at one position, some summed over positions), no edges yet.
+
+    Args:
+        model: the model (its layers, ``d_mlp`` and facts).
+        basis_hook: the nodes' hook point, ``{L}`` standing for the layer.
+        width: the basis width (``d_mlp`` when not given).
+
+    Returns:
+        A :class:`Circuit` for :func:`relp_lens.circuits.edges.attribute_edges`.
+    """
+    from relp_lens.circuits.circuit import Circuit, CircuitNode, model_facts
+
+    hooks = [basis_hook.format(L=l) for l in range(model.cfg.n_layers)]
+    width = width or model.cfg.d_mlp
+    nodes = [CircuitNode(0, 2, 3), CircuitNode(0, None, 5), CircuitNode(1, 4, 1), CircuitNode(1, 5, 7),
+             CircuitNode(2, 5, 0), CircuitNode(2, None, 9), CircuitNode(1, 2, 11)]
+    return Circuit(nodes=nodes, basis="mlp_post", hook_names=hooks, node_width=width, model=model_facts(model))
+
+
+def brute_force_edges(model, circuit, rows, use_relp: bool) -> torch.Tensor:
+    """``w(u→d) = Σ ∇_d m · J · Δu`` with ``J = jacobian(d(u))`` taken by setting ``u``'s ``hook_post`` and
+    holding every intermediate ``hook_post`` at its clean value (the MLP between them constant), the metric
+    ``m`` the clean answer's logit minus the patch answer's, averaged over ``rows``. Hook names are bound in
+    closures (a bridge's ``hook.name`` may be an alias's), so it runs on either backend.
+
+    Returns:
+        ``[source, target]`` weights (float64), indexed like ``circuit.nodes``.
+    """
+    from relp_lens.core import backends
+    from relp_lens.core.relp_mode import relp
+
+    hooks = circuit.hook_names
+    n = len(circuit.nodes)
+    W = torch.zeros(n, n, dtype=torch.float64)
+    ctx = (lambda: relp(model)) if use_relp else torch.enable_grad
+    for row in rows:
+        clean, patch = model.to_tokens(row["clean_prefix"]), model.to_tokens(row["patch_prefix"])
+        good, bad = token_id(model, row["clean_answer"]), token_id(model, row["patch_answer"])
+        cc, pc = capture(model, clean, hooks), capture(model, patch, hooks)
+        store = {}
+
+        def keep(name):
+            def hook(x, hook):
+                x = x if x.requires_grad else x.detach().requires_grad_(True)
+                store[name] = x
+                return x
+
+            return hook
+
+        # ∇_d m in the full model
+        with torch.enable_grad(), ctx(), backends.hooks(model, fwd_hooks=[(h, keep(h)) for h in hooks]):
+            logits = model(clean)
+            grads = torch.autograd.grad(logits[0, -1, good] - logits[0, -1, bad], [store[h] for h in hooks])
+        for j, u in enumerate(circuit.nodes):
+            for i, d in enumerate(circuit.nodes):
+                if d.layer <= u.layer:
+                    continue
+
+                def d_of(v, u=u, d=d):
+                    out = {}
+
+                    def grab(x, hook):
+                        out["d"] = x
+                        return x
+
+                    fwd = [(hooks[u.layer], lambda x, hook: v), (hooks[d.layer], grab)]
+                    fwd += [(hooks[l], lambda x, hook, l=l: cc[hooks[l]]) for l in range(u.layer + 1, d.layer)]
+                    with ctx(), backends.hooks(model, fwd_hooks=fwd):
+                        model(clean)
+                    return out["d"][0, :, d.index]  # [pos]
+
+                with torch.enable_grad():
+                    J = torch.autograd.functional.jacobian(d_of, cc[hooks[u.layer]])[:, 0]  # [pos_d, pos_u, width]
+                delta = (pc[hooks[u.layer]] - cc[hooks[u.layer]])[0]  # [pos_u, width]
+                gd = grads[d.layer][0, :, d.index]  # [pos_d]
+                if d.pos is not None:
+                    mask = torch.zeros_like(gd)
+                    mask[d.pos] = 1
+                    gd = gd * mask
+                contrib = torch.einsum("p,pqw,qw->qw", gd, J, delta)[:, u.index]  # [pos_u]
+                W[j, i] += (contrib.sum() if u.pos is None else contrib[u.pos]).item()
+    return W / len(rows)
+
+
+def edge_matrix(circuit) -> torch.Tensor:
+    """A circuit's edges as a ``[source, target]`` matrix (float64; zero where there is no edge)."""
+    W = torch.zeros(len(circuit.nodes), len(circuit.nodes), dtype=torch.float64)
+    for e in circuit.edges:
+        W[e.source, e.target] = e.weight
+    return W
 
 
 # --- headless browser (the report test) -------------------------------------------------------------------

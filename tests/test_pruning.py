@@ -49,7 +49,7 @@ def test_sweep_judges_the_survivors():
     assert xs[-1] == 1.0
     assert scores["cpr"] == pytest.approx(sum((x1 - x0) * (f0 + f1) / 2
                                               for x0, x1, f0, f1 in zip(xs, xs[1:], fs, fs[1:])))
-    with pytest.raises(RelPLensError, match="percents must be in"):
+    with pytest.raises(RelPLensError, match="percents must be a number in"):
         edge_pruning_sweep(model, circuit, io, rows, percents=[0], progress=False)
 
 

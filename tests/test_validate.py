@@ -74,6 +74,25 @@ def test_int_list(vs):
             validate.int_list(vs, "sizes")
 
 
+@given(v=ANYTHING)
+@example(v=True)
+@example(v=np.int64(3))
+def test_is_int(v):
+    assert validate.is_int(v) is _is_integer(v)
+    assert validate.is_int(v, numpy=False) is (isinstance(v, int) and not isinstance(v, bool))
+
+
+def test_show_and_need():
+    assert validate.show("x") == "'x'"
+    assert validate.show("x" * 100) == "'" + "x" * 56 + "..." and len(validate.show("x" * 100)) == 60
+    assert validate.show("x" * 100, 20) == "'" + "x" * 16 + "..."
+    assert validate.show("x" * 300, 200, length=True) == "'" + "x" * 199 + "… (302 characters)"
+    assert validate.show("x" * 10, 200, length=True) == "'" + "x" * 10 + "'"
+    validate.need(True, "k", "a positive integer", 0)
+    with pytest.raises(RelPLensError, match=r"^selection\.k must be a non-negative integer, got 'x{56}\.\.\.$"):
+        validate.need(0, "selection.k", "a non-negative integer", "x" * 80)
+
+
 @pytest.mark.parametrize("dev", ["cuda", "cuda:3", "mps", "xpu:0", "gpu", "cuda:-1", 7.5, "cpu:x"])
 def test_device_refused_before_loading(dev):
     if isinstance(dev, str) and dev.startswith("cuda") and dev != "cuda:-1" and torch.cuda.device_count() > 3:

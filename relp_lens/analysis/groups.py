@@ -7,6 +7,7 @@ open question. relp_lens groups them from what the neurons share:
    - its attribution score on each prompt, ``[prompt, node]`` (the circuit's gradient method, RelP for
      anything else; ``pos=None``: summed over the prompt's positions, as selection sums it);
    - its clean activation on each prompt at its position (``pos=None``: the mean over the prompt's positions).
+   Prompts are tokenized as the circuit's were (with BOS or not, ``circuit.prepend_bos``).
    A position is found in each prompt as evaluation finds it (:func:`relp_lens.core.positions.resolve` with these
    prompts' shared prefix). A node absent from some prompts (a warning names it) counts as attribution 0
    there, and its activation as its mean over the other prompts; absent from every prompt is an error.
@@ -49,6 +50,7 @@ import torch
 
 from relp_lens.core import backends
 from relp_lens.core import distributed as dp
+from relp_lens.core import validate
 from relp_lens.core.errors import RelPLensError
 from relp_lens.core.metrics import METRICS
 
@@ -256,13 +258,14 @@ def node_profiles(model: HookedTransformer, circuit: Circuit, rows: Sequence[dic
     paired = bool(rows) and "patch_prefix" in rows[0]
     attr = attribute(model, list(rows), basis=circuit.hook_names, method=method,
                      metric=circuit.metric if circuit.metric in METRICS else None,
-                     baseline=None if paired else circuit.baseline, batch_size=batch_size, progress=progress)
+                     baseline=None if paired else circuit.baseline, batch_size=batch_size, progress=progress,
+                     prepend_bos=circuit.prepend_bos)  # tokenized as the circuit's own prompts: same positions
     scores = attr.scores  # [prompt, layer, pos, node]
     align = attr.alignment
     from relp_lens.core.data import make_batches, tokenize
     from relp_lens.core.positions import resolve
 
-    tok = tokenize(model, attr.prompts)
+    tok = tokenize(model, attr.prompts, attr.prepend_bos)
     hooks = sorted({circuit.hook_names[n.layer] for n in circuit.nodes})
     n_ex, n = attr.n_examples, len(circuit.nodes)
     out_s, out_a = np.zeros((n_ex, n)), np.zeros((n_ex, n))
@@ -380,6 +383,14 @@ def group_neurons(model: HookedTransformer, circuit: Circuit, rows: Sequence[dic
         seed, n_seeds, n_subsets, subset_fraction: the reference clustering's seed and the stability runs.
     """
     circuit.check_model(model)
+    if n_groups is not None:
+        validate.positive_int(n_groups, "n_groups")
+    validate.int_at_least(max_groups, "max_groups", 2)
+    validate.nonneg_int(seed, "seed")
+    validate.positive_int(n_seeds, "n_seeds")
+    validate.nonneg_int(n_subsets, "n_subsets")
+    validate.finite_float(subset_fraction, "subset_fraction", low=0.0, high=1.0, low_open=True, high_open=True)
+    validate.positive_int(batch_size, "batch_size")
     rows = rows if rows is not None else (circuit.data or {}).get("rows")
     if not rows:
         raise RelPLensError("no prompts to group by: the circuit stores no rows; pass rows=")
@@ -397,12 +408,8 @@ def group_neurons(model: HookedTransformer, circuit: Circuit, rows: Sequence[dic
         raise RelPLensError(f"unknown feature {bad[0]!r}; choose from {list(FEATURES)}" if bad else "no features")
     if "edges" in features and not has_edges:
         raise RelPLensError("feature 'edges' needs a circuit with edges (relp_lens.attribute_edges)")
-    if n_groups is not None and not 1 <= n_groups <= n:
+    if n_groups is not None and n_groups > n:
         raise RelPLensError(f"n_groups must be in [1, {n}], got {n_groups}")
-    if max_groups < 2:
-        raise RelPLensError(f"max_groups must be ≥ 2, got {max_groups}")
-    if not 0 < subset_fraction < 1:
-        raise RelPLensError(f"subset_fraction must be in (0, 1), got {subset_fraction}")
     scores, acts = node_profiles(model, circuit, rows, batch_size=batch_size, progress=progress)
     profiles = dict(scores=scores if "attribution" in features else None,
                     acts=acts if "activation" in features else None,

@@ -3,8 +3,9 @@
 The paper tests hypotheses about single neurons this way (e.g. "mod-n neurons" in addition: activation at the
 last token separates sums by their ones digit mod 2, 5 or 10; AUROC ≥ 0.9 or ≤ 0.1).
 
-1. Tokenize the prompts (each checked against ``n_ctx``, never truncated), batch them by token length, and
-   run one no-grad forward per batch caching only the basis hooks.
+1. Tokenize the prompts as the model does (BOS when ``model.cfg.default_prepend_bos`` says so, unless
+   ``prepend_bos=`` overrides it; each checked against ``n_ctx``, never truncated), batch them by token length,
+   and run one no-grad forward per batch caching only the basis hooks.
 2. Read every node at ``position`` of each prompt (negative: counted from the end, so prompts of different
    lengths line up at their last token; a prompt without that position is an error naming it).
 3. AUROC per node = Mann–Whitney U / (n_pos · n_neg): the probability that a positive prompt's activation
@@ -22,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from relp_lens.core import backends
+from relp_lens.core import validate
 from relp_lens.core.data import length_groups, prompt_tokens
 from relp_lens.core.errors import RelPLensError
 from relp_lens.core.nodes import resolve_hooks
@@ -60,16 +62,19 @@ def auroc(values: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
 
 
 def node_values(model: HookedTransformer, prompts: Sequence[str], *, basis: str | Sequence[str] = "mlp_post",
-                position: int = -1, batch_size: int = 16, progress: bool = True) -> torch.Tensor:
-    """Each prompt's activations at ``position``: ``[n_prompts, layer, width]`` (float32, on the CPU)."""
+                position: int = -1, batch_size: int = 16, progress: bool = True,
+                prepend_bos: bool | None = None) -> torch.Tensor:
+    """Each prompt's activations at ``position``: ``[n_prompts, layer, width]`` (float32, on the CPU).
+
+    ``prepend_bos``: prompts start with BOS (True) or not (False); None: as the model does.
+    """
     if isinstance(prompts, str):
         prompts = [prompts]
     if not prompts:
         raise RelPLensError("no prompts")
-    if batch_size < 1:
-        raise RelPLensError(f"batch_size must be ≥ 1, got {batch_size}")
+    validate.positive_int(batch_size, "batch_size")
     hooks = resolve_hooks(model, basis)
-    tokens = [prompt_tokens(model, p, f"prompt {i}") for i, p in enumerate(prompts)]
+    tokens = [prompt_tokens(model, p, f"prompt {i}", prepend_bos) for i, p in enumerate(prompts)]
     for i, t in enumerate(tokens):
         if not -len(t) <= position < len(t):
             raise RelPLensError(f"prompt {i} ({prompts[i]!r}) has {len(t)} tokens: no position {position}")
@@ -97,8 +102,9 @@ def node_values(model: HookedTransformer, prompts: Sequence[str], *, basis: str 
 
 def neuron_auroc(model: HookedTransformer, prompts: Sequence[str], labels: Sequence[Any], *,
                  basis: str | Sequence[str] = "mlp_post", position: int = -1, batch_size: int = 16,
-                 progress: bool = True) -> torch.Tensor:
-    """ROC-AUC of every node's activation at ``position`` for ``labels`` (one per prompt).
+                 progress: bool = True, prepend_bos: bool | None = None) -> torch.Tensor:
+    """ROC-AUC of every node's activation at ``position`` for ``labels`` (one per prompt; ``prepend_bos`` as
+    :func:`node_values`).
 
     Two classes: ``[layer, width]``, the second of :func:`classes_of` being positive (``True``, ``1``, …).
     More: ``[n_classes, layer, width]``, one-vs-rest in :func:`classes_of` order.
@@ -113,7 +119,7 @@ def neuron_auroc(model: HookedTransformer, prompts: Sequence[str], labels: Seque
         raise RelPLensError(f"AUROC needs at least two classes; every label is {classes[0]!r}" if classes
                             else "no labels")
     values = node_values(model, prompts, basis=basis, position=position, batch_size=batch_size,
-                         progress=progress)  # [n, layer, width]
+                         progress=progress, prepend_bos=prepend_bos)  # [n, layer, width]
     flat = values.reshape(len(prompts), -1)
     maps = [auroc(flat, torch.tensor([l == c for l in labels])).reshape(values.shape[1:])
             for c in (classes[1:] if len(classes) == 2 else classes)]

@@ -17,6 +17,10 @@ forward pass (``-1``: the last token), ``None`` every position. A forward pass t
 position is an error naming the node — except a one-token step of ``model.generate`` with the KV cache after
 a pass that did contain it (the cached keys and values already carry the steered value). Values must be
 finite; indices are integers inside the hook's width.
+
+Prompts are tokenized as the model does (BOS prepended when ``model.cfg.default_prepend_bos`` says so) unless
+``prepend_bos=`` overrides it; :func:`group_steering` tokenizes as the circuit's attribution did
+(``circuit.prepend_bos``), so the group's positions name the same tokens.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from relp_lens.core import backends
-from relp_lens.core.data import answer_token, length_groups
+from relp_lens.core import validate
+from relp_lens.core.data import answer_token, length_groups, prompt_tokens, resolve_prepend_bos
 from relp_lens.core.errors import RelPLensError
 from relp_lens.core.nodes import resolve_hooks
 from relp_lens.core.positions import check_position, is_int, require, resolve
@@ -124,12 +129,14 @@ def steer(model: HookedTransformer, nodes: Sequence[Node], value: float | Sequen
 
 
 def steering_direction(model: HookedTransformer, nodes: Sequence[Node], source: Sequence[str],
-                       target: Sequence[str], *, basis="mlp_post") -> list[float]:
+                       target: Sequence[str], *, basis="mlp_post", prepend_bos: bool | None = None) -> list[float]:
     """Per node: mean activation over ``target`` prompts minus mean over ``source`` prompts.
 
     A node with a position reads that position of every prompt (negative: from the end; a prompt without
     it is an error naming both); ``pos=None`` reads the mean over all positions of each prompt.
+    ``prepend_bos``: prompts start with BOS (True) or not (False); None: as the model does.
     """
+    bos = resolve_prepend_bos(model, prepend_bos)
     nodes = list(nodes)
     node_hooks = _node_hooks(model, nodes, basis)
     names = set(node_hooks)
@@ -138,9 +145,10 @@ def steering_direction(model: HookedTransformer, nodes: Sequence[Node], source: 
         if not prompts:
             raise RelPLensError(f"no {side} prompts for the steering direction")
         sums = [0.0] * len(nodes)
-        for p in prompts:
+        for i, p in enumerate(prompts):
+            tokens = prompt_tokens(model, p, f"{side} prompt {i}", bos)[None].to(model.cfg.device)  # [1, pos]
             with torch.no_grad():
-                _, cache = model.run_with_cache(model.to_tokens(p), names_filter=lambda n: n in names)
+                _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
             for j, ((_, pos, idx), name) in enumerate(zip(nodes, node_hooks)):
                 acts = cache[name][0].reshape(cache[name].shape[1], -1)[:, idx]  # [pos]
                 if pos is None:
@@ -153,16 +161,15 @@ def steering_direction(model: HookedTransformer, nodes: Sequence[Node], source: 
 
 
 def _last_probs(model: HookedTransformer, prompts: Sequence[str], ids: Sequence[int],
-                batch_size: int = 32) -> torch.Tensor:
+                batch_size: int = 32, prepend_bos: bool | None = None) -> torch.Tensor:
     """Mean probability of each token id at the last position over ``prompts`` (batched by token length).
     → ``[token]``."""
-    if batch_size < 1:
-        raise RelPLensError(f"batch_size must be ≥ 1, got {batch_size}")
-    tokens = [model.to_tokens(p)[0] for p in prompts]
+    validate.positive_int(batch_size, "batch_size")
+    tokens = [prompt_tokens(model, p, f"prompt {i}", prepend_bos) for i, p in enumerate(prompts)]  # each [pos]
     acc = torch.zeros(len(ids), dtype=torch.float64)
     with torch.no_grad():
         for idx in length_groups(tokens, batch_size):
-            batch = torch.stack([tokens[i] for i in idx])  # [batch, pos]
+            batch = torch.stack([tokens[i] for i in idx]).to(model.cfg.device)  # [batch, pos]
             probs = model(batch)[:, -1].float().softmax(-1)[:, list(ids)]  # [batch, token]
             acc += probs.sum(0).double().cpu()
     return (acc / len(prompts)).float()
@@ -171,14 +178,18 @@ def _last_probs(model: HookedTransformer, prompts: Sequence[str], ids: Sequence[
 def steering_sweep(model: HookedTransformer, prompts: str | Sequence[str], nodes: Sequence[Node],
                    tokens: Sequence[str], factors: Sequence[float] = FACTORS, *,
                    mode: str = "scale", direction: Sequence[float] | None = None, basis="mlp_post",
-                   batch_size: int = 32) -> dict:
+                   batch_size: int = 32, prepend_bos: bool | None = None) -> dict:
     """Mean probability of each of ``tokens`` (single tokens) at the last position, per steering factor.
 
     The steering value at factor ``f`` is ``f`` itself, or ``f × direction`` per node when a ``direction``
-    is given (e.g. from :func:`steering_direction`, with ``mode="add"``).
+    is given (e.g. from :func:`steering_direction`, with ``mode="add"``). ``prepend_bos``: prompts start
+    with BOS (True) or not (False); None: as the model does.
     Returns ``{"factors": [...], "probs": {token: [p per factor]}, "mode": mode}``; prompts of one token
     length run in batches of ``batch_size``.
     """
+    backends.require_model(model)
+    validate.positive_int(batch_size, "batch_size")
+    factors = validate.float_list(factors, "factors")
     if direction is not None and len(direction) != len(nodes):
         raise RelPLensError(f"direction has {len(direction)} values for {len(nodes)} nodes")
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
@@ -189,7 +200,7 @@ def steering_sweep(model: HookedTransformer, prompts: str | Sequence[str], nodes
     for f in factors:
         value = f if direction is None else [f * d for d in direction]
         with steer(model, nodes, value, mode=mode, basis=basis):
-            p = _last_probs(model, prompts, ids, batch_size)
+            p = _last_probs(model, prompts, ids, batch_size, prepend_bos)
         for t, v in zip(tokens, p.tolist()):
             probs[t].append(v)
     return {"factors": list(factors), "probs": probs, "mode": mode if direction is None else f"{mode} × direction"}
@@ -218,7 +229,7 @@ def random_groups(nodes: Sequence[Node], width: int, n: int, *, seed: int = 0,
 
 def group_steering(model: HookedTransformer, circuit, group: str | int, prompts: str | Sequence[str],
                    tokens: Sequence[str], factors: Sequence[float] = FACTORS, *, n_random: int = 10,
-                   seed: int = 0, batch_size: int = 32) -> dict:
+                   seed: int = 0, batch_size: int = 32, prepend_bos: bool | None = None) -> dict:
     """Multiply a neuron group's activations at its positions by each factor (the paper's −4 … 4) and read
     the probabilities of ``tokens``; the same for ``n_random`` random groups of the same size, layers and
     positions (:func:`random_groups`, neurons outside the circuit).
@@ -226,7 +237,8 @@ def group_steering(model: HookedTransformer, circuit, group: str | int, prompts:
     ``group``: a group name (``"G1"``) or number of ``circuit``'s neuron groups
     (:func:`relp_lens.analysis.groups.group_neurons`). Returns the group's sweep (as :func:`steering_sweep`) plus
     ``"group"``, ``"size"``, ``"random"`` (``{token: [[p per factor] per random group]}``) and
-    ``"random_mean"`` / ``"random_std"`` (``{token: [per factor]}``).
+    ``"random_mean"`` / ``"random_std"`` (``{token: [per factor]}``). ``prepend_bos``: default the
+    circuit's own (``circuit.prepend_bos``), so the group's positions name the tokens they were found at.
     """
     from relp_lens.analysis.groups import group_nodes, groups_of
 
@@ -236,15 +248,16 @@ def group_steering(model: HookedTransformer, circuit, group: str | int, prompts:
     nodes = group_nodes(circuit, group)
     if not nodes:
         raise RelPLensError(f"group {group!r} has no members left in this circuit")
-    if n_random < 0:
-        raise RelPLensError(f"n_random must be ≥ 0, got {n_random}")
+    validate.nonneg_int(n_random, "n_random")
     name = group if isinstance(group, str) else groups_of(circuit).groups[int(group)].name
-    out = steering_sweep(model, prompts, nodes, tokens, factors, mode="scale", batch_size=batch_size)
+    bos = circuit.prepend_bos if prepend_bos is None else prepend_bos
+    out = steering_sweep(model, prompts, nodes, tokens, factors, mode="scale", batch_size=batch_size,
+                         prepend_bos=bos)
     in_circuit = {(n.layer, n.index) for n in circuit.nodes}  # a circuit neuron at any position is no random pick
     exclude = [(l, p, i) for l, p, _ in nodes for (l2, i) in in_circuit if l2 == l]
     others = random_groups(nodes, circuit.node_width, n_random, seed=seed, exclude=exclude)
-    sweeps = [steering_sweep(model, prompts, g, tokens, factors, mode="scale", batch_size=batch_size)
-              for g in others]
+    sweeps = [steering_sweep(model, prompts, g, tokens, factors, mode="scale", batch_size=batch_size,
+                             prepend_bos=bos) for g in others]
     random_probs = {t: [sw["probs"][t] for sw in sweeps] for t in tokens}
     stats = {t: torch.tensor(v, dtype=torch.float64) if v else None for t, v in random_probs.items()}
     out.update(group=name, size=len(nodes), random=random_probs,

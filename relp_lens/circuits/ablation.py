@@ -1,6 +1,9 @@
 """Judging circuits by ablation: faithfulness and completeness (Marks et al. 2025; Arora et al. 2026).
 
-1. Tokenize the evaluation prompts (held out from the circuit's own prompts) and group them by length.
+1. Tokenize the evaluation prompts (held out from the circuit's own prompts) the way the circuit's
+   attribution tokenized its own (with or without BOS: ``circuit.prepend_bos``; ``prepend_bos=`` overrides)
+   and group them by length. The metric is checked (one value per example) on the first batch before any
+   pass over all of them.
 2. Choose what an ablated node becomes (``ablation``, default: the circuit's own, consistent with how
    its scores were computed — see :func:`relp_lens.circuits.circuit.consistent_ablation`):
    ``mean`` — its mean activation at that position over the patch prompts (the clean prompts for unpaired
@@ -29,11 +32,12 @@ from tqdm.auto import tqdm
 
 from relp_lens.core import backends
 from relp_lens.core import distributed as dp
+from relp_lens.core import validate
 from relp_lens.core.attribution import Attribution, _mean_acts, as_prompts
 from relp_lens.circuits.circuit import ABLATIONS, Circuit, consistent_ablation, select_threshold, select_top_k
 from relp_lens.core.data import Prompts, make_batches, tokenize
 from relp_lens.core.errors import RelPLensError
-from relp_lens.core.metrics import MetricFn, evaluate_metric, resolve_metric
+from relp_lens.core.metrics import MetricFn, check_metric, evaluate_metric, resolve_metric, warn_same_answers
 from relp_lens.core.positions import Alignment, require
 
 if TYPE_CHECKING:  # annotations only: TransformerLens 4 has no HookedTransformer
@@ -63,21 +67,27 @@ class Ablation:
     patch_acts: dict[int, list[torch.Tensor]] | None  # batch number → per hook [batch, pos, node]
     n_prompts: int
     width: int
+    prepend_bos: bool = True  # the prompts start with BOS
 
     @classmethod
     def build(cls, model: HookedTransformer, hook_names: Sequence[str], prompts, metric: str | MetricFn | None = None,
-              batch_size: int = 16, mode: str = "mean") -> "Ablation":
+              batch_size: int = 16, mode: str = "mean", prepend_bos: bool | None = None) -> "Ablation":
+        """Tokenize ``prompts`` (with BOS or not as ``prepend_bos``; None: the model's default) and prepare
+        what ablated nodes of ``hook_names`` become under ``mode``."""
         if mode not in ABLATIONS:
             raise RelPLensError(f"unknown ablation {mode!r}; choose from {list(ABLATIONS)}")
+        validate.positive_int(batch_size, "batch_size")
         data = as_prompts(prompts)
         for name in hook_names:
             if name not in model.hook_dict:
                 raise RelPLensError(f"model has no hook {name!r}")
         if mode == "counterfactual" and not data.paired:
             raise RelPLensError("counterfactual ablation needs paired evaluation prompts (patch_prefix)")
-        _, metric_fn = resolve_metric(metric, data.paired and data.patch_answers is not None)
-        tok = tokenize(model, data)
+        metric_name, metric_fn = resolve_metric(metric, data.paired and data.patch_answers is not None)
+        tok = tokenize(model, data, prepend_bos)
+        warn_same_answers(tok, metric_name)
         batches = make_batches(tok, batch_size)
+        check_metric(model, metric_fn, batches[0])  # before the passes over all the prompts
         alignment = tok.alignment
         means = patch_acts = None
         names = list(hook_names)
@@ -96,7 +106,8 @@ class Ablation:
                     _, cache = model.run_with_cache(b.patch_tokens.to(model.cfg.device),
                                                     names_filter=lambda n: n in set(names))
                 patch_acts[j] = [cache[h].reshape(*b.patch_tokens.shape, -1).cpu() for h in names]
-        return cls(model, names, metric_fn, batches, data, mode, alignment, means, patch_acts, len(data), width)
+        return cls(model, names, metric_fn, batches, data, mode, alignment, means, patch_acts, len(data), width,
+                   tok.prepend_bos)
 
     def masks(self, keys: set[Key] | None) -> dict[int, list[torch.Tensor]] | None:
         """Per prompt length, per hook ``[pos, node]`` bool: True for circuit nodes. ``None``: the full model.
@@ -200,22 +211,36 @@ def verdict(rows: dict | Sequence[dict]) -> str | None:
 
 def evaluate_circuit(model: HookedTransformer, circuit: Circuit, prompts: Prompts | Sequence[dict], *,
                      metric: str | MetricFn | None = None, ablation: str | None = None,
-                     batch_size: int = 16, warn: bool = True) -> dict:
+                     batch_size: int = 16, warn: bool = True, prepend_bos: bool | None = None) -> dict:
     """Faithfulness and completeness of ``circuit`` on ``prompts`` (use prompts it was not built on).
 
-    ``ablation``: ``mean`` | ``zero`` | ``counterfactual`` (default: the circuit's own, consistent with its
-    attribution baseline). The result names the ablation and, when the circuit explains little, carries a
-    ``verdict`` sentence (also issued as a :class:`WeakCircuitWarning` unless ``warn=False``).
+    Args:
+        model: the model the circuit was built on (checked: layers, widths).
+        circuit: the circuit.
+        prompts: evaluation prompts (a :class:`Prompts` or JSONL-style rows).
+        metric: default the circuit's own.
+        ablation: ``mean`` | ``zero`` | ``counterfactual`` (default: the circuit's own, consistent with its
+            attribution baseline).
+        batch_size: examples per forward pass.
+        warn: issue the ``verdict`` as a :class:`WeakCircuitWarning`.
+        prepend_bos: start every prompt with BOS (True) or not (False); None (default): as the circuit's
+            attribution did (:attr:`Circuit.prepend_bos`; True for files that do not record it), so node
+            positions mean the same tokens.
+
+    Returns:
+        ``dict(faithfulness, completeness, f_model, f_empty, f_circuit, f_complement, n_nodes, n_prompts,
+        ablation, prepend_bos)``, and a ``verdict`` sentence when the circuit explains little.
     """
     circuit.check_model(model)
     if not circuit.nodes:
         raise RelPLensError("the circuit is empty: nothing to evaluate")
     metric = metric if metric is not None else circuit.metric
     mode = ablation or circuit.ablation
-    abl = Ablation.build(model, circuit.hook_names, prompts, metric, batch_size, mode)
+    bos = circuit.prepend_bos if prepend_bos is None else prepend_bos
+    abl = Ablation.build(model, circuit.hook_names, prompts, metric, batch_size, mode, bos)
     keep = abl.masks(circuit.keys)
     result = _ratios(abl.score(None), abl.score(abl.masks(set())), abl.score(keep), abl.score(keep, ablate_kept=True))
-    result = dict(result, n_nodes=len(circuit), n_prompts=abl.n_prompts, ablation=mode)
+    result = dict(result, n_nodes=len(circuit), n_prompts=abl.n_prompts, ablation=mode, prepend_bos=abl.prepend_bos)
     note = verdict(result)
     if note:
         result["verdict"] = note
@@ -229,17 +254,24 @@ def faithfulness_sweep(model: HookedTransformer, attr: Attribution, prompts: Pro
                        aggregate_pos: bool = False, metric: str | MetricFn | None = None,
                        ablation: str | None = None, include_fixed: bool | None = None,
                        exclude_neurons: Sequence[tuple[int, int]] | None = None,
-                       batch_size: int = 16, progress: bool = True) -> list[dict]:
+                       batch_size: int = 16, progress: bool = True, prepend_bos: bool | None = None) -> list[dict]:
     """Faithfulness/completeness against circuit size: top-k for each k in ``sizes``, or τ in ``taus``.
 
     Selection and ablation as :func:`relp_lens.circuits.circuit.select_top_k` and :func:`evaluate_circuit`
-    (default ablation: consistent with the attribution's baseline).
+    (default ablation: consistent with the attribution's baseline). ``prepend_bos``: default the
+    attribution's own (:attr:`~relp_lens.core.attribution.Attribution.prepend_bos`).
     """
     if (sizes is None) == (taus is None):
         raise RelPLensError("give exactly one of sizes= (top-k) or taus= (thresholds)")
+    if sizes is not None:
+        sizes = validate.int_list(sizes, "sizes")
+    else:
+        taus = validate.float_list(taus, "taus", low=0.0)
+    validate.positive_int(batch_size, "batch_size")
     metric = metric if metric is not None else attr.metric
     mode = ablation or consistent_ablation(attr.baseline)
-    abl = Ablation.build(model, attr.hook_names, prompts, metric, batch_size, mode)
+    bos = attr.prepend_bos if prepend_bos is None else prepend_bos
+    abl = Ablation.build(model, attr.hook_names, prompts, metric, batch_size, mode, bos)
     f_m, f_empty = abl.score(None), abl.score(abl.masks(set()))
     grid = [("k", k) for k in sizes] if sizes is not None else [("tau", t) for t in taus]
     rows = []
@@ -282,8 +314,7 @@ def cpr_cmd(rows: Sequence[dict], n_total: int, *, key: str = "n_nodes") -> dict
 
     Points at the same size are averaged. Returns ``dict(cpr=..., cmd=..., n_points=...)``.
     """
-    if n_total <= 0:
-        raise RelPLensError(f"n_total must be positive, got {n_total}")
+    validate.positive_int(n_total, "n_total")
     by_k: dict[float, list[float]] = {}
     for r in rows:
         k = r[key] / n_total

@@ -23,7 +23,10 @@ Algorithm (one backward pass serves many downstream nodes):
    :mod:`relp_lens.core.positions`), so prompts of different lengths share one circuit; a node at a position
    some prompt lacks is an error naming both.
 5. For neurons, ∂d/∂u = W_out[u] · ∂d/∂(MLP output), so only the circuit's neurons are projected;
-   multiplying by Δu and summing over positions gives the edge weights, averaged over examples.
+   multiplying by Δu and summing over positions gives the edge weights, averaged over examples. That
+   reading needs ``hook_mlp_out = hook_post @ W_out + b_out``, added to the residual stream as is: it is
+   checked on the model itself, one small cached forward pass (:func:`relp_lens.core.structure.check_neuron_directions`),
+   and a model that breaks it (a norm after the MLP, whatever it is called) is refused naming the layer.
 """
 
 from __future__ import annotations
@@ -39,7 +42,9 @@ from tqdm.auto import tqdm
 
 from relp_lens.core import backends
 from relp_lens.core import distributed as dp
-from relp_lens.core.attribution import BASELINES, as_prompts, batch_gradients, prepare_run
+from relp_lens.core import structure
+from relp_lens.core import validate
+from relp_lens.core.attribution import BASELINES, DEFAULT_BASELINE, as_prompts, batch_gradients, prepare_run
 from relp_lens.circuits.circuit import Circuit, CircuitEdge
 from relp_lens.core.errors import RelPLensError
 from relp_lens.core.metrics import METRICS
@@ -120,16 +125,31 @@ def node_seeds(nodes: Sequence, chunk: Sequence[int], at: Sequence[int | None], 
     return seeds
 
 
+def check_edge_options(model: HookedTransformer, method: str, batch_size: int, edge_batch: int) -> None:
+    """The options every edge computation shares (edges, input/output edges, head splits), checked before any
+    pass: a TransformerLens model, ``method`` relp or grad, positive ``batch_size`` and ``edge_batch``."""
+    backends.require_model(model)
+    if method not in ("relp", "grad"):
+        raise RelPLensError(f"edge method must be 'relp' or 'grad', got {method!r}")
+    validate.positive_int(batch_size, "batch_size")
+    validate.positive_int(edge_batch, "edge_batch")
+
+
 def circuit_run(model: HookedTransformer, circuit: Circuit, prompts, metric, rules: RelPConfig | None,
-                batch_size: int):
+                batch_size: int, *, embed: bool = False):
     """The prompts, attribution run and batches that recompute what ``circuit`` was scored with, for its edges,
     input/output edges and head splits: its metric unless ``metric`` is given (a named one only: a callable is
-    not stored) and, for unpaired prompts, its baseline. Returns ``(data, run, batches)``."""
+    not stored) and, for unpaired prompts, its baseline. ``embed``: the caller needs an embedding reference
+    (input edges), which the mean baseline lacks: refused before any pass. Returns ``(data, run, batches)``."""
     data = as_prompts(prompts)
     if metric is None:
         metric = circuit.metric if circuit.metric in METRICS else None
     baseline = None if data.paired or circuit.baseline not in BASELINES else circuit.baseline
-    run, batches, _, _ = prepare_run(model, data, circuit.hook_names, metric, baseline, rules, batch_size)
+    if embed and not data.paired and (baseline or DEFAULT_BASELINE) == "mean":
+        raise RelPLensError("input edges need an embedding reference: paired data or the zero baseline "
+                            "(the mean baseline has none yet)")
+    run, batches, _, _ = prepare_run(model, data, circuit.hook_names, metric, baseline, rules, batch_size,
+                                     prepend_bos=circuit.prepend_bos)  # tokenized as the circuit was traced
     return data, run, batches
 
 
@@ -150,14 +170,13 @@ def attribute_edges(
     ``edge_batch`` bounds the rows of one backward pass (downstream nodes per pass × examples per batch);
     with ``edge_batch <= batch_size`` every downstream node gets its own backward pass.
     """
-    if method not in ("relp", "grad"):
-        raise RelPLensError(f"edge method must be 'relp' or 'grad', got {method!r}")
+    check_edge_options(model, method, batch_size, edge_batch)
     circuit.check_model(model)
     if not circuit.nodes:
         raise RelPLensError("the circuit is empty: no edges to attribute")
     blocks = edge_layers(circuit.hook_names)
     if circuit.hook_names[0].endswith("mlp.hook_post"):
-        backends.check_neuron_directions(model)
+        structure.check_neuron_directions(model)
     data, run, batches = circuit_run(model, circuit, prompts, metric, rules, batch_size)
     # every node's position in every prompt (negative: from the end); a missing one is an error
     where = {batch.clean_tokens.shape[1]: node_positions(circuit.nodes, batch, data, run) for batch in batches}
@@ -238,8 +257,7 @@ def attribute_edges(
 
 def prune_edges(circuit: Circuit, keep_fraction: float) -> Circuit:
     """Keep the top ``keep_fraction`` of edges by |weight|; drop nodes left with no edge at all."""
-    if not 0 < keep_fraction <= 1:
-        raise RelPLensError(f"keep_fraction must be in (0, 1], got {keep_fraction}")
+    keep_fraction = validate.fraction(keep_fraction, "keep_fraction")
     if not circuit.edges:
         raise RelPLensError("the circuit has no edges to prune; run attribute_edges first")
     ranked = sorted(circuit.edges, key=lambda e: -abs(e.weight))

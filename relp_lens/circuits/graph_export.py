@@ -171,12 +171,18 @@ def read_index(index_path: Path) -> dict[str, Any]:
     if not index_path.exists():
         return {"graphs": []}
     try:
-        index = json.loads(index_path.read_text(encoding="utf-8"))
+        index = json.loads(index_path.read_text(encoding="utf-8"), parse_constant=_no_constant)
         if not isinstance(index, dict) or not isinstance(index.get("graphs"), list):
             raise ValueError("no 'graphs' list")
-    except (ValueError, OSError) as e:
+        if not all(isinstance(g, dict) for g in index["graphs"]):
+            raise ValueError("an entry of 'graphs' is not an object")
+    except (ValueError, OSError, RecursionError) as e:
         raise RelPLensError(f"{index_path}: not a circuit-tracer graph index ({e}); move it away") from None
     return index
+
+
+def _no_constant(token: str) -> None:
+    raise ValueError(f"{token} is not a JSON number")
 
 
 def updated_index(index_path: Path, graph: dict, title: str | None = None) -> dict[str, Any]:

@@ -50,9 +50,10 @@ from tqdm.auto import tqdm
 
 from relp_lens.core import backends
 from relp_lens.core import distributed as dp
+from relp_lens.core import structure
 from relp_lens.core.attribution import batch_gradients
 from relp_lens.circuits.circuit import Circuit
-from relp_lens.circuits.edges import circuit_run, edge_layers, keep_hook, leaf_hook, node_positions, node_seeds
+from relp_lens.circuits.edges import check_edge_options, circuit_run, edge_layers, keep_hook, leaf_hook, node_positions, node_seeds
 from relp_lens.core.errors import RelPLensError
 from relp_lens.core.metrics import evaluate_metric
 from relp_lens.core.relp_mode import RelPConfig, relp
@@ -128,19 +129,15 @@ def attribute_io_edges(model: HookedTransformer, circuit: Circuit, prompts, *, m
                        metric=None, rules: RelPConfig | None = None, batch_size: int = 8, edge_batch: int = 256,
                        progress: bool = True) -> IOEdges:
     """Input and output edges of ``circuit`` (see the module docstring)."""
-    if method not in ("relp", "grad"):
-        raise RelPLensError(f"edge method must be 'relp' or 'grad', got {method!r}")
+    check_edge_options(model, method, batch_size, edge_batch)
     circuit.check_model(model)
     if not circuit.nodes:
         raise RelPLensError("the circuit is empty: no edges to attribute")
     if not circuit.hook_names[0].endswith("mlp.hook_post"):
         raise RelPLensError("input/output edges are defined for MLP neurons (basis mlp_post)")
     blocks = edge_layers(circuit.hook_names)
-    backends.check_neuron_directions(model)
-    data, run, batches = circuit_run(model, circuit, prompts, metric, rules, batch_size)
-    if run.baseline == "mean":
-        raise RelPLensError("input edges need an embedding reference: paired data or the zero baseline "
-                            "(the mean baseline has none yet)")
+    structure.check_structure(model, mlp=True, embed=True)  # neuron directions, and the embedding as the first residual
+    data, run, batches = circuit_run(model, circuit, prompts, metric, rules, batch_size, embed=True)
     embeds = [h for h in EMBED_HOOKS if h in model.hook_dict]
     nodes = circuit.nodes
     n_cols = run.alignment.n_columns

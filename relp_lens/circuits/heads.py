@@ -54,9 +54,11 @@ from tqdm.auto import tqdm
 
 from relp_lens.core import backends
 from relp_lens.core import distributed as dp
+from relp_lens.core import structure
+from relp_lens.core import validate
 from relp_lens.core.attribution import batch_gradients
 from relp_lens.circuits.circuit import Circuit
-from relp_lens.circuits.edges import circuit_run, edge_layers, keep_hook, leaf_hook, node_positions, node_seeds
+from relp_lens.circuits.edges import check_edge_options, circuit_run, edge_layers, keep_hook, leaf_hook, node_positions, node_seeds
 from relp_lens.core.errors import RelPLensError
 from relp_lens.circuits.graph_io import EMBED_HOOKS, IOEdges, _embeddings
 from relp_lens.core.metrics import evaluate_metric
@@ -97,33 +99,34 @@ def attribute_head_splits(model: HookedTransformer, circuit: Circuit, prompts, *
     ``max_nodes``: split only the edges of the readable graph of at most that many neurons
     (:func:`relp_lens.circuits.pruning.readable_graph`, what the report draws); the whole circuit is returned.
     """
+    check_edge_options(model, method, batch_size, edge_batch)
+    if top is not None:
+        validate.nonneg_int(top, "top")
     if max_nodes is not None:
         from relp_lens.circuits.pruning import readable_graph
+
+        validate.positive_int(max_nodes, "max_nodes")
 
         drawn = attribute_head_splits(model, readable_graph(circuit, max_nodes), prompts, method=method,
                                       metric=metric, rules=rules, batch_size=batch_size, edge_batch=edge_batch,
                                       top=top, progress=progress)
         return replace(circuit, heads=dict(drawn.heads, max_nodes=max_nodes))
-    if method not in ("relp", "grad"):
-        raise RelPLensError(f"edge method must be 'relp' or 'grad', got {method!r}")
-    if top is not None and top < 0:
-        raise RelPLensError(f"top must be None or ≥ 0, got {top}")
     circuit.check_model(model)
     if not circuit.edges and circuit.io_edges is None:
         raise RelPLensError("the circuit has no edges to split: run attribute_edges (and attribute_io_edges) first")
     if not circuit.hook_names[0].endswith("mlp.hook_post"):
         raise RelPLensError("head splits are defined for MLP neurons (basis mlp_post)")
     blocks = edge_layers(circuit.hook_names)
-    backends.check_neuron_directions(model)
     z_names = [f"blocks.{b}.attn.hook_z" for b in range(model.cfg.n_layers)]
     missing = [n for n in z_names if n not in model.hook_dict]
     if missing:
         raise RelPLensError(f"head splits need every attention layer's hook_z; this model lacks {missing[:3]}")
-    data, run, batches = circuit_run(model, circuit, prompts, metric, rules, batch_size)
+    # neuron directions; attention writes only through hook_z; the embedding as the first residual (io edges)
+    structure.check_structure(model, mlp=True, embed=circuit.io_edges is not None, heads=True)
+    data, run, batches = circuit_run(model, circuit, prompts, metric, rules, batch_size,
+                                     embed=circuit.io_edges is not None)
     nodes = circuit.nodes
     io = IOEdges.from_dict(circuit.io_edges, len(nodes)) if circuit.io_edges is not None else None
-    if io is not None and run.baseline == "mean":
-        raise RelPLensError("input edges need an embedding reference: paired data or the zero baseline")
     if io is not None and list(run.alignment.labels) != list(io.positions):
         raise RelPLensError(f"the input/output edges were computed on prompts aligned at positions {io.positions}, "
                             f"these prompts at {list(run.alignment.labels)}: split them on the same prompts")

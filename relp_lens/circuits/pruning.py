@@ -38,6 +38,7 @@ import torch
 from tqdm.auto import tqdm
 
 from relp_lens.circuits.ablation import Ablation, _ratios
+from relp_lens.core import backends, validate
 from relp_lens.circuits.circuit import Circuit
 from relp_lens.core.errors import RelPLensError
 from relp_lens.circuits.edges import subgraph
@@ -86,9 +87,8 @@ def edge_pruning_sweep(model: HookedTransformer, circuit: Circuit, io: IOEdges, 
     """
     if not circuit.edges:
         raise RelPLensError("the circuit has no neuron edges: run attribute_edges first")
-    bad = [p for p in percents if not 0 < p <= 100]
-    if bad:
-        raise RelPLensError(f"percents must be in (0, 100], got {bad}")
+    backends.require_model(model)
+    percents = validate.float_list(percents, "percents", low=0.0, high=100.0, low_open=True)
     edges = graph_edges(circuit, io)
     mode = ablation or circuit.ablation
     abl = Ablation.build(model, circuit.hook_names, prompts, metric or circuit.metric, batch_size, mode)
@@ -164,9 +164,8 @@ def _io_of(circuit: Circuit) -> IOEdges:
 def influence_prune(circuit: Circuit, *, node_threshold: float = 0.8, edge_threshold: float = 0.98) -> Circuit:
     """circuit-tracer's influence pruning of the full graph (see the module docstring); the pruned circuit
     keeps the surviving neurons, their kept edges (input/output edges too) and their head splits."""
-    for name, t in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
-        if not 0 < t <= 1:
-            raise RelPLensError(f"{name} must be in (0, 1], got {t}")
+    node_threshold = validate.fraction(node_threshold, "node_threshold")
+    edge_threshold = validate.fraction(edge_threshold, "edge_threshold")
     io = _io_of(circuit)
     n, p = len(circuit.nodes), len(io.positions)
     a = graph_adjacency(circuit, io)
@@ -208,8 +207,7 @@ def readable_graph(circuit: Circuit, max_nodes: int = 40) -> Circuit:
     between those neurons and the endpoints. Without them: the top n neuron edges and their ends.
     Without edges: the ``max_nodes`` nodes of largest |score|.
     """
-    if max_nodes < 1:
-        raise RelPLensError(f"max_nodes must be ≥ 1, got {max_nodes}")
+    validate.positive_int(max_nodes, "max_nodes")
     n = len(circuit.nodes)
     if not circuit.edges:
         used = sorted(sorted(range(n), key=lambda i: -abs(circuit.nodes[i].score))[:max_nodes])

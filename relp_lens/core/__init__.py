@@ -1,8 +1,10 @@
 """The model and the attribution: what everything else is built on.
 
-- ``errors``, ``files``: the package's error type; atomic writes.
-- ``backends``, ``models``: HookedTransformer (TransformerLens 3.x) and TransformerBridge (4.x) behind one
-  interface; the shipped GGUF models, loaded offline.
+- ``errors``, ``validate``, ``files``: the package's error type; the option checks the API and the command line
+  share; input files read and output files written atomically.
+- ``backends``, ``structure``, ``models``: HookedTransformer (TransformerLens 3.x) and TransformerBridge (4.x)
+  behind one interface; the identities edges rely on, checked numerically on the model; the shipped GGUF models,
+  loaded offline.
 - ``rules``, ``relp_mode``: RelP's backward rules (LN, identity, half, AH) and the context that splices them in.
 - ``nodes``, ``data``, ``positions``, ``metrics``, ``tasks``: what is scored, the prompts and their batches,
   position alignment, the metric, the task generators.
@@ -12,6 +14,7 @@
 
 from relp_lens._lazy import lazy_submodules
 
-__getattr__, __dir__ = lazy_submodules(__name__, ["errors", "files", "backends", "models", "rules", "relp_mode",
+__getattr__, __dir__ = lazy_submodules(__name__, ["errors", "validate", "files", "backends", "structure", "models",
+                                                  "rules", "relp_mode",
                                                   "nodes", "data", "positions", "metrics", "tasks", "attribution",
                                                   "exact", "distributed", "plan"])

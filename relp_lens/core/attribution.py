@@ -18,6 +18,14 @@ Methods:
 4. ``exact``: ground truth by activation patching — each node in ``nodes`` alone is set to its reference
    value and m is measured again (same sign convention as above). Other entries are NaN.
 
+Prompts are tokenized as the model does (BOS prepended when ``model.cfg.default_prepend_bos`` says so) unless
+``prepend_bos=`` overrides it; :attr:`Attribution.prepend_bos` records the choice, and circuits built from the
+attribution carry it so that their evaluation tokenizes the same way.
+
+The metric is held to one value per example (:mod:`relp_lens.core.metrics`): a wrong shape is an error on the
+first batch's clean forward, before any backward pass, and rows where it is identically 0 are named in a
+:class:`~relp_lens.core.metrics.ZeroMetricWarning`.
+
 Activations are captured through TransformerLens hooks added in a ``model.hooks()`` context, so the model
 keeps no hook after a call, whether it succeeds or raises.
 """
@@ -26,7 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -35,9 +43,11 @@ from tqdm.auto import tqdm
 
 from relp_lens.core import backends
 from relp_lens.core import distributed as dp
+from relp_lens.core import validate
 from relp_lens.core.data import Batch, Prompts, make_batches, str_tokens_of, tokenize, warn_unlikely_answers
 from relp_lens.core.errors import RelPLensError
-from relp_lens.core.metrics import MetricFn, evaluate_metric, resolve_metric
+from relp_lens.core.metrics import (MetricFn, check_metric, evaluate_metric, resolve_metric, warn_same_answers,
+                                    warn_zero_rows)
 from relp_lens.core.nodes import basis_name, resolve_hooks
 from relp_lens.core.positions import Alignment, check_position, is_int, column_tokens, require, resolve, token_label
 from relp_lens.core.relp_mode import RelPConfig, relp
@@ -62,6 +72,9 @@ class Attribution:
     reach hold 0 (NaN for ``exact``, which also holds NaN for nodes it did not patch). With
     ``reduce="mean"`` only running float64 sums are kept: ``score_sum`` ``[layer, pos, node]`` and
     ``counts`` ``[pos]`` (examples that reach each column), and ``scores`` is None.
+
+    ``prepend_bos``: whether every prompt started with the BOS token (the model's default unless
+    ``attribute(prepend_bos=...)`` chose); :meth:`activations` tokenizes the same way.
     """
 
     scores: torch.Tensor | None  # [batch, layer, pos, node], or None when reduced
@@ -78,6 +91,7 @@ class Attribution:
     baseline: str = "patch"  # "patch" (paired), "zero" or "mean"
     score_sum: torch.Tensor | None = field(default=None, repr=False)  # [layer, pos, node] float64
     counts: torch.Tensor | None = None  # [pos] examples reaching each column
+    prepend_bos: bool = True  # prompts started with BOS
 
     def __post_init__(self) -> None:
         if self.alignment is None:  # built by hand: one length, absolute positions
@@ -118,8 +132,8 @@ class Attribution:
 
     @property
     def fixed_positions(self) -> list[int]:
-        """Positions whose tokens — and so activations — are the same in every prompt (BOS, a shared
-        template start): mean ablation cannot move them."""
+        """Positions whose tokens — and so activations — are the same in every prompt (BOS where prompts start
+        with it, a shared template start): mean ablation cannot move them."""
         return self.positions[: self.alignment.n_shared]
 
     def _per_example(self, what: str) -> torch.Tensor:
@@ -246,7 +260,7 @@ class Attribution:
         if example is not None and not 0 <= example < self.n_examples:
             raise RelPLensError(f"example {example} outside [0, {self.n_examples})")
         prompts = self.prompts if example is None else self.prompts.subset([example])
-        tok = tokenize(model, prompts)
+        tok = tokenize(model, prompts, self.prepend_bos)
         if tok.lengths != (self.lengths if example is None else [self.lengths[example]]):
             raise RelPLensError("this model tokenizes the prompts differently from the attribution's model")
         batches = make_batches(tok, batch_size)
@@ -328,6 +342,7 @@ class _Run:
     alignment: Alignment
     prompts: Prompts
     progress: bool = False
+    known_zero: set[int] = field(default_factory=set)  # examples already warned about (same answers)
 
     def reference(self, batch: Batch) -> tuple[list[torch.Tensor], torch.Tensor | None]:
         """Reference activations per hook [batch, pos, node] and the metric on the patch run."""
@@ -507,14 +522,28 @@ def as_prompts(prompts, answers=None, patch=None, patch_answers=None) -> Prompts
         return prompts
     if isinstance(prompts, str):
         return Prompts([prompts], answers, patch, patch_answers)
-    if isinstance(prompts, Sequence) and prompts and isinstance(prompts[0], dict):
-        return Prompts.from_rows(prompts)
-    return Prompts(list(prompts), answers, patch, patch_answers)
+    if not isinstance(prompts, Iterable) or isinstance(prompts, (bytes, bytearray, dict)):
+        raise RelPLensError(f"prompts must be a Prompts, a list of rows (dicts with clean_prefix, ...), a string "
+                            f"or a list of strings; got {type(prompts).__name__}")
+    items = list(prompts)  # a list, tuple, generator, numpy array or pandas Series
+    if items and all(isinstance(r, dict) for r in items):
+        return Prompts.from_rows(items)
+    odd = next((i for i, p in enumerate(items) if not isinstance(p, str)), None)
+    if odd is not None:
+        raise RelPLensError(f"prompts must be all rows (dicts) or all strings; item {odd} is a "
+                            f"{type(items[odd]).__name__}")
+    return Prompts(items, answers, patch, patch_answers)
 
 
 def prepare_run(model: HookedTransformer, data: Prompts, basis, metric=None, baseline: str | None = None,
-                rules: RelPConfig | None = None, batch_size: int = 16, progress: bool = False):
-    """Validate the arguments and tokenize: ``(run, batches, tokenized, metric_name)``."""
+                rules: RelPConfig | None = None, batch_size: int = 16, progress: bool = False,
+                prepend_bos: bool | None = None):
+    """Validate the arguments and tokenize: ``(run, batches, tokenized, metric_name)``.
+
+    ``prepend_bos``: as :func:`relp_lens.core.data.tokenize` (None: the model's default); the choice is
+    ``tokenized.prepend_bos``. Rows whose ``logit_diff`` is 0 by their answers are warned about here; with a
+    ``mean`` baseline the metric's shape is checked on the first batch before the pass over all the data.
+    """
     hooks = resolve_hooks(model, basis)
     paired = data.paired
     metric_name, metric_fn = resolve_metric(metric, paired and data.patch_answers is not None)
@@ -523,12 +552,15 @@ def prepare_run(model: HookedTransformer, data: Prompts, basis, metric=None, bas
     baseline = "patch" if paired else (baseline or DEFAULT_BASELINE)
     if baseline not in ("patch", *BASELINES):
         raise RelPLensError(f"unknown baseline {baseline!r}; choose from {list(BASELINES)}")
-    tok = tokenize(model, data)
+    tok = tokenize(model, data, prepend_bos)
+    same = warn_same_answers(tok, metric_name)
     batches = make_batches(tok, batch_size)
     alignment = tok.alignment
+    if baseline == "mean":  # a pass over all the data comes before the first metric: check the metric first
+        check_metric(model, metric_fn, batches[0])
     mean_acts = _mean_acts(model, batches, hooks, alignment)[0] if baseline == "mean" else None
     run = _Run(model, hooks, metric_fn, paired, baseline, mean_acts, rules or RelPConfig(), alignment, data,
-               progress)
+               progress, known_zero=set(same))
     return run, batches, tok, metric_name
 
 
@@ -604,6 +636,7 @@ def attribute(
     node_batch: int = 64,
     reduce: str = "none",
     progress: bool = True,
+    prepend_bos: bool | None = None,
 ) -> Attribution:
     """Score every node of ``basis`` for ``metric`` on ``prompts``.
 
@@ -627,11 +660,25 @@ def attribute(
         reduce: ``"none"``: keep per-example scores ``[batch, layer, pos, node]``; ``"mean"``: keep only
             running float64 sums, so memory does not grow with the number of prompts.
         progress: show tqdm progress bars.
+        prepend_bos: start every prompt with the BOS token (True) or not (False); None (default): as the
+            model does (``model.cfg.default_prepend_bos``: True for most models, False for Qwen2/Qwen3).
+            Recorded as :attr:`Attribution.prepend_bos`.
+
+    Returns:
+        An :class:`Attribution` (``scores`` ``[batch, layer, pos, node]``, or running sums with
+        ``reduce="mean"``).
+
+    The metric must return one value per example (shape ``[batch]``): anything else is an error before any
+    backward pass. Rows whose metric is identically 0 (the same clean and patch answer; a clean metric of
+    exactly 0.0) are named in a :class:`~relp_lens.core.metrics.ZeroMetricWarning`.
 
     Positions follow :mod:`relp_lens.core.positions`: absolute when every prompt has one token length, else
     counted from the end after the prefix every prompt shares.
     """
     # -- validate everything before touching the model -------------------------------------------------
+    backends.require_model(model)
+    batch_size = validate.positive_int(batch_size, "batch_size")
+    ig_steps = validate.positive_int(ig_steps, "ig_steps")
     if method not in METHODS:
         raise RelPLensError(f"unknown method {method!r}; choose from {list(METHODS)}")
     if reduce not in REDUCTIONS:
@@ -639,8 +686,6 @@ def attribute(
     if reduce == "mean" and method == "exact":
         raise RelPLensError("method 'exact' keeps per-example effects of the patched nodes; use reduce='none'")
     data = as_prompts(prompts, answers, patch, patch_answers)
-    if method == "ig" and ig_steps < 1:
-        raise RelPLensError(f"ig_steps must be >= 1, got {ig_steps}")
     if method == "exact":
         if not nodes:
             raise RelPLensError("method 'exact' needs nodes=[(layer, pos, index), ...] to patch")
@@ -651,7 +696,7 @@ def attribute(
                 raise RelPLensError(f"bad node {n!r}: expected (layer in [0, {n_hooks}), pos, index >= 0)")
             check_position(n[1], f"node {n!r}")
     run, batches, tok, metric_name = prepare_run(model, data, basis, metric, baseline, rules, batch_size,
-                                                 progress)
+                                                 progress, prepend_bos)
     hooks, paired, align = run.hooks, run.paired, run.alignment
     _check_memory(model, tok, hooks, batch_size, reduce)
 
@@ -692,6 +737,7 @@ def attribute(
                 score_sum[:, cols] += s.sum(0).double()
             counts[cols] += len(batch)
             metric_clean[idx] = m.float()
+            warn_zero_rows(m, batch, data, run.known_zero)
             if metric_ref is not None and m_ref is not None:
                 metric_ref[idx] = m_ref.float().cpu()
     if dp.active():  # each example was scored by one rank (zeros elsewhere): sums combine the shares exactly
@@ -705,4 +751,4 @@ def attribute(
     return Attribution(scores=scores, str_tokens=str_tokens, hook_names=hooks, basis=basis_name(basis),
                        method=method, metric=metric_name, paired=paired, metric_clean=metric_clean,
                        metric_ref=metric_ref, prompts=data, alignment=align, baseline=run.baseline,
-                       score_sum=score_sum, counts=counts)
+                       score_sum=score_sum, counts=counts, prepend_bos=tok.prepend_bos)

@@ -26,7 +26,12 @@ What differs, and how each is handled:
 5. **Weights.** :func:`W_out`, :func:`W_U` and :func:`final_norm_weight` return HookedTransformer's shapes
    (``[d_mlp, d_model]``, ``[d_model, d_vocab]``, ``[d_model]``) on both; Gemma-style ``1 + w`` norm weights
    are resolved.
-6. **Making a bridge.** :func:`wrap_hf_model` turns a Hugging Face model object and its tokenizer into a bridge
+6. **Gated MLPs.** :func:`gated_act_fn` finds a gated MLP's activation on either backend (Phi-3's joint
+   gate-up MLP included) or says which module lacks one, described by :func:`module_what` (a bridge component
+   with the Hugging Face module it wraps). Whether a model keeps the identities edges rely on (``hook_mlp_out =
+   hook_post @ W_out + b_out``, ...) is measured on the model by :mod:`relp_lens.core.structure`, with the
+   accessors here.
+7. **Making a bridge.** :func:`wrap_hf_model` turns a Hugging Face model object and its tokenizer into a bridge
    ready for relp_lens: compatibility mode without weight processing (so activations are the Hugging Face
    model's own), eval mode, parameters frozen.
 """
@@ -114,6 +119,22 @@ def is_hooked_transformer(model: Any) -> bool:
     return any(cls.__name__ == "HookedTransformer" for cls in type(model).__mro__)
 
 
+def require_model(model: Any, name: str = "model") -> None:
+    """Refuse an argument that is not a TransformerLens model, before anything reads its attributes.
+
+    Args:
+        model: what the caller passed as the model.
+        name: the argument's name, used in the message.
+    """
+    if is_bridge(model) or is_hooked_transformer(model):
+        return
+    if all(hasattr(model, a) for a in ("cfg", "hook_dict", "to_tokens", "run_with_hooks")):
+        return  # a HookedRootModule subclass of the caller's own
+    hint = " (load one with relp_lens.load_model(name) or relp_lens.wrap_hf_model)" if isinstance(model, str) else ""
+    raise RelPLensError(f"{name} must be a TransformerLens HookedTransformer or TransformerBridge, "
+                        f"got {type(model).__name__}{hint}")
+
+
 def check_model(model: Any) -> None:
     """Raise a clear error for a bridge that is not in compatibility mode (its neuron hooks do not fire)."""
     if is_bridge(model) and not getattr(model, "compatibility_mode", False):
@@ -148,16 +169,6 @@ def W_out(model: Any, layer: int) -> torch.Tensor:
     return _as_shape(w, model.cfg.d_mlp, model.cfg.d_model, f"blocks.{layer}.mlp.W_out")
 
 
-def check_neuron_directions(model: Any) -> None:
-    """Edges of neurons read a neuron's effect at ``hook_mlp_out`` as ``a · W_out[neuron]``. Models that
-    normalise the MLP's output after the down-projection (Gemma 2/3 post-norms, ``ln2_post``) break that;
-    they are refused rather than given wrong edges."""
-    if getattr(model.cfg, "use_normalization_before_and_after", False) or any(
-            ".ln2_post." in name for name in model.hook_dict):
-        raise RelPLensError("neuron edges are not supported yet for models with a norm after the MLP "
-                            "(Gemma 2/3 post-norms): hook_mlp_out is not a sum of a·W_out rows there")
-
-
 def W_U(model: Any) -> torch.Tensor:
     """The unembedding ``[d_model, d_vocab]``."""
     w = model.W_U
@@ -184,6 +195,64 @@ def gated_post_bias(model: Any, mlp: Any) -> torch.Tensor | None:
     (``None`` when it has none); ``None`` on a bridge, where an up-projection bias (``mlp.b_in``) is already
     inside ``hook_pre_linear`` and adding it again would count it twice."""
     return None if is_bridge(model) else getattr(mlp, "b_in", None)
+
+
+def module_what(module: Any, what: str = "") -> str:
+    """A module described for a message, with the Hugging Face module a bridge component wraps.
+
+    Args:
+        module: a model component (a bridge component has ``original_component``).
+        what: what sort of module it is, put after its class name.
+
+    Returns:
+        ``"GatedMLPBridge wrapping LlamaMLP"`` for a bridge component, the class name otherwise; with ``what``,
+        ``"MoEBridge mixture of experts (wrapping MixtralSparseMoeBlock)"``.
+    """
+    inner = getattr(module, "original_component", None)
+    wrapped = "" if inner is None else type(inner).__name__
+    if not what:
+        return type(module).__name__ + (f" wrapping {wrapped}" if wrapped else "")
+    return f"{type(module).__name__} {what}" + (f" (wrapping {wrapped})" if wrapped else "")
+
+
+_ACT_ATTRS = ("act_fn", "activation_fn", "act", "activation")  # Hugging Face's names for an MLP's activation
+
+
+def gated_act_fn(model: Any, mlp: Any, name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The activation ``f`` of a gated MLP, ``hook_post = f(hook_pre) · hook_pre_linear (+ b_in)``.
+
+    HookedTransformer: ``mlp.act_fn``. Bridge: a joint gate-up MLP (Phi-3's ``gate_up_proj``, which the bridge
+    splits and recomputes itself) resolves it as the bridge's own forward does; other gated MLPs run the
+    Hugging Face module, whose activation is ``act_fn`` (or ``activation_fn``, ``act``, ``activation``).
+    A :class:`RelPLensError` naming ``name`` and the module's type when none is found.
+
+    Args:
+        model: the model ``mlp`` belongs to.
+        mlp: a gated MLP module (``hook_pre``, ``hook_pre_linear``, ``hook_post``).
+        name: its name in the model (``"blocks.3.mlp"``), for the message.
+
+    Returns:
+        The activation, a callable on ``[..., d_mlp]`` tensors.
+    """
+    if not is_bridge(model):
+        act = getattr(mlp, "act_fn", None)
+    else:
+        resolve = getattr(type(mlp), "_resolve_activation_fn", None)  # JointGateUpMLPBridge (TL 3.9 and 4.x)
+        act = resolve(mlp) if callable(resolve) else None
+        for owner in (mlp, getattr(mlp, "original_component", None)):
+            for attr in _ACT_ATTRS:
+                if act is not None or owner is None:
+                    break
+                try:
+                    act = getattr(owner, attr, None)
+                except (AttributeError, RuntimeError):
+                    act = None
+                act = act if callable(act) else None
+    if not callable(act):
+        raise RelPLensError(f"{name} ({module_what(mlp)}) is a gated MLP whose activation function relp_lens "
+                            f"cannot find (none of {', '.join(_ACT_ATTRS)}): the RelP rules need it to route the "
+                            f"gradient of hook_post = f(hook_pre) · hook_pre_linear")
+    return act
 
 
 def _native_norm(module: Any) -> bool:

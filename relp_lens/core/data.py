@@ -5,8 +5,10 @@ Paired rows use the field's JSONL format ``{clean_prefix, patch_prefix, clean_an
 target when absent).
 
 1. :class:`Prompts` validates shapes and types on construction.
-2. :func:`tokenize` turns every prompt into tokens (BOS prepended, as ``model.to_tokens`` does) and every
-   answer into exactly one token id; a clean/patch pair must have equal token length.
+2. :func:`tokenize` turns every prompt into tokens as the model does (BOS prepended when
+   ``model.cfg.default_prepend_bos`` says so — TransformerLens' own default; Qwen2/Qwen3 say no — unless
+   ``prepend_bos=`` overrides it, see :func:`resolve_prepend_bos`) and every answer into exactly one token
+   id; a clean/patch pair must have equal token length.
 3. :func:`make_batches` groups examples of equal token length into batches of at most ``batch_size``, so
    no padding ever enters the model; each batch remembers the example indices it holds.
 """
@@ -24,6 +26,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from relp_lens.core.errors import RelPLensError
+from relp_lens.core.files import read_input
+from relp_lens.core.validate import positive_int, show
 from relp_lens.core.positions import Alignment
 
 if TYPE_CHECKING:  # annotations only: TransformerLens 4 has no HookedTransformer
@@ -133,27 +137,31 @@ class Prompts:
 
     @classmethod
     def from_jsonl(cls, path: str | Path) -> "Prompts":
+        """The prompts of a JSONL file: one JSON object per line (see :meth:`from_rows`).
+
+        Lines holding only JSON whitespace are skipped; a UTF-8 byte-order mark at the start of the file is
+        allowed. Any problem is a :class:`RelPLensError` naming ``file:line`` (or the file for file-level
+        problems: missing, a folder, unreadable, no rows). The file is only read.
+        """
         rows, where = [], []
         path = Path(path)
-        if path.is_dir():
-            raise RelPLensError(f"data file {path} is a folder; give a .jsonl file")
-        try:
-            f = open(path, "rb")
-        except FileNotFoundError:
-            raise RelPLensError(f"data file not found: {path}") from None
-        with f:
-            for lineno, raw in enumerate(f, 1):
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    raise RelPLensError(f"{path}:{lineno}: not UTF-8 text (byte {e.start} of the line)") from None
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise RelPLensError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-                where.append(f"{path}:{lineno}")
+        for lineno, raw in enumerate(read_input(path, "data file").split(b"\n"), 1):
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):  # UTF-8 BOM (Windows editors)
+                raw = raw[3:]
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise RelPLensError(f"{path}:{lineno}: not UTF-8 text (byte {e.start} of the line)") from None
+            if not line.strip(JSON_WHITESPACE):
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise RelPLensError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            except (ValueError, RecursionError) as e:  # e.g. a 5000-digit integer, nesting too deep
+                raise RelPLensError(f"{path}:{lineno}: JSON that cannot be read "
+                                    f"({type(e).__name__}: {str(e)[:200]})") from None
+            where.append(f"{path}:{lineno}")
         if not rows:
             raise RelPLensError(f"{path}: no rows (empty input)")
         return cls.from_rows(rows, where)
@@ -177,6 +185,16 @@ class Prompts:
 
 
 ROW_KEYS = {"clean_prefix", "patch_prefix", "clean_answer", "patch_answer", "case"}
+JSON_WHITESPACE = " \t\r\n"  # what JSON allows between tokens: a line of only these is empty
+
+
+def _is_text(s: str) -> bool:
+    """False for strings no tokenizer can take: lone surrogates (``"\\ud800"`` in JSON) are not UTF-8."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def validate_row(row, where: str) -> None:
@@ -190,15 +208,22 @@ def validate_row(row, where: str) -> None:
         raise RelPLensError(f"{where}: unknown field(s) {sorted(unknown)}; known: {sorted(ROW_KEYS)}")
     for key in ("clean_prefix", "patch_prefix"):
         if key in row and (not isinstance(row[key], str) or not row[key]):
-            raise RelPLensError(f"{where}: {key!r} must be a non-empty string, got {row[key]!r}")
+            raise RelPLensError(f"{where}: {key!r} must be a non-empty string, got {show(row[key], 200, length=True)}")
     for key in ("clean_answer", "patch_answer"):
         if key in row:
             a = row[key]
             ok = isinstance(a, str) and a or (isinstance(a, list) and a and all(isinstance(x, str) and x for x in a))
             if not ok:
-                raise RelPLensError(f"{where}: {key!r} must be a non-empty string or list of strings, got {a!r}")
+                raise RelPLensError(f"{where}: {key!r} must be a non-empty string or list of strings, "
+                                    f"got {show(a, 200, length=True)}")
+    for key in ("clean_prefix", "patch_prefix", "clean_answer", "patch_answer"):
+        texts = [row.get(key)] if isinstance(row.get(key), str) else row.get(key) or []
+        if not all(_is_text(t) for t in texts):
+            raise RelPLensError(f"{where}: {key!r} holds a lone surrogate (e.g. '\\ud800'), which is not text")
     if "patch_answer" in row and "patch_prefix" not in row:
         raise RelPLensError(f"{where}: 'patch_answer' without 'patch_prefix'")
+    if "patch_answer" in row and "clean_answer" not in row:
+        raise RelPLensError(f"{where}: 'patch_answer' without 'clean_answer'")
 
 
 @dataclass
@@ -222,10 +247,18 @@ class Batch:
 class Tokenized:
     prompts: Prompts
     clean_tokens: list[torch.Tensor]  # each [pos]
-    patch_tokens: list[torch.Tensor] | None
+    patch_tokens: list[torch.Tensor] | None  # each [pos]
     answer_ids: list[list[int]] | None
     patch_answer_ids: list[list[int]] | None
     answer_alt_ids: list[list[int | None]] | None = None
+    prepend_bos: bool = True  # whether every prompt starts with the BOS token
+
+    def same_answers(self) -> list[int]:
+        """Examples whose clean and patch answers are the same tokens (``logit_diff`` is 0 there, always)."""
+        if self.answer_ids is None or self.patch_answer_ids is None:
+            return []
+        return [i for i, (a, b) in enumerate(zip(self.answer_ids, self.patch_answer_ids))
+                if sorted(a) == sorted(b)]
 
     @property
     def lengths(self) -> list[int]:
@@ -258,34 +291,71 @@ def answer_token(model: HookedTransformer, answer: str, where: str | None = None
 def length_groups(tokens: Sequence[torch.Tensor], batch_size: int) -> list[list[int]]:
     """Indices of ``tokens`` (each ``[pos]``) in batches of equal length, at most ``batch_size`` each, in order of
     first appearance (as :func:`make_batches` groups prompts)."""
+    batch_size = positive_int(batch_size, "batch_size")
     by_length: dict[int, list[int]] = defaultdict(list)
     for i, t in enumerate(tokens):
         by_length[len(t)].append(i)
     return [idx[s:s + batch_size] for idx in by_length.values() for s in range(0, len(idx), batch_size)]
 
 
-def prompt_tokens(model: HookedTransformer, text: str, where: str) -> torch.Tensor:
-    """``[pos]`` tokens of one prompt with BOS, never truncated: a prompt longer than the model's context
-    (``n_ctx``) is an error naming ``where`` and its token count."""
+def resolve_prepend_bos(model: HookedTransformer, prepend_bos: bool | None = None) -> bool:
+    """Whether prompts start with BOS: ``prepend_bos`` when given, else the model's own choice
+    (``model.cfg.default_prepend_bos``, as ``model.to_tokens`` and ``model.run_with_cache(text)`` do; True
+    where the config does not say).
+
+    Args:
+        model: a HookedTransformer or TransformerBridge.
+        prepend_bos: True / False to override the model's default; None to follow it.
+
+    Returns:
+        The choice as a bool; a :class:`RelPLensError` when ``prepend_bos`` is neither None nor a bool.
+    """
+    if prepend_bos is None:
+        return bool(getattr(model.cfg, "default_prepend_bos", True))
+    if not isinstance(prepend_bos, bool):
+        raise RelPLensError(f"prepend_bos must be True, False or None (the model's default), got {prepend_bos!r}")
+    return prepend_bos
+
+
+def prompt_tokens(model: HookedTransformer, text: str, where: str, prepend_bos: bool | None = None) -> torch.Tensor:
+    """``[pos]`` tokens of one prompt, never truncated: a prompt longer than the model's context (``n_ctx``)
+    is an error naming ``where`` and its token count.
+
+    ``prepend_bos``: start with BOS (True), not (False), or as the model does (None, see
+    :func:`resolve_prepend_bos`).
+    """
+    bos = resolve_prepend_bos(model, prepend_bos)
     n_ctx = getattr(model.cfg, "n_ctx", None)
-    if n_ctx and len(text.encode("utf-8")) > 64 * n_ctx:  # no tokenizer makes fewer tokens than bytes/64
+    n_bytes = len(text.encode("utf-8", "surrogatepass"))
+    if n_ctx and n_bytes > 64 * n_ctx:  # no tokenizer makes fewer tokens than bytes/64
         raise RelPLensError(f"{where}: prompt of {len(text):,} characters is far longer than the model's "
                             f"context ({n_ctx} tokens)")
-    tokens = model.to_tokens(text, prepend_bos=True, truncate=False)[0].cpu()
+    tokens = model.to_tokens(text, prepend_bos=bos, truncate=False)[0].cpu()
     if n_ctx and len(tokens) > n_ctx:
         raise RelPLensError(f"{where}: prompt has {len(tokens)} tokens, more than the model's context of "
                             f"{n_ctx} (n_ctx); shorten it")
     return tokens
 
 
-def tokenize(model: HookedTransformer, prompts: Prompts) -> Tokenized:
-    """Every prompt into tokens (checked against ``n_ctx``), every answer into one token id."""
+def tokenize(model: HookedTransformer, prompts: Prompts, prepend_bos: bool | None = None) -> Tokenized:
+    """Every prompt into tokens (checked against ``n_ctx``), every answer into one token id.
+
+    Args:
+        model: a HookedTransformer or TransformerBridge with a tokenizer.
+        prompts: the data.
+        prepend_bos: start every prompt with BOS (True), not (False), or as the model does (None: its
+            ``cfg.default_prepend_bos``, see :func:`resolve_prepend_bos`).
+
+    Returns:
+        A :class:`Tokenized` (prompt tokens each ``[pos]``; ``prepend_bos`` records the choice).
+    """
     if model.tokenizer is None:
         raise RelPLensError("model has no tokenizer; pass tokens through a model with a tokenizer")
-    clean = [prompt_tokens(model, s, prompts.label(i)) for i, s in enumerate(prompts.clean)]
+    bos = resolve_prepend_bos(model, prepend_bos)
+    clean = [prompt_tokens(model, s, prompts.label(i), bos) for i, s in enumerate(prompts.clean)]
     patch = None
     if prompts.patch is not None:
-        patch = [prompt_tokens(model, s, prompts.label(i)) for i, s in enumerate(prompts.patch)]
+        patch = [prompt_tokens(model, s, prompts.label(i), bos) for i, s in enumerate(prompts.patch)]
         for i, (c, p) in enumerate(zip(clean, patch)):
             if len(c) != len(p):
                 raise RelPLensError(
@@ -314,7 +384,7 @@ def tokenize(model: HookedTransformer, prompts: Prompts) -> Tokenized:
     answer_ids = None if prompts.answers is None else [ids(a, i) for i, a in enumerate(prompts.answers)]
     patch_ids = None if prompts.patch_answers is None else [ids(a, i) for i, a in enumerate(prompts.patch_answers)]
     alt_ids = None if prompts.answers is None else [[alt(x) for x in a] for a in prompts.answers]
-    return Tokenized(prompts, clean, patch, answer_ids, patch_ids, alt_ids)
+    return Tokenized(prompts, clean, patch, answer_ids, patch_ids, alt_ids, prepend_bos=bos)
 
 
 def warn_unlikely_answers(logits: torch.Tensor, batch: Batch, prompts: Prompts, *, floor: float = 1e-3) -> None:
@@ -344,8 +414,7 @@ class AnswerWarning(UserWarning):
 
 def make_batches(tok: Tokenized, batch_size: int) -> list[Batch]:
     """Batches of equal-length examples, at most ``batch_size`` each, in order of first appearance."""
-    if batch_size < 1:
-        raise RelPLensError(f"batch_size must be >= 1, got {batch_size}")
+    batch_size = positive_int(batch_size, "batch_size")
     groups: dict[int, list[int]] = defaultdict(list)
     for i, t in enumerate(tok.clean_tokens):
         groups[len(t)].append(i)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from relp_lens.core import validate
 from relp_lens.core.attribution import Attribution, Node, attribute
 from relp_lens.core.data import Prompts
 from relp_lens.core.errors import RelPLensError
@@ -77,6 +78,8 @@ def compare_with_exact(
     """
     if not methods or "exact" in methods:
         raise RelPLensError(f"methods must be a non-empty list of relp/grad/ig, got {list(methods)}")
+    validate.positive_int(n_nodes, "n_nodes")
+    validate.nonneg_int(seed, "seed")
     attributions = {m: attribute(model, prompts, method=m, **kwargs) for m in methods}
     if nodes is None:
         nodes = sample_nodes(list(attributions.values()), n_nodes, seed)

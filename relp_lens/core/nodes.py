@@ -58,6 +58,7 @@ def _check_exists(model: HookedTransformer, names: list[str], what: str) -> None
 
 def resolve_hooks(model: HookedTransformer, basis: str | Sequence[str]) -> list[str]:
     """Hook names, one per "layer" of nodes, for a basis name, hook name, ``{L}`` template or list."""
+    backends.require_model(model)
     if isinstance(basis, str):
         if not basis:
             raise RelPLensError("empty node basis")

@@ -3,14 +3,15 @@
 The rule (one for the whole package):
 
 1. A node position is an integer with Python's indexing meaning: ``pos >= 0`` counts from the start of a
-   prompt (0 is the BOS token), ``pos < 0`` from its end (-1 is the last token, where every metric is
+   prompt (0 is its first token: BOS where the prompts start with one, else the first token of the text —
+   Qwen2/Qwen3 prepend none, see :func:`relp_lens.core.data.resolve_prepend_bos`), ``pos < 0`` from its end (-1 is the last token, where every metric is
    read). ``pos=None`` means every position. A node applied to a prompt that does not have its position
    is an error naming the node and the prompt — never silently skipped. (In mixed-length data a negative
    position that would land on a shared-prefix token is absent from that prompt, see 3.)
 2. When every prompt of a data set has the same token length, attribution reports absolute positions
    (``0 … n-1``): token t is the same slot of the template everywhere.
-3. When lengths differ, the tokens every prompt shares at its start (BOS and a common template start,
-   at least one token shorter than the shortest prompt) keep absolute positions ``0 … n_shared-1``; every
+3. When lengths differ, the tokens every prompt shares at its start (BOS where there is one and a common
+   template start, at least one token shorter than the shortest prompt; possibly none) keep absolute positions ``0 … n_shared-1``; every
    later token is counted from the end (``-1`` last), so "position -2" is the same template slot in every
    prompt of a templated set whose variable part sits earlier.
 4. An :class:`Alignment` maps each prompt's tokens to the columns of a score tensor
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 import torch
 
 from relp_lens.core.errors import RelPLensError
+from relp_lens.core.validate import is_int as _is_integer
 
 
 @dataclass(frozen=True)
@@ -97,8 +99,9 @@ def resolve(pos: int, length: int, n_shared: int = 0) -> int | None:
 
 
 def is_int(x) -> bool:
-    """True for an integer index (``bool`` excluded: ``True`` is no position or neuron number)."""
-    return isinstance(x, int) and not isinstance(x, bool)
+    """True for an integer index (``bool`` excluded: ``True`` is no position or neuron number): a Python ``int``,
+    :func:`relp_lens.core.validate.is_int` without numpy integers."""
+    return _is_integer(x, numpy=False)
 
 
 def check_position(pos, what: str) -> None:

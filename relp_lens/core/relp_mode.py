@@ -7,14 +7,18 @@ spliced in with TransformerLens hooks:
    returns ``scale.detach()``.
 2. Gated MLPs (``hook_pre``, ``hook_pre_linear``, ``hook_post``): the live ``hook_pre`` and
    ``hook_pre_linear`` values are remembered; at ``hook_post`` the forward value is kept and the gradient
-   is routed through ``HalfRule(IdentityRule(pre, f(pre)), pre_linear) + b_in``.
+   is routed through ``HalfRule(IdentityRule(pre, f(pre)), pre_linear) + b_in``. ``f`` is the MLP's own
+   activation (:func:`relp_lens.core.backends.gated_act_fn`; Phi-3's joint gate-up MLP on a bridge included,
+   a clear error where none is found), and the first forward pass through each such MLP checks that the
+   surrogate equals the forward value (an MLP that is not ``f(gate) · up`` is refused, naming it).
 3. Plain MLPs: ``hook_post`` (or ``hook_mid`` for activations followed by an MLP-internal norm) becomes
    ``IdentityRule(hook_pre, value)``.
 4. Mixture of experts (TransformerLens' Mixtral-style ``MoE``): the router weights
    (``hook_expert_weights``) return ``weights.detach()``, constants like norm scales; each expert
    ``experts.E`` gets step 2 with ``hook_gate`` (the activation's input), ``hook_pre`` (the linear factor)
-   and ``hook_post`` (no ``b_in``). Any other MoE type raises :class:`RelPLensError` when relp() is
-   entered, rather than silently keeping its plain gradient.
+   and ``hook_post`` (no ``b_in``). Any other MoE type (on a HookedTransformer, or a bridge's ``MoEBridge``)
+   and any bridge MLP that is not an ``MLPBridge``/``GatedMLPBridge`` raises :class:`RelPLensError` naming the
+   module when relp() is entered, before any hook is added, rather than silently keeping its plain gradient.
 5. Final-logit soft-cap (Gemma-2, ``cfg.output_logits_soft_cap > 0``; on a bridge the Hugging Face
    config's ``final_logit_softcapping``): ``cap·tanh(z/cap)`` gets the identity rule. Both backends apply
    the cap after ``unembed.hook_out`` with no hook point after it, so inside relp() the cap is switched off
@@ -36,13 +40,14 @@ differentiated as usual (see :func:`_keep_order`).
 from __future__ import annotations
 
 import contextlib
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator
 
 import torch
 from transformer_lens.utilities.activation_functions import SOFTCAP_DISABLED, apply_softcap, softcap_enabled
 
-from relp_lens.core import backends
+from relp_lens.core import backends, structure
 from relp_lens.core.errors import RelPLensError
 
 try:  # TransformerLens 3.x; 4.x removed HookedTransformer's components (bridges have no such MoE)
@@ -80,10 +85,20 @@ def _at(where: str, fn):
     return fn
 
 
+_VERIFIED: "weakref.WeakKeyDictionary[object, set[str]]" = weakref.WeakKeyDictionary()  # gated MLPs checked
+
+
 def _gated_hooks(name: str, act_in: str, linear: str, post: str, act_fn, b_in: torch.Tensor | None,
-                 cfg: RelPConfig) -> list[tuple[str, object]]:
-    """A gated product ``post = f(act_in) · linear (+ b_in)``: identity rule on f, half rule on the product."""
+                 cfg: RelPConfig, verified: set[str] | None = None, what: str = "") -> list[tuple[str, object]]:
+    """A gated product ``post = f(act_in) · linear (+ b_in)``: identity rule on f, half rule on the product.
+
+    The rule keeps ``post``'s forward value and differentiates the surrogate, so the surrogate must equal it:
+    the first time a forward pass reaches ``post`` (per model, kept in ``verified``), their relative mismatch
+    is measured, and a :class:`RelPLensError` naming the module is raised when it exceeds the tolerance of the
+    model's dtype (an activation that is not the MLP's own, or an MLP that is not ``f(gate) · up``).
+    """
     live: dict[str, torch.Tensor] = {}
+    where = f"{name}.{post}"
 
     def remember(key: str):
         def hook(x, hook):  # x: [batch, pos, d_mlp] ([tokens, d_mlp] in an expert)
@@ -97,25 +112,62 @@ def _gated_hooks(name: str, act_in: str, linear: str, post: str, act_fn, b_in: t
         if cfg.identity:
             act = IdentityRule.apply(pre, act, cfg.eps)
         surrogate = HalfRule.apply(act, lin) if cfg.half else act * lin
-        return ForwardAs.apply(value, surrogate if b_in is None else surrogate + b_in)
+        surrogate = surrogate if b_in is None else surrogate + b_in
+        if verified is not None and where not in verified and value.numel():  # an expert may get no token
+            with torch.no_grad():
+                mismatch = structure.mismatch(value, surrogate)  # one measure for every identity
+            if mismatch > structure.tolerance(value.dtype):
+                raise RelPLensError(f"{where} is not f({act_in}) · {linear}{' + b_in' if b_in is not None else ''} "
+                                    f"with the activation {getattr(act_fn, '__name__', type(act_fn).__name__)} "
+                                    f"(relative mismatch {mismatch:.3g}){' in ' + what if what else ''}: relp()'s "
+                                    f"half and identity rules would route its gradient wrongly; this MLP is not "
+                                    f"covered")
+            verified.add(where)
+        return ForwardAs.apply(value, surrogate)
 
     return [(f"{name}.{act_in}", remember("pre")), (f"{name}.{linear}", remember("lin")),
-            (f"{name}.{post}", _at(FIRST, gated_post))]
+            (where, _at(FIRST, gated_post))]
+
+
+def _bridge_mlp_covered(name: str, mlp) -> bool:
+    """For a bridge: True for MLP types the rules cover (``MLPBridge``, ``GatedMLPBridge`` and their
+    subclasses, Phi-3's ``JointGateUpMLPBridge`` among them); ``False`` for none (attention-only); a
+    :class:`RelPLensError` naming the module for every other type (``MoEBridge``, opaque blocks)."""
+    if mlp is None or isinstance(mlp, torch.nn.Identity):
+        return False
+    mro = {c.__name__ for c in type(mlp).__mro__}
+    if "MoEBridge" in mro or hasattr(getattr(mlp, "original_component", None), "experts"):
+        raise RelPLensError(f"{name} is a {backends.module_what(mlp, 'mixture of experts')} on a "
+                            f"TransformerBridge, which relp() has no rules for (it covers TransformerLens' own "
+                            f"Mixtral-style MoE on a HookedTransformer): its router and experts would keep their "
+                            f"plain gradient")
+    if not mro & _BRIDGE_MLPS:
+        raise RelPLensError(f"{name} is a {backends.module_what(mlp)}, an MLP type relp() has no rules for (it covers "
+                            f"{', '.join(sorted(_BRIDGE_MLPS))} and their subclasses): its activation would keep "
+                            f"its plain gradient")
+    return True
+
+
+_BRIDGE_MLPS = {"MLPBridge", "GatedMLPBridge"}
 
 
 def _mlp_hooks(model: HookedTransformer, cfg: RelPConfig) -> list[tuple[str, object]]:
     hooks: list[tuple[str, object]] = []
     if not (cfg.identity or cfg.half):
         return hooks
+    bridge = backends.is_bridge(model)
+    verified = _VERIFIED.setdefault(model, set())
     for layer, block in enumerate(getattr(model, "blocks", [])):
         mlp = getattr(block, "mlp", None)
         name = f"blocks.{layer}.mlp"
+        if bridge and not _bridge_mlp_covered(name, mlp):
+            continue
         if isinstance(mlp, MoE):
             # router weights [tokens, n_experts] are constants, like norm scales
             hooks.append((f"{name}.hook_expert_weights", lambda w, hook: w.detach()))
             for e, expert in enumerate(mlp.experts):
                 hooks += _gated_hooks(f"{name}.experts.{e}", "hook_gate", "hook_pre", "hook_post", expert.act_fn,
-                                      None, cfg)
+                                      None, cfg, verified, backends.module_what(expert))
             continue
         if hasattr(mlp, "experts"):
             raise RelPLensError(f"{name} is a {type(mlp).__name__} mixture of experts, which relp() has no rules "
@@ -125,8 +177,9 @@ def _mlp_hooks(model: HookedTransformer, cfg: RelPConfig) -> list[tuple[str, obj
             continue  # attention-only block, or an MLP type without neuron hooks
         gated = hasattr(mlp, "hook_pre_linear") and getattr(mlp, "hook_mid", None) is None
         if gated:
-            hooks += _gated_hooks(name, "hook_pre", "hook_pre_linear", "hook_post", mlp.act_fn,
-                                  backends.gated_post_bias(model, mlp), cfg)
+            hooks += _gated_hooks(name, "hook_pre", "hook_pre_linear", "hook_post",
+                                  backends.gated_act_fn(model, mlp, name),  # a clear error where there is none
+                                  backends.gated_post_bias(model, mlp), cfg, verified, backends.module_what(mlp))
         elif cfg.identity:
             live: dict[str, torch.Tensor] = {}
 
@@ -148,7 +201,8 @@ def relp_hooks(model: HookedTransformer, cfg: RelPConfig | None = None) -> list[
 
     Without relp() around them they lack the final-logit soft-cap rule and the hook ordering that keeps
     them right when other hooks edit the same values; use :func:`relp` unless you need the pairs.
-    Raises :class:`RelPLensError` for an MLP type the rules do not cover (a non-Mixtral MoE).
+    Raises :class:`RelPLensError`, naming the module, for an MLP type the rules do not cover (a non-Mixtral
+    MoE, a bridge's ``MoEBridge`` or other non-MLP component, a gated MLP without a findable activation).
     """
     backends.check_model(model)  # a bridge must be in compatibility mode
     cfg = cfg or RelPConfig()

@@ -301,11 +301,11 @@ class TaskReport:
         return f"accuracy {self.accuracy:.1%} on {self.n} prompts{diff}, mean target probability {self.mean_target_prob:.3f}"
 
 
-def _scores(model: HookedTransformer, data: Prompts, batch_size: int):
+def _scores(model: HookedTransformer, data: Prompts, batch_size: int, prepend_bos: bool | None = None):
     """Per example: (correct, logit diff or None, target probability), in data order."""
     if data.answers is None:
         raise RelPLensError("scoring the task needs answers (clean_answer)")
-    tok = tokenize(model, data)
+    tok = tokenize(model, data, prepend_bos=prepend_bos)
     out: list[tuple[bool, float | None, float]] = [None] * len(data)  # type: ignore[list-item]
     for b in make_batches(tok, batch_size):
         with torch.no_grad():
@@ -323,14 +323,15 @@ def _scores(model: HookedTransformer, data: Prompts, batch_size: int):
 
 
 def task_report(model: HookedTransformer, rows, *, batch_size: int = 32, min_accuracy: float = MIN_ACCURACY,
-                warn: bool = True) -> TaskReport:
+                warn: bool = True, prepend_bos: bool | None = None) -> TaskReport:
     """How well the model does the task; warns (:class:`TaskWarning`) below ``min_accuracy`` (50%).
 
     Also warns (:class:`relp_lens.core.data.AnswerWarning`) for an answer the model almost never predicts where
-    the same text with a leading space is likely (``"are"`` for ``" are"``).
+    the same text with a leading space is likely (``"are"`` for ``" are"``). ``prepend_bos``: as
+    :func:`relp_lens.core.data.tokenize` (None: the model's own default).
     """
     data = rows if isinstance(rows, Prompts) else Prompts.from_rows(rows)
-    scores = _scores(model, data, batch_size)
+    scores = _scores(model, data, batch_size, prepend_bos)
     correct = [c for c, _, _ in scores]
     diffs = [d for _, d, _ in scores if d is not None]
     probs = [p for _, _, p in scores]
@@ -343,11 +344,12 @@ def task_report(model: HookedTransformer, rows, *, batch_size: int = 32, min_acc
     return report
 
 
-def only_correct(model: HookedTransformer, rows, *, batch_size: int = 32):
+def only_correct(model: HookedTransformer, rows, *, batch_size: int = 32, prepend_bos: bool | None = None):
     """The examples the model gets right (paired: logit diff > 0; unpaired: the target is its top-1 token),
-    in the form given (a :class:`Prompts` or a list of rows). An error when it gets none right."""
+    in the form given (a :class:`Prompts` or a list of rows). An error when it gets none right.
+    ``prepend_bos``: as :func:`relp_lens.core.data.tokenize` (None: the model's own default)."""
     data = rows if isinstance(rows, Prompts) else Prompts.from_rows(rows)
-    keep = [i for i, (c, _, _) in enumerate(_scores(model, data, batch_size)) if c]
+    keep = [i for i, (c, _, _) in enumerate(_scores(model, data, batch_size, prepend_bos)) if c]
     if not keep:
         raise RelPLensError(f"the model gets none of the {len(data)} prompts right: nothing to trace")
     return data.subset(keep) if isinstance(rows, Prompts) else [list(rows)[i] for i in keep]

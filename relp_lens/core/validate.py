@@ -1,10 +1,12 @@
 """Option checks shared by the Python API and the command line: one rule and one message per option kind.
 
 1. The checkers (:func:`positive_int`, :func:`nonneg_int`, :func:`int_at_least`, :func:`finite_float`, :func:`fraction`,
-   :func:`int_list`, :func:`fraction_list`) take a value and the option's name and return the value
+   :func:`int_list`, :func:`float_list`) take a value and the option's name and return the value
    normalised (``int``/``float``), or raise :class:`~relp_lens.core.errors.RelPLensError` naming the option,
    what it must be and what was given. ``True``/``False`` are not integers here, ``2.0`` is not an integer,
-   NaN and ±inf are never accepted.
+   NaN and ±inf are never accepted. :func:`is_int`, :func:`show` and :func:`need` are the same test, the same
+   short value and the same ``"<name> must be <what>, got <value>"`` wording for the rest of the package (the
+   circuit-file checks of :mod:`relp_lens.circuits.schema`, prompt rows, positions).
 2. :func:`arg` turns a checker into an ``argparse`` ``type=``: the command line parses the text, then runs the
    same checker, so ``relp-lens trace --k -3`` fails with exit status 2 before anything is loaded, with the same
    words as ``select_top_k(attr, model, k=-3)``.
@@ -23,14 +25,51 @@ from typing import Any
 from relp_lens.core.errors import RelPLensError
 
 
-def _show(value: Any) -> str:
+def show(value: Any, limit: int = 60, *, length: bool = False) -> str:
+    """``repr(value)`` cut short for a message (a huge value must not make a huge message).
+
+    Args:
+        value: what to show.
+        limit: the most characters kept (with ``length=False`` the cut text ends in ``...`` within the limit).
+        length: when cut, keep ``limit`` characters and add ``… (N characters)``, the full text's length.
+
+    Returns:
+        The text.
+    """
     text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    if len(text) <= limit:
+        return text
+    return text[:limit] + f"… ({len(text):,} characters)" if length else text[: limit - 3] + "..."
 
 
-def _is_int(value: Any) -> bool:
-    """An integer in Python's sense (numpy integers too), but not a bool."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+def is_int(value: Any, *, numpy: bool = True) -> bool:
+    """Whether ``value`` is an integer: an ``int`` (numpy integers too), but not a bool.
+
+    Args:
+        value: what to test.
+        numpy: also accept numpy's (and other :class:`numbers.Integral`) integers; ``False``: a Python ``int``
+            only (values parsed from JSON are never numpy, so either serves there).
+
+    Returns:
+        True for an integer, False otherwise (``True``/``False``, ``2.0``, ``"2"`` included).
+    """
+    return isinstance(value, numbers.Integral if numpy else int) and not isinstance(value, bool)
+
+
+def need(ok: Any, name: str, what: str, value: Any) -> None:
+    """Raise ``"<name> must be <what>, got <value>"`` unless ``ok`` (the one wording of every check here).
+
+    Args:
+        ok: the outcome of the check (truthy: fine).
+        name: the option's or field's name (``"k"``, ``"selection.k"``).
+        what: what it must be (``"a positive integer"``).
+        value: what was given, shown by :func:`show`.
+
+    Returns:
+        None; raises :class:`~relp_lens.core.errors.RelPLensError` when ``ok`` is falsy.
+    """
+    if not ok:
+        raise RelPLensError(f"{name} must be {what}, got {show(value)}")
 
 
 def int_at_least(value: Any, name: str, low: int) -> int:
@@ -44,9 +83,9 @@ def int_at_least(value: Any, name: str, low: int) -> int:
     Returns:
         ``int(value)``.
     """
-    if not _is_int(value) or int(value) < low:
+    if not is_int(value) or int(value) < low:
         what = {1: "a positive integer", 0: "a non-negative integer"}.get(low, f"an integer ≥ {low}")
-        raise RelPLensError(f"{name} must be {what}, got {_show(value)}")
+        raise RelPLensError(f"{name} must be {what}, got {show(value)}")
     return int(value)
 
 
@@ -105,14 +144,17 @@ def finite_float(value: Any, name: str, *, low: float | None = None, high: float
             value, ok = float(value), True
         except (TypeError, ValueError):
             ok = False
-    x = float(value) if ok else math.nan
+    try:
+        x = float(value) if ok else math.nan
+    except OverflowError:  # an integer beyond the float range
+        x = math.inf
     if ok and math.isfinite(x):
         ok = ((low is None or (x > low if low_open else x >= low))
               and (high is None or (x < high if high_open else x <= high)))
     else:
         ok = False
     if not ok:
-        raise RelPLensError(f"{name} must be {_range_text(low, high, low_open, high_open)}, got {_show(value)}")
+        raise RelPLensError(f"{name} must be {_range_text(low, high, low_open, high_open)}, got {show(value)}")
     return x
 
 
@@ -141,23 +183,24 @@ def int_list(values: Any, name: str, *, minimum: int = 1) -> list[int]:
         The values as a list of ``int``.
     """
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) == 0:
-        raise RelPLensError(f"{name} must be a non-empty list of integers, got {_show(values)}")
+        raise RelPLensError(f"{name} must be a non-empty list of integers, got {show(values)}")
     return [int_at_least(v, f"each of {name}", minimum) for v in values]
 
 
-def fraction_list(values: Any, name: str) -> list[float]:
-    """A non-empty sequence of fractions in ``(0, 1]``.
+def float_list(values: Any, name: str, **bounds: Any) -> list[float]:
+    """A non-empty sequence of finite numbers, each inside ``bounds`` (as :func:`finite_float`).
 
     Args:
-        values: a sequence of numbers.
+        values: a list or tuple of numbers (a single number or a string is refused, not iterated).
         name: the option's name, used in the message.
+        **bounds: ``low``, ``high``, ``low_open``, ``high_open`` for every item.
 
     Returns:
         The values as a list of ``float``.
     """
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) == 0:
-        raise RelPLensError(f"{name} must be a non-empty list of fractions in (0, 1], got {_show(values)}")
-    return [fraction(v, f"each of {name}") for v in values]
+        raise RelPLensError(f"{name} must be a non-empty list of numbers, got {show(values)}")
+    return [finite_float(v, f"each of {name}", **bounds) for v in values]
 
 
 # -- the command line ------------------------------------------------------------------------------------------
@@ -229,16 +272,16 @@ def device(value: Any, name: str = "device") -> Any:
     try:
         dev = torch.device(value)
     except (RuntimeError, TypeError, ValueError) as e:
-        raise RelPLensError(f"{name} must be a torch device such as 'cpu', 'cuda' or 'cuda:1', got {_show(value)}") from e
+        raise RelPLensError(f"{name} must be a torch device such as 'cpu', 'cuda' or 'cuda:1', got {show(value)}") from e
     if dev.type in ("cpu", "meta"):
         return dev
     backend = getattr(torch, dev.type, None) if dev.type != "mps" else getattr(torch.backends, "mps", None)
     available = getattr(backend, "is_available", None)
     if available is None or not available():
-        raise RelPLensError(f"{name} {_show(value)}: this machine has no {dev.type} device "
+        raise RelPLensError(f"{name} {show(value)}: this machine has no {dev.type} device "
                             f"(torch.{dev.type}.is_available() is False)")
     count = getattr(backend, "device_count", None)
     if dev.index is not None and count is not None and dev.index >= count():
-        raise RelPLensError(f"{name} {_show(value)}: this machine has {count()} {dev.type} device(s), "
+        raise RelPLensError(f"{name} {show(value)}: this machine has {count()} {dev.type} device(s), "
                             f"numbered from 0")
     return dev
