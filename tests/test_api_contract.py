@@ -189,3 +189,22 @@ def test_wrong_kind_of_prompts(model):
         with pytest.raises(RelPLensError):
             relp_lens.attribute(model, bad, progress=False)
     assert hooks_left(model) == []
+
+
+def test_errors_are_chained_to_their_cause(tmp_path):
+    """A RelPLensError that stands for another exception keeps it as ``__cause__`` (the traceback shows both)."""
+    from relp_lens import Circuit, Prompts
+
+    bad = tmp_path / "c.json"
+    bad.write_bytes(b'{"schema": "\xff"}')
+    with pytest.raises(RelPLensError) as info:
+        Circuit.load(bad)
+    assert isinstance(info.value.__cause__, UnicodeDecodeError)
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"clean_prefix": \n')
+    with pytest.raises(RelPLensError, match=r"rows.jsonl:1: not valid JSON") as info:
+        Prompts.from_jsonl(rows)
+    assert isinstance(info.value.__cause__, ValueError)
+    with pytest.raises(RelPLensError) as info:
+        relp_lens.load_model(device="cpu:x:y")
+    assert info.value.__cause__ is not None

@@ -6,6 +6,8 @@ import warnings
 
 import pytest
 import torch
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from relp_lens import Prompts, RelPLensError, attribute
 from relp_lens.circuits import ablation as ablation_mod
@@ -134,3 +136,29 @@ def test_no_warning_for_good_data(llama):
         warnings.simplefilter("error", ZeroMetricWarning)
         attribute(llama, AGREEMENT_ROWS, progress=False)
         attribute(llama, UNPAIRED, progress=False, baseline="mean")
+
+
+SHAPES = {"per example": lambda v: v, "scalar": lambda v: v.sum(), "mean": lambda v: v.mean(),
+          "column": lambda v: v[:, None], "one more": lambda v: torch.cat([v, v[:1]]), "one less": lambda v: v[1:],
+          "matrix": lambda v: torch.stack([v, v], 1), "first only": lambda v: v[:1]}
+
+
+@given(shape=st.sampled_from(sorted(SHAPES)), method=st.sampled_from(["relp", "grad", "ig"]),
+       n=st.integers(1, 4), paired=st.booleans())
+@example(shape="scalar", method="relp", n=4, paired=False)
+@example(shape="first only", method="grad", n=1, paired=True)
+def test_metric_shape_property(llama, shape, method, n, paired):
+    """Whatever a metric returns, attribution runs only on one value per example: every other shape is refused
+    by name (even where it happens to broadcast, as a [1] for a single example), and no hook is left."""
+    def metric(logits):  # [batch, d_vocab]
+        return SHAPES[shape](logits[:, 3])
+
+    prompts = AGREEMENT_ROWS[:n] if paired else UNPAIRED[:n]
+    ok = shape == "per example" or (shape == "first only" and n == 1)
+    if ok:
+        attr = attribute(llama, prompts, metric=metric, method=method, ig_steps=2, progress=False)
+        assert attr.n_examples == n
+    else:
+        with pytest.raises(RelPLensError, match=r"metric must return"):
+            attribute(llama, prompts, metric=metric, method=method, ig_steps=2, progress=False)
+    assert hooks_left(llama) == []

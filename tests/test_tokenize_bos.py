@@ -10,6 +10,8 @@ versions; the bridge's Qwen2 adapter sets ``default_prepend_bos=False`` itself).
 
 import pytest
 import torch
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 import relp_lens
 from relp_lens import RelPLensError, attribute
@@ -17,7 +19,7 @@ from relp_lens.circuits.ablation import evaluate_circuit
 from relp_lens.circuits.circuit import Circuit, select_top_k
 from relp_lens.core import backends
 from relp_lens.core.data import Prompts, resolve_prepend_bos, tokenize
-from helpers import AGREEMENT_ROWS, tiny_hf_qwen2, tiny_llama, word_tokenizer
+from helpers import AGREEMENT_ROWS, WORDS, tiny_hf_qwen2, tiny_llama, word_tokenizer
 
 TEXTS = ["The keys to the cabinet", "The parents", "The author near the doctors"]
 HOOKS = [f"blocks.{layer}.mlp.hook_post" for layer in range(2)]
@@ -154,3 +156,24 @@ def test_recorded_choice_wins_over_the_model_default(qwen):
     circuit = select_top_k(attr, qwen, 6)
     assert circuit.prepend_bos is True
     assert evaluate_circuit(qwen, circuit, AGREEMENT_ROWS, warn=False)["prepend_bos"] is True
+
+
+@pytest.mark.hooked
+@given(words=st.lists(st.sampled_from(WORDS), min_size=1, max_size=6), bos=st.sampled_from([None, True, False]),
+       default=st.booleans())
+@example(words=["The", "keys"], bos=None, default=False)
+def test_tokens_are_the_models_own_property(llama, words, bos, default):
+    """For any text, any model default and any override: relp_lens' tokens are ``model.to_tokens`` with the same
+    choice, and the attribution records that choice."""
+    text = " ".join(words)
+    before = llama.cfg.default_prepend_bos
+    llama.cfg.default_prepend_bos = default
+    try:
+        tok = tokenize(llama, Prompts([text], [" are"]), prepend_bos=bos)
+        choice = default if bos is None else bos
+        assert torch.equal(tok.clean_tokens[0], llama.to_tokens(text, prepend_bos=choice)[0].cpu())
+        if bos is None:  # the model's own call, no argument: what run_with_cache(text) sees
+            assert torch.equal(tok.clean_tokens[0], llama.to_tokens(text)[0].cpu())
+        assert resolve_prepend_bos(llama, bos) is choice
+    finally:
+        llama.cfg.default_prepend_bos = before

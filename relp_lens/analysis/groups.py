@@ -112,7 +112,7 @@ class NeuronGroups:
                        n_prompts=int(d.get("n_prompts", 0)), stability=dict(d.get("stability") or {}),
                        method=str(d.get("method", "spectral")), pruned=bool(d.get("pruned", False)))
         except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise RelPLensError(f"groups: malformed ({type(e).__name__}: {e})") from None
+            raise RelPLensError(f"groups: malformed ({type(e).__name__}: {e})") from e
 
     def assignment(self, labels: Sequence[str]) -> list[int]:
         """Group number of each node label (-1: in no group)."""

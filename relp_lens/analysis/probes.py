@@ -37,8 +37,8 @@ def classes_of(labels: Sequence[Any]) -> list[Any]:
     """The distinct labels, sorted; for two classes the second is the positive one (``True``, ``1``, …)."""
     try:
         return sorted(set(labels))
-    except TypeError:
-        raise RelPLensError("labels must be comparable (all numbers, all strings or all booleans)") from None
+    except TypeError as e:
+        raise RelPLensError("labels must be comparable (all numbers, all strings or all booleans)") from e
 
 
 def auroc(values: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:

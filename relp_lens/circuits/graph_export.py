@@ -177,7 +177,7 @@ def read_index(index_path: Path) -> dict[str, Any]:
         if not all(isinstance(g, dict) for g in index["graphs"]):
             raise ValueError("an entry of 'graphs' is not an object")
     except (ValueError, OSError, RecursionError) as e:
-        raise RelPLensError(f"{index_path}: not a circuit-tracer graph index ({e}); move it away") from None
+        raise RelPLensError(f"{index_path}: not a circuit-tracer graph index ({e}); move it away") from e
     return index
 
 

@@ -109,7 +109,7 @@ class IOEdges:
             t_out = torch.tensor([[float(w) for w in t["output"]] for t in targets], dtype=torch.float64)
             t_dir = torch.tensor([[float(w) for w in t["direct"]] for t in targets], dtype=torch.float64)
         except (KeyError, TypeError, ValueError, IndexError) as e:
-            raise RelPLensError(f"io_edges: malformed ({type(e).__name__}: {e})") from None
+            raise RelPLensError(f"io_edges: malformed ({type(e).__name__}: {e})") from e
         if output.shape[0] != n_nodes or direct.shape[0] != len(positions):
             raise RelPLensError(f"io_edges: {output.shape[0]} output weights for {n_nodes} nodes, "
                                 f"{direct.shape[0]} direct weights for {len(positions)} positions")

@@ -81,7 +81,7 @@ def read_json(raw: bytes, path: Any) -> tuple[str, Any]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise RelPLensError(f"{path}: not UTF-8 text (byte {e.start}); a circuit file is JSON text") from None
+        raise RelPLensError(f"{path}: not UTF-8 text (byte {e.start}); a circuit file is JSON text") from e
     text = text.removeprefix("\ufeff")  # a byte-order mark some editors add
     if not text.strip():
         raise RelPLensError(f"{path}: the file is empty; not a circuit")
@@ -89,11 +89,11 @@ def read_json(raw: bytes, path: Any) -> tuple[str, Any]:
         return text, json.loads(text, parse_constant=_NonFinite)
     except json.JSONDecodeError as e:
         cut = " (the file ends early: truncated?)" if _ends_open(text) else ""
-        raise RelPLensError(f"{path}: not valid JSON (line {e.lineno} column {e.colno}: {e.msg}){cut}") from None
+        raise RelPLensError(f"{path}: not valid JSON (line {e.lineno} column {e.colno}: {e.msg}){cut}") from e
     except RecursionError:
         raise RelPLensError(f"{path}: not a circuit (JSON nested too deeply)") from None
     except ValueError as e:  # e.g. an integer of more than 4300 digits
-        raise RelPLensError(f"{path}: not a circuit ({e})") from None
+        raise RelPLensError(f"{path}: not a circuit ({e})") from e
 
 
 def non_finite_line(message: str, text: str) -> int | None:

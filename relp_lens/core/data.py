@@ -151,13 +151,13 @@ class Prompts:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise RelPLensError(f"{path}:{lineno}: not UTF-8 text (byte {e.start} of the line)") from None
+                raise RelPLensError(f"{path}:{lineno}: not UTF-8 text (byte {e.start} of the line)") from e
             if not line.strip(JSON_WHITESPACE):
                 continue
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as e:
-                raise RelPLensError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+                raise RelPLensError(f"{path}:{lineno}: not valid JSON ({e.msg})") from e
             except (ValueError, RecursionError) as e:  # e.g. a 5000-digit integer, nesting too deep
                 raise RelPLensError(f"{path}:{lineno}: JSON that cannot be read "
                                     f"({type(e).__name__}: {str(e)[:200]})") from None

@@ -356,7 +356,7 @@ def load_model(
         reader = GGUFReader(str(path))
         arch = _field(reader, "general.architecture")
     except (ValueError, IndexError, KeyError, TypeError) as e:  # bad magic, truncated file, bad field
-        raise RelPLensError(f"{path}: not a readable GGUF file ({e})") from None
+        raise RelPLensError(f"{path}: not a readable GGUF file ({e})") from e
     except PermissionError as e:
         raise RelPLensError(f"{path}: cannot read the GGUF file ({e.strerror})") from e
     if arch not in ARCHITECTURES:
