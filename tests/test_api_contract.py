@@ -16,7 +16,7 @@ import relp_lens
 from relp_lens import RelPLensError
 from relp_lens.circuits.graph_io import IOEdges
 from relp_lens.core import backends
-from helpers import AGREEMENT_ROWS, hooks_left, same_length_rows, tiny_hf_llama, word_tokenizer
+from helpers import hooks_left, same_length_rows, tiny_hf_llama, word_tokenizer
 
 
 @pytest.fixture(scope="module")

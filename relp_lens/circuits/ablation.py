@@ -267,7 +267,6 @@ def faithfulness_sweep(model: HookedTransformer, attr: Attribution, prompts: Pro
         sizes = validate.int_list(sizes, "sizes")
     else:
         taus = validate.float_list(taus, "taus", low=0.0)
-    validate.positive_int(batch_size, "batch_size")
     metric = metric if metric is not None else attr.metric
     mode = ablation or consistent_ablation(attr.baseline)
     bos = attr.prepend_bos if prepend_bos is None else prepend_bos
