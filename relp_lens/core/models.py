@@ -29,6 +29,14 @@ better subject-verb agreement behaviour; pass ``bos="<|im_start|>"`` for the fil
 packages and a meta package whose ``assemble()`` joins them, once, into the relp_lens cache). transformers'
 GGUF loader builds and dequantizes the Hugging Face model; the bridge wraps it, and a HookedTransformer is
 made from it by TransformerLens' own Gemma conversion. BOS ``<bos>``, the file's own.
+
+Weight cache (``cache=``, on by default for the shipped models): transformers' GGUF loader spends most of its
+time parsing the file's metadata in Python (Gemma 3's 262k-token vocabulary: ~16 s per parse, two parses per
+load), not dequantizing. The Hugging Face model it builds is saved once (safetensors, float32, ~1.1 GB for
+Gemma 3 270M) under ``$RELP_LENS_CACHE/hf/`` and later loads read that instead: ~48 s become a few seconds.
+The key is the file's resolved path, size and mtime plus the transformers and torch versions; a cached
+folder that does not load is deleted with a warning and rebuilt; writes go to a temp folder renamed into
+place. Reloaded weights are bit-identical to a fresh conversion (tested).
 """
 
 from __future__ import annotations
@@ -315,6 +323,7 @@ def load_model(
     device: str | torch.device = "cpu",
     freeze: bool = True,
     backend: str = "auto",
+    cache: bool | None = None,
 ) -> Any:
     """A TransformerLens model built offline from a GGUF file (default: the shipped SmolLM2-135M-Instruct).
 
@@ -336,6 +345,14 @@ def load_model(
             mode (:func:`relp_lens.core.backends.wrap_hf_model`); ``"auto"`` (default) — ``"hooked"`` where
             TransformerLens has it, else ``"bridge"`` (4.x). Both use the same tokenizer, BOS and ``n_ctx``;
             their logits agree to < 1e-4.
+        cache: keep the Hugging Face model that transformers' GGUF loader builds (bridge, and Gemma 3 on either
+            backend) as float32 safetensors in the relp_lens cache (``$RELP_LENS_CACHE`` or
+            ``~/.cache/relp_lens``, folder ``hf/``), so later loads skip the GGUF parse. Default ``None``: on for
+            the shipped models, off for a ``gguf_path`` of your own (float32 weights of a large model are large).
+
+    Returns:
+        A ``HookedTransformer`` or ``TransformerBridge`` (``backend``) in eval mode, with ``cfg.model_name`` the
+        shipped name or the file's stem.
     """
     backend = backends.resolve_backend(backend)
     device = validate.device(device)
@@ -350,15 +367,14 @@ def load_model(
     if not path.is_file():
         raise (RelPLensError if gguf_path is not None else FileNotFoundError)(f"GGUF file not found: {path}")
     label = name if gguf_path is None else path.stem
-    from gguf import GGUFReader
-
-    try:
-        reader = GGUFReader(str(path))
-        arch = _field(reader, "general.architecture")
-    except (ValueError, IndexError, KeyError, TypeError) as e:  # bad magic, truncated file, bad field
-        raise RelPLensError(f"{path}: not a readable GGUF file ({e})") from e
-    except PermissionError as e:
-        raise RelPLensError(f"{path}: cannot read the GGUF file ({e.strerror})") from e
+    if cache is not None and not isinstance(cache, bool):
+        raise RelPLensError(f"cache must be True, False or None, got {cache!r}")
+    cache = gguf_path is None if cache is None else cache
+    hf_cache = _hf_cache_folder(path) if cache else None
+    arch = _cached_architecture(hf_cache) if hf_cache is not None else None
+    reader = None
+    if arch is None or (backend == "hooked" and arch == "llama"):
+        reader, arch = _read_gguf(path)
     if arch not in ARCHITECTURES:
         raise RelPLensError(f"{path}: GGUF architecture {arch!r} is not supported; supported: {list(ARCHITECTURES)}"
                             " (any other Hugging Face model: relp_lens.wrap_hf_model(hf_model, tokenizer))")
@@ -369,7 +385,7 @@ def load_model(
         model = _llama_hooked(reader, tokenizer, n_ctx=n_ctx)
     else:
         del reader
-        hf = _hf_from_gguf(path)
+        hf = _hf_from_gguf(path, cache=hf_cache, arch=arch)
         if backend == "bridge":
             hf.to(device)
             return backends.wrap_hf_model(hf, tokenizer, label, freeze_weights=freeze, n_ctx=n_ctx)
@@ -380,6 +396,20 @@ def load_model(
         model.requires_grad_(False)
     model.cfg.model_name = label
     return model
+
+
+def _read_gguf(path: Path):
+    """The file's ``GGUFReader`` and its ``general.architecture``; a file that is not GGUF is a RelPLensError."""
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(str(path))
+        arch = _field(reader, "general.architecture")
+    except (ValueError, IndexError, KeyError, TypeError) as e:  # bad magic, truncated file, bad field
+        raise RelPLensError(f"{path}: not a readable GGUF file ({e})") from e
+    except PermissionError as e:
+        raise RelPLensError(f"{path}: cannot read the GGUF file ({e.strerror})") from e
+    return reader, arch
 
 
 def _llama_hooked(reader, tokenizer, *, n_ctx: int) -> HookedTransformer:
@@ -401,17 +431,90 @@ def _llama_hooked(reader, tokenizer, *, n_ctx: int) -> HookedTransformer:
     return model
 
 
-def _hf_from_gguf(path: Path):
-    """transformers' own GGUF loader: the Hugging Face model, dequantized to float32, in eval mode."""
+def _hf_cache_folder(path: Path) -> Path:
+    """Where the weight cache keeps the Hugging Face model of GGUF file ``path`` (see the module docstring)."""
+    import transformers
+
+    st = path.stat()
+    key = (f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|transformers {transformers.__version__}|"
+           f"torch {torch.__version__}|{_HF_CACHE_VERSION}")
+    return _cache_dir() / "hf" / hashlib.sha1(key.encode()).hexdigest()[:16]
+
+
+_HF_CACHE_VERSION = "relp_lens hf cache 1"
+_HF_CACHE_META = "relp_lens.json"
+
+
+def _save_plain(hf, folder: Path) -> None:
+    """The model as a plain float32 checkpoint (``config.json`` + ``model.safetensors``, tied weights once).
+
+    transformers refuses ``save_pretrained`` on a model its GGUF loader made (it stays marked GGUF-quantised
+    although its weights are dequantized), so the config is saved without that mark and the weights with
+    safetensors' own ``save_model``; ``from_pretrained(folder)`` then reads them back bit for bit.
+    """
+    import copy
+
+    from safetensors.torch import save_model
+
+    folder.mkdir(parents=True)
+    config = copy.deepcopy(hf.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.save_pretrained(str(folder))
+    save_model(hf, str(folder / "model.safetensors"), metadata={"format": "pt"})
+
+
+def _cached_architecture(folder: Path) -> str | None:
+    """The GGUF architecture a cache folder was built from, or ``None`` when there is no complete folder."""
+    import json
+
+    try:
+        return json.loads((folder / _HF_CACHE_META).read_text(encoding="utf-8"))["architecture"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _hf_from_gguf(path: Path, cache: Path | None = None, arch: str | None = None):
+    """transformers' own GGUF loader: the Hugging Face model, dequantized to float32, in eval mode.
+
+    With ``cache`` (a folder from :func:`_hf_cache_folder`): read from there when a complete copy is there;
+    else build from the file and save it there (temp folder, then rename; a race lost keeps the winner's).
+    A copy that fails to load is deleted with a warning and rebuilt.
+    """
     import contextlib
     import io
+    import json
 
     from transformers import AutoModelForCausalLM
 
+    if cache is not None and _cached_architecture(cache) is not None:
+        try:
+            with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+                warnings.simplefilter("ignore")
+                return AutoModelForCausalLM.from_pretrained(str(cache), dtype=torch.float32).eval()
+        except Exception as e:  # a truncated or damaged safetensors file, a config transformers refuses
+            reason = f"{type(e).__name__}: {e}".splitlines()[0][:200]
+            warnings.warn(f"relp_lens: weight cache {cache} is damaged ({reason}); rebuilding it", stacklevel=3)
+            shutil.rmtree(cache, ignore_errors=True)
     with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):  # transformers' progress bars
         warnings.simplefilter("ignore")
         hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
-    return hf.eval()
+    hf.eval()
+    if cache is not None:
+        tmp = cache.with_name(cache.name + f".tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            _save_plain(hf, tmp)
+            meta = {"architecture": arch, "source": str(path.resolve()), "note": "relp_lens weight cache; "
+                    "safe to delete (rebuilt from the GGUF file on the next load)"}
+            (tmp / _HF_CACHE_META).write_text(json.dumps(meta), encoding="utf-8")  # last: marks it complete
+            os.replace(tmp, cache)
+        except OSError as e:  # a full disk, a read-only cache, a race lost: the model is fine, the cache not kept
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not cache.exists():
+                warnings.warn(f"relp_lens: could not keep the weight cache in {cache} ({e}); the next load "
+                              f"reads the GGUF file again", stacklevel=3)
+    return hf
 
 
 def _gemma3_hooked(hf, tokenizer, *, n_ctx: int) -> HookedTransformer:
