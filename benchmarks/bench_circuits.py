@@ -25,7 +25,7 @@ import torch
 import relp_lens
 from relp_lens.circuits.ablation import faithfulness_sweep
 from relp_lens.core.tasks import agreement_rows
-from relp_lens.circuits.circuit import select_top_k
+from relp_lens.circuits.selection import select_top_k
 from relp_lens.circuits.edges import attribute_edges
 
 
@@ -53,14 +53,16 @@ def main() -> None:
            "downstream_nodes": sum(n.layer > min(x.layer for x in circuit.nodes) for n in circuit.nodes)}
 
     t0 = time.perf_counter()
-    batched, stats = attribute_edges(model, circuit, edge_rows, edge_batch=256, progress=False)
+    batched = attribute_edges(model, circuit, edge_rows, edge_batch=256, progress=False)
+    stats = batched.stats["edges"]
     fig["batched_s"] = time.perf_counter() - t0
     fig["batched_backward_passes"] = stats.backward_passes
     fig["batched_rows_per_pass"] = stats.rows_per_pass
     fig["peak_rss_after_batched_gb"] = rss_gb()
 
     t0 = time.perf_counter()
-    single, stats1 = attribute_edges(model, circuit, edge_rows, edge_batch=B, progress=False)
+    single = attribute_edges(model, circuit, edge_rows, edge_batch=B, progress=False)
+    stats1 = single.stats["edges"]
     fig["one_backward_per_node_s"] = time.perf_counter() - t0
     fig["one_backward_per_node_passes"] = stats1.backward_passes
     wa = {(e.source, e.target): e.weight for e in batched.edges}
@@ -98,13 +100,13 @@ def main() -> None:
         print(f"{k:>48s}: {v:6.2f}x")
     print("sweep (k, faithfulness, completeness):")
     for r in sweep:
-        print(f"  {r['k']:5d} {r['faithfulness']:+.3f} {r['completeness']:+.3f}")
+        print(f"  {r.k:5d} {r.faithfulness:+.3f} {r.completeness:+.3f}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(dict(command=f"benchmarks/bench_circuits.py --nodes {args.nodes} "
                                             f"--edge-prompts {args.edge_prompts} --build {args.build} --eval {args.eval}",
                                    figures=fig, ratios=ratios,
-                                   sweep=[{k: r[k] for k in ("k", "n_nodes", "faithfulness", "completeness")} for r in sweep]),
+                                   sweep=[{k: getattr(r, k) for k in ("k", "n_nodes", "faithfulness", "completeness")} for r in sweep]),
                               indent=1) + "\n")
     print(f"wrote {out}")
 

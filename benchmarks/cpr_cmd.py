@@ -40,12 +40,12 @@ def main() -> None:
         for ablation in args.ablations:
             sweep = faithfulness_sweep(model, attr, held_out, sizes=sizes, ablation=ablation, progress=False)
             scores = cpr_cmd(sweep, n_total)
-            res = dict(n_total=n_total, curve=[dict(k=r["n_nodes"], fraction=r["n_nodes"] / n_total,
-                                                    faithfulness=r["faithfulness"],
-                                                    completeness=r["completeness"]) for r in sweep], **scores)
+            res = dict(n_total=n_total, curve=[dict(k=r.n_nodes, fraction=r.n_nodes / n_total,
+                                                    faithfulness=r.faithfulness,
+                                                    completeness=r.completeness) for r in sweep], **scores.to_dict())
             out[f"{method}/{ablation}"] = res
-            print(f"{method}, {ablation} ablation: {n_total} candidate nodes; CPR {scores['cpr']:.3f}, "
-                  f"CMD {scores['cmd']:.3f}")
+            print(f"{method}, {ablation} ablation: {n_total} candidate nodes; CPR {scores.cpr:.3f}, "
+                  f"CMD {scores.cmd:.3f}")
             for r in res["curve"]:
                 print(f"  k={r['k']:7d} ({r['fraction']:.3f})  faithfulness {r['faithfulness']:+.3f}  "
                       f"completeness {r['completeness']:+.3f}")

@@ -2,7 +2,7 @@
 
 1. RelP attribution on ``--n-build`` agreement pairs (nounpp and rc); the circuit is the top ``--k`` nodes.
 2. Its full graph: neuron → neuron edges (:func:`relp_lens.attribute_edges`) and embedding → neuron,
-   neuron → output, embedding → output edges (:func:`relp_lens.circuits.graph_io.attribute_io_edges`), on
+   neuron → output, embedding → output edges (:func:`relp_lens.circuits.io_edges.attribute_io_edges`), on
    ``--n-edge`` of the build pairs.
 3. :func:`relp_lens.circuits.pruning.edge_pruning_sweep` at p ∈ {0.2, 0.5, 1, 2, 5, 10, 20, 50, 100}%: surviving
    neurons judged by mean and by counterfactual ablation on ``--n-eval`` held-out pairs; CPR/CMD of the curve over the edge fraction.
@@ -22,7 +22,7 @@ from pathlib import Path
 import relp_lens
 from relp_lens.circuits.ablation import cpr_cmd
 from relp_lens.core.tasks import agreement_rows
-from relp_lens.circuits.graph_io import attribute_io_edges
+from relp_lens.circuits.io_edges import attribute_io_edges
 from relp_lens.circuits.pruning import edge_pruning_sweep
 
 
@@ -41,24 +41,24 @@ def main() -> None:
     t0 = time.perf_counter()
     attr = relp_lens.attribute(model, build, progress=False)
     circuit = relp_lens.select_top_k(attr, model, args.k)
-    circuit, _ = relp_lens.attribute_edges(model, circuit, build[: args.n_edge], progress=False)
-    io = attribute_io_edges(model, circuit, build[: args.n_edge], progress=False)
+    circuit = relp_lens.attribute_edges(model, circuit, build[: args.n_edge], progress=False)
+    circuit = attribute_io_edges(model, circuit, build[: args.n_edge], progress=False)
     t_graph = time.perf_counter() - t0
     out = dict(k=args.k, n_build=args.n_build, n_edge=args.n_edge, n_eval=args.n_eval, graph_seconds=t_graph,
                n_neuron_edges=len(circuit.edges))
     for ablation in args.ablations:
         whole = relp_lens.evaluate_circuit(model, circuit, held_out, ablation=ablation, warn=False)
-        sweep = edge_pruning_sweep(model, circuit, io, held_out, ablation=ablation, progress=False)
-        scores = cpr_cmd(sweep, sweep[0]["n_edges_total"], key="n_edges")
-        print(f"[{ablation} ablation] top-{args.k} circuit: faithfulness {whole['faithfulness']:+.3f}, "
-              f"completeness {whole['completeness']:+.3f}; graph of {sweep[0]['n_edges_total']} edges "
+        sweep = edge_pruning_sweep(model, circuit, held_out, ablation=ablation, progress=False)
+        scores = cpr_cmd(sweep, sweep[0].n_edges_total, key="n_edges")
+        print(f"[{ablation} ablation] top-{args.k} circuit: faithfulness {whole.faithfulness:+.3f}, "
+              f"completeness {whole.completeness:+.3f}; graph of {sweep[0].n_edges_total} edges "
               f"({len(circuit.edges)} neuron→neuron) built in {t_graph:.1f} s")
         print(" edges %   kept   neurons  faithfulness  completeness")
         for r in sweep:
-            print(f"{r['percent']:7.1f}  {r['n_edges']:6d}  {r['n_nodes']:7d}  {r['faithfulness']:+12.3f}  "
-                  f"{r['completeness']:+12.3f}")
-        print(f"edge CPR {scores['cpr']:.3f}, CMD {scores['cmd']:.3f}")
-        out[ablation] = dict(circuit=whole, sweep=sweep, **scores)
+            print(f"{r.percent:7.1f}  {r.n_edges:6d}  {r.n_nodes:7d}  {r.faithfulness:+12.3f}  "
+                  f"{r.completeness:+12.3f}")
+        print(f"edge CPR {scores.cpr:.3f}, CMD {scores.cmd:.3f}")
+        out[ablation] = dict(circuit=whole.to_dict(), sweep=[r.to_dict() for r in sweep], **scores.to_dict())
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1))
 

@@ -39,7 +39,7 @@ def main() -> None:
     build, held = rows[: args.n_build], rows[args.n_build:]
     attr = relp_lens.attribute(model, build, progress=False)
     circuit = relp_lens.select_top_k(attr, model, args.k)
-    circuit, _ = relp_lens.attribute_edges(model, circuit, build[: args.n_edge], progress=False)
+    circuit = relp_lens.attribute_edges(model, circuit, build[: args.n_edge], progress=False)
     t0 = time.perf_counter()
     grouped = relp_lens.group_neurons(model, circuit, build)
     t_group = time.perf_counter() - t0

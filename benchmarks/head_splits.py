@@ -15,13 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import relp_lens
 from relp_lens.core.tasks import agreement_rows
 from relp_lens.circuits.edges import prune_edges
-from relp_lens.circuits.graph_io import attribute_io_edges
+from relp_lens.circuits.io_edges import attribute_io_edges
 from relp_lens.circuits.heads import attribute_head_splits
 
 
@@ -39,20 +38,19 @@ def main() -> None:
     attr = relp_lens.attribute(model, build, progress=False)
     circuit = relp_lens.select_top_k(attr, model, args.k)
     t0 = time.perf_counter()
-    circuit, _ = relp_lens.attribute_edges(model, circuit, edge_rows, progress=False)
+    circuit = relp_lens.attribute_edges(model, circuit, edge_rows, progress=False)
     t_edges = time.perf_counter() - t0
     pruned = prune_edges(circuit, args.keep)
     t0 = time.perf_counter()
-    io = attribute_io_edges(model, pruned, edge_rows, progress=False)
-    pruned = replace(pruned, io_edges=io.to_dict())
+    pruned = attribute_io_edges(model, pruned, edge_rows, progress=False)
     t_io = time.perf_counter() - t0
     t0 = time.perf_counter()
     split = attribute_head_splits(model, pruned, edge_rows, progress=False)
     t_heads = time.perf_counter() - t0
-    edges = split.heads["edges"]
-    via_heads = sum(abs(s["other"] + sum(w for *_, w in s["heads"])) for s in edges.values())
-    via_res = sum(abs(s["residual"]) for s in edges.values())
-    totals = split.heads["totals"][:10]
+    edges = split.heads.edges
+    via_heads = sum(abs(s.other + sum(w for *_, w in s.heads)) for s in edges.values())
+    via_res = sum(abs(s.residual) for s in edges.values())
+    totals = [list(t) for t in split.heads.totals[:10]]
     print(f"top-{args.k} circuit, {len(circuit.edges)} neuron edges in {t_edges:.1f} s; pruned to "
           f"{len(pruned.nodes)} nodes / {len(pruned.edges)} neuron edges; input/output edges {t_io:.1f} s")
     print(f"head splits of {len(edges)} edges in {t_heads:.1f} s ({model.cfg.n_layers} layers × "

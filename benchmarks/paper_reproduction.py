@@ -79,7 +79,7 @@ def run(args) -> dict:
             for m in ("relp", "ig"):
                 n_total = attrs[m].scores[0].numel()
                 sizes = [k for k in args.grid if k <= n_total]
-                curves[m] = [{k: r[k] for k in ("n_nodes", "faithfulness", "completeness")}
+                curves[m] = [{k: getattr(r, k) for k in ("n_nodes", "faithfulness", "completeness")}
                              for r in faithfulness_sweep(model, attrs[m], held_out, sizes=sizes, progress=False)]
             out["bases"][basis] = {
                 "correlation_with_exact": corr, "exact_nodes": len(nodes), "exact_prompts": n_ex,

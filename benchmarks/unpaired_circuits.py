@@ -62,7 +62,7 @@ def per_prompt(model, held, sizes, baseline="mean"):
     import statistics
 
     from relp_lens.circuits.ablation import Ablation, _ratios
-    from relp_lens.circuits.circuit import select_top_k
+    from relp_lens.circuits.selection import select_top_k
     from relp_lens.core.data import make_batches, tokenize
 
     data = Prompts.from_rows(held)
@@ -129,11 +129,11 @@ def main() -> None:
             sweep = faithfulness_sweep(model, attr, h, sizes=SIZES, metric=metric, ablation=ablation,
                                        include_fixed=include_fixed, exclude_neurons=always_on if skip_on else None,
                                        progress=False)
-            faith = [round(r["faithfulness"], 3) for r in sweep]
-            comp = [round(r["completeness"], 3) for r in sweep]
-            k08 = next((r["k"] for r in sweep if r["faithfulness"] >= 0.8), None)
+            faith = [round(r.faithfulness, 3) for r in sweep]
+            comp = [round(r.completeness, 3) for r in sweep]
+            k08 = next((r.k for r in sweep if r.faithfulness >= 0.8), None)
             res["settings"][name] = dict(n_build=len(b), n_held=len(h), faithfulness=faith, completeness=comp,
-                                         k_at_0_8=k08, f_model=sweep[0]["f_model"], f_empty=sweep[0]["f_empty"],
+                                         k_at_0_8=k08, f_model=sweep[0].f_model, f_empty=sweep[0].f_empty,
                                          seconds=round(time.time() - t0, 1))
             print(f"| {name} ({len(b)}/{len(h)}) | " + " | ".join(f"{f:+.2f}/{c:+.2f}" for f, c in zip(faith, comp))
                   + f" | {k08} |", flush=True)

@@ -15,8 +15,9 @@ The package is grouped by stage, data flowing model → attribution → circuit 
 - ``relp_lens.core``: errors, files, backends (HookedTransformer / TransformerBridge), models (the shipped
   GGUF models), rules and relp_mode (RelP), nodes, data, positions, metrics, tasks, attribution, exact
   patching, distributed (data parallel), plan (memory and passes);
-- ``relp_lens.circuits``: circuit, ablation (faithfulness, completeness), edges, graph_io (input/output
-  edges), heads (head splits), pruning, graph_export (circuit-tracer's format);
+- ``relp_lens.circuits``: circuit (the data model: the circuit and every annotation it stores), selection
+  (top-k, threshold), ablation (faithfulness, completeness), edges, io_edges (input/output edges), heads (head
+  splits), pruning, graph_export (circuit-tracer's format);
 - ``relp_lens.analysis``: steering, cards, corpus (real-text contexts), probes, groups;
 - ``relp_lens.views``: plots, report;
 - ``relp_lens.cli`` and ``relp_lens.demo``: the command line and the demo.
@@ -28,9 +29,10 @@ the first use of a public name imports the submodule that defines it. This keeps
    submodule itself (``relp_lens.plot`` is the ``relp_lens.views.plots`` module, as in the docs' spelling).
 2. Module ``__getattr__`` imports the submodule, caches the value in the package namespace (later
    look-ups skip ``__getattr__``) and returns it; unknown names raise ``AttributeError`` as usual.
-3. The modules lived flat in ``relp_lens`` before (``relp_lens.attribution``, ``relp_lens.agreement``, …):
-   :data:`MOVED` says where each went; importing or reaching an old path gives the module from its new place
-   with a ``DeprecationWarning`` (:mod:`relp_lens._moved`).
+3. The modules lived flat in ``relp_lens`` before (``relp_lens.attribution``, ``relp_lens.agreement``, …), and
+   some were renamed inside their stage (``relp_lens.circuits.graph_io``): :data:`MOVED` says where each went;
+   importing or reaching an old path gives the module from its new place with a ``DeprecationWarning``
+   (:mod:`relp_lens._moved`).
 4. Type checkers and IDEs see ordinary imports under ``TYPE_CHECKING``.
 """
 
@@ -53,8 +55,12 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "Circuit": ("circuits.circuit", "Circuit"),
     "CircuitEdge": ("circuits.circuit", "CircuitEdge"),
     "CircuitNode": ("circuits.circuit", "CircuitNode"),
-    "select_threshold": ("circuits.circuit", "select_threshold"),
-    "select_top_k": ("circuits.circuit", "select_top_k"),
+    "IOEdges": ("circuits.circuit", "IOEdges"),
+    "HeadSplits": ("circuits.circuit", "HeadSplits"),
+    "NeuronGroups": ("circuits.circuit", "NeuronGroups"),
+    "Evaluation": ("circuits.circuit", "Evaluation"),
+    "select_threshold": ("circuits.selection", "select_threshold"),
+    "select_top_k": ("circuits.selection", "select_top_k"),
     "Prompts": ("core.data", "Prompts"),
     "attribute_edges": ("circuits.edges", "attribute_edges"),
     "prune_edges": ("circuits.edges", "prune_edges"),
@@ -75,7 +81,8 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "always_on_neurons": ("analysis.cards", "always_on_neurons"),
     "only_correct": ("core.tasks", "only_correct"),
     "write_circuit_tracer": ("circuits.graph_export", "write_circuit_tracer"),
-    "attribute_io_edges": ("circuits.graph_io", "attribute_io_edges"),
+    "to_circuit_tracer": ("circuits.graph_export", "to_circuit_tracer"),
+    "attribute_io_edges": ("circuits.io_edges", "attribute_io_edges"),
     "edge_pruning_sweep": ("circuits.pruning", "edge_pruning_sweep"),
     "cpr_cmd": ("circuits.ablation", "cpr_cmd"),
     "attribute_head_splits": ("circuits.heads", "attribute_head_splits"),
@@ -88,12 +95,15 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
 }
 # the stage subpackages and entry points, reachable as attributes after a bare ``import relp_lens``
 _SUBMODULES = {"core", "circuits", "analysis", "views", "cli", "demo"}
-# where the modules of the flat layout went (relp_lens.agreement became part of relp_lens.core.tasks)
+# where the modules of the flat layout went (relp_lens.agreement became part of relp_lens.core.tasks), and the
+# modules renamed inside a stage (dotted old paths)
 MOVED = {
     **{m: f"core.{m}" for m in ("errors", "files", "backends", "models", "rules", "relp_mode", "nodes", "data",
                                 "positions", "metrics", "attribution", "exact", "distributed", "plan", "tasks")},
     "agreement": "core.tasks",
-    **{m: f"circuits.{m}" for m in ("circuit", "ablation", "edges", "graph_io", "heads", "pruning", "graph_export")},
+    **{m: f"circuits.{m}" for m in ("circuit", "ablation", "edges", "heads", "pruning", "graph_export")},
+    "graph_io": "circuits.io_edges",
+    "circuits.graph_io": "circuits.io_edges",
     **{m: f"analysis.{m}" for m in ("steering", "cards", "corpus", "probes", "groups")},
     **{m: f"views.{m}" for m in ("plots", "report")},
 }
@@ -105,7 +115,8 @@ __all__ = [
     "select_threshold", "select_top_k", "shipped_gguf_path", "steer", "steering_direction", "steering_sweep",
     "plot", "always_on_neurons", "only_correct", "wrap_hf_model", "write_circuit_tracer", "attribute_io_edges",
     "edge_pruning_sweep", "cpr_cmd", "attribute_head_splits", "influence_prune", "neuron_auroc",
-    "group_neurons", "groups_of", "group_steering", "data_parallel",
+    "group_neurons", "groups_of", "group_steering", "data_parallel", "IOEdges", "HeadSplits", "NeuronGroups",
+    "Evaluation", "to_circuit_tracer",
 ]
 _moved.install(__name__, MOVED)
 
@@ -113,7 +124,7 @@ _moved.install(__name__, MOVED)
 def __getattr__(name: str) -> Any:
     if name in _SUBMODULES:
         return importlib.import_module(f"{__name__}.{name}")
-    if name in MOVED:  # relp_lens.plots.… of the flat layout: the module from its new place
+    if name in MOVED:  # relp_lens.plots.… of the flat layout: the module from its new place (dotted: never an attribute)
         return _moved.old_module(name)
     try:
         module_name, attr = _EXPORTS[name]
@@ -135,10 +146,12 @@ if TYPE_CHECKING:
     from relp_lens.analysis.probes import neuron_auroc
     from relp_lens.analysis.steering import group_steering, steer, steering_direction, steering_sweep
     from relp_lens.circuits.ablation import cpr_cmd, evaluate_circuit, faithfulness_sweep
-    from relp_lens.circuits.circuit import Circuit, CircuitEdge, CircuitNode, select_threshold, select_top_k
+    from relp_lens.circuits.circuit import (Circuit, CircuitEdge, CircuitNode, Evaluation, HeadSplits, IOEdges,
+                                            NeuronGroups)
     from relp_lens.circuits.edges import attribute_edges, prune_edges
-    from relp_lens.circuits.graph_export import write_circuit_tracer
-    from relp_lens.circuits.graph_io import attribute_io_edges
+    from relp_lens.circuits.graph_export import to_circuit_tracer, write_circuit_tracer
+    from relp_lens.circuits.io_edges import attribute_io_edges
+    from relp_lens.circuits.selection import select_threshold, select_top_k
     from relp_lens.circuits.heads import attribute_head_splits
     from relp_lens.circuits.pruning import edge_pruning_sweep, influence_prune
     from relp_lens.core.attribution import METHODS, Attribution, attribute, pearson

@@ -1,7 +1,10 @@
 """The flat layout's module paths (``relp_lens.attribution``, …) kept working after the move into stage
-subpackages: one table (``relp_lens.MOVED``) and an import hook, no copies of any module.
+subpackages, and so do modules renamed inside a stage (``relp_lens.circuits.graph_io``): one table
+(``relp_lens.MOVED``: old path relative to the package → new one) and an import hook, no copies of any module.
 
-1. :func:`install` puts a finder on ``sys.meta_path`` that answers only for ``relp_lens.<old name>``.
+1. :func:`install` puts a finder on ``sys.meta_path`` that answers only for ``relp_lens.<old path>`` (an old
+   path may be dotted: ``circuits.graph_io``); it comes after the ordinary finders, so it only answers for a
+   module that no longer exists.
 2. Its loader imports the module from its new place (``relp_lens.core.attribution``) and puts that same module
    object in ``sys.modules`` under the old name, which importlib then returns: ``import relp_lens.attribution``
    and ``from relp_lens.attribution import attribute`` work, monkeypatching either path patches the one module,
@@ -22,7 +25,14 @@ _table: dict[str, str] = {}
 
 
 def old_module(name: str):
-    """The module the flat layout called ``relp_lens.<name>``, from its new place, with a warning."""
+    """The module once called ``relp_lens.<name>``, from its new place, with a ``DeprecationWarning``.
+
+    Args:
+        name: the old path relative to the package (``"attribution"``, ``"circuits.graph_io"``).
+
+    Returns:
+        The module at its new place.
+    """
     new = f"{_package}.{_table[name]}"
     warnings.warn(f"{_package}.{name} moved to {new}" + (" (agreement_rows is there)" if name == "agreement" else ""),
                   DeprecationWarning, stacklevel=3)
@@ -42,13 +52,23 @@ class _Loader(importlib.abc.Loader):
 
 class _Finder(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname: str, path=None, target=None):
-        package, _, name = fullname.rpartition(".")
-        if package != _package or name not in _table:
+        prefix = f"{_package}."
+        name = fullname[len(prefix):] if fullname.startswith(prefix) else None
+        if name not in _table:
             return None
         return importlib.util.spec_from_loader(fullname, _Loader(name))
 
 
 def install(package: str, table: dict[str, str]) -> None:
+    """Answer imports of the old paths of ``package``.
+
+    Args:
+        package: the package (``"relp_lens"``).
+        table: old path → new path, both relative to the package.
+
+    Returns:
+        None; the finder is installed once.
+    """
     global _package
     _package = package
     _table.update(table)

@@ -53,7 +53,6 @@ FRACTION = arg(fraction, float)
 # spelled out here so that building the parser imports no torch (a test checks the two agree).
 TASK_NAMES = ("agreement", "simple", "nounpp", "rc", "within_rc", "capitals", "city_to_state",
               "state_to_capital", "addition", "antonyms")
-TASKS = TASK_NAMES  # the former name
 
 OOM_HINT = "try a smaller --batch-size or fewer/shorter prompts"
 
@@ -225,7 +224,7 @@ def _graph_writers(model, attr, circuit, outputs: dict[str, Path], slug: str) ->
     import torch
 
     from relp_lens.core.files import write_text_atomic
-    from relp_lens.circuits.graph_export import INDEX_FILE, to_json, updated_index
+    from relp_lens.circuits.graph_export import INDEX_FILE, to_circuit_tracer, to_json, updated_index
 
     prompt = attr.prompts.clean[0]
     tokens = model.to_tokens(prompt, prepend_bos=attr.prepend_bos)  # [1, pos]
@@ -237,8 +236,8 @@ def _graph_writers(model, attr, circuit, outputs: dict[str, Path], slug: str) ->
         target = answer_token(model, label)
         with torch.no_grad():
             prob = model(tokens)[0, -1].float().softmax(-1)[target].item()
-    graph = circuit.to_circuit_tracer(attr.str_tokens[0], prompt=prompt, slug=slug, token_ids=tokens[0].tolist(),
-                                      output_label=label, output_token=target, output_prob=prob)
+    graph = to_circuit_tracer(circuit, attr.str_tokens[0], prompt=prompt, slug=slug, token_ids=tokens[0].tolist(),
+                              output_label=label, output_token=target, output_prob=prob)
     text = to_json(graph)
     index = to_json(updated_index(outputs[INDEX_FILE], graph, title=str(circuit.model.get("name", ""))))
     return [(outputs["--export-circuit-tracer"], lambda p: write_text_atomic(p, text)),
@@ -317,8 +316,8 @@ def _build_circuit(args, model, build, held_out, task: str | None,
     without answers). ``build`` and ``held_out`` are :class:`relp_lens.core.data.Prompts`."""
     import relp_lens
     from relp_lens.circuits.ablation import evaluate_circuit
-    from relp_lens.circuits.circuit import select_threshold, select_top_k
     from relp_lens.circuits.edges import attribute_edges, prune_edges
+    from relp_lens.circuits.selection import select_threshold, select_top_k
 
     from relp_lens.core.tasks import MIN_ACCURACY, only_correct, task_report
 
@@ -369,16 +368,16 @@ def _build_circuit(args, model, build, held_out, task: str | None,
     if args.edges:
         edge_rows = build.subset(range(min(args.edge_prompts, len(build))))
         say(f"weighing edges between {len(circuit)} nodes on {len(edge_rows)} prompts ...")
-        circuit, stats = attribute_edges(model, circuit, edge_rows, method="grad" if args.method == "grad" else "relp",
-                                         batch_size=args.batch_size, progress=progress)
-        print(f"edges: {len(circuit.edges)} from {stats.backward_passes} backward passes "
+        circuit = attribute_edges(model, circuit, edge_rows, method="grad" if args.method == "grad" else "relp",
+                                  batch_size=args.batch_size, progress=progress)
+        print(f"edges: {len(circuit.edges)} from {circuit.stats['edges'].backward_passes} backward passes "
               f"over {len(edge_rows)} prompts")
         if circuit.basis == "mlp_post" and circuit.baseline in ("patch", "zero"):
-            from relp_lens.circuits.graph_io import attribute_io_edges
+            from relp_lens.circuits.io_edges import attribute_io_edges
 
-            io = attribute_io_edges(model, circuit, edge_rows, method="grad" if args.method == "grad" else "relp",
-                                    batch_size=args.batch_size, progress=progress)
-            circuit.io_edges = io.to_dict()
+            circuit = attribute_io_edges(model, circuit, edge_rows, method="grad" if args.method == "grad" else "relp",
+                                         batch_size=args.batch_size, progress=progress)
+            io = circuit.io_edges
             print(f"input/output edges: {int((io.input != 0).sum())} embedding → neuron, {len(circuit)} neuron → "
                   f"output, {int((io.direct != 0).sum())} embedding → output")
         else:
@@ -405,8 +404,8 @@ def _build_circuit(args, model, build, held_out, task: str | None,
             say(f"splitting the edges of the drawn graph (≤ {args.graph_nodes} neurons) over attention heads ...")
             circuit = attribute_head_splits(model, circuit, edge_rows, method="grad" if args.method == "grad" else "relp",
                                             batch_size=args.batch_size, max_nodes=args.graph_nodes, progress=progress)
-            top = ", ".join(f"{l}.{h} {w:+.3g}" for l, h, w in circuit.heads["totals"][:5])
-            print(f"head splits of {len(circuit.heads['edges'])} edges; heads carrying the most weight: {top}")
+            top = ", ".join(f"{l}.{h} {w:+.3g}" for l, h, w in circuit.heads.totals[:5])
+            print(f"head splits of {len(circuit.heads.edges)} edges; heads carrying the most weight: {top}")
     if args.groups:
         from relp_lens.analysis.groups import group_neurons, groups_of
 
@@ -417,8 +416,8 @@ def _build_circuit(args, model, build, held_out, task: str | None,
     if len(held_out):
         say(f"evaluating {len(circuit)} nodes on {len(held_out)} held-out prompts ({circuit.ablation} ablation) ...")
         circuit.evaluation = evaluate_circuit(model, circuit, held_out, batch_size=args.batch_size, warn=False)
-        if circuit.evaluation.get("verdict"):
-            print(f"warning: {circuit.evaluation['verdict']}", file=sys.stderr)
+        if circuit.evaluation.verdict:
+            print(f"warning: {circuit.evaluation.verdict}", file=sys.stderr)
     return circuit, attr, accuracy
 
 
@@ -471,9 +470,9 @@ def cmd_evaluate(args) -> int:
     say(f"evaluating {len(circuit)} nodes on {len(rows)} held-out prompts ...")
     ev = evaluate_circuit(model, circuit, rows, ablation=args.ablation, batch_size=args.batch_size, warn=False,
                           prepend_bos=args.prepend_bos)
-    print(f"{len(circuit)} nodes on {ev['n_prompts']} held-out prompts ({ev['ablation']} ablation): faithfulness "
-          f"{ev['faithfulness']:+.3f}, completeness {ev['completeness']:+.3f}  (F(M) {ev['f_model']:+.3f}, "
-          f"F(∅) {ev['f_empty']:+.3f})")
+    print(f"{len(circuit)} nodes on {ev.n_prompts} held-out prompts ({ev.ablation} ablation): faithfulness "
+          f"{ev.faithfulness:+.3f}, completeness {ev.completeness:+.3f}  (F(M) {ev.f_model:+.3f}, "
+          f"F(∅) {ev.f_empty:+.3f})")
     weak = [ev]
     if sizes:
         say(f"evaluating the top-k sub-circuits for k = {', '.join(map(str, sizes))} ...")
@@ -484,7 +483,7 @@ def cmd_evaluate(args) -> int:
             r = evaluate_circuit(model, sub, rows, ablation=args.ablation, batch_size=args.batch_size, warn=False,
                                  prepend_bos=args.prepend_bos)
             weak.append(r)
-            print(f"{len(sub):6d} {r['faithfulness']:+13.3f} {r['completeness']:+13.3f}")
+            print(f"{len(sub):6d} {r.faithfulness:+13.3f} {r.completeness:+13.3f}")
     from relp_lens.circuits.ablation import verdict
 
     note = verdict(weak)

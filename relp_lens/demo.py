@@ -23,8 +23,8 @@ from pathlib import Path
 import relp_lens
 from relp_lens.circuits.ablation import evaluate_circuit
 from relp_lens.core.tasks import agreement_rows
-from relp_lens.circuits.circuit import select_top_k
 from relp_lens.circuits.edges import attribute_edges
+from relp_lens.circuits.selection import select_top_k
 from relp_lens.core.files import write_text_atomic
 from relp_lens.views.report import report_inputs, write_report
 from relp_lens.analysis.steering import steering_direction, steering_sweep
@@ -76,10 +76,10 @@ def main(argv: list[str] | None = None) -> None:
                                        progress=False)
     lines += ["", cmp.table() + f"   ({time.time() - t0:.1f}s, {len(rows[:8])} pairs)"]
     circuit = select_top_k(attr, model, 100, task="agreement")
-    circuit, _ = attribute_edges(model, circuit, rows[:4], progress=False)
+    circuit = attribute_edges(model, circuit, rows[:4], progress=False)
     ev = circuit.evaluation = evaluate_circuit(model, circuit, held_out)
     lines += ["", f"circuit of the top {len(circuit)} neurons on {len(held_out)} held-out pairs: "
-                  f"faithfulness {ev['faithfulness']:+.3f}, completeness {ev['completeness']:+.3f}; "
+                  f"faithfulness {ev.faithfulness:+.3f}, completeness {ev.completeness:+.3f}; "
                   f"{len(circuit.edges)} edges"]
     top20 = [(n.layer, n.pos, n.index) for n in sorted(circuit.nodes, key=lambda n: -abs(n.score))[:20]]
     plural = [r for r in rows if r["clean_answer"] == " are"]

@@ -19,22 +19,20 @@ def compute(model, rows, held_out, facts):
     edges, head splits, groups' per-prompt profiles, the real-text context index (its top and bottom values: tied
     values may come from either of two contexts), evaluation (mean and counterfactual ablation), the unpaired
     mean baseline."""
-    from dataclasses import replace
-
     from relp_lens.analysis.corpus import context_index
-    from relp_lens.circuits.graph_io import attribute_io_edges
     from relp_lens.analysis.groups import node_profiles
+    from relp_lens.circuits.io_edges import attribute_io_edges
 
     attr = relp_lens.attribute(model, rows, reduce="mean", batch_size=2, progress=False)
     per_example = relp_lens.attribute(model, rows, batch_size=2, progress=False)
     circuit = relp_lens.select_top_k(attr, model, 10)
-    circuit, _ = relp_lens.attribute_edges(model, circuit, rows, batch_size=2, progress=False)
+    circuit = relp_lens.attribute_edges(model, circuit, rows, batch_size=2, progress=False)
     ev = relp_lens.evaluate_circuit(model, circuit, held_out, batch_size=2, warn=False)
     cf = relp_lens.evaluate_circuit(model, circuit, held_out, batch_size=2, ablation="counterfactual", warn=False)
     unpaired = relp_lens.attribute(model, facts, baseline="mean", reduce="mean", batch_size=2, progress=False)
-    io = attribute_io_edges(model, circuit, rows, batch_size=2, progress=False)
-    heads = relp_lens.attribute_head_splits(model, replace(circuit, io_edges=io.to_dict()), rows, batch_size=2,
-                                            top=None, progress=False).heads
+    full = attribute_io_edges(model, circuit, rows, batch_size=2, progress=False)
+    io = full.io_edges
+    heads = relp_lens.attribute_head_splits(model, full, rows, batch_size=2, top=None, progress=False).heads
     profile_scores, profile_acts = node_profiles(model, circuit, rows, batch_size=2)
     texts = [r["clean_prefix"] + r["clean_answer"] + " near the cabinets" for r in rows + held_out]
     index = context_index(model, texts, window=5, k=3, batch_size=2, cache=False, progress=False)
@@ -43,12 +41,12 @@ def compute(model, rows, held_out, facts):
                 mean=attr.mean().nan_to_num(0).flatten().tolist()[:5000],
                 per_example=per_example.scores.flatten()[::97].tolist(),
                 metric_clean=attr.metric_clean.tolist(), metric_ref=attr.metric_ref.tolist(),
-                counts=attr.counts.tolist(), faithfulness=ev["faithfulness"], completeness=ev["completeness"],
-                cf_faithfulness=cf["faithfulness"], unpaired=unpaired.mean().nan_to_num(0).flatten()[::31].tolist(),
+                counts=attr.counts.tolist(), faithfulness=ev.faithfulness, completeness=ev.completeness,
+                cf_faithfulness=cf.faithfulness, unpaired=unpaired.mean().nan_to_num(0).flatten()[::31].tolist(),
                 io=[io.input.flatten().tolist(), io.output.tolist(), io.direct.tolist(), io.metric,
                     io.target_output.flatten().tolist(), io.target_direct.flatten().tolist()],
-                heads=[[key, split["residual"], split["heads"]] for key, split in heads["edges"].items()],
-                head_totals=heads["totals"], profiles=[profile_scores.tolist(), profile_acts.tolist()],
+                heads=[[key, split.residual, [list(h) for h in split.heads]] for key, split in heads.edges.items()],
+                head_totals=[list(t) for t in heads.totals], profiles=[profile_scores.tolist(), profile_acts.tolist()],
                 contexts=[index.top_values.flatten().tolist(), index.bottom_values.flatten().tolist()],
                 contexts_found=bool((index.top_at >= 0).all() and (index.bottom_at >= 0).all()))
 

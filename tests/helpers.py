@@ -341,7 +341,7 @@ def synthetic_graph(seed: int, n_layers: int = 4, per_layer: int = 6, n_pos: int
     import torch
 
     from relp_lens.circuits.circuit import CircuitEdge, CircuitNode
-    from relp_lens.circuits.graph_io import IOEdges
+    from relp_lens.circuits.circuit import IOEdges
 
     g = torch.Generator().manual_seed(seed)
     nodes = [CircuitNode(l, int(torch.randint(n_pos, (1,), generator=g)), i, score=1.0)
@@ -358,7 +358,7 @@ def synthetic_graph(seed: int, n_layers: int = 4, per_layer: int = 6, n_pos: int
 
     return Circuit(nodes=nodes, basis="mlp_post", hook_names=[f"blocks.{l}.mlp.hook_post" for l in range(n_layers)],
                    node_width=per_layer, model=dict(name="synthetic", n_layers=n_layers), edges=edges,
-                   io_edges=io.to_dict())
+                   io_edges=io.to_dict())  # the JSON form: checked and converted by the constructor
 
 
 def same_length_rows(model, rows=AGREEMENT_ROWS) -> list[dict]:

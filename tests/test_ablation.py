@@ -5,7 +5,8 @@ import torch
 
 from relp_lens import RelPLensError, attribute
 from relp_lens.circuits.ablation import evaluate_circuit, faithfulness_sweep
-from relp_lens.circuits.circuit import Circuit, CircuitNode, model_facts, select_top_k
+from relp_lens.circuits.circuit import Circuit, CircuitNode, model_facts
+from relp_lens.circuits.selection import select_top_k
 from helpers import AGREEMENT_ROWS, hooks_left, tiny_llama
 
 ROWS6 = [AGREEMENT_ROWS[0], AGREEMENT_ROWS[2]]
@@ -53,33 +54,33 @@ def test_matches_hand_computation(llama):
         f_c = hand_metric(llama, ROWS6, keys)
         f_comp = hand_metric(llama, ROWS6, keys, ablate_kept=True)
         f_empty = hand_metric(llama, ROWS6, [])
-    assert ev["f_circuit"] == pytest.approx(f_c, abs=1e-5)
-    assert ev["f_complement"] == pytest.approx(f_comp, abs=1e-5)
-    assert ev["f_empty"] == pytest.approx(f_empty, abs=1e-5)
-    denom = ev["f_model"] - f_empty
-    assert ev["faithfulness"] == pytest.approx((f_c - f_empty) / denom)
-    assert ev["completeness"] == pytest.approx((f_comp - f_empty) / denom)
+    assert ev.f_circuit == pytest.approx(f_c, abs=1e-5)
+    assert ev.f_complement == pytest.approx(f_comp, abs=1e-5)
+    assert ev.f_empty == pytest.approx(f_empty, abs=1e-5)
+    denom = ev.f_model - f_empty
+    assert ev.faithfulness == pytest.approx((f_c - f_empty) / denom)
+    assert ev.completeness == pytest.approx((f_comp - f_empty) / denom)
     assert hooks_left(llama) == []
 
 
 def test_full_circuit_is_fully_faithful(llama):
     everything = [(l, None, i) for l in range(3) for i in range(48)]
     ev = evaluate_circuit(llama, circuit_of(llama, everything), ROWS6)
-    assert ev["faithfulness"] == pytest.approx(1.0, abs=1e-5)
-    assert ev["completeness"] == pytest.approx(0.0, abs=1e-5)
+    assert ev.faithfulness == pytest.approx(1.0, abs=1e-5)
+    assert ev.completeness == pytest.approx(0.0, abs=1e-5)
 
 
 def test_sweep_grows_towards_one(llama):
     attr = attribute(llama, ROWS6, progress=False)  # one length: every one of the 3 × 6 × 48 nodes selectable
     rows = faithfulness_sweep(llama, attr, ROWS6, sizes=[1, 10, 100, 48 * 3 * 6], progress=False)
-    assert [r["k"] for r in rows] == [1, 10, 100, 864]
-    assert rows[-1]["faithfulness"] == pytest.approx(1.0, abs=1e-4)
-    assert rows[-1]["n_nodes"] == 864
+    assert [r.k for r in rows] == [1, 10, 100, 864]
+    assert rows[-1].faithfulness == pytest.approx(1.0, abs=1e-4)
+    assert rows[-1].n_nodes == 864
     by_tau = faithfulness_sweep(llama, attr, ROWS6, taus=[0.5, 0.01], progress=False)
-    assert by_tau[0]["n_nodes"] <= by_tau[1]["n_nodes"]
+    assert by_tau[0].n_nodes <= by_tau[1].n_nodes
     for r in rows:
-        single = evaluate_circuit(llama, select_top_k(attr, llama, r["k"]), ROWS6)
-        assert single["faithfulness"] == pytest.approx(r["faithfulness"])
+        single = evaluate_circuit(llama, select_top_k(attr, llama, r.k), ROWS6)
+        assert single.faithfulness == pytest.approx(r.faithfulness)
 
 
 def test_bad_input(llama):
@@ -94,16 +95,16 @@ def test_cpr_cmd_by_hand():
     from relp_lens.circuits.ablation import cpr_cmd
 
     # f = 0.5 at half the nodes: the curve (0,0)-(0.5,0.5)-(1,1) is the diagonal
-    assert cpr_cmd([dict(n_nodes=50, faithfulness=0.5)], 100) == dict(cpr=0.5, cmd=0.5, n_points=1)
+    assert cpr_cmd([dict(n_nodes=50, faithfulness=0.5)], 100).to_dict() == dict(cpr=0.5, cmd=0.5, n_points=1)
     # f = 1 at half: CPR = 0.25 + 0.5, CMD = the triangle under 1 - f from 0 to 0.5
     got = cpr_cmd([dict(n_nodes=5, faithfulness=1.0)], 10)
-    assert got["cpr"] == pytest.approx(0.75) and got["cmd"] == pytest.approx(0.25)
+    assert got.cpr == pytest.approx(0.75) and got.cmd == pytest.approx(0.25)
     # overshoot: f = 2 at k = 0.5; 1 - f goes 1 → -1 → 0, crossing zero at k = 0.25 (two triangles, not 0)
     got = cpr_cmd([dict(n_nodes=1, faithfulness=2.0)], 2)
-    assert got["cpr"] == pytest.approx(0.5 * 2 * 0.5 + 0.5 * 3 * 0.5)
-    assert got["cmd"] == pytest.approx(0.5 * 0.25 * 1 + 0.5 * 0.25 * 1 + 0.5 * 0.5 * 1)
+    assert got.cpr == pytest.approx(0.5 * 2 * 0.5 + 0.5 * 3 * 0.5)
+    assert got.cmd == pytest.approx(0.5 * 0.25 * 1 + 0.5 * 0.25 * 1 + 0.5 * 0.5 * 1)
     # repeated sizes are averaged; NaN and sizes beyond the total are errors
-    assert cpr_cmd([dict(n_nodes=50, faithfulness=0.4), dict(n_nodes=50, faithfulness=0.6)], 100)["cpr"] == 0.5
+    assert cpr_cmd([dict(n_nodes=50, faithfulness=0.4), dict(n_nodes=50, faithfulness=0.6)], 100).cpr == 0.5
     with pytest.raises(RelPLensError, match="NaN"):
         cpr_cmd([dict(n_nodes=5, faithfulness=float("nan"))], 10)
     with pytest.raises(RelPLensError, match="outside"):

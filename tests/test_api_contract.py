@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 
 import relp_lens
 from relp_lens import RelPLensError
-from relp_lens.circuits.graph_io import IOEdges
 from relp_lens.core import backends
 from helpers import hooks_left, same_length_rows, tiny_hf_llama, word_tokenizer
 
@@ -37,9 +36,8 @@ def attr(model, rows):
 
 @pytest.fixture(scope="module")
 def circuit(model, attr, rows):
-    c, _ = relp_lens.attribute_edges(model, relp_lens.select_top_k(attr, model, 6), rows[:2], progress=False)
-    c.io_edges = relp_lens.attribute_io_edges(model, c, rows[:2], progress=False).to_dict()
-    return c
+    c = relp_lens.attribute_edges(model, relp_lens.select_top_k(attr, model, 6), rows[:2], progress=False)
+    return relp_lens.attribute_io_edges(model, c, rows[:2], progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +90,7 @@ def _cases():
         ("steering_sweep", "factors", FINITE_LIST,
          lambda f, v: rl.steering_sweep(f["model"], "The keys", [(0, -1, 1)], [" are"], factors=v)),
         ("edge_pruning_sweep", "percents", PERCENT_LIST,
-         lambda f, v: rl.edge_pruning_sweep(f["model"], f["circuit"], f["io"], f["rows"], percents=v, progress=False)),
+         lambda f, v: rl.edge_pruning_sweep(f["model"], f["circuit"], f["rows"], percents=v, progress=False)),
         ("faithfulness_sweep", "taus", NONNEG_LIST,
          lambda f, v: rl.faithfulness_sweep(f["model"], f["attr"], f["rows"], taus=v)),
         ("faithfulness_sweep", "sizes", POS_LIST,
@@ -135,8 +133,6 @@ def test_bad_option_is_refused(fn, option, rule, run, data, request):
     fixtures = {name: request.getfixturevalue(name) for name in ("model", "rows", "attr", "circuit")}
     if fn == "group_steering":
         fixtures["grouped"] = request.getfixturevalue("grouped")
-    fixtures["io"] = IOEdges.from_dict(fixtures["circuit"].io_edges,
-                                                                 len(fixtures["circuit"].nodes))
     with pytest.raises(RelPLensError, match=rf"\b{option}\b"):
         run(fixtures, value)
     assert hooks_left(fixtures["model"]) == []

@@ -409,7 +409,7 @@ def test_circuit_edges_steering_cards_equal_hooked_transformer(bridge, hooked):
         attr = relp_lens.attribute(model, AGREEMENT_ROWS, progress=False)
         circuit = relp_lens.select_top_k(attr, model, 8)
         ev = relp_lens.evaluate_circuit(model, circuit, AGREEMENT_ROWS, warn=False)
-        edged, _ = relp_lens.attribute_edges(model, circuit, AGREEMENT_ROWS, progress=False)
+        edged = relp_lens.attribute_edges(model, circuit, AGREEMENT_ROWS, progress=False)
         nodes = [(n.layer, n.pos, n.index) for n in circuit.nodes[:3]]
         sweep = relp_lens.steering_sweep(model, [PROMPT, "The parents"], nodes, ["are", "is"], factors=[-1.0, 2.0])
         with torch.no_grad(), relp_lens.steer(model, [(2, None, 4)], 5.0, mode="set"):
@@ -440,30 +440,27 @@ def test_circuit_edges_steering_cards_equal_hooked_transformer(bridge, hooked):
 def test_head_splits_equal_hooked_transformer(bridge, hooked):
     """Forward-mode RelP (the rules' jvp, the bridge's native-norm surrogate) and hook_z's flat layout on a
     bridge: the same per-head splits as the HookedTransformer, summing to the same edge weights."""
-    from dataclasses import replace
-
-    from relp_lens.circuits.graph_io import attribute_io_edges
     from relp_lens.circuits.heads import attribute_head_splits
+    from relp_lens.circuits.io_edges import attribute_io_edges
 
     got = {}
     for name, model in (("bridge", bridge), ("hooked", hooked)):
         attr = relp_lens.attribute(model, AGREEMENT_ROWS[:2], progress=False)
         circuit = relp_lens.select_top_k(attr, model, 6)
-        circuit, _ = relp_lens.attribute_edges(model, circuit, AGREEMENT_ROWS[:2], progress=False)
-        io = attribute_io_edges(model, circuit, AGREEMENT_ROWS[:2], progress=False)
-        split = attribute_head_splits(model, replace(circuit, io_edges=io.to_dict()), AGREEMENT_ROWS[:2],
-                                      top=None, progress=False)
+        circuit = relp_lens.attribute_edges(model, circuit, AGREEMENT_ROWS[:2], progress=False)
+        circuit = attribute_io_edges(model, circuit, AGREEMENT_ROWS[:2], progress=False)
+        split = attribute_head_splits(model, circuit, AGREEMENT_ROWS[:2], top=None, progress=False)
         got[name] = split.heads
         assert hooks_left(model) == []
-    a, b = got["bridge"]["edges"], got["hooked"]["edges"]
+    a, b = got["bridge"].edges, got["hooked"].edges
     assert a.keys() == b.keys() and a
-    scale = max(abs(h[2]) for s in b.values() for h in s["heads"])
+    scale = max(abs(h[2]) for s in b.values() for h in s.heads)
     for key in a:
-        ha = {(l, h): w for l, h, w in a[key]["heads"]}
-        hb = {(l, h): w for l, h, w in b[key]["heads"]}
+        ha = {(l, h): w for l, h, w in a[key].heads}
+        hb = {(l, h): w for l, h, w in b[key].heads}
         for lh in ha.keys() | hb.keys():
             assert abs(ha.get(lh, 0.0) - hb.get(lh, 0.0)) <= 1e-5 * scale, (key, lh)
-        assert a[key]["residual"] == pytest.approx(b[key]["residual"], abs=1e-5 * scale)
+        assert a[key].residual == pytest.approx(b[key].residual, abs=1e-5 * scale)
 
 
 def test_pipeline_runs_on_bridge(bridge, tmp_path):
@@ -472,15 +469,15 @@ def test_pipeline_runs_on_bridge(bridge, tmp_path):
     assert attr.scores.shape == (4, 3, 6, 48) and torch.isfinite(attr.scores.nan_to_num(0.0)).all()
     circuit = relp_lens.select_top_k(attr, bridge, 6)
     ev = relp_lens.evaluate_circuit(bridge, circuit, AGREEMENT_ROWS, warn=False)
-    assert math.isfinite(ev["faithfulness"])
-    edged, stats = relp_lens.attribute_edges(bridge, circuit, AGREEMENT_ROWS, progress=False)
-    assert stats.backward_passes >= 1
+    assert math.isfinite(ev.faithfulness)
+    edged = relp_lens.attribute_edges(bridge, circuit, AGREEMENT_ROWS, progress=False)
+    assert edged.stats["edges"].backward_passes >= 1
     from relp_lens.circuits.heads import attribute_head_splits, edge_key
 
-    splits = attribute_head_splits(bridge, edged, AGREEMENT_ROWS, top=None, progress=False).heads["edges"]
+    splits = attribute_head_splits(bridge, edged, AGREEMENT_ROWS, top=None, progress=False).heads.edges
     for e in edged.edges:  # forward-mode RelP on a bridge: the head splits sum to the edge weights
         s = splits[edge_key(edged.nodes[e.source].label(), edged.nodes[e.target].label())]
-        assert s["residual"] + sum(w for *_, w in s["heads"]) == pytest.approx(e.weight, rel=1e-4, abs=1e-7)
+        assert s.residual + sum(w for *_, w in s.heads) == pytest.approx(e.weight, rel=1e-4, abs=1e-7)
     from relp_lens.views.report import write_report
 
     path = write_report(tmp_path / "report.html", bridge, attr, edged)
@@ -588,7 +585,7 @@ def test_shipped_bridge_circuit_tools_agree(smollm_bridge, smollm):
         attr = relp_lens.attribute(model, rows[:4], progress=False)
         circuit = relp_lens.select_top_k(attr, model, 10)
         ev = relp_lens.evaluate_circuit(model, circuit, rows[4:], warn=False)
-        edged, _ = relp_lens.attribute_edges(model, circuit, rows[:2], progress=False)
+        edged = relp_lens.attribute_edges(model, circuit, rows[:2], progress=False)
         with torch.no_grad(), relp_lens.steer(model, [(n.layer, None, n.index) for n in circuit.nodes[:5]], -1.0):
             text = model.generate("The keys to the cabinet", max_new_tokens=4, verbose=False, do_sample=False)
         cards = neuron_cards(model, [(circuit.nodes[0].layer, circuit.nodes[0].index)],
@@ -596,8 +593,8 @@ def test_shipped_bridge_circuit_tools_agree(smollm_bridge, smollm):
         out[name] = (circuit, ev, edged, text, cards)
     (c1, e1, g1, t1, k1), (c2, e2, g2, t2, k2) = out["bridge"], out["hooked"]
     assert [n.key for n in c1.nodes] == [n.key for n in c2.nodes]
-    assert e1["faithfulness"] == pytest.approx(e2["faithfulness"], rel=1e-3, abs=1e-4)
-    assert e1["completeness"] == pytest.approx(e2["completeness"], rel=1e-3, abs=1e-4)
+    assert e1.faithfulness == pytest.approx(e2.faithfulness, rel=1e-3, abs=1e-4)
+    assert e1.completeness == pytest.approx(e2.completeness, rel=1e-3, abs=1e-4)
     w1 = {(e.source, e.target): e.weight for e in g1.edges}
     w2 = {(e.source, e.target): e.weight for e in g2.edges}
     scale = max(abs(w) for w in w2.values())

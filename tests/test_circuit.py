@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from relp_lens import RelPLensError, attribute
-from relp_lens.circuits.circuit import Circuit, CircuitNode, model_facts, select_threshold, select_top_k
+from relp_lens.circuits.circuit import Circuit, CircuitNode, model_facts
+from relp_lens.circuits.selection import select_threshold, select_top_k
 from helpers import AGREEMENT_ROWS, tiny_llama
 
 
@@ -98,11 +99,15 @@ def test_check_model(llama, attr):
 
 
 def test_circuit_tracer_export(llama, attr):
-    c = select_top_k(attr, llama, 4)
-    from relp_lens.circuits.circuit import CircuitEdge
     from dataclasses import replace
-    c = replace(c, edges=[CircuitEdge(0, 1, 0.5)])
-    g = c.to_circuit_tracer(attr.str_tokens[0], prompt=AGREEMENT_ROWS[0]["clean_prefix"])
+
+    from relp_lens.circuits.circuit import CircuitEdge
+    from relp_lens.circuits.graph_export import to_circuit_tracer
+
+    c = replace(select_top_k(attr, llama, 4), edges=[CircuitEdge(0, 1, 0.5)])
+    g = to_circuit_tracer(c, attr.str_tokens[0], prompt=AGREEMENT_ROWS[0]["clean_prefix"])
+    with pytest.warns(DeprecationWarning, match="Circuit.to_circuit_tracer is deprecated"):
+        assert c.to_circuit_tracer(attr.str_tokens[0], prompt=AGREEMENT_ROWS[0]["clean_prefix"]) == g
     assert set(g) == {"metadata", "qParams", "nodes", "links"}
     assert g["metadata"]["prompt_tokens"] == attr.str_tokens[0]
     ids = {n["node_id"] for n in g["nodes"]}

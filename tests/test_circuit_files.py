@@ -8,6 +8,7 @@ import copy
 import json
 import math
 import re
+from pathlib import Path
 
 import pytest
 from hypothesis import example, given, settings
@@ -15,7 +16,8 @@ from hypothesis import strategies as st
 
 from relp_lens import RelPLensError
 from relp_lens.circuits.circuit import (FINGERPRINT, Circuit, CircuitNode, canonical_model_name, model_facts,
-                                        model_fingerprint, select_threshold, select_top_k)
+                                        model_fingerprint)
+from relp_lens.circuits.selection import select_threshold, select_top_k
 from helpers import AGREEMENT_ROWS, synthetic_graph, tiny_hf_llama, tiny_llama, word_tokenizer
 
 TINY = dict(name="tiny-a", n_layers=3, d_model=32, d_mlp=48, d_vocab=31, n_heads=4, d_head=8, n_key_value_heads=2,
@@ -268,9 +270,11 @@ def test_saving_refuses_what_loading_would_refuse(tmp_path):
     with pytest.raises(RelPLensError, match=r"cannot save the circuit to .*c\.json: nodes\[1\]\.score: nan"):
         c.save(tmp_path / "c.json")
     c = Circuit.from_dict(valid_dict())
-    c.evaluation = dict(c.evaluation, completeness=math.inf)
+    c.evaluation.completeness = math.inf
     with pytest.raises(RelPLensError, match="evaluation.completeness: inf"):
         c.save(tmp_path / "c.json")
+    with pytest.raises(RelPLensError, match="evaluation.completeness: inf"):  # a dict assigned: checked at once
+        c.evaluation = dict(valid_dict()["evaluation"], completeness=math.inf)
     assert list(tmp_path.iterdir()) == []  # nothing written
     from relp_lens.core.files import write_json_atomic
 
@@ -391,12 +395,15 @@ def test_a_damaged_viewer_index_is_refused(tmp_path):
 
 
 def test_the_file_rules_live_in_schema(tmp_path):
-    """circuit.py keeps the data model; relp_lens.circuits.schema holds the file checks and the format's names."""
+    """circuit.py keeps the data model; relp_lens.circuits.schema holds the file checks (on plain JSON values) and
+    the format's names."""
     from relp_lens.circuits import circuit, schema
 
     assert (circuit.SCHEMA, circuit.VERSION, circuit.FINGERPRINT, circuit.ABLATIONS, circuit.BASELINES) == (
         schema.SCHEMA, schema.VERSION, schema.FINGERPRINT, schema.ABLATIONS, schema.BASELINES)
-    assert Circuit(**schema.check_document(valid_dict())).to_dict() == valid_dict()
+    fields = schema.check_document(valid_dict())
+    assert fields["nodes"][0] == valid_dict()["nodes"][0] and fields["heads"] == valid_dict()["heads"]
+    assert Circuit(**fields).to_dict() == valid_dict()  # plain nodes and annotations: converted by the constructor
     with pytest.raises(RelPLensError, match=r"^heads\.n_heads must be a positive integer, got None$"):
         schema.check_document({**valid_dict(), "heads": {**valid_dict()["heads"], "n_heads": None}})
     # a NaN token inside a value refused before the number check is shown as written
@@ -404,3 +411,82 @@ def test_the_file_rules_live_in_schema(tmp_path):
     refused(write(tmp_path, text), "not a relp_lens circuit (schema [1, NaN], expected 'relp_lens.circuit')")
     assert schema.non_finite_line("x: NaN is not a finite number; " + schema.NOT_FINITE, '{\n"a": NaN}') == 2
     assert schema.non_finite_line("another problem", '{"a": NaN}') is None
+
+
+# -- the typed annotations: through the file and back, and a file written before they were typed -------------------
+MAIN_FILE = Path(__file__).parent / "data" / "circuit_v2_main.json"
+
+
+def test_typed_annotations_survive_save_and_load(tmp_path):
+    """Circuit.load(save(c)) gives equal typed annotations, and a second save writes the very same bytes."""
+    from relp_lens.circuits.circuit import Evaluation, HeadSplit, HeadSplits, IOEdges, NeuronGroups
+
+    for name, d in BASES.items():
+        c = Circuit.from_dict(d)
+        path = c.save(tmp_path / f"{name}.json")
+        back = Circuit.load(path)
+        assert back == c, name
+        for field, kind in (("io_edges", IOEdges), ("heads", HeadSplits), ("groups", NeuronGroups),
+                            ("evaluation", Evaluation)):
+            got = getattr(back, field)
+            assert got == getattr(c, field), (name, field)
+            assert got is None or isinstance(got, kind), (name, field)
+        assert back.save(tmp_path / "again.json").read_bytes() == path.read_bytes()
+    c = Circuit.from_dict(valid_dict())
+    assert isinstance(c.heads.edges["L0/3@-1 -> L1/7@1"], HeadSplit) and c.heads.totals == [(0, 1, 0.05)]
+    assert c.evaluation.faithfulness == 0.8 and c.evaluation.n_nodes == 3 and c.evaluation.verdict is None
+    assert c.groups.groups[0].members == ["L0/3@-1", "L1/7@1"]
+    assert c.io_edges.input.shape == (3, 3) and c.io_edges.targets == ["' are'", "' is'"]
+
+
+def test_a_file_written_before_the_typed_model_loads_and_saves_byte_for_byte(tmp_path):
+    """tests/data/circuit_v2_main.json was written by relp_lens before its annotations were typed (the tiny test
+    Llama; edges, input/output edges, head splits of the drawn graph, pruned after splitting, groups, an
+    evaluation with a verdict): it loads with every annotation typed and saves to the same bytes."""
+    c = Circuit.load(MAIN_FILE)
+    assert c.io_edges is not None and c.io_edges.targets and c.heads.max_nodes == 8 and not c.heads.totals_exact
+    assert c.groups.features == ["attribution", "activation", "edges"] and c.evaluation.verdict
+    assert c.evaluation.prepend_bos is True and c.evaluation.n_prompts == 2
+    assert c.to_dict() == json.loads(MAIN_FILE.read_text())
+    assert c.save(tmp_path / "c.json").read_bytes() == MAIN_FILE.read_bytes()
+
+
+def test_annotations_given_as_dicts_are_checked_and_typed():
+    """A circuit built by hand with the JSON form of an annotation (the constructor or a later assignment) gets
+    the same checks as a file and the typed value."""
+    from relp_lens.circuits.circuit import Evaluation, HeadSplits, IOEdges, NeuronGroups
+
+    d = valid_dict()
+    c = Circuit(nodes=d["nodes"], edges=d["edges"], basis="mlp_post", hook_names=d["hook_names"], node_width=48,
+                model=d["model"], io_edges=d["io_edges"], heads=d["heads"], groups=d["groups"],
+                evaluation=d["evaluation"])
+    assert isinstance(c.nodes[0], CircuitNode) and isinstance(c.io_edges, IOEdges)
+    assert isinstance(c.heads, HeadSplits) and isinstance(c.groups, NeuronGroups)
+    assert isinstance(c.evaluation, Evaluation) and c.evaluation.to_dict() == d["evaluation"]
+    with pytest.raises(RelPLensError, match="heads.n_heads must be a positive integer"):
+        c.heads = dict(d["heads"], n_heads=0)
+    with pytest.raises(RelPLensError, match="member L9/9@0 is not a node of this circuit"):
+        c.groups = dict(d["groups"], groups=[dict(d["groups"]["groups"][0], members=["L9/9@0"])])
+    with pytest.raises(RelPLensError, match="1 output weights for 3 nodes"):
+        c.io_edges = dict(d["io_edges"], output=[0.5])
+    with pytest.raises(RelPLensError, match="evaluation.faithfulness: nan"):
+        c.evaluation = dict(d["evaluation"], faithfulness=math.nan)
+    c.evaluation = {}  # an empty evaluation is none
+    assert c.evaluation is None
+
+
+def test_results_still_answer_as_the_dicts_they_replace():
+    """Evaluation and HeadSplits (and the sweep results) answer obj["key"] with a DeprecationWarning."""
+    c = Circuit.from_dict(valid_dict())
+    with pytest.warns(DeprecationWarning, match=r"Evaluation\['faithfulness'\] is deprecated"):
+        assert c.evaluation["faithfulness"] == 0.8
+    with pytest.warns(DeprecationWarning):
+        assert c.evaluation.get("verdict") is None and "ablation" in c.evaluation
+    with pytest.warns(DeprecationWarning):
+        assert dict(c.evaluation) == valid_dict()["evaluation"]
+    with pytest.warns(DeprecationWarning):
+        assert c.heads["n_heads"] == 4 and c.heads["totals"] == [[0, 1, 0.05]]
+    with pytest.warns(DeprecationWarning):
+        assert c.heads.edges["L0/3@-1 -> L1/7@1"]["residual"] == 0.1
+    with pytest.raises(KeyError):
+        c.evaluation["nothing"]  # noqa: B018

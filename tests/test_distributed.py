@@ -96,5 +96,5 @@ def test_cli_trace_under_torchrun_equals_one_process(tmp_path):
     assert [(e.source, e.target) for e in a.edges] == [(e.source, e.target) for e in b.edges]
     assert_same([e.weight for e in a.edges], [e.weight for e in b.edges])
     for key in ("faithfulness", "completeness"):
-        assert a.evaluation[key] == pytest.approx(b.evaluation[key], abs=1e-6)
+        assert getattr(a.evaluation, key) == pytest.approx(getattr(b.evaluation, key), abs=1e-6)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one.json", "two.json"]  # no partial files

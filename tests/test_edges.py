@@ -16,8 +16,9 @@ ROWS = [AGREEMENT_ROWS[0], AGREEMENT_ROWS[2]]  # both 6 tokens
 def test_edges_equal_brute_force_jacobian(builder, method, edge_batch):
     model = builder()
     circuit = edge_circuit(model)
-    with_edges, stats = attribute_edges(model, circuit, ROWS, method=method, edge_batch=edge_batch,
-                                        progress=False)
+    with_edges = attribute_edges(model, circuit, ROWS, method=method, edge_batch=edge_batch, progress=False)
+    stats = with_edges.stats["edges"]
+    assert circuit.stats == {} and stats.n_prompts == len(ROWS)  # the input circuit is left unchanged
     W = brute_force_edges(model, circuit, ROWS, use_relp=method == "relp")
     torch.testing.assert_close(edge_matrix(with_edges), W, atol=1e-5, rtol=1e-4)
     assert (W != 0).sum() >= 10  # the test is not comparing zeros with zeros
@@ -33,8 +34,8 @@ def test_edges_equal_brute_force_jacobian(builder, method, edge_batch):
 def test_edges_differ_with_relp_rules():
     model = tiny_llama()
     c = edge_circuit(model)
-    a, _ = attribute_edges(model, c, ROWS, method="relp", progress=False)
-    b, _ = attribute_edges(model, c, ROWS, method="grad", progress=False)
+    a = attribute_edges(model, c, ROWS, method="relp", progress=False)
+    b = attribute_edges(model, c, ROWS, method="grad", progress=False)
     wa = {(e.source, e.target): e.weight for e in a.edges}
     wb = {(e.source, e.target): e.weight for e in b.edges}
     assert any(abs(wa[k] - wb.get(k, 0.0)) > 1e-5 for k in wa)
@@ -43,7 +44,7 @@ def test_edges_differ_with_relp_rules():
 def test_edges_on_mlp_out_basis():
     model = tiny_llama()
     c = edge_circuit(model, "blocks.{L}.hook_mlp_out", width=model.cfg.d_model)
-    with_edges, _ = attribute_edges(model, c, ROWS, progress=False)
+    with_edges = attribute_edges(model, c, ROWS, progress=False)
     assert with_edges.edges
 
 
@@ -64,7 +65,7 @@ def test_edges_bad_input():
 
 def test_prune_edges():
     model = tiny_llama()
-    c, _ = attribute_edges(model, edge_circuit(model), ROWS, progress=False)
+    c = attribute_edges(model, edge_circuit(model), ROWS, progress=False)
     pruned = prune_edges(c, 0.3)
     assert len(pruned.edges) == round(0.3 * len(c.edges))
     assert min(abs(e.weight) for e in pruned.edges) >= sorted(abs(e.weight) for e in c.edges)[-len(pruned.edges)]

@@ -113,13 +113,14 @@ def test_relp_tracks_exact_patching_on_agreement(gemma):
 def test_agreement_circuit_beats_random(gemma):
     from relp_lens.circuits.ablation import evaluate_circuit
     from relp_lens.core.tasks import agreement_rows
-    from relp_lens.circuits.circuit import Circuit, CircuitNode, select_top_k
+    from relp_lens.circuits.circuit import Circuit, CircuitNode
+    from relp_lens.circuits.selection import select_top_k
 
     rows = agreement_rows(gemma, 40, simple_fraction=0.0)
     build, held_out = rows[:28], rows[28:]
     attr = relp_lens.attribute(gemma, build, progress=False)
     circuit = select_top_k(attr, gemma, 100)
-    ours = evaluate_circuit(gemma, circuit, held_out)["faithfulness"]  # measured 1.23
+    ours = evaluate_circuit(gemma, circuit, held_out).faithfulness  # measured 1.23
     gen = torch.Generator().manual_seed(0)
     n_pos = attr.scores.shape[2]  # [batch, layer, pos, node]
     keys = set()
@@ -127,5 +128,5 @@ def test_agreement_circuit_beats_random(gemma):
         keys.add(tuple(int(torch.randint(n, (1,), generator=gen)) for n in (18, n_pos, 2048)))
     random_c = Circuit(nodes=[CircuitNode(*k) for k in keys], basis="mlp_post", hook_names=circuit.hook_names,
                        node_width=2048, model=circuit.model)
-    theirs = evaluate_circuit(gemma, random_c, held_out)["faithfulness"]
+    theirs = evaluate_circuit(gemma, random_c, held_out).faithfulness
     assert ours > 0.7 and ours - theirs > 0.5

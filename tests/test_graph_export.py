@@ -7,7 +7,8 @@ import pytest
 
 from relp_lens import RelPLensError
 from relp_lens.circuits.circuit import Circuit, CircuitEdge, CircuitNode
-from relp_lens.circuits.graph_export import INDEX_FILE, cantor_pairing, check_graph_path, write_circuit_tracer
+from relp_lens.circuits.graph_export import (INDEX_FILE, cantor_pairing, check_graph_path, to_circuit_tracer,
+                                             write_circuit_tracer)
 
 TOKENS = ["<|endoftext|>", "The", " keys", " to", " the", " cabinet"]
 IDS = [0, 504, 10200, 288, 260, 18611]
@@ -23,7 +24,7 @@ def circuit(edges=(CircuitEdge(0, 2, 0.5), CircuitEdge(1, 2, -0.25))):
 def graph(**kw):
     kw = dict(prompt="The keys to the cabinet", slug="keys", token_ids=IDS, output_label=" are", output_token=389,
               output_prob=0.42) | kw
-    return circuit().to_circuit_tracer(TOKENS, **kw)
+    return to_circuit_tracer(circuit(), TOKENS, **kw)
 
 
 def test_validates_against_circuit_tracers_own_schema():
@@ -72,7 +73,7 @@ def test_links_are_edges_and_scores_into_the_output():
 
 
 def test_without_token_ids_positions_stand_in_and_the_metric_names_the_output():
-    g = circuit().to_circuit_tracer(TOKENS)
+    g = to_circuit_tracer(circuit(), TOKENS)
     assert [n["node_id"] for n in g["nodes"] if n["layer"] == "E"] == [f"E_{p}_{p}" for p in range(6)]
     assert g["nodes"][-1]["clerp"] == 'Output "logit_diff" (p=1.000)'
 
@@ -99,9 +100,9 @@ def test_bad_names_damaged_index_and_nan_are_errors_before_writing(tmp_path):
     (tmp_path / INDEX_FILE).unlink()
     bad = circuit(edges=[CircuitEdge(0, 2, float("nan"))])
     with pytest.raises(RelPLensError, match="weight nan"):
-        bad.to_circuit_tracer(TOKENS)
+        to_circuit_tracer(bad, TOKENS)
     with pytest.raises(RelPLensError, match="outside the 2-token prompt"):
-        circuit().to_circuit_tracer(TOKENS[:2])
+        to_circuit_tracer(circuit(), TOKENS[:2])
     assert list(tmp_path.iterdir()) == []
 
 
@@ -109,7 +110,7 @@ def test_input_and_output_edges_become_links():
     import torch
 
     from circuit_tracer.frontend.graph_models import Model
-    from relp_lens.circuits.graph_io import IOEdges
+    from relp_lens.circuits.circuit import IOEdges
 
     inp = torch.zeros(6, 3, dtype=torch.float64)
     inp[2, 1] = 0.7  # ' keys' → node 1 (3_7_2)
@@ -123,3 +124,7 @@ def test_input_and_output_edges_become_links():
     assert links[("3_7_2", "7_389_5")] == -0.9  # the direct effect, not the score
     assert links[("E_18611_5", "7_389_5")] == 0.25
     assert len(links) == 2 + 2 + 3 + 1  # neuron edges, input edges, output edges, one direct path
+    from dataclasses import replace
+
+    assert to_circuit_tracer(replace(circuit(), io_edges=io), TOKENS, prompt="The keys to the cabinet", slug="keys",
+                             token_ids=IDS, output_label=" are", output_token=389, output_prob=0.42) == g  # its own

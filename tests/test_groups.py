@@ -137,10 +137,13 @@ def test_profiles_match_attribution_and_cache(tiny):
 
 def test_group_neurons_end_to_end(tiny, tmp_path):
     model, rows, circuit = tiny
-    circuit, _ = attribute_edges(model, circuit, rows, progress=False)
+    circuit = attribute_edges(model, circuit, rows, progress=False)
     grouped = group_neurons(model, circuit, n_seeds=2, n_subsets=2)
     assert not hooks_left(model)
     groups = groups_of(grouped)
+    assert groups is grouped.groups and isinstance(groups, NeuronGroups) and circuit.groups is None
+    assert grouped.stats["groups"].n_prompts == len(circuit.data["rows"]) and grouped.stats["groups"].backward_passes
+    assert "edges" in grouped.stats  # the earlier step's statistics are kept
     assert groups.features == ["attribution", "activation", "edges"]
     members = [m for g in groups.groups for m in g.members]
     assert sorted(members) == sorted(n.label() for n in circuit.nodes)  # a partition of the circuit
@@ -158,7 +161,7 @@ def test_group_neurons_end_to_end(tiny, tmp_path):
     assert all(m in kept for g in left.groups for m in g.members) and left.pruned
     assert sum(len(g.members) for g in left.groups) == len(kept)
     # re-weighing edges makes groups built from edges stale: they are dropped
-    again, _ = attribute_edges(model, grouped, rows, progress=False)
+    again = attribute_edges(model, grouped, rows, progress=False)
     assert again.groups is None
     print(groups.summary())
 
@@ -193,7 +196,7 @@ def test_groups_in_graph_and_report(tiny):
     from relp_lens.views.report import ReportInputs, render_report
 
     model, rows, circuit = tiny
-    circuit, _ = attribute_edges(model, circuit, rows, progress=False)
+    circuit = attribute_edges(model, circuit, rows, progress=False)
     grouped = group_neurons(model, circuit, rows, n_groups=3, n_seeds=1, n_subsets=2)
     groups = groups_of(grouped)
     fig = attribution_graph(grouped, max_nodes=14)
@@ -215,14 +218,15 @@ def test_groups_in_graph_and_report(tiny):
 
 def test_steering_a_group_by_number_after_pruning_names_the_right_group(tiny):
     """Pruning can empty a group; group numbers then follow the remaining groups, and so do the names."""
-    from relp_lens.circuits.edges import subgraph
     from relp_lens.analysis.steering import group_steering
+    from relp_lens.circuits.edges import subgraph
 
     model, rows, circuit = tiny
     grouped = group_neurons(model, circuit, rows, n_groups=3, n_seeds=1, n_subsets=1)
     first = groups_of(grouped).groups[0]
     keep = [i for i, n in enumerate(grouped.nodes) if n.label() not in first.members]
-    pruned = subgraph(grouped, keep, [])
+    pruned = grouped.subgraph(keep, [])
+    assert subgraph(grouped, keep, []) == pruned  # the former function: the same circuit
     names = [g.name for g in groups_of(pruned).groups]
     assert first.name not in names and len(names) == 2
     res = group_steering(model, pruned, 0, [rows[0]["clean_prefix"]], ["are"], factors=[0, 1], n_random=1)

@@ -1,15 +1,13 @@
 """Head splits of edges: they sum to every edge's weight, and one head's share matches brute force."""
 
-from dataclasses import replace
-
 import pytest
 import torch
 
 import relp_lens
 from relp_lens import RelPLensError
 from relp_lens.circuits.edges import attribute_edges, prune_edges
-from relp_lens.circuits.graph_io import attribute_io_edges
 from relp_lens.circuits.heads import attribute_head_splits, edge_key, embedding_key
+from relp_lens.circuits.io_edges import attribute_io_edges
 from relp_lens.core.relp_mode import RelPConfig, relp
 from helpers import AGREEMENT_ROWS, hooks_left, same_length_rows, tiny_gpt2, tiny_llama
 
@@ -19,13 +17,13 @@ RULES = {"AH": RelPConfig(attention=True), "default": RelPConfig()}
 def full_graph(model, rows, rules, k=12):
     attr = relp_lens.attribute(model, rows, rules=rules, progress=False)
     circuit = relp_lens.select_top_k(attr, model, k)
-    circuit, _ = attribute_edges(model, circuit, rows, rules=rules, progress=False)
-    io = attribute_io_edges(model, circuit, rows, rules=rules, progress=False)
-    return replace(circuit, io_edges=io.to_dict()), io
+    circuit = attribute_edges(model, circuit, rows, rules=rules, progress=False)
+    circuit = attribute_io_edges(model, circuit, rows, rules=rules, progress=False)
+    return circuit, circuit.io_edges
 
 
 def total(split):
-    return split["residual"] + sum(w for *_, w in split["heads"]) + split["other"]
+    return split.residual + sum(w for *_, w in split.heads) + split.other
 
 
 @pytest.mark.hooked
@@ -38,7 +36,10 @@ def test_splits_sum_to_every_edge(builder, rules):
     rows = same_length_rows(model)[:3]
     circuit, io = full_graph(model, rows, RULES[rules])
     split = attribute_head_splits(model, circuit, rows, rules=RULES[rules], top=3, progress=False)
-    edges = split.heads["edges"]
+    edges = split.heads.edges
+    assert split.stats["heads"].n_edges == len(edges) and split.stats["heads"].push_passes >= 1
+    assert split.stats["edges"] is circuit.stats["edges"] and circuit.heads is None  # earlier steps' stats kept
+    assert edges[next(iter(edges))].total == pytest.approx(total(edges[next(iter(edges))]))
     label = [n.label() for n in circuit.nodes]
     expected = {edge_key(label[e.source], label[e.target]): e.weight for e in circuit.edges}
     expected.update({edge_key(embedding_key(io.positions[r]), label[n]): float(io.input[r, n])
@@ -50,15 +51,15 @@ def test_splits_sum_to_every_edge(builder, rules):
     scale = max(abs(w) for w in expected.values())
     for key, w in expected.items():
         assert total(edges[key]) == pytest.approx(w, abs=2e-5 * scale), key
-        assert len(edges[key]["heads"]) <= 3
+        assert len(edges[key].heads) <= 3
     # heads at or after the target's block carry nothing into a neuron (attention of block t precedes MLP t)
     for e in circuit.edges[:20]:
         t = circuit.nodes[e.target].layer
-        assert all(l <= t for l, _, _ in edges[edge_key(label[e.source], label[e.target])]["heads"])
+        assert all(l <= t for l, _, _ in edges[edge_key(label[e.source], label[e.target])].heads)
     totals = torch.zeros(model.cfg.n_layers, model.cfg.n_heads, dtype=torch.float64)
-    for l, h, w in split.heads["totals"]:
+    for l, h, w in split.heads.totals:
         totals[l, h] = w
-    assert totals.sum().item() == pytest.approx(sum(total(s) - s["residual"] for s in edges.values()), abs=1e-6)
+    assert totals.sum().item() == pytest.approx(sum(total(s) - s.residual for s in edges.values()), abs=1e-6)
     assert hooks_left(model) == []
 
 
@@ -121,20 +122,20 @@ def test_one_heads_share_matches_brute_force(rules):
     attr = relp_lens.attribute(model, [prompt], [" are"], metric="logit", baseline="zero", rules=RULES[rules],
                                progress=False)
     circuit = relp_lens.select_top_k(attr, model, 30)
-    circuit, _ = attribute_edges(model, circuit, attr.prompts, rules=RULES[rules], progress=False)
+    circuit = attribute_edges(model, circuit, attr.prompts, rules=RULES[rules], progress=False)
     e = next(e for e in circuit.edges
              if circuit.nodes[e.source].layer == 0 and circuit.nodes[e.target].layer == 2)
     u, d = circuit.nodes[e.source], circuit.nodes[e.target]
     split = attribute_head_splits(model, circuit, attr.prompts, rules=RULES[rules], top=None, progress=False)
-    s = split.heads["edges"][edge_key(u.label(), d.label())]
-    got = {(l, h): w for l, h, w in s["heads"]}
+    s = split.heads.edges[edge_key(u.label(), d.label())]
+    got = {(l, h): w for l, h, w in s.heads}
     checked = 0
     for block in (1, 2):
         for head in range(model.cfg.n_heads):
             want, residual = brute_share(model, RULES[rules], prompt, u, d, block, head)
             assert got.get((block, head), 0.0) == pytest.approx(want, abs=1e-6 + 1e-4 * abs(e.weight))
             checked += abs(want) > 1e-8
-    assert s["residual"] == pytest.approx(residual, abs=1e-6 + 1e-4 * abs(e.weight))
+    assert s.residual == pytest.approx(residual, abs=1e-6 + 1e-4 * abs(e.weight))
     assert checked >= 4  # the test compares real, non-zero shares
     assert total(s) == pytest.approx(e.weight, rel=1e-4)
 
@@ -147,13 +148,15 @@ def test_splits_survive_pruning_and_files(tmp_path):
     split = attribute_head_splits(model, circuit, rows, progress=False)
     pruned = prune_edges(split, 0.2)
     label = [n.label() for n in pruned.nodes]
-    keys = set(pruned.heads["edges"])
+    keys = set(pruned.heads.edges)
     assert {edge_key(label[e.source], label[e.target]) for e in pruned.edges} <= keys
     for key in keys:  # both ends of every kept split are in the pruned graph
         assert all(end in label or end.startswith("E@") or end == "out" for end in key.split(" -> ")), key
-    listed = sum(w for s in pruned.heads["edges"].values() for *_, w in s["heads"])
-    assert sum(w for *_, w in pruned.heads["totals"]) == pytest.approx(listed)  # totals of what remains
-    assert pruned.heads["totals_exact"] == all(s["other"] == 0 for s in pruned.heads["edges"].values())
+    listed = sum(w for s in pruned.heads.edges.values() for *_, w in s.heads)
+    assert sum(w for *_, w in pruned.heads.totals) == pytest.approx(listed)  # totals of what remains
+    assert pruned.heads.totals_exact == all(s.other == 0 for s in pruned.heads.edges.values())
+    with pytest.warns(DeprecationWarning, match="HeadSplits"):  # the dict it replaced: read-only, deprecated
+        assert pruned.heads["totals"] == pruned.heads.to_dict()["totals"]
     path = split.save(tmp_path / "c.json")
     again = relp_lens.Circuit.load(path)
     assert again.heads == split.heads
@@ -161,7 +164,7 @@ def test_splits_survive_pruning_and_files(tmp_path):
     bad["heads"]["edges"] = {"no arrow": {"residual": 0, "heads": [], "other": 0}}
     with pytest.raises(RelPLensError, match="heads: malformed"):
         relp_lens.Circuit.from_dict(bad)
-    fresh, _ = attribute_edges(model, split, rows, progress=False)
+    fresh = attribute_edges(model, split, rows, progress=False)
     assert fresh.heads is None  # new edge weights: the old splits are dropped, not kept stale
 
 
@@ -186,12 +189,12 @@ def test_partial_basis_edges_hold_the_other_mlps_constant_too():
     rows = same_length_rows(model)[:2]
     basis = ["blocks.0.mlp.hook_post", "blocks.2.mlp.hook_post"]
     attr = relp_lens.attribute(model, rows, basis=basis, progress=False)
-    circuit, _ = attribute_edges(model, relp_lens.select_top_k(attr, model, 10), rows, progress=False)
+    circuit = attribute_edges(model, relp_lens.select_top_k(attr, model, 10), rows, progress=False)
     assert circuit.edges
     split = attribute_head_splits(model, circuit, rows, top=None, progress=False)
     label = [n.label() for n in circuit.nodes]
     for e in circuit.edges:
-        assert total(split.heads["edges"][edge_key(label[e.source], label[e.target])]) == pytest.approx(
+        assert total(split.heads.edges[edge_key(label[e.source], label[e.target])]) == pytest.approx(
             e.weight, rel=1e-4, abs=1e-7)
 
 

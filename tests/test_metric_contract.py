@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from relp_lens import Prompts, RelPLensError, attribute
 from relp_lens.circuits import ablation as ablation_mod
 from relp_lens.circuits.ablation import evaluate_circuit
-from relp_lens.circuits.circuit import select_top_k
+from relp_lens.circuits.selection import select_top_k
 from relp_lens.core import attribution as attribution_mod
 from relp_lens.core.metrics import ZeroMetricWarning
 from helpers import AGREEMENT_ROWS, hooks_left, tiny_llama

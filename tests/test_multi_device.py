@@ -11,7 +11,6 @@ each decoder layer moves its inputs, as accelerate's ``AlignDevicesHook`` does).
 from __future__ import annotations
 
 import sys
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -48,7 +47,7 @@ def pipeline(model) -> dict:
     sweep and the report's inputs (accuracy, faithfulness curve, cards)."""
     from relp_lens.analysis.cards import neuron_cards
     from relp_lens.analysis.corpus import context_index
-    from relp_lens.circuits.graph_io import attribute_io_edges
+    from relp_lens.circuits.io_edges import attribute_io_edges
     from relp_lens.views.report import report_inputs
 
     out = {}
@@ -67,17 +66,16 @@ def pipeline(model) -> dict:
                                        progress=False).scores
 
     circuit = relp_lens.select_top_k(attr, model, 8)
-    circuit, _ = relp_lens.attribute_edges(model, circuit, AGREEMENT_ROWS, batch_size=2, progress=False)
+    circuit = relp_lens.attribute_edges(model, circuit, AGREEMENT_ROWS, batch_size=2, progress=False)
     out["nodes"] = [[n.layer, n.pos, n.index, n.score] for n in circuit.nodes]
     out["edges"] = [[e.source, e.target, e.weight] for e in circuit.edges]
-    io = attribute_io_edges(model, circuit, AGREEMENT_ROWS, progress=False)
-    out["io"] = io.to_dict()
-    split = relp_lens.attribute_head_splits(model, replace(circuit, io_edges=io.to_dict()), AGREEMENT_ROWS,
-                                            top=None, progress=False)
-    out["heads"] = split.heads
+    full = attribute_io_edges(model, circuit, AGREEMENT_ROWS, progress=False)
+    out["io"] = full.io_edges.to_dict()
+    split = relp_lens.attribute_head_splits(model, full, AGREEMENT_ROWS, top=None, progress=False)
+    out["heads"] = split.heads.to_dict()
     for ablation in ("mean", "counterfactual"):
         ev = relp_lens.evaluate_circuit(model, circuit, AGREEMENT_ROWS, ablation=ablation, warn=False)
-        out[f"eval_{ablation}"] = [ev["faithfulness"], ev["completeness"]]
+        out[f"eval_{ablation}"] = [ev.faithfulness, ev.completeness]
 
     nodes = [(n.layer, None, n.index) for n in circuit.nodes[:3]]
     out["sweep"] = relp_lens.steering_sweep(model, ["The keys to the cabinet", "The parents"], nodes,
@@ -86,7 +84,7 @@ def pipeline(model) -> dict:
         out["steered_logits"] = model(model.to_tokens("The doctor"))[0, -1].cpu()  # a model output: the user moves it
 
     grouped = relp_lens.group_neurons(model, circuit, AGREEMENT_ROWS, n_groups=2, n_seeds=1, n_subsets=1)
-    out["groups"] = grouped.groups
+    out["groups"] = grouped.groups.to_dict()
     out["group_steering"] = relp_lens.group_steering(model, grouped, 1, ["The keys to the cabinet"],
                                                      [" are", " is"], factors=[0.0, 2.0], n_random=2)
     out["auroc"] = relp_lens.neuron_auroc(model, [r["clean_prefix"] for r in AGREEMENT_ROWS],
@@ -100,10 +98,10 @@ def pipeline(model) -> dict:
     out["direction"] = relp_lens.steering_direction(model, nodes, ["The doctor"], ["The doctors"])
     out["exact_r"] = relp_lens.compare_with_exact(model, AGREEMENT_ROWS, methods=("relp", "grad"), n_nodes=8,
                                                   progress=False).correlations
-    out["pruning"] = relp_lens.edge_pruning_sweep(model, circuit, io, AGREEMENT_ROWS, percents=(20, 100),
-                                                  progress=False)
+    out["pruning"] = [r.to_dict() for r in relp_lens.edge_pruning_sweep(model, full, AGREEMENT_ROWS,
+                                                                          percents=(20, 100), progress=False)]
     inputs = report_inputs(model, attr, circuit, held_out=AGREEMENT_ROWS, sizes=(2, 8), n_cards=2)
-    out["report"] = [inputs.accuracy, inputs.curves, [c.promoted for c in inputs.cards]]
+    out["report"] = [inputs.accuracy, [r.to_dict() for r in inputs.curves], [c.promoted for c in inputs.cards]]
     return _lists(out)
 
 

@@ -51,8 +51,8 @@ def test_activations_and_heatmap_hover_show_them():
 
 def test_other_figures():
     from relp_lens.circuits.ablation import faithfulness_sweep
-    from relp_lens.circuits.circuit import select_top_k
     from relp_lens.circuits.edges import attribute_edges
+    from relp_lens.circuits.selection import select_top_k
     from relp_lens.views.plots import circuit_graph, faithfulness_curves, steering_plot, top_neurons_bar
     from relp_lens.analysis.steering import steering_sweep
 
@@ -61,7 +61,7 @@ def test_other_figures():
     bar = top_neurons_bar(attr, 7)
     assert isinstance(bar, go.Figure) and len(bar.data[0].y) == 7
     six = [AGREEMENT_ROWS[0], AGREEMENT_ROWS[2]]
-    circuit, _ = attribute_edges(model, select_top_k(attr, model, 12), six, progress=False)
+    circuit = attribute_edges(model, select_top_k(attr, model, 12), six, progress=False)
     g = circuit_graph(circuit, attr.str_tokens[0])
     nodes = [t for t in g.data if t.name == "nodes"][0]
     assert len(nodes.x) == 12 and list(nodes.y) == [n.layer for n in circuit.nodes]
@@ -84,8 +84,7 @@ def test_other_figures():
 
 def test_attribution_graph_layout_and_hover():
     """Tokens along the bottom, the output on top, ≤ max_nodes neurons, width by |weight|, heads on hover."""
-    from relp_lens.circuits.graph_io import IOEdges
-    from relp_lens.circuits.heads import edge_key
+    from relp_lens.circuits.circuit import HeadSplits, edge_key
     from relp_lens.views.plots import attribution_graph
     from relp_lens.circuits.pruning import readable_graph
     from helpers import synthetic_graph
@@ -96,6 +95,7 @@ def test_attribution_graph_layout_and_hover():
     key = edge_key(shown.nodes[e.source].label(), shown.nodes[e.target].label())
     circuit.heads = dict(rule="last head", n_heads=4, top=12, edges={
         key: dict(residual=0.25 * e.weight, heads=[[2, 3, 0.75 * e.weight]], other=0.0)}, totals=[[2, 3, 1.0]])
+    assert isinstance(circuit.heads, HeadSplits)  # the JSON form, assigned: checked and converted
     circuit.positions = dict(rule="absolute", n_shared=0, labels={0: "'The'", 1: "' keys'", 2: "' are'"})
     fig = attribution_graph(circuit, max_nodes=8)
     by_name = {t.name: t for t in fig.data if t.name}
@@ -105,7 +105,7 @@ def test_attribution_graph_layout_and_hover():
     assert list(by_name["output"].y) == [float(len(circuit.hook_names))]
     assert set(by_name["neurons"].y) <= set(map(float, range(len(circuit.hook_names))))
     lines = [t for t in fig.data if t.meta and t.meta.get("edge")]
-    io = IOEdges.from_dict(drawn.io_edges, len(drawn.nodes))
+    io = drawn.io_edges
     assert len(lines) == len(drawn.edges) + int((io.input != 0).sum() + (io.output != 0).sum() + (io.direct != 0).sum())
     widths = [t.line.width for t in lines]
     assert widths == sorted(widths) and widths[-1] == 6.5  # strongest drawn last, at full width

@@ -10,7 +10,8 @@ import torch
 import relp_lens
 from relp_lens import RelPLensError, attribute
 from relp_lens.circuits.ablation import Ablation, evaluate_circuit
-from relp_lens.circuits.circuit import Circuit, CircuitNode, model_facts, select_top_k
+from relp_lens.circuits.circuit import Circuit, CircuitNode, model_facts
+from relp_lens.circuits.selection import select_top_k
 from relp_lens.core.data import Prompts
 from relp_lens.circuits.edges import attribute_edges
 from relp_lens.core.exact import sample_nodes
@@ -134,7 +135,7 @@ def test_evaluation_errors_on_a_position_a_prompt_lacks(llama):
         evaluate_circuit(llama, _circuit(llama, [(1, -2, 3)]), AGREEMENT_ROWS)
     ok = _circuit(llama, [(1, 1, 3), (2, -1, 5)])
     ev = evaluate_circuit(llama, ok, AGREEMENT_ROWS, warn=False)  # every prompt has 1 and -1
-    assert ev["ablation"] == "mean" and ev["n_prompts"] == 4
+    assert ev.ablation == "mean" and ev.n_prompts == 4
 
 
 def test_mean_ablation_is_end_aligned_by_hand(llama):
@@ -192,14 +193,14 @@ def test_unpaired_defaults_are_consistent(llama):
     # shared prefix: identical activations (up to batch-shape rounding), zero mean-baseline score
     assert mean.mean()[:, :2].abs().max() < 1e-5
     ev = evaluate_circuit(llama, c, UNPAIRED[::-1], warn=False)
-    assert ev["ablation"] == "mean"
+    assert ev.ablation == "mean"
 
 
 def test_weak_circuits_are_named(llama):
     c = _circuit(llama, [(0, -1, 0)])
     with pytest.warns(relp_lens.circuits.ablation.WeakCircuitWarning, match="weak circuit"):
         ev = evaluate_circuit(llama, c, AGREEMENT_ROWS)
-    assert "do not read this as a sparse circuit" in ev["verdict"]
+    assert "do not read this as a sparse circuit" in ev.verdict
 
 
 def test_edges_on_mixed_lengths_average_the_per_length_edges(llama):
@@ -208,9 +209,9 @@ def test_edges_on_mixed_lengths_average_the_per_length_edges(llama):
     c = select_top_k(attr, llama, 10)
     assert {n.pos for n in c.nodes} <= {0, 1, -1}  # the positions both lengths have
     assert c.selection["positions_not_in_every_prompt"] == [-4, -3, -2]
-    both, _ = attribute_edges(llama, c, AGREEMENT_ROWS, progress=False)
-    six, _ = attribute_edges(llama, c, [AGREEMENT_ROWS[0], AGREEMENT_ROWS[2]], progress=False)
-    three, _ = attribute_edges(llama, c, [AGREEMENT_ROWS[1], AGREEMENT_ROWS[3]], progress=False)
+    both = attribute_edges(llama, c, AGREEMENT_ROWS, progress=False)
+    six = attribute_edges(llama, c, [AGREEMENT_ROWS[0], AGREEMENT_ROWS[2]], progress=False)
+    three = attribute_edges(llama, c, [AGREEMENT_ROWS[1], AGREEMENT_ROWS[3]], progress=False)
     w = lambda cc: {(e.source, e.target): e.weight for e in cc.edges}  # noqa: E731
     ws, w6, w3 = w(both), w(six), w(three)
     assert ws
@@ -236,7 +237,7 @@ def test_gpt2_mixed_lengths_run_end_to_end():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ev = evaluate_circuit(model, c, UNPAIRED)
-    assert -10 < ev["faithfulness"] < 10
+    assert -10 < ev.faithfulness < 10
     assert hooks_left(model) == []
 
 

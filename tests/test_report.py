@@ -10,8 +10,8 @@ import relp_lens
 from relp_lens import RelPLensError
 from relp_lens.views.report import ReportInputs, render_report, report_inputs, write_report
 from relp_lens.analysis.steering import steering_sweep
-from relp_lens.circuits.graph_io import attribute_io_edges
 from relp_lens.circuits.heads import attribute_head_splits
+from relp_lens.circuits.io_edges import attribute_io_edges
 from relp_lens.circuits.pruning import readable_graph
 from helpers import find_chromium, js_errors, render_in_browser, tiny_llama
 
@@ -36,8 +36,8 @@ def traced():
     attr = relp_lens.attribute(model, build, progress=False)
     circuit = relp_lens.select_top_k(attr, model, 15, task="agreement")
     circuit.evaluation = relp_lens.evaluate_circuit(model, circuit, held_out)
-    circuit, _ = relp_lens.attribute_edges(model, circuit, build, progress=False)
-    circuit.io_edges = attribute_io_edges(model, circuit, build, progress=False).to_dict()
+    circuit = relp_lens.attribute_edges(model, circuit, build, progress=False)
+    circuit = attribute_io_edges(model, circuit, build, progress=False)
     circuit = attribute_head_splits(model, circuit, build, max_nodes=8, progress=False)  # the drawn edges
     top = [(n.layer, n.pos, n.index) for n in circuit.nodes[:3]]
     sweep = steering_sweep(model, [r["clean_prefix"] for r in build], top, [" are", " is"], factors=(-2, 0, 2))
@@ -56,7 +56,7 @@ def _figure_divs(page: str) -> dict[str, str]:
 def test_report_inputs(traced):
     model, attr, circuit, inputs = traced
     assert inputs.accuracy.startswith("accuracy ") and "4 prompts" in inputs.accuracy
-    assert sorted(r["n_nodes"] for r in inputs.curves) == [2, 5, 10, 15]  # the circuit's own size is added
+    assert sorted(r.n_nodes for r in inputs.curves) == [2, 5, 10, 15]  # the circuit's own size is added
     ranked = sorted(circuit.nodes, key=lambda n: -abs(n.score))
     expected = list(dict.fromkeys((n.layer, n.index) for n in ranked))[:4]
     assert [(c.layer, c.index) for c in inputs.cards] == expected
@@ -175,6 +175,6 @@ def test_report_for_another_basis_and_position_free_nodes(tmp_path):
     attr = relp_lens.attribute(model, BUILD, basis="mlp_out", progress=False)
     circuit = relp_lens.select_top_k(attr, model, 6, aggregate_pos=True)
     inputs = report_inputs(model, attr, circuit, held_out=HELD_OUT, sizes=(2, 4))
-    assert inputs.cards == [] and {r["n_nodes"] for r in inputs.curves} == {2, 4, 6}
+    assert inputs.cards == [] and {r.n_nodes for r in inputs.curves} == {2, 4, 6}
     page = write_report(tmp_path / "r.html", model, attr, circuit, inputs=inputs).read_text()
     assert "<details><summary>L" not in page and page.count("<td class='where'>all</td>") == 6 and "mlp_out" in page

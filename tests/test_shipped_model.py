@@ -104,7 +104,8 @@ def test_relp_circuit_beats_random_circuit(smollm):
     """The paper's claim in miniature: ~100 RelP-chosen neurons carry agreement; 100 random ones don't."""
     from relp_lens.circuits.ablation import evaluate_circuit
     from relp_lens.core.tasks import agreement_rows
-    from relp_lens.circuits.circuit import Circuit, CircuitNode, select_top_k
+    from relp_lens.circuits.circuit import Circuit, CircuitNode
+    from relp_lens.circuits.selection import select_top_k
 
     rows = agreement_rows(smollm, 40, simple_fraction=0.0)
     build, held_out = rows[:28], rows[28:]
@@ -119,6 +120,6 @@ def test_relp_circuit_beats_random_circuit(smollm):
     random_c = Circuit(nodes=[CircuitNode(*k) for k in keys], basis="mlp_post", hook_names=circuit.hook_names,
                        node_width=1536, model=circuit.model)
     theirs = evaluate_circuit(smollm, random_c, held_out)
-    assert ours["faithfulness"] > 0.7
-    assert theirs["faithfulness"] < 0.2
-    assert ours["faithfulness"] - theirs["faithfulness"] > 0.5
+    assert ours.faithfulness > 0.7
+    assert theirs.faithfulness < 0.2
+    assert ours.faithfulness - theirs.faithfulness > 0.5

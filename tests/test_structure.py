@@ -20,7 +20,7 @@ import torch
 import relp_lens
 from relp_lens import RelPLensError
 from relp_lens.circuits.edges import attribute_edges
-from relp_lens.circuits.graph_io import attribute_io_edges
+from relp_lens.circuits.io_edges import attribute_io_edges
 from relp_lens.core import backends, structure
 from relp_lens.core.relp_mode import embedding_relevance, relp
 
@@ -42,7 +42,7 @@ def test_edges_equal_brute_force_or_are_refused(arch, method):
     model = wrapped(arch)
     circuit = edge_circuit(model)
     try:
-        got, _ = attribute_edges(model, circuit, ROWS, method=method, progress=False)
+        got = attribute_edges(model, circuit, ROWS, method=method, progress=False)
     except RelPLensError as err:
         assert arch == "olmo2", f"{arch} refused: {err}"
         assert "norm after the MLP" in str(err) and "layer 0" in str(err), str(err)
@@ -75,7 +75,7 @@ def test_olmo2_brute_force_really_differs_from_the_w_out_reading():
     circuit = edge_circuit(model)
     W = brute_force_edges(model, circuit, ROWS, use_relp=False)
     structure._STRUCTURE_CACHE[model] = (structure._fingerprint(model), [])  # pretend the check passed
-    got, _ = attribute_edges(model, circuit, ROWS, method="grad", progress=False)
+    got = attribute_edges(model, circuit, ROWS, method="grad", progress=False)
     big = W.abs() >= W.abs().max() / 10
     rel = ((edge_matrix(got) - W).abs()[big] / W.abs()[big]).max()
     assert rel > 0.5, float(rel)

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 import relp_lens
 from relp_lens import RelPLensError, attribute
 from relp_lens.circuits.ablation import evaluate_circuit
-from relp_lens.circuits.circuit import Circuit, select_top_k
+from relp_lens.circuits.circuit import Circuit
+from relp_lens.circuits.selection import select_top_k
 from relp_lens.core import backends
 from relp_lens.core.data import Prompts, resolve_prepend_bos, tokenize
 from helpers import AGREEMENT_ROWS, WORDS, tiny_hf_qwen2, tiny_llama, word_tokenizer
@@ -137,14 +138,14 @@ def test_choice_round_trips_through_a_saved_circuit(qwen, tmp_path):
     loaded = Circuit.load(path)
     assert loaded.data["prepend_bos"] is False and loaded.prepend_bos is False
     ev = evaluate_circuit(qwen, loaded, AGREEMENT_ROWS, warn=False)
-    assert ev["prepend_bos"] is False
-    assert evaluate_circuit(qwen, loaded, AGREEMENT_ROWS, warn=False, prepend_bos=True)["prepend_bos"] is True
+    assert ev.prepend_bos is False
+    assert evaluate_circuit(qwen, loaded, AGREEMENT_ROWS, warn=False, prepend_bos=True).prepend_bos is True
     # a file written before the choice was recorded was built with BOS
     old = loaded.to_dict()
     del old["data"]["prepend_bos"]
     legacy = Circuit.from_dict(old)
     assert legacy.prepend_bos is True
-    assert evaluate_circuit(qwen, legacy, AGREEMENT_ROWS, warn=False)["prepend_bos"] is True
+    assert evaluate_circuit(qwen, legacy, AGREEMENT_ROWS, warn=False).prepend_bos is True
     bad = dict(old, data=dict(old["data"], prepend_bos="no"))
     with pytest.raises(RelPLensError, match=r"prepend_bos.*true or false"):
         Circuit.from_dict(bad).prepend_bos
@@ -155,7 +156,7 @@ def test_recorded_choice_wins_over_the_model_default(qwen):
     attr = attribute(qwen, AGREEMENT_ROWS, basis=HOOKS, progress=False, prepend_bos=True)
     circuit = select_top_k(attr, qwen, 6)
     assert circuit.prepend_bos is True
-    assert evaluate_circuit(qwen, circuit, AGREEMENT_ROWS, warn=False)["prepend_bos"] is True
+    assert evaluate_circuit(qwen, circuit, AGREEMENT_ROWS, warn=False).prepend_bos is True
 
 
 @pytest.mark.hooked

@@ -23,8 +23,8 @@ import pytest
 
 import relp_lens
 from relp_lens.circuits.edges import attribute_edges
-from relp_lens.circuits.graph_export import write_circuit_tracer
-from relp_lens.circuits.graph_io import attribute_io_edges
+from relp_lens.circuits.graph_export import to_circuit_tracer, write_circuit_tracer
+from relp_lens.circuits.io_edges import attribute_io_edges
 from helpers import CHROMIUM_FLAGS, find_chromium, js_errors, same_length_rows, tiny_llama
 
 CHROMIUM = find_chromium()
@@ -68,11 +68,11 @@ def graph_dir(tmp_path):
     rows = same_length_rows(model)[:3]
     attr = relp_lens.attribute(model, rows, progress=False)
     circuit = relp_lens.select_top_k(attr, model, 10)
-    circuit, _ = attribute_edges(model, circuit, rows, progress=False)
-    circuit.io_edges = attribute_io_edges(model, circuit, rows, progress=False).to_dict()
+    circuit = attribute_edges(model, circuit, rows, progress=False)
+    circuit = attribute_io_edges(model, circuit, rows, progress=False)
     tokens = model.to_tokens(rows[0]["clean_prefix"])[0].tolist()
-    graph = circuit.to_circuit_tracer(attr.str_tokens[0], prompt=rows[0]["clean_prefix"], slug="tiny-agreement",
-                                      token_ids=tokens, output_label=" are", output_token=5, output_prob=0.6)
+    graph = to_circuit_tracer(circuit, attr.str_tokens[0], prompt=rows[0]["clean_prefix"], slug="tiny-agreement",
+                              token_ids=tokens, output_label=" are", output_token=5, output_prob=0.6)
     out = tmp_path / "graphs"
     out.mkdir()
     write_circuit_tracer(out / "tiny-agreement.json", graph, title="tiny agreement")

@@ -208,7 +208,7 @@ def always_on_neurons(model: HookedTransformer, texts: Sequence[str] | None = No
     layer (BOS excluded); a neuron is always on when it is large on at least ``min_fraction`` of the tokens
     of ``texts`` (default: the package corpus). Such neurons (the paper keeps a blacklist of them) carry
     position or bias-like signals rather than a behaviour, so selection can leave them out
-    (``exclude_neurons=`` of :func:`relp_lens.circuits.circuit.select_top_k`).
+    (``exclude_neurons=`` of :func:`relp_lens.circuits.selection.select_top_k`).
     """
     backends.require_model(model)
     validate.finite_float(quantile, "quantile", low=0.0, high=1.0, low_open=True, high_open=True)

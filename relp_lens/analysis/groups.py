@@ -33,8 +33,10 @@ open question. relp_lens groups them from what the neurons share:
    promotes — Σ over members of (mean clean activation × the member's output direction, ``W_out`` row
    times the final norm weight), read through ``W_U``.
 
-Groups are stored in the circuit file (field ``groups``), members named by node label (``L3/100@-1``) so
-pruning keeps them valid (:func:`relp_lens.circuits.edges.subgraph` drops members that leave).
+Groups are stored in the circuit (``circuit.groups``, a :class:`~relp_lens.circuits.circuit.NeuronGroups`: the
+data model's type, importable from here too) and in its file (field ``groups``), members named by node label
+(``L3/100@-1``) so pruning keeps them valid (:meth:`~relp_lens.circuits.circuit.Circuit.subgraph` drops members
+that leave); what the grouping cost is in ``circuit.stats["groups"]``.
 """
 
 from __future__ import annotations
@@ -42,12 +44,13 @@ from __future__ import annotations
 import random
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from relp_lens.circuits.circuit import FEATURES, Circuit, NeuronGroup, NeuronGroups, StepStats
 from relp_lens.core import backends
 from relp_lens.core import distributed as dp
 from relp_lens.core import validate
@@ -57,86 +60,8 @@ from relp_lens.core.metrics import METRICS
 if TYPE_CHECKING:  # annotations only: TransformerLens 4 has no HookedTransformer
     from transformer_lens import HookedTransformer
 
-    from relp_lens.circuits.circuit import Circuit
-
-FEATURES = ("attribution", "activation", "edges")
-
-
-@dataclass
-class NeuronGroup:
-    name: str  # "G1", "G2", … in order of |total score|
-    label: str  # layers, positions and promoted tokens (step 5)
-    members: list[str]  # node labels, "L3/100@-1"
-    score: float  # sum of the members' circuit scores
-    stability: float | None = None  # mean best Jaccard overlap across re-clusterings (step 4)
-    promoted: list[str] = field(default_factory=list)  # tokens the group's mean write raises most
-
-
-@dataclass
-class NeuronGroups:
-    """The ``groups`` field of a circuit (JSON: :meth:`to_dict`)."""
-
-    groups: list[NeuronGroup]
-    features: list[str]
-    seed: int = 0
-    n_prompts: int = 0
-    stability: dict[str, Any] = field(default_factory=dict)  # {"ari": mean, "ari_seeds": [...], "ari_subsets": [...]}
-    method: str = "spectral"
-    pruned: bool = False  # members were removed by pruning after grouping
-
-    def __post_init__(self) -> None:
-        bad = [f for f in self.features if f not in FEATURES]
-        if bad:
-            raise RelPLensError(f"groups: unknown feature {bad[0]!r}; choose from {list(FEATURES)}")
-        seen: set[str] = set()
-        for g in self.groups:
-            if not g.members:
-                raise RelPLensError(f"groups: group {g.name} has no members")
-            twice = seen.intersection(g.members)
-            if twice:
-                raise RelPLensError(f"groups: node {sorted(twice)[0]} is in more than one group")
-            seen.update(g.members)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Any) -> "NeuronGroups":
-        try:
-            groups = [NeuronGroup(name=str(g["name"]), label=str(g["label"]), members=[str(m) for m in g["members"]],
-                                  score=float(g["score"]),
-                                  stability=None if g.get("stability") is None else float(g["stability"]),
-                                  promoted=[str(t) for t in g.get("promoted", [])])
-                      for g in d["groups"]]
-            return cls(groups=groups, features=[str(f) for f in d["features"]], seed=int(d.get("seed", 0)),
-                       n_prompts=int(d.get("n_prompts", 0)), stability=dict(d.get("stability") or {}),
-                       method=str(d.get("method", "spectral")), pruned=bool(d.get("pruned", False)))
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise RelPLensError(f"groups: malformed ({type(e).__name__}: {e})") from e
-
-    def assignment(self, labels: Sequence[str]) -> list[int]:
-        """Group number of each node label (-1: in no group)."""
-        where = {m: i for i, g in enumerate(self.groups) for m in g.members}
-        return [where.get(label, -1) for label in labels]
-
-    def restricted(self, labels: Sequence[str]) -> "NeuronGroups | None":
-        """Only the members among ``labels`` (after pruning); groups left empty are dropped."""
-        keep = set(labels)
-        groups = [replace(g, members=[m for m in g.members if m in keep]) for g in self.groups]
-        groups = [g for g in groups if g.members]
-        if not groups:
-            return None
-        changed = sum(len(g.members) for g in groups) < sum(len(g.members) for g in self.groups)
-        return replace(self, groups=groups, pruned=self.pruned or changed)
-
-    def summary(self) -> str:
-        st = self.stability.get("ari")
-        lines = [f"{len(self.groups)} neuron groups from {', '.join(self.features)} ({self.method}"
-                 + (f", stability ARI {st:.2f}" if st is not None else "") + ")"]
-        for g in self.groups:
-            stab = "" if g.stability is None else f", stability {g.stability:.2f}"
-            lines.append(f"  {g.name}: {len(g.members)} neurons, score {g.score:+.3f}{stab} — {g.label}")
-        return "\n".join(lines)
+__all__ = ["FEATURES", "NeuronGroup", "NeuronGroups", "affinity", "best_jaccard", "choose_k", "cluster",
+           "edge_profiles", "group_neurons", "group_nodes", "groups_of", "node_profiles", "stability"]
 
 
 # -- step 2: affinities ------------------------------------------------------------------------------------
@@ -250,8 +175,25 @@ def stability(profiles: dict[str, np.ndarray | None], labels: np.ndarray, n_grou
 # -- step 1: profiles ---------------------------------------------------------------------------------------
 def node_profiles(model: HookedTransformer, circuit: Circuit, rows: Sequence[dict], *, batch_size: int = 16,
                   progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Per-prompt attribution scores and clean activations of the circuit's nodes (step 1):
-    ``([prompt, node], [prompt, node])``."""
+    """Per-prompt attribution scores and clean activations of the circuit's nodes (step 1).
+
+    Args:
+        model: the model the circuit was made on.
+        circuit: the circuit.
+        rows: the prompts (JSONL-style rows).
+        batch_size: prompts per pass.
+        progress: show a progress bar.
+
+    Returns:
+        ``(scores, activations)``, each ``[prompt, node]``.
+    """
+    scores, acts, _ = _node_profiles(model, circuit, rows, batch_size=batch_size, progress=progress)
+    return scores, acts
+
+
+def _node_profiles(model: HookedTransformer, circuit: Circuit, rows: Sequence[dict], *, batch_size: int,
+                   progress: bool) -> tuple[np.ndarray, np.ndarray, int]:
+    """:func:`node_profiles`, and the number of batches (one attribution backward pass each)."""
     from relp_lens.core.attribution import attribute
 
     method = circuit.method if circuit.method in ("relp", "grad") else "relp"
@@ -307,20 +249,24 @@ def node_profiles(model: HookedTransformer, circuit: Circuit, rows: Sequence[dic
         warnings.warn(f"{len(bad)} node(s) (e.g. {bad[0]}) are absent from some prompts: their attribution there "
                       f"counts as 0 and their activation as their mean over the other prompts", stacklevel=3)
         out_a = np.where(missing, np.nanmean(out_a, axis=0, keepdims=True), out_a)
-    return out_s, out_a
+    return out_s, out_a, len(batches)
 
 
 def edge_profiles(circuit: Circuit) -> np.ndarray | None:
-    """``[edge slot, node]`` |weight| profiles (step 2's ``edges``): per node, its edges in from every node and
-    every embedding position, then its edges out to every node and the output; None without edges."""
+    """The |weight| profiles of step 2's ``edges`` affinity.
+
+    Args:
+        circuit: the circuit (its edges and input/output edges).
+
+    Returns:
+        ``[edge slot, node]``: per node, its edges in from every node and every embedding position, then its edges
+        out to every node and the output; None without edges.
+    """
     n = len(circuit.nodes)
     if not circuit.edges and circuit.io_edges is None:
         return None
-    inputs, io = 0, None
-    if circuit.io_edges is not None:
-        from relp_lens.circuits.graph_io import IOEdges
-
-        io = IOEdges.from_dict(circuit.io_edges, n)
+    inputs, io = 0, circuit.io_edges
+    if io is not None:
         inputs = io.input.shape[0]
     a = np.zeros((n + 1, n + inputs))  # [target (nodes, output), source (nodes, embeddings)]
     for e in circuit.edges:
@@ -373,14 +319,24 @@ def group_neurons(model: HookedTransformer, circuit: Circuit, rows: Sequence[dic
                   n_groups: int | None = None, max_groups: int = 8, features: Sequence[str] | None = None,
                   seed: int = 0, n_seeds: int = 5, n_subsets: int = 5, subset_fraction: float = 0.7,
                   batch_size: int = 16, progress: bool = False) -> Circuit:
-    """The circuit with its neurons grouped (field ``groups``; see the module docstring).
+    """The circuit with its neurons grouped (see the module docstring).
 
     Args:
+        model: the model the circuit was made on (checked).
+        circuit: the circuit (at least 2 nodes); left unchanged.
         rows: prompts for the profiles (default: the circuit's build rows).
         n_groups: the number of groups; ``None`` chooses it in ``[2, max_groups]`` (step 3).
+        max_groups: the most groups tried when choosing.
         features: kinds of affinity (``attribution``, ``activation``, ``edges``); default: all available —
             ``edges`` only when the circuit has edges.
         seed, n_seeds, n_subsets, subset_fraction: the reference clustering's seed and the stability runs.
+        batch_size: prompts per pass.
+        progress: show a progress bar.
+
+    Returns:
+        A new circuit with ``groups`` (a :class:`~relp_lens.circuits.circuit.NeuronGroups`) and
+        ``stats["groups"]`` (a :class:`~relp_lens.circuits.circuit.StepStats`: prompts, attribution backward
+        passes).
     """
     circuit.check_model(model)
     if n_groups is not None:
@@ -410,7 +366,7 @@ def group_neurons(model: HookedTransformer, circuit: Circuit, rows: Sequence[dic
         raise RelPLensError("feature 'edges' needs a circuit with edges (relp_lens.attribute_edges)")
     if n_groups is not None and n_groups > n:
         raise RelPLensError(f"n_groups must be in [1, {n}], got {n_groups}")
-    scores, acts = node_profiles(model, circuit, rows, batch_size=batch_size, progress=progress)
+    scores, acts, n_batches = _node_profiles(model, circuit, rows, batch_size=batch_size, progress=progress)
     profiles = dict(scores=scores if "attribution" in features else None,
                     acts=acts if "activation" in features else None,
                     edges=edge_profiles(circuit) if "edges" in features else None)
@@ -431,18 +387,34 @@ def group_neurons(model: HookedTransformer, circuit: Circuit, rows: Sequence[dic
                           score=float(sum(circuit.nodes[j].score for j in members)), stability=st, promoted=promoted)
               for i, (members, promoted, st) in enumerate(found)]
     result = NeuronGroups(groups=groups, features=features, seed=seed, n_prompts=len(rows), stability=stab)
-    return replace(circuit, groups=result.to_dict())
+    stats = StepStats(n_prompts=len(rows), backward_passes=n_batches)
+    return replace(circuit, groups=result, stats={**circuit.stats, "groups": stats})
 
 
 def groups_of(circuit: Circuit) -> NeuronGroups:
-    """The circuit's groups (an error naming the fix when it has none)."""
+    """The circuit's groups.
+
+    Args:
+        circuit: a grouped circuit.
+
+    Returns:
+        ``circuit.groups``; an error naming the fix when it has none.
+    """
     if circuit.groups is None:
         raise RelPLensError("this circuit has no neuron groups; run relp_lens.group_neurons(model, circuit) first")
-    return NeuronGroups.from_dict(circuit.groups)
+    return circuit.groups
 
 
 def group_nodes(circuit: Circuit, group: str | int) -> list[tuple[int, int | None, int]]:
-    """The ``(layer, pos, index)`` nodes of a group, by name (``"G2"``) or number (0-based)."""
+    """The nodes of one of the circuit's groups.
+
+    Args:
+        circuit: a grouped circuit.
+        group: the group's name (``"G2"``) or number (0-based).
+
+    Returns:
+        Its members still in the circuit, as ``(layer, pos, index)``.
+    """
     groups = groups_of(circuit)
     names = [g.name for g in groups.groups]
     if isinstance(group, str):

@@ -14,10 +14,12 @@
 4. Run the model four ways, each hook's nodes either kept or ablated:
    M (nothing ablated), C (everything outside the circuit ablated), M\\C (the circuit ablated),
    ∅ (every node of the basis ablated); F(·) is the mean metric over the prompts.
-5. faithfulness = (F(C) − F(∅)) / (F(M) − F(∅)); completeness = (F(M\\C) − F(∅)) / (F(M) − F(∅)).
+5. faithfulness = (F(C) − F(∅)) / (F(M) − F(∅)); completeness = (F(M\\C) − F(∅)) / (F(M) − F(∅)), returned
+   as an :class:`~relp_lens.circuits.circuit.Evaluation` (the type a circuit stores as ``evaluation``).
 
-A sweep reuses F(M) and F(∅) and runs C and M\\C once per circuit size. :func:`verdict` says in words
-when a circuit explains little.
+A sweep reuses F(M) and F(∅) and runs C and M\\C once per circuit size (one :class:`SweepPoint` per size);
+:func:`cpr_cmd` summarises a sweep (:class:`CprCmd`). :func:`verdict` says in words when a circuit explains
+little. Results are dataclasses with ``to_dict()``; ``result["key"]`` still works, with a ``DeprecationWarning``.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm.auto import tqdm
@@ -34,7 +36,8 @@ from relp_lens.core import backends
 from relp_lens.core import distributed as dp
 from relp_lens.core import validate
 from relp_lens.core.attribution import Attribution, _mean_acts, as_prompts
-from relp_lens.circuits.circuit import ABLATIONS, Circuit, consistent_ablation, select_threshold, select_top_k
+from relp_lens.circuits.circuit import ABLATIONS, Circuit, Evaluation, LegacyKeys, consistent_ablation
+from relp_lens.circuits.selection import select_threshold, select_top_k
 from relp_lens.core.data import Prompts, make_batches, tokenize
 from relp_lens.core.errors import RelPLensError
 from relp_lens.core.metrics import MetricFn, check_metric, evaluate_metric, resolve_metric, warn_same_answers
@@ -50,6 +53,76 @@ UNSTABLE = 0.1  # |F(M) − F(∅)| below this share of |F(M)|: the ratios are n
 
 class WeakCircuitWarning(UserWarning):
     """The circuit recovers less than half of the metric: it is not a sparse explanation."""
+
+
+@dataclass
+class SweepPoint(LegacyKeys):
+    """One circuit size of :func:`faithfulness_sweep`. ``row["faithfulness"]`` etc. still work, with a
+    ``DeprecationWarning``.
+
+    Attributes:
+        faithfulness, completeness, f_model, f_empty, f_circuit, f_complement: as
+            :class:`~relp_lens.circuits.circuit.Evaluation`.
+        n_nodes: the circuit's size.
+        k: the top-k selection's k (``None`` for a threshold).
+        tau: the threshold τ (``None`` for top-k).
+        basis, method: the attribution's basis and method.
+        ablation: how nodes were removed.
+    """
+
+    faithfulness: float
+    completeness: float
+    f_model: float
+    f_empty: float
+    f_circuit: float
+    f_complement: float
+    n_nodes: int
+    k: int | None = None
+    tau: float | None = None
+    basis: str | None = None
+    method: str | None = None
+    ablation: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The row as a dict (the form :func:`faithfulness_sweep` returned before).
+
+        Returns:
+            The ratios, ``k`` or ``tau``, ``n_nodes``, ``basis``, ``method``, ``ablation``.
+        """
+        d = {k: getattr(self, k) for k in ("faithfulness", "completeness", "f_model", "f_empty", "f_circuit",
+                                           "f_complement")}
+        d.update({k: getattr(self, k) for k in ("k", "tau") if getattr(self, k) is not None})
+        d.update(n_nodes=self.n_nodes, basis=self.basis, method=self.method, ablation=self.ablation)
+        return d
+
+
+@dataclass
+class CprCmd(LegacyKeys):
+    """MIB's circuit-localization scores of a sweep (:func:`cpr_cmd`). ``scores["cpr"]`` still works, with a
+    ``DeprecationWarning``.
+
+    Attributes:
+        cpr: circuit performance ratio, ∫₀¹ f(k) dk (higher is better).
+        cmd: circuit–model distance, ∫₀¹ |1 − f(k)| dk (lower is better).
+        n_points: the measured sizes on the curve.
+    """
+
+    cpr: float
+    cmd: float
+    n_points: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """The scores as a dict (the form :func:`cpr_cmd` returned before).
+
+        Returns:
+            ``{"cpr", "cmd", "n_points"}``.
+        """
+        return dict(cpr=self.cpr, cmd=self.cmd, n_points=self.n_points)
+
+
+def _as_dict(row: Any) -> dict:
+    """A result row as a dict: a dict as is, a result dataclass by its ``to_dict()``."""
+    return row if isinstance(row, dict) else row.to_dict()
 
 
 @dataclass
@@ -180,15 +253,23 @@ def _ratios(f_m: float, f_empty: float, f_c: float, f_comp: float) -> dict:
                 f_model=f_m, f_empty=f_empty, f_circuit=f_c, f_complement=f_comp)
 
 
-def verdict(rows: dict | Sequence[dict]) -> str | None:
+def verdict(rows: Any) -> str | None:
     """A sentence when a circuit (or every circuit of a sweep) explains little, else None.
 
     Also when ablating the whole basis moves the metric by less than 10% (F(M) ≈ F(∅)): the ratios
-    then divide by a small, noisy difference. Faithfulness below 0.5 at every size tried means the chosen nodes do not carry the behaviour on these
-    prompts — whether because the model has no sparse circuit for it or because the setup (data, metric,
-    baseline, ablation) is wrong; it must not be read as a sparse circuit.
+    then divide by a small, noisy difference. Faithfulness below 0.5 at every size tried means the chosen nodes
+    do not carry the behaviour on these prompts — whether because the model has no sparse circuit for it or
+    because the setup (data, metric, baseline, ablation) is wrong; it must not be read as a sparse circuit.
+
+    Args:
+        rows: one result (an :class:`~relp_lens.circuits.circuit.Evaluation`, a :class:`SweepPoint`, a
+            :class:`~relp_lens.circuits.pruning.PruningPoint`, or their dict form) or a sequence of them.
+
+    Returns:
+        The sentence, or None.
     """
-    rows = [rows] if isinstance(rows, dict) else list(rows)
+    rows = [rows] if isinstance(rows, (dict, LegacyKeys)) else list(rows)
+    rows = [_as_dict(r) for r in rows]
     if not rows:
         return None
     f_m, f_0 = rows[0].get("f_model"), rows[0].get("f_empty")
@@ -211,7 +292,7 @@ def verdict(rows: dict | Sequence[dict]) -> str | None:
 
 def evaluate_circuit(model: HookedTransformer, circuit: Circuit, prompts: Prompts | Sequence[dict], *,
                      metric: str | MetricFn | None = None, ablation: str | None = None,
-                     batch_size: int = 16, warn: bool = True, prepend_bos: bool | None = None) -> dict:
+                     batch_size: int = 16, warn: bool = True, prepend_bos: bool | None = None) -> Evaluation:
     """Faithfulness and completeness of ``circuit`` on ``prompts`` (use prompts it was not built on).
 
     Args:
@@ -228,8 +309,10 @@ def evaluate_circuit(model: HookedTransformer, circuit: Circuit, prompts: Prompt
             positions mean the same tokens.
 
     Returns:
-        ``dict(faithfulness, completeness, f_model, f_empty, f_circuit, f_complement, n_nodes, n_prompts,
-        ablation, prepend_bos)``, and a ``verdict`` sentence when the circuit explains little.
+        An :class:`~relp_lens.circuits.circuit.Evaluation`: faithfulness, completeness, f_model, f_empty,
+        f_circuit, f_complement, n_nodes, n_prompts, ablation, prepend_bos, and a ``verdict`` sentence when the
+        circuit explains little (store it as ``circuit.evaluation``; ``ev["faithfulness"]`` still works, with a
+        ``DeprecationWarning``).
     """
     circuit.check_model(model)
     if not circuit.nodes:
@@ -240,10 +323,11 @@ def evaluate_circuit(model: HookedTransformer, circuit: Circuit, prompts: Prompt
     abl = Ablation.build(model, circuit.hook_names, prompts, metric, batch_size, mode, bos)
     keep = abl.masks(circuit.keys)
     result = _ratios(abl.score(None), abl.score(abl.masks(set())), abl.score(keep), abl.score(keep, ablate_kept=True))
-    result = dict(result, n_nodes=len(circuit), n_prompts=abl.n_prompts, ablation=mode, prepend_bos=abl.prepend_bos)
+    result = Evaluation(**result, n_nodes=len(circuit), n_prompts=abl.n_prompts, ablation=mode,
+                        prepend_bos=abl.prepend_bos)
     note = verdict(result)
     if note:
-        result["verdict"] = note
+        result.verdict = note
         if warn:
             warnings.warn(note, WeakCircuitWarning, stacklevel=2)
     return result
@@ -254,12 +338,28 @@ def faithfulness_sweep(model: HookedTransformer, attr: Attribution, prompts: Pro
                        aggregate_pos: bool = False, metric: str | MetricFn | None = None,
                        ablation: str | None = None, include_fixed: bool | None = None,
                        exclude_neurons: Sequence[tuple[int, int]] | None = None,
-                       batch_size: int = 16, progress: bool = True, prepend_bos: bool | None = None) -> list[dict]:
+                       batch_size: int = 16, progress: bool = True,
+                       prepend_bos: bool | None = None) -> list[SweepPoint]:
     """Faithfulness/completeness against circuit size: top-k for each k in ``sizes``, or τ in ``taus``.
 
-    Selection and ablation as :func:`relp_lens.circuits.circuit.select_top_k` and :func:`evaluate_circuit`
-    (default ablation: consistent with the attribution's baseline). ``prepend_bos``: default the
-    attribution's own (:attr:`~relp_lens.core.attribution.Attribution.prepend_bos`).
+    Selection and ablation as :func:`relp_lens.circuits.selection.select_top_k` and :func:`evaluate_circuit`
+    (default ablation: consistent with the attribution's baseline).
+
+    Args:
+        model: the model the attribution was computed on.
+        attr: the attribution to select from.
+        prompts: held-out evaluation prompts.
+        sizes: the k of each top-k circuit (give this or ``taus``).
+        taus: the τ of each threshold circuit.
+        aggregate_pos, ablation, include_fixed, exclude_neurons: as
+            :func:`~relp_lens.circuits.selection.select_top_k`.
+        metric: default the attribution's own.
+        batch_size: prompts per forward pass.
+        progress: show a progress bar.
+        prepend_bos: default the attribution's own (:attr:`~relp_lens.core.attribution.Attribution.prepend_bos`).
+
+    Returns:
+        One :class:`SweepPoint` per size (``to_dict()``: the dict rows this returned before).
     """
     if (sizes is None) == (taus is None):
         raise RelPLensError("give exactly one of sizes= (top-k) or taus= (thresholds)")
@@ -281,8 +381,8 @@ def faithfulness_sweep(model: HookedTransformer, attr: Attribution, prompts: Pro
                    else select_threshold(attr, model, value, **opts))
         keep = abl.masks(circuit.keys)
         r = _ratios(f_m, f_empty, abl.score(keep), abl.score(keep, ablate_kept=True))
-        rows.append(dict(r, **{kind: value}, n_nodes=len(circuit), basis=attr.basis, method=attr.method,
-                         ablation=mode))
+        rows.append(SweepPoint(**r, **{kind: value}, n_nodes=len(circuit), basis=attr.basis, method=attr.method,
+                               ablation=mode))
     return rows
 
 
@@ -298,7 +398,7 @@ def _area_abs(xs: Sequence[float], ys: Sequence[float]) -> float:
     return area
 
 
-def cpr_cmd(rows: Sequence[dict], n_total: int, *, key: str = "n_nodes") -> dict[str, float]:
+def cpr_cmd(rows: Sequence[Any], n_total: int, *, key: str = "n_nodes") -> CprCmd:
     """MIB's circuit-localization summary scores of a faithfulness sweep (rows of :func:`faithfulness_sweep`).
 
     With ``k`` = circuit size / ``n_total`` (the share of all candidate nodes, or of edges with
@@ -311,11 +411,20 @@ def cpr_cmd(rows: Sequence[dict], n_total: int, *, key: str = "n_nodes") -> dict
     - **CMD** (circuit–model distance) = ∫₀¹ |1 − f(k)| dk — lower is better (0: the circuit matches the model
       at every size).
 
-    Points at the same size are averaged. Returns ``dict(cpr=..., cmd=..., n_points=...)``.
+    Points at the same size are averaged.
+
+    Args:
+        rows: the sweep (:class:`SweepPoint` or :class:`~relp_lens.circuits.pruning.PruningPoint` rows, or dicts
+            with ``key`` and ``faithfulness``).
+        n_total: all candidate nodes (or edges).
+        key: the size field, ``"n_nodes"`` or ``"n_edges"``.
+
+    Returns:
+        A :class:`CprCmd` (``cpr``, ``cmd``, ``n_points``).
     """
     validate.positive_int(n_total, "n_total")
     by_k: dict[float, list[float]] = {}
-    for r in rows:
+    for r in map(_as_dict, rows):
         k = r[key] / n_total
         if not 0 <= k <= 1:
             raise RelPLensError(f"a circuit of {r[key]} out of {n_total} is outside [0, 1]")
@@ -329,4 +438,4 @@ def cpr_cmd(rows: Sequence[dict], n_total: int, *, key: str = "n_nodes") -> dict
     xs = sorted(by_k)
     fs = [sum(by_k[x]) / len(by_k[x]) for x in xs]
     cpr = sum(0.5 * (f0 + f1) * (x1 - x0) for x0, x1, f0, f1 in zip(xs, xs[1:], fs, fs[1:]))
-    return dict(cpr=cpr, cmd=_area_abs(xs, [1 - f for f in fs]), n_points=n_points)
+    return CprCmd(cpr=cpr, cmd=_area_abs(xs, [1 - f for f in fs]), n_points=n_points)

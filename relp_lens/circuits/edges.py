@@ -27,6 +27,12 @@ Algorithm (one backward pass serves many downstream nodes):
    reading needs ``hook_mlp_out = hook_post @ W_out + b_out``, added to the residual stream as is: it is
    checked on the model itself, one small cached forward pass (:func:`relp_lens.core.structure.check_neuron_directions`),
    and a model that breaks it (a norm after the MLP, whatever it is called) is refused naming the layer.
+6. The result is a new circuit with the edges (the input is left unchanged), its run statistics in
+   ``circuit.stats["edges"]`` (:class:`EdgeStats`). Head splits of the old edges are dropped, and so are groups
+   made from them (stale).
+
+The helpers (:func:`circuit_run`, :func:`node_positions`, :func:`node_seeds`, the leaf hooks) serve the other edge
+computations too (:mod:`relp_lens.circuits.io_edges`, :mod:`relp_lens.circuits.heads`).
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ from relp_lens.core import distributed as dp
 from relp_lens.core import structure
 from relp_lens.core import validate
 from relp_lens.core.attribution import BASELINES, DEFAULT_BASELINE, as_prompts, batch_gradients, prepare_run
-from relp_lens.circuits.circuit import Circuit, CircuitEdge
+from relp_lens.circuits.circuit import Circuit, CircuitEdge, StepStats
 from relp_lens.core.errors import RelPLensError
 from relp_lens.core.metrics import METRICS
 from relp_lens.core.positions import require
@@ -57,11 +63,19 @@ if TYPE_CHECKING:  # annotations only: TransformerLens 4 has no HookedTransforme
 _EDGE_HOOK = re.compile(r"^blocks\.(\d+)\.(mlp\.hook_post|hook_mlp_out)$")
 
 
-@dataclass
-class EdgeStats:
-    backward_passes: int
-    downstream_nodes: int
-    rows_per_pass: int
+@dataclass(kw_only=True)
+class EdgeStats(StepStats):
+    """What an edge computation cost (``circuit.stats["edges"]``, ``circuit.stats["io_edges"]``).
+
+    Attributes:
+        n_prompts: the prompts the edges were averaged over.
+        backward_passes: vectorised backward passes (one serves up to ``edge_batch`` rows).
+        downstream_nodes: the nodes seeded (edge targets).
+        rows_per_pass: the most rows (seeds × prompts) of one backward pass.
+    """
+
+    downstream_nodes: int = 0
+    rows_per_pass: int = 0
 
 
 def edge_layers(hook_names: Sequence[str]) -> list[int]:
@@ -164,11 +178,25 @@ def attribute_edges(
     batch_size: int = 8,
     edge_batch: int = 256,
     progress: bool = True,
-) -> tuple[Circuit, EdgeStats]:
-    """The circuit with its edges weighted (direct effects); plus pass counts for benchmarks.
+) -> Circuit:
+    """The circuit with its edges weighted (direct effects; see the module docstring).
 
-    ``edge_batch`` bounds the rows of one backward pass (downstream nodes per pass × examples per batch);
-    with ``edge_batch <= batch_size`` every downstream node gets its own backward pass.
+    Args:
+        model: the model the circuit was made on (checked).
+        circuit: the circuit (MLP nodes, one hook per block); left unchanged.
+        prompts: the prompts to average over (a :class:`~relp_lens.core.data.Prompts` or JSONL-style rows).
+        method: ``"relp"`` (RelP rules in every backward pass) or ``"grad"``.
+        metric: a metric name; default the circuit's own.
+        rules: the RelP rules (default: all).
+        batch_size: prompts per forward pass.
+        edge_batch: the most rows of one backward pass (downstream nodes per pass × prompts per batch); with
+            ``edge_batch <= batch_size`` every downstream node gets its own backward pass.
+        progress: show a progress bar.
+
+    Returns:
+        A new circuit with ``edges`` (by decreasing |weight|), ``selection["edge_method"]``, no head splits,
+        no groups made from edges, and ``stats["edges"]`` an :class:`EdgeStats` (backward passes, downstream
+        nodes, rows per pass, prompts).
     """
     check_edge_options(model, method, batch_size, edge_batch)
     circuit.check_model(model)
@@ -248,66 +276,45 @@ def attribute_edges(
              for s, t in weights.nonzero().tolist()]
     edges.sort(key=lambda e: -abs(e.weight))
     sel = dict(circuit.selection, edge_method=method)
-    stats = EdgeStats(backward_passes=passes, downstream_nodes=len(targets), rows_per_pass=rows_per_pass)
+    stats = EdgeStats(n_prompts=len(data), backward_passes=passes, downstream_nodes=len(targets),
+                      rows_per_pass=rows_per_pass)
     groups = circuit.groups  # groups made from the old edges are stale too
-    if groups is not None and "edges" in groups.get("features", []):
+    if groups is not None and "edges" in groups.features:
         groups = None
-    return replace(circuit, edges=edges, selection=sel, heads=None, groups=groups), stats  # old splits are stale
+    return replace(circuit, edges=edges, selection=sel, heads=None, groups=groups,  # old splits are stale
+                   stats={**circuit.stats, "edges": stats})
 
 
 def prune_edges(circuit: Circuit, keep_fraction: float) -> Circuit:
-    """Keep the top ``keep_fraction`` of edges by |weight|; drop nodes left with no edge at all."""
+    """Keep the top ``keep_fraction`` of edges by |weight|; drop nodes left with no edge at all.
+
+    Args:
+        circuit: a circuit with edges; left unchanged.
+        keep_fraction: the share of edges kept, in (0, 1] (at least one edge).
+
+    Returns:
+        A new circuit (:meth:`~relp_lens.circuits.circuit.Circuit.subgraph`), ``selection["edge_keep_fraction"]``
+        recording the fraction.
+    """
     keep_fraction = validate.fraction(keep_fraction, "keep_fraction")
     if not circuit.edges:
         raise RelPLensError("the circuit has no edges to prune; run attribute_edges first")
     ranked = sorted(circuit.edges, key=lambda e: -abs(e.weight))
     kept = ranked[: max(1, round(keep_fraction * len(ranked)))]
     used = sorted({e.source for e in kept} | {e.target for e in kept})
-    return subgraph(circuit, used, kept, selection=dict(edge_keep_fraction=keep_fraction))
+    return circuit.subgraph(used, kept, selection=dict(edge_keep_fraction=keep_fraction))
 
 
 def subgraph(circuit: Circuit, used: Sequence[int], kept: Sequence[CircuitEdge], *, io=None,
              selection: dict | None = None) -> Circuit:
-    """The circuit restricted to nodes ``used`` (node numbers, increasing) and neuron edges ``kept``.
+    """The circuit restricted to some nodes and edges: :meth:`Circuit.subgraph
+    <relp_lens.circuits.circuit.Circuit.subgraph>` (this name is kept for existing code).
 
-    Input/output edges: ``io`` (an :class:`~relp_lens.circuits.graph_io.IOEdges` over the old numbering, pruned edges
-    zeroed) or the circuit's own, restricted to ``used`` and renumbered. Head splits are kept for exactly the
-    edges that remain (their keys are node labels: nothing to renumber); neuron groups keep the members that
-    remain (groups left empty are dropped).
+    Args:
+        circuit: the circuit; left unchanged.
+        used, kept, io, selection: as :meth:`~relp_lens.circuits.circuit.Circuit.subgraph`.
+
+    Returns:
+        The restricted circuit.
     """
-    from relp_lens.circuits.graph_io import IOEdges
-    from relp_lens.circuits.heads import OUT, edge_key, embedding_key
-
-    used = list(used)
-    renumber = {old: new for new, old in enumerate(used)}
-    nodes = [circuit.nodes[i] for i in used]
-    edges = [CircuitEdge(renumber[e.source], renumber[e.target], e.weight) for e in kept]
-    if io is None and circuit.io_edges is not None:
-        io = IOEdges.from_dict(circuit.io_edges, len(circuit.nodes))
-    if io is not None:
-        io = io.restricted(used)
-    heads = circuit.heads
-    if heads is not None:
-        label = [n.label() for n in nodes]
-        keys = {edge_key(label[e.source], label[e.target]) for e in edges}
-        if io is not None:
-            keys |= {edge_key(embedding_key(io.positions[r]), label[n]) for r, n in io.input.nonzero().tolist()}
-            keys |= {edge_key(label[j], OUT) for j in io.output.nonzero().flatten().tolist()}
-            keys |= {edge_key(embedding_key(io.positions[r]), OUT) for r in io.direct.nonzero().flatten().tolist()}
-        kept_splits = {k: v for k, v in heads["edges"].items() if k in keys}
-        if len(kept_splits) < len(heads["edges"]):  # totals over the remaining edges: from their listed heads
-            totals: dict[tuple[int, int], float] = {}
-            for split in kept_splits.values():
-                for l, h, w in split["heads"]:
-                    totals[(l, h)] = totals.get((l, h), 0.0) + w
-            heads = dict(heads, totals=[[l, h, w] for (l, h), w in sorted(totals.items(), key=lambda x: -abs(x[1]))],
-                         totals_exact=all(split["other"] == 0 for split in kept_splits.values()))
-        heads = dict(heads, edges=kept_splits)
-    groups = circuit.groups
-    if groups is not None:
-        from relp_lens.analysis.groups import NeuronGroups
-
-        kept_groups = NeuronGroups.from_dict(groups).restricted([n.label() for n in nodes])
-        groups = None if kept_groups is None else kept_groups.to_dict()
-    return replace(circuit, nodes=nodes, edges=edges, selection=dict(circuit.selection, **(selection or {})),
-                   io_edges=None if io is None else io.to_dict(), heads=heads, groups=groups)
+    return circuit.subgraph(used, kept, io=io, selection=selection)

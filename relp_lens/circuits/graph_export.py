@@ -18,10 +18,14 @@ How a circuit maps onto that schema:
 4. **One output node** for the metric: ``{n_layers + 1}_{target}_{last}`` (``target``: the answer token id,
    or 0), flagged ``is_target_logit``, its ``clerp`` in the viewer's form ``Output "label" (p=0.123)``.
 5. **Links**: the circuit's edges (direct effects), and each neuron → output with its attribution score (its
-   total effect on the metric) — or, given the input/output edges (:mod:`relp_lens.circuits.graph_io`), embedding →
+   total effect on the metric) — or, given the input/output edges (:mod:`relp_lens.circuits.io_edges`), embedding →
    neuron, neuron → output and embedding → output direct effects.
 6. ``scan`` is a local path (``./data/features-{slug}``), so clicking a node never sends requests for feature
    details to the internet; the model's name goes into the index entry's ``title_prefix``.
+
+:func:`to_circuit_tracer` makes the graph of a circuit (with its own input/output edges), :func:`write_circuit_tracer`
+writes it and its index entry. (``Circuit.to_circuit_tracer`` was the method before; it still works, with a
+warning.)
 """
 
 from __future__ import annotations
@@ -36,8 +40,7 @@ from relp_lens.core.errors import RelPLensError
 from relp_lens.core.files import write_text_atomic
 
 if TYPE_CHECKING:
-    from relp_lens.circuits.circuit import Circuit
-    from relp_lens.circuits.graph_io import IOEdges
+    from relp_lens.circuits.circuit import Circuit, IOEdges
 
 INDEX_FILE = "graph-metadata.json"
 _SLUG = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -54,22 +57,48 @@ def slug_of(name: str) -> str:
     return slug or "relp-lens"
 
 
+def to_circuit_tracer(circuit: Circuit, prompt_tokens: list[str], *, prompt: str = "", slug: str = "relp-lens",
+                      token_ids: list[int] | None = None, output_label: str | None = None,
+                      output_token: int | None = None, output_prob: float | None = None,
+                      io: IOEdges | None = None) -> dict:
+    """circuit-tracer's graph JSON of a circuit (its viewer's schema; see the module docstring for the mapping):
+    neurons as features, embedding nodes, an output node, links = edges plus each neuron's link into the output.
+
+    Args:
+        circuit: the circuit; its ``io_edges``, when it has them, give the input and output links.
+        prompt_tokens, prompt, slug, token_ids, output_label, output_token, output_prob: as
+            :func:`circuit_tracer_graph`.
+        io: input/output edges to draw instead of the circuit's own.
+
+    Returns:
+        The graph dict (write it with :func:`write_circuit_tracer`).
+    """
+    return circuit_tracer_graph(circuit, prompt_tokens, prompt=prompt, slug=slug, token_ids=token_ids,
+                                output_label=output_label, output_token=output_token, output_prob=output_prob,
+                                io=io if io is not None else circuit.io_edges)
+
+
 def circuit_tracer_graph(circuit: Circuit, prompt_tokens: list[str], *, prompt: str = "", slug: str = "relp-lens",
                          token_ids: list[int] | None = None, output_label: str | None = None,
                          output_token: int | None = None, output_prob: float | None = None,
                          io: IOEdges | None = None) -> dict:
-    """The circuit as a circuit-tracer graph dict (see the module docstring for the mapping).
+    """The circuit as a circuit-tracer graph dict, with the input/output edges ``io`` only when given (see
+    :func:`to_circuit_tracer`, which takes the circuit's own).
 
     Args:
+        circuit: the circuit.
         prompt_tokens: the prompt's tokens as strings (the x axis), e.g. ``attr.str_tokens[0]``.
         prompt: the prompt text (shown in the viewer's graph menu).
         slug: the graph's name in the viewer (``[A-Za-z0-9_-]``).
         token_ids: the prompt's token ids, for the embedding node ids; positions stand in when not given.
         output_label, output_token, output_prob: the output node's label (default: the metric's name), token
             id (default 0) and probability shown as ``(p=...)`` (default: not known, shown as 1.000).
-        io: the circuit's input/output edges (:func:`relp_lens.circuits.graph_io.attribute_io_edges`): then the graph
-            has embedding → neuron and embedding → output links, and neuron → output links carry the direct
+        io: the circuit's input/output edges (:func:`relp_lens.circuits.io_edges.attribute_io_edges`): then the
+            graph has embedding → neuron and embedding → output links, and neuron → output links carry the direct
             effect instead of the attribution score.
+
+    Returns:
+        The graph dict.
     """
     if not _SLUG.match(slug):
         raise RelPLensError(f"slug {slug!r} must be letters, digits, '-' or '_' (the viewer uses it in URLs)")

@@ -1,6 +1,6 @@
 """How each edge of a circuit's graph splits over the attention heads its paths pass through.
 
-An edge's weight (:mod:`relp_lens.circuits.edges`, :mod:`relp_lens.circuits.graph_io`) sums the direct paths from its source
+An edge's weight (:mod:`relp_lens.circuits.edges`, :mod:`relp_lens.circuits.io_edges`) sums the direct paths from its source
 to its target: every MLP in between is held constant, so each path either stays in the residual stream or
 passes through one or more attention heads. The weight is ``∇̃_d m · J̃ · Δu`` with ``J̃`` the (RelP) Jacobian
 along those paths, and by the chain rule ``J̃`` is a sum over paths. Each path is credited to the **last**
@@ -38,14 +38,17 @@ Algorithm, per batch of prompts of one length:
 
 Cost: step 3 is one forward pass per ``edge_batch`` rows of (source, prompt) and step 4 grows with the
 number of edges × layers × d_model: split a pruned graph (tens to hundreds of edges), not a full one.
+
+The result is a new circuit with ``heads`` (a :class:`~relp_lens.circuits.circuit.HeadSplits`, the data model's
+type; :func:`edge_key`, :func:`embedding_key` and :data:`OUT` name its edges and live there too) and
+``stats["heads"]`` (:class:`HeadStats`); the input circuit is left unchanged.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -57,10 +60,11 @@ from relp_lens.core import distributed as dp
 from relp_lens.core import structure
 from relp_lens.core import validate
 from relp_lens.core.attribution import batch_gradients
-from relp_lens.circuits.circuit import Circuit
+from relp_lens.circuits.circuit import OUT, Circuit, HeadSplit, HeadSplits, StepStats, edge_key, embedding_key
 from relp_lens.circuits.edges import check_edge_options, circuit_run, edge_layers, keep_hook, leaf_hook, node_positions, node_seeds
 from relp_lens.core.errors import RelPLensError
-from relp_lens.circuits.graph_io import EMBED_HOOKS, IOEdges, _embeddings
+from relp_lens.circuits.io_edges import EMBED_HOOKS, _embeddings
+from relp_lens.circuits.pruning import readable_graph
 from relp_lens.core.metrics import evaluate_metric
 from relp_lens.core.relp_mode import RelPConfig, relp
 
@@ -68,17 +72,22 @@ if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
 
 RULE = "last head"
-OUT = "out"
+__all__ = ["OUT", "RULE", "HeadStats", "attribute_head_splits", "edge_key", "embedding_key"]
 
 
-def embedding_key(position: int) -> str:
-    """The graph key of the embedding node at aligned position ``position``."""
-    return f"E@{position}"
+@dataclass(kw_only=True)
+class HeadStats(StepStats):
+    """What a head split cost (``circuit.stats["heads"]``).
 
+    Attributes:
+        n_prompts: the prompts the splits were averaged over.
+        backward_passes: the pull's backward passes (step 2; vectorised ones count once).
+        push_passes: the push's forward-mode passes (step 3).
+        n_edges: the edges split.
+    """
 
-def edge_key(source: str, target: str) -> str:
-    """The key of an edge's split in ``Circuit.heads["edges"]``: node labels, stable under pruning."""
-    return f"{source} -> {target}"
+    push_passes: int = 0
+    n_edges: int = 0
 
 
 def attribute_head_splits(model: HookedTransformer, circuit: Circuit, prompts, *, method: str = "relp",
@@ -89,28 +98,42 @@ def attribute_head_splits(model: HookedTransformer, circuit: Circuit, prompts, *
 
     Splits every neuron → neuron edge, and, when the circuit has ``io_edges``, every embedding → neuron,
     neuron → output and embedding → output edge. Use the prompts, method and rules the edges were computed
-    with: the splits then sum to the stored weights. The result's ``heads`` field holds, per edge (keyed
-    ``"L3/100@-1 -> L5/20@-1"``, ``"E@-2 -> …"``, ``"… -> out"``), the residual share, the ``top`` heads by
-    |weight| as ``[block, head, weight]`` and what the other heads carry (``other``); and ``totals``, every
-    head's exact total over all split edges (after pruning, :func:`relp_lens.circuits.edges.subgraph` sums the listed
-    heads of the remaining edges and sets ``totals_exact`` to whether nothing was left out; ``top=None`` keeps
-    every head, so totals stay exact).
+    with: the splits then sum to the stored weights.
 
-    ``max_nodes``: split only the edges of the readable graph of at most that many neurons
-    (:func:`relp_lens.circuits.pruning.readable_graph`, what the report draws); the whole circuit is returned.
+    Args:
+        model: the model the circuit was made on (checked).
+        circuit: a circuit of MLP neurons with edges (and optionally ``io_edges``); left unchanged.
+        prompts: the prompts the edges were computed on.
+        method: ``"relp"`` or ``"grad"``.
+        metric: a metric name; default the circuit's own.
+        rules: the RelP rules (default: all).
+        batch_size: prompts per forward pass.
+        edge_batch: the most rows of one backward (or forward-mode) pass.
+        top: heads listed per edge (``None``: every head, so totals stay exact).
+        max_nodes: split only the edges of the readable graph of at most that many neurons
+            (:func:`relp_lens.circuits.pruning.readable_graph`, what the report draws); the whole circuit is
+            returned.
+        progress: show a progress bar.
+
+    Returns:
+        A new circuit whose ``heads`` (:class:`~relp_lens.circuits.circuit.HeadSplits`) holds, per edge (keyed
+        ``"L3/100@-1 -> L5/20@-1"``, ``"E@-2 -> …"``, ``"… -> out"``), the residual share, the ``top`` heads by
+        |weight| as ``(block, head, weight)`` and what the other heads carry (``other``); and ``totals``, every
+        head's exact total over all split edges (after pruning, :meth:`~relp_lens.circuits.circuit.Circuit.subgraph`
+        sums the listed heads of the remaining edges and sets ``totals_exact`` to whether nothing was left out);
+        and ``stats["heads"]`` (:class:`HeadStats`).
     """
     check_edge_options(model, method, batch_size, edge_batch)
     if top is not None:
         validate.nonneg_int(top, "top")
     if max_nodes is not None:
-        from relp_lens.circuits.pruning import readable_graph
-
         validate.positive_int(max_nodes, "max_nodes")
 
         drawn = attribute_head_splits(model, readable_graph(circuit, max_nodes), prompts, method=method,
                                       metric=metric, rules=rules, batch_size=batch_size, edge_batch=edge_batch,
                                       top=top, progress=progress)
-        return replace(circuit, heads=dict(drawn.heads, max_nodes=max_nodes))
+        return replace(circuit, heads=replace(drawn.heads, max_nodes=max_nodes),
+                       stats={**circuit.stats, "heads": drawn.stats["heads"]})
     circuit.check_model(model)
     if not circuit.edges and circuit.io_edges is None:
         raise RelPLensError("the circuit has no edges to split: run attribute_edges (and attribute_io_edges) first")
@@ -126,7 +149,7 @@ def attribute_head_splits(model: HookedTransformer, circuit: Circuit, prompts, *
     data, run, batches = circuit_run(model, circuit, prompts, metric, rules, batch_size,
                                      embed=circuit.io_edges is not None)
     nodes = circuit.nodes
-    io = IOEdges.from_dict(circuit.io_edges, len(nodes)) if circuit.io_edges is not None else None
+    io = circuit.io_edges
     if io is not None and list(run.alignment.labels) != list(io.positions):
         raise RelPLensError(f"the input/output edges were computed on prompts aligned at positions {io.positions}, "
                             f"these prompts at {list(run.alignment.labels)}: split them on the same prompts")
@@ -146,6 +169,7 @@ def attribute_head_splits(model: HookedTransformer, circuit: Circuit, prompts, *
     w_outs = {layer: backends.W_out(model, blocks[layer]) for layer in {n.layer for n in nodes}}
     use_relp = method == "relp"
     embeds = [h for h in EMBED_HOOKS if h in model.hook_dict]
+    passes = {"push": 0, "pull": 0}
 
     with dp.stage("head splits"):  # under torchrun: this rank's batches; the sums are combined below
         for batch in tqdm(dp.shard(batches), desc="head splits", disable=not progress, leave=False):
@@ -180,9 +204,9 @@ def attribute_head_splits(model: HookedTransformer, circuit: Circuit, prompts, *
                         tangents[s + (h,)] = (h, d_emb[h].float() * mask.to(d_emb[h].device))
             if not tangents:
                 continue
-            push = _push(model, run, batch, tangents, blocks, z_names, use_relp, edge_batch)  # key -> per block z
+            push = _push(model, run, batch, tangents, blocks, z_names, use_relp, edge_batch, passes)  # key -> per block z
             _pull_and_contract(model, run, batch, circuit, pairs, tangents, push, grads, at, blocks, z_names, embeds,
-                               use_relp, edge_batch, res, per_head)
+                               use_relp, edge_batch, res, per_head, passes)
     keys = sorted(res)  # one order on every rank (set iteration order is not): ("n", 2) before ("n", 10)
     if keys:
         sums = dp.all_reduce(torch.tensor([res[k] for k in keys], dtype=torch.float64))
@@ -199,16 +223,18 @@ def attribute_head_splits(model: HookedTransformer, circuit: Circuit, prompts, *
         heads = per_head[(s, t)] / n_prompts
         totals += heads
         splits[edge_key(labels_of[s], labels_of[t])] = _compact(r / n_prompts, heads, top)
-    info = dict(rule=RULE, n_heads=n_heads, top=top, method=method, edges=splits,
-                totals=_triples(totals, None), totals_exact=True)
-    return replace(circuit, heads=info)
+    info = HeadSplits(rule=RULE, n_heads=n_heads, top=top, method=method, edges=splits,
+                      totals=_triples(totals, None), totals_exact=True)
+    stats = HeadStats(n_prompts=n_prompts, backward_passes=passes["pull"], push_passes=passes["push"],
+                      n_edges=len(splits))
+    return replace(circuit, heads=info, stats={**circuit.stats, "heads": stats})
 
 
-def _compact(residual: float, heads: torch.Tensor, top: int | None) -> dict:
-    """One edge's split in JSON form: residual, the top heads as [block, head, weight], the others' sum."""
+def _compact(residual: float, heads: torch.Tensor, top: int | None) -> HeadSplit:
+    """One edge's split: residual, the top heads as (block, head, weight), the others' sum."""
     kept = _triples(heads, top)
     other = float(heads.sum()) - sum(w for _, _, w in kept)
-    return dict(residual=float(residual), heads=kept, other=other)
+    return HeadSplit(residual=float(residual), heads=kept, other=other)
 
 
 def _triples(heads: torch.Tensor, top: int | None) -> list[list]:
@@ -218,7 +244,8 @@ def _triples(heads: torch.Tensor, top: int | None) -> list[list]:
     return [list(x) for x in (nz if top is None else nz[:top])]
 
 
-def _push(model, run, batch, tangents: dict, blocks, z_names, use_relp: bool, edge_batch: int) -> dict:
+def _push(model, run, batch, tangents: dict, blocks, z_names, use_relp: bool, edge_batch: int,
+          passes: dict) -> dict:
     """Forward mode: the tangent each source sends into every head output ``z`` (MLP outputs cut).
 
     Returns ``{source key: {block: [B, pos, n_heads·d_head]}}``; one copy of the batch per source."""
@@ -259,6 +286,7 @@ def _push(model, run, batch, tangents: dict, blocks, z_names, use_relp: bool, ed
         mode = relp(model, **vars(run.rules)) if use_relp else contextlib.nullcontext()
         with torch.no_grad(), fwAD.dual_level(), mode, backends.hooks(model, fwd_hooks=fwd):
             model(tokens.repeat(R, 1), stop_at_layer=model.cfg.n_layers)
+        passes["push"] += 1
         for block, t in got.items():
             for r, k in enumerate(chunk):
                 out[k][block] = t[r]
@@ -266,7 +294,7 @@ def _push(model, run, batch, tangents: dict, blocks, z_names, use_relp: bool, ed
 
 
 def _pull_and_contract(model, run, batch, circuit, pairs, tangents, push, grads, at, blocks, z_names, embeds,
-                       use_relp, edge_batch, res, per_head) -> None:
+                       use_relp, edge_batch, res, per_head, passes) -> None:
     """Reverse mode: each target's pull on every head output and on the sources' leaves, dotted with the
     sources' tangents and pushes into ``res`` (residual share) and ``per_head`` ([block, head])."""
     nodes = circuit.nodes
@@ -293,6 +321,7 @@ def _pull_and_contract(model, run, batch, circuit, pairs, tangents, push, grads,
         if (OUT,) in pairs:
             m = evaluate_metric(run.metric_fn, logits, batch).sum()
             g = torch.autograd.grad(m, [leaves[k] for k in want], allow_unused=True, retain_graph=True)
+            passes["pull"] += 1
             _contract({k: (None if x is None else x[None]) for k, x in zip(want, g)}, [(OUT,)], pairs, tangents,
                       push, blocks, nodes, b, n_heads, res, per_head)
         r_max = max(1, edge_batch // b)
@@ -304,6 +333,7 @@ def _pull_and_contract(model, run, batch, circuit, pairs, tangents, push, grads,
             g = torch.autograd.grad([live[l] for l in layers], [leaves[k] for k in want],
                                     [seeds[l] for l in layers], allow_unused=True, retain_graph=True,
                                     is_grads_batched=True)
+            passes["pull"] += 1
             _contract(dict(zip(want, g)), [("n", i) for i in chunk], pairs, tangents, push, blocks, nodes, b,
                       n_heads, res, per_head)
 

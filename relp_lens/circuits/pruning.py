@@ -1,14 +1,15 @@
 """Edge pruning the paper's way, judged by ablation.
 
 The full graph of a circuit has four kinds of edges: embedding → neuron and embedding → output
-(:mod:`relp_lens.circuits.graph_io`), neuron → neuron (:mod:`relp_lens.circuits.edges`) and neuron → output. For each p in
+(:mod:`relp_lens.circuits.io_edges`), neuron → neuron (:mod:`relp_lens.circuits.edges`) and neuron → output. For each p in
 ``percents``:
 
 1. keep the top p% of all edges by |weight| (at least one);
 2. a neuron survives iff it keeps at least one incoming edge (from the embeddings or a neuron) and at least
    one outgoing edge (to a neuron or the output) — the embeddings and the output count as endpoints;
 3. judge the surviving neurons by ablation (faithfulness and completeness on held-out prompts, as
-   :func:`relp_lens.circuits.ablation.evaluate_circuit`; the ablation statistics are computed once for the sweep).
+   :func:`relp_lens.circuits.ablation.evaluate_circuit`; the ablation statistics are computed once for the sweep),
+   one :class:`PruningPoint` per p.
 
 A neuron whose incoming edges are all pruned is not reached from the input along kept edges, and one whose
 outgoing edges are all pruned does not reach the output: the paper drops both. :func:`relp_lens.circuits.ablation.cpr_cmd`
@@ -30,19 +31,18 @@ one embedding node per aligned position and the output node,
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+import warnings
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm.auto import tqdm
 
 from relp_lens.circuits.ablation import Ablation, _ratios
 from relp_lens.core import backends, validate
-from relp_lens.circuits.circuit import Circuit
+from relp_lens.circuits.circuit import Circuit, IOEdges, LegacyKeys
 from relp_lens.core.errors import RelPLensError
-from relp_lens.circuits.edges import subgraph
-from relp_lens.circuits.graph_io import IOEdges
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -51,9 +51,53 @@ PAPER_PERCENTS = (0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)
 INPUT, OUTPUT = -1, -2  # endpoint markers for embedding (source) and output (target)
 
 
+@dataclass
+class PruningPoint(LegacyKeys):
+    """One point of :func:`edge_pruning_sweep`: the neurons that survive keeping the top ``percent`` of edges,
+    judged by ablation. ``row["faithfulness"]`` etc. still work, with a ``DeprecationWarning``.
+
+    Attributes:
+        faithfulness, completeness, f_model, f_empty, f_circuit, f_complement: as
+            :class:`~relp_lens.circuits.circuit.Evaluation`.
+        percent: the share of the full graph's edges kept, in percent.
+        n_edges: the edges kept.
+        n_edges_total: the full graph's non-zero edges.
+        n_nodes: the surviving neurons.
+        ablation: how nodes were removed.
+    """
+
+    faithfulness: float
+    completeness: float
+    f_model: float
+    f_empty: float
+    f_circuit: float
+    f_complement: float
+    percent: float
+    n_edges: int
+    n_edges_total: int
+    n_nodes: int
+    ablation: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """The row as a dict (the form :func:`edge_pruning_sweep` returned before).
+
+        Returns:
+            The ratios, ``percent``, ``n_edges``, ``n_edges_total``, ``n_nodes``, ``ablation``.
+        """
+        return dict(vars(self))
+
+
 def graph_edges(circuit: Circuit, io: IOEdges) -> list[tuple[int, int, float]]:
-    """Every non-zero edge of the full graph as ``(source, target, weight)``: node numbers, ``INPUT`` for an
-    embedding (all positions are one endpoint class) and ``OUTPUT`` for the metric."""
+    """Every non-zero edge of the full graph.
+
+    Args:
+        circuit: the circuit (its neuron edges).
+        io: its input/output edges.
+
+    Returns:
+        ``(source, target, weight)`` per edge: node numbers, ``INPUT`` for an embedding (all positions are one
+        endpoint class) and ``OUTPUT`` for the metric.
+    """
     if io.output.shape[0] != len(circuit.nodes) or io.input.shape[1] != len(circuit.nodes):
         raise RelPLensError(f"input/output edges are for {io.output.shape[0]} nodes, the circuit has "
                             f"{len(circuit.nodes)}: compute them for this circuit")
@@ -77,19 +121,47 @@ def survivors(edges: Sequence[tuple[int, int, float]], n_nodes: int, n_keep: int
     return [i for i in range(n_nodes) if has_in[i] and has_out[i]]
 
 
-def edge_pruning_sweep(model: HookedTransformer, circuit: Circuit, io: IOEdges, prompts, *,
+def edge_pruning_sweep(model: HookedTransformer, circuit: Circuit, prompts, *former,
                        percents: Sequence[float] = PAPER_PERCENTS, metric=None, ablation: str | None = None,
-                       batch_size: int = 16, progress: bool = True) -> list[dict]:
+                       batch_size: int = 16, progress: bool = True) -> list[PruningPoint]:
     """Faithfulness/completeness of the neurons that survive keeping the top p% of the full graph's edges.
 
-    Rows: ``percent``, ``n_edges`` (kept), ``n_edges_total``, ``n_nodes`` (surviving neurons) and the ratios of
-    :func:`relp_lens.circuits.ablation.evaluate_circuit`; an empty survivor set is judged as the empty circuit.
+    The former call ``edge_pruning_sweep(model, circuit, io, prompts)`` (``io`` an
+    :class:`~relp_lens.circuits.circuit.IOEdges`, or a circuit carrying them) still works, with a
+    ``DeprecationWarning``.
+
+    Args:
+        model: the model the circuit was made on.
+        circuit: a circuit with neuron edges and ``io_edges`` (:func:`relp_lens.circuits.edges.attribute_edges`,
+            :func:`relp_lens.circuits.io_edges.attribute_io_edges`).
+        prompts: held-out evaluation prompts.
+        percents: the shares of edges kept, in (0, 100].
+        metric: default the circuit's own.
+        ablation: default the circuit's own.
+        batch_size: prompts per forward pass.
+        progress: show a progress bar.
+
+    Returns:
+        One :class:`PruningPoint` per percent: ``percent``, ``n_edges`` (kept), ``n_edges_total``, ``n_nodes``
+        (surviving neurons) and the ratios of :func:`relp_lens.circuits.ablation.evaluate_circuit`; an empty
+        survivor set is judged as the empty circuit.
     """
+    if isinstance(prompts, (IOEdges, Circuit)):  # the former signature (model, circuit, io, prompts)
+        if len(former) != 1:
+            raise RelPLensError("edge_pruning_sweep(model, circuit, prompts): the circuit carries its io_edges")
+        warnings.warn("edge_pruning_sweep(model, circuit, io, prompts) is deprecated: pass the circuit with its "
+                      "io_edges (attribute_io_edges returns it), edge_pruning_sweep(model, circuit, prompts)",
+                      DeprecationWarning, stacklevel=2)
+        circuit = replace(circuit, io_edges=prompts if isinstance(prompts, IOEdges) else prompts.io_edges)
+        prompts = former[0]
+    elif former:
+        raise RelPLensError(f"edge_pruning_sweep takes (model, circuit, prompts), got {2 + len(former)} "
+                            f"positional arguments after the model")
     if not circuit.edges:
         raise RelPLensError("the circuit has no neuron edges: run attribute_edges first")
     backends.require_model(model)
     percents = validate.float_list(percents, "percents", low=0.0, high=100.0, low_open=True)
-    edges = graph_edges(circuit, io)
+    edges = graph_edges(circuit, _io_of(circuit))
     mode = ablation or circuit.ablation
     abl = Ablation.build(model, circuit.hook_names, prompts, metric or circuit.metric, batch_size, mode)
     f_m, f_empty = abl.score(None), abl.score(abl.masks(set()))
@@ -99,8 +171,8 @@ def edge_pruning_sweep(model: HookedTransformer, circuit: Circuit, io: IOEdges, 
         alive = survivors(edges, len(circuit.nodes), n_keep)
         keep = abl.masks({circuit.nodes[i].key for i in alive})
         r = _ratios(f_m, f_empty, abl.score(keep), abl.score(keep, ablate_kept=True))
-        rows.append(dict(r, percent=p, n_edges=n_keep, n_edges_total=len(edges), n_nodes=len(alive),
-                         ablation=mode))
+        rows.append(PruningPoint(**r, percent=p, n_edges=n_keep, n_edges_total=len(edges), n_nodes=len(alive),
+                                 ablation=mode))
     return rows
 
 
@@ -133,7 +205,15 @@ def _threshold(scores: torch.Tensor, share: float) -> float:
 
 
 def graph_adjacency(circuit: Circuit, io: IOEdges) -> torch.Tensor:
-    """``A[target, source] = w`` over nodes ``[neurons…, one embedding per row of io.positions…, output]``."""
+    """The full graph as a matrix.
+
+    Args:
+        circuit: the circuit (its neuron edges).
+        io: its input/output edges.
+
+    Returns:
+        ``A[target, source] = w`` over nodes ``[neurons…, one embedding per row of io.positions…, output]``.
+    """
     n, p = len(circuit.nodes), len(io.positions)
     a = torch.zeros(n + p + 1, n + p + 1, dtype=torch.float64)
     for e in circuit.edges:
@@ -145,8 +225,14 @@ def graph_adjacency(circuit: Circuit, io: IOEdges) -> torch.Tensor:
 
 
 def node_influence(circuit: Circuit) -> torch.Tensor:
-    """Each neuron's influence on the output through the full graph (step 2 of :func:`influence_prune`),
-    ``[node]``; the circuit needs input/output edges."""
+    """Each neuron's influence on the output through the full graph (step 2 of :func:`influence_prune`).
+
+    Args:
+        circuit: a circuit with edges and input/output edges.
+
+    Returns:
+        ``[node]`` influences.
+    """
     io = _io_of(circuit)
     a = graph_adjacency(circuit, io)
     weights = torch.zeros(a.shape[0], dtype=torch.float64)
@@ -156,14 +242,23 @@ def node_influence(circuit: Circuit) -> torch.Tensor:
 
 def _io_of(circuit: Circuit) -> IOEdges:
     if not circuit.edges or circuit.io_edges is None:
-        raise RelPLensError("influence needs the full graph: run attribute_edges and attribute_io_edges "
+        raise RelPLensError("this needs the full graph: run attribute_edges and attribute_io_edges "
                             "(relp-lens trace --edges) first")
-    return IOEdges.from_dict(circuit.io_edges, len(circuit.nodes))
+    return circuit.io_edges
 
 
 def influence_prune(circuit: Circuit, *, node_threshold: float = 0.8, edge_threshold: float = 0.98) -> Circuit:
-    """circuit-tracer's influence pruning of the full graph (see the module docstring); the pruned circuit
-    keeps the surviving neurons, their kept edges (input/output edges too) and their head splits."""
+    """circuit-tracer's influence pruning of the full graph (see the module docstring).
+
+    Args:
+        circuit: a circuit with edges and input/output edges; left unchanged.
+        node_threshold: the share of total influence the kept nodes hold, in (0, 1].
+        edge_threshold: the share of total edge score the kept edges hold, in (0, 1].
+
+    Returns:
+        A new circuit of the surviving neurons, their kept edges (input/output edges too), their head splits and
+        groups (:meth:`~relp_lens.circuits.circuit.Circuit.subgraph`).
+    """
     node_threshold = validate.fraction(node_threshold, "node_threshold")
     edge_threshold = validate.fraction(edge_threshold, "edge_threshold")
     io = _io_of(circuit)
@@ -194,8 +289,8 @@ def influence_prune(circuit: Circuit, *, node_threshold: float = 0.8, edge_thres
                  direct=torch.where(keep_edge[n + p, n:n + p], io.direct, 0.0),
                  target_output=_masked(io.target_output, keep_edge[n + p, :n]),
                  target_direct=_masked(io.target_direct, keep_edge[n + p, n:n + p]))
-    return subgraph(circuit, used, kept, io=io,
-                    selection=dict(node_threshold=node_threshold, edge_threshold=edge_threshold))
+    return circuit.subgraph(used, kept, io=io,
+                            selection=dict(node_threshold=node_threshold, edge_threshold=edge_threshold))
 
 
 def readable_graph(circuit: Circuit, max_nodes: int = 40) -> Circuit:
@@ -206,12 +301,19 @@ def readable_graph(circuit: Circuit, max_nodes: int = 40) -> Circuit:
     drawn way in and out), for the largest n that leaves ≤ ``max_nodes`` neurons; drawn are the top-n edges
     between those neurons and the endpoints. Without them: the top n neuron edges and their ends.
     Without edges: the ``max_nodes`` nodes of largest |score|.
+
+    Args:
+        circuit: the circuit; left unchanged.
+        max_nodes: the most neurons drawn.
+
+    Returns:
+        A new circuit (:meth:`~relp_lens.circuits.circuit.Circuit.subgraph`), ``selection["drawn_nodes"]`` set.
     """
     validate.positive_int(max_nodes, "max_nodes")
     n = len(circuit.nodes)
     if not circuit.edges:
         used = sorted(sorted(range(n), key=lambda i: -abs(circuit.nodes[i].score))[:max_nodes])
-        return subgraph(circuit, used, [], selection=dict(drawn_nodes=max_nodes))
+        return circuit.subgraph(used, [], selection=dict(drawn_nodes=max_nodes))
     if circuit.io_edges is None:
         ranked = sorted(circuit.edges, key=lambda e: -abs(e.weight))
 
@@ -220,10 +322,10 @@ def readable_graph(circuit: Circuit, max_nodes: int = 40) -> Circuit:
 
         if len(ends(1)) > max_nodes:  # even the strongest edge has too many ends: the top nodes, no edges
             used = sorted(sorted(range(n), key=lambda i: -abs(circuit.nodes[i].score))[:max_nodes])
-            return subgraph(circuit, used, [], selection=dict(drawn_nodes=max_nodes))
+            return circuit.subgraph(used, [], selection=dict(drawn_nodes=max_nodes))
         k = _largest(len(ranked), lambda k: len(ends(k)) <= max_nodes)
-        return subgraph(circuit, ends(k), ranked[:k], selection=dict(drawn_nodes=max_nodes))
-    io = IOEdges.from_dict(circuit.io_edges, n)
+        return circuit.subgraph(ends(k), ranked[:k], selection=dict(drawn_nodes=max_nodes))
+    io = circuit.io_edges
     edges = sorted(graph_edges(circuit, io), key=lambda e: -abs(e[2]))
     k = _largest(len(edges), lambda k: len(_connected(edges[:k], n)) <= max_nodes)
     alive = _connected(edges[:k], n)
@@ -236,7 +338,7 @@ def readable_graph(circuit: Circuit, max_nodes: int = 40) -> Circuit:
                  direct=torch.where(big(io.direct), io.direct, 0.0),
                  target_output=_masked(io.target_output, big(io.output) & live),
                  target_direct=_masked(io.target_direct, big(io.direct)))
-    return subgraph(circuit, sorted(alive), kept, io=io, selection=dict(drawn_nodes=max_nodes))
+    return circuit.subgraph(sorted(alive), kept, io=io, selection=dict(drawn_nodes=max_nodes))
 
 
 def _connected(kept: Sequence[tuple[int, int, float]], n_nodes: int) -> set[int]:

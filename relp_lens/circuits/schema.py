@@ -1,5 +1,7 @@
 """What a circuit file must hold: the checks :meth:`relp_lens.circuits.circuit.Circuit.load` (and ``from_dict``,
-``save``) run, one message per problem, naming the field by its path (``nodes[1].score``, ``heads.n_heads``).
+``save``, and a ``Circuit`` given an annotation as a dict) run, one message per problem, naming the field by its
+path (``nodes[1].score``, ``heads.n_heads``). Everything here checks plain JSON values and imports nothing of the
+circuits stage: :mod:`relp_lens.circuits.circuit` imports this module and turns the checked values into its types.
 
 1. The text (:func:`read_json`): UTF-8 (a byte-order mark is dropped), no NUL byte (a binary file), not empty,
    valid JSON (a truncated file is named as such), not nested too deeply.
@@ -13,11 +15,11 @@
 5. The optional fields, each with its rules (:data:`_DATA`, :data:`_SELECTION`, :data:`_EVALUATION`, ...: small
    tables of field → rule walked by :func:`_check_fields`): ``method``, ``metric``, ``data``, ``selection``,
    ``evaluation``; for version 2 ``baseline``, ``ablation`` and ``positions`` (version 1: absolute positions,
-   the patch baseline for paired rows else zero, mean ablation); then ``io_edges`` (also read by
-   :meth:`~relp_lens.circuits.graph_io.IOEdges.from_dict`, which checks the lengths), ``heads`` and ``groups``
-   (their members nodes of the circuit).
+   the patch baseline for paired rows else zero, mean ablation); then ``io_edges`` (:func:`check_io_edges`: its
+   lengths fit the circuit), ``heads`` (:func:`check_heads`) and ``groups`` (:func:`check_groups`: known
+   features, no empty group, no node in two groups, members nodes of the circuit).
 6. What the :class:`~relp_lens.circuits.circuit.Circuit` constructor checks itself (layers, indices and edge
-   ends in range, no duplicate node) comes last.
+   ends in range, no duplicate node) comes last, after the circuit module turned the fields into its types.
 
 The layout of the file is in :mod:`relp_lens.circuits.circuit`'s docstring.
 """
@@ -28,13 +30,10 @@ import json
 import math
 import re
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from relp_lens.core.errors import RelPLensError
 from relp_lens.core.validate import finite_float, is_int, need, show
-
-if TYPE_CHECKING:
-    from relp_lens.circuits.circuit import CircuitEdge, CircuitNode
 
 SCHEMA = "relp_lens.circuit"
 VERSION = 2
@@ -51,6 +50,7 @@ _FINGERPRINT_TYPES = {"normalization_type": str, "act_fn": str, "positional_embe
 _MAX_INT = 2 ** 63 - 1  # no count, index or seed in a circuit file is larger
 _CONSTANT = re.compile(r'"(?:[^"\\]|\\.)*"|(NaN|-?Infinity)')  # JSON strings are skipped, constants captured
 NOT_FINITE = "circuit files hold finite numbers only"  # the end of every non-finite number's message
+FEATURES = ("attribution", "activation", "edges")  # what neuron groups may be made from (relp_lens.analysis.groups)
 
 
 # -- step 1: the text ------------------------------------------------------------------------------------------
@@ -133,16 +133,17 @@ def _join(where: str, key: Any) -> str:
     return f"{where}[{key!r}]"
 
 
-def check_finite(obj: Any) -> None:
+def check_finite(obj: Any, where: str = "") -> None:
     """Every number in a JSON-like value finite, every integer of a sane size, and only JSON types (step 3).
 
     Args:
         obj: a parsed JSON value, or a dict built in Python (tuples count as lists).
+        where: the value's own path in the document (``"evaluation"``), prefixed to the paths in messages.
 
     Returns:
         None; a :class:`~relp_lens.core.errors.RelPLensError` naming the path of the first bad value otherwise.
     """
-    stack: list[tuple[str, Any]] = [("", obj)]
+    stack: list[tuple[str, Any]] = [(where, obj)]
     while stack:
         where, v = stack.pop()
         if v is None or isinstance(v, (bool, str)):
@@ -248,9 +249,8 @@ def _check_model_field(m: Any) -> dict:
     return m
 
 
-def _node(i: int, n: Any) -> CircuitNode:
-    from relp_lens.circuits.circuit import CircuitNode
-
+def _node(i: int, n: Any) -> dict[str, Any]:
+    """Node ``i``, checked: ``{"layer", "pos", "index", "score"}`` (a missing score is 0)."""
     if not isinstance(n, dict):
         raise RelPLensError(f"malformed node {i}: expected an object with layer, pos, index and score, got {show(n)}")
     for key in ("layer", "pos", "index"):
@@ -258,13 +258,12 @@ def _node(i: int, n: Any) -> CircuitNode:
             raise RelPLensError(f"malformed node {i}: no {key!r}")
     for key in ("layer", "index"):
         need(is_int(n[key]), f"node {i}: {key}", "an integer", n[key])
-    return CircuitNode(layer=n["layer"], pos=n["pos"], index=n["index"],
-                       score=finite_float(n.get("score", 0.0), f"node {i}: score"))
+    return dict(layer=n["layer"], pos=n["pos"], index=n["index"],
+                score=finite_float(n.get("score", 0.0), f"node {i}: score"))
 
 
-def _edge(i: int, e: Any) -> CircuitEdge:
-    from relp_lens.circuits.circuit import CircuitEdge
-
+def _edge(i: int, e: Any) -> dict[str, Any]:
+    """Edge ``i``, checked: ``{"source", "target", "weight"}``."""
     if not isinstance(e, dict):
         raise RelPLensError(f"malformed edge {i}: expected an object with source, target and weight, got {show(e)}")
     for key in ("source", "target", "weight"):
@@ -272,7 +271,7 @@ def _edge(i: int, e: Any) -> CircuitEdge:
             raise RelPLensError(f"malformed edge {i}: no {key!r}")
     for key in ("source", "target"):
         need(is_int(e[key]), f"edge {i}: {key}", "a node number", e[key])
-    return CircuitEdge(source=e["source"], target=e["target"], weight=finite_float(e["weight"], f"edge {i}: weight"))
+    return dict(source=e["source"], target=e["target"], weight=finite_float(e["weight"], f"edge {i}: weight"))
 
 
 # -- step 5: the optional fields -------------------------------------------------------------------------------
@@ -300,13 +299,23 @@ _SELECTION = [("k", _or_null(_must("a non-negative integer or null", _is_nonneg)
 _EVALUATION = [("faithfulness", _NUMBER, _REQUIRED), ("completeness", _NUMBER, _REQUIRED),
                *((key, _or_null(_NUMBER)) for key in ("f_model", "f_empty", "f_circuit", "f_complement")),
                ("n_prompts", _or_null(_NONNEG)), ("n_nodes", _or_null(_NONNEG)),
-               *((key, _or_null(_STRING)) for key in ("ablation", "verdict", "metric"))]
+               *((key, _or_null(_STRING)) for key in ("ablation", "verdict", "metric")),
+               ("prepend_bos", _or_null(_BOOL))]
 _POSITIONS = [("rule", _must("'absolute' or 'end'", lambda v: v in ("absolute", "end"))), ("n_shared", _NONNEG),
               ("labels", _or_null(_must("an object mapping integer positions to labels",
                                         lambda v: isinstance(v, dict))))]
 
 
-def _check_evaluation(ev: Any) -> None:
+def check_evaluation(ev: Any) -> None:
+    """Validate the optional ``evaluation`` field (an object with finite ``faithfulness`` and ``completeness``, or
+    empty, or null; the other known keys of the right types).
+
+    Args:
+        ev: the field's JSON value.
+
+    Returns:
+        None; a :class:`~relp_lens.core.errors.RelPLensError` naming the field otherwise.
+    """
     if ev is None:
         return
     need(isinstance(ev, dict), "evaluation", "an object or null", ev)
@@ -325,9 +334,17 @@ def _positions(pos: dict) -> dict:
     return dict(rule=pos.get("rule", "absolute"), n_shared=pos.get("n_shared", 0), labels=out)
 
 
-def _check_io_edges(io: Any, n_nodes: int) -> None:
-    """Validate the optional ``io_edges`` field against a circuit of ``n_nodes`` nodes (the lengths of ``output``
-    and ``direct``: :meth:`~relp_lens.circuits.graph_io.IOEdges.from_dict`, which reads it after)."""
+def check_io_edges(io: Any, n_nodes: int) -> None:
+    """Validate the optional ``io_edges`` field against a circuit of ``n_nodes`` nodes.
+
+    Args:
+        io: the field's JSON value.
+        n_nodes: the circuit's number of nodes.
+
+    Returns:
+        None; a :class:`~relp_lens.core.errors.RelPLensError` naming the field otherwise (its types, the rows and
+        node numbers of ``input``, the lengths of ``output``, ``direct`` and each target's edges).
+    """
     need(isinstance(io, dict), "io_edges", "an object or null", io)
     positions = io.get("positions")
     _int_list(positions, "io_edges.positions")
@@ -342,6 +359,9 @@ def _check_io_edges(io: Any, n_nodes: int) -> None:
         finite_float(t[2], f"{where}[2]")
     _check_fields(io, "io_edges", [("output", _num_list, _REQUIRED), ("direct", _num_list, _REQUIRED),
                                    ("metric", _NUMBER)])
+    if len(io["output"]) != n_nodes or len(io["direct"]) != n_pos:
+        raise RelPLensError(f"io_edges: {len(io['output'])} output weights for {n_nodes} nodes, "
+                            f"{len(io['direct'])} direct weights for {n_pos} positions")
     targets = io.get("targets")
     if targets is not None:
         need(_is_list(targets), "io_edges.targets", "a list or null", targets)
@@ -370,8 +390,15 @@ _HEADS = [("n_heads", _must("a positive integer", lambda v: is_int(v) and v >= 1
            _REQUIRED)]
 
 
-def _check_heads(heads: Any) -> None:
-    """Validate the optional ``heads`` field (see :mod:`relp_lens.circuits.circuit`'s schema)."""
+def check_heads(heads: Any) -> None:
+    """Validate the optional ``heads`` field (see :mod:`relp_lens.circuits.circuit`'s schema).
+
+    Args:
+        heads: the field's JSON value.
+
+    Returns:
+        None; a :class:`~relp_lens.core.errors.RelPLensError` naming the field otherwise.
+    """
     need(isinstance(heads, dict), "heads", "an object or null", heads)
     _check_fields(heads, "heads", _HEADS)
     n_heads = heads["n_heads"]
@@ -411,16 +438,39 @@ _GROUPS = [("features", _must("a list of feature names", _strings), _REQUIRED), 
            ("groups", _group_list, _REQUIRED)]
 
 
-def _check_groups(groups: Any, labels: set[str]) -> None:
-    """Validate the optional ``groups`` field: well formed, members are nodes of the circuit (their ``labels``)."""
-    from relp_lens.analysis.groups import NeuronGroups
+def check_groups(groups: Any, labels: set[str]) -> None:
+    """Validate the optional ``groups`` field: well formed, known features, no empty group, no node in two groups,
+    and every member a node of the circuit.
 
+    Args:
+        groups: the field's JSON value.
+        labels: the labels of the circuit's nodes (``"L3/100@-1"``).
+
+    Returns:
+        None; a :class:`~relp_lens.core.errors.RelPLensError` naming the field otherwise.
+    """
     need(isinstance(groups, dict), "groups", "an object or null", groups)
     _check_fields(groups, "groups", _GROUPS)
-    for g in NeuronGroups.from_dict(groups).groups:
-        missing = [m for m in g.members if m not in labels]
+    bad = [f for f in groups["features"] if f not in FEATURES]
+    if bad:
+        raise RelPLensError(f"groups: unknown feature {bad[0]!r}; choose from {list(FEATURES)}")
+    seen: set[str] = set()
+    for g in groups["groups"]:
+        if not g["members"]:
+            raise RelPLensError(f"groups: group {g['name']} has no members")
+        twice = seen.intersection(g["members"])
+        if twice:
+            raise RelPLensError(f"groups: node {sorted(twice)[0]} is in more than one group")
+        seen.update(g["members"])
+    for g in groups["groups"]:
+        missing = [m for m in g["members"] if m not in labels]
         if missing:
-            raise RelPLensError(f"groups: group {g.name} member {missing[0]} is not a node of this circuit")
+            raise RelPLensError(f"groups: group {g['name']} member {missing[0]} is not a node of this circuit")
+
+
+def _label(n: dict) -> str:
+    """A checked node's label, as :meth:`relp_lens.circuits.circuit.CircuitNode.label` writes it."""
+    return f"L{n['layer']}/{n['index']}@{'all' if n['pos'] is None else n['pos']}"
 
 
 # -- steps 2–5: the document -----------------------------------------------------------------------------------
@@ -431,10 +481,11 @@ def check_document(d: Any) -> dict[str, Any]:
         d: the parsed JSON value (or a dict built in Python: the same checks, NaN and infinities included).
 
     Returns:
-        The keyword arguments of :class:`~relp_lens.circuits.circuit.Circuit` but ``source`` (``nodes`` and
-        ``edges`` as :class:`~relp_lens.circuits.circuit.CircuitNode` and ``CircuitEdge``, version-1 files given
-        their implied baseline, ablation and positions); a :class:`~relp_lens.core.errors.RelPLensError` naming the
-        field otherwise (not the file: the caller adds it).
+        The circuit's fields as plain JSON values (the keyword arguments of
+        :class:`~relp_lens.circuits.circuit.Circuit` but ``source``, in their JSON form: ``nodes`` and ``edges``
+        as lists of dicts, ``evaluation``, ``io_edges``, ``heads``, ``groups`` as dicts or ``None``; version-1
+        files given their implied baseline, ablation and positions; ``positions.labels`` keyed by integers); a
+        :class:`~relp_lens.core.errors.RelPLensError` naming the field otherwise (not the file: the caller adds it).
     """
     if not isinstance(d, dict):
         raise RelPLensError(f"expected a JSON object, got {type(d).__name__}")
@@ -472,7 +523,7 @@ def check_document(d: Any) -> dict[str, Any]:
     selection = _optional_dict(d, "selection")
     _check_fields(selection, "selection", _SELECTION)
     evaluation = d.get("evaluation")
-    _check_evaluation(evaluation)
+    check_evaluation(evaluation)
     if version == 1:  # absolute positions; patch baseline for paired rows, zero otherwise; mean ablation
         rows = data.get("rows") or []
         baseline = "patch" if rows and "patch_prefix" in rows[0] else "zero"
@@ -484,16 +535,13 @@ def check_document(d: Any) -> dict[str, Any]:
         extra = dict(baseline=baseline, ablation=ablation, positions=_positions(_optional_dict(d, "positions")))
     io = d.get("io_edges")
     if io is not None:
-        from relp_lens.circuits.graph_io import IOEdges
-
-        _check_io_edges(io, len(nodes))
-        IOEdges.from_dict(io, len(nodes))  # the lengths of output and direct (its messages)
+        check_io_edges(io, len(nodes))
     heads = d.get("heads")
     if heads is not None:
-        _check_heads(heads)
+        check_heads(heads)
     groups = d.get("groups")
     if groups is not None:
-        _check_groups(groups, {n.label() for n in nodes})
+        check_groups(groups, {_label(n) for n in nodes})
     return dict(nodes=nodes, basis=d["basis"], hook_names=hook_names, node_width=d["node_width"], model=model,
                 method=d.get("method", "?"), metric=d.get("metric", "?"), data=data, selection=selection,
                 edges=edges, evaluation=evaluation, io_edges=io, heads=heads, groups=groups, **extra)

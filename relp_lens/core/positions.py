@@ -19,7 +19,7 @@ The rule (one for the whole package):
    gives the column of each token of a prompt of length L.
 
 Shared-prefix positions have identical activations in every prompt (the model is causal), so mean
-ablation cannot move them and a mean baseline scores them 0: :func:`relp_lens.circuits.circuit.select_top_k`
+ablation cannot move them and a mean baseline scores them 0: :func:`relp_lens.circuits.selection.select_top_k`
 leaves them out by default when the circuit is judged by mean ablation.
 """
 

@@ -177,9 +177,7 @@ def _groups(circuit) -> tuple[list, list[int]]:
     """The circuit's neuron groups (none without a ``groups`` field) and each node's group number (-1: none)."""
     if circuit.groups is None:
         return [], [-1] * len(circuit.nodes)
-    from relp_lens.analysis.groups import NeuronGroups
-
-    groups = NeuronGroups.from_dict(circuit.groups)
+    groups = circuit.groups
     return groups.groups, groups.assignment([n.label() for n in circuit.nodes])
 
 
@@ -194,13 +192,12 @@ def attribution_graph(circuit, *, max_nodes: int = 40, cards: dict | None = None
     (:func:`relp_lens.circuits.heads.attribute_head_splits`). Neuron groups (:func:`relp_lens.group_neurons`) outline
     their members in one colour each (legend) and name the group on hover.
     """
-    from relp_lens.circuits.graph_io import IOEdges
-    from relp_lens.circuits.heads import OUT, edge_key, embedding_key
+    from relp_lens.circuits.circuit import OUT, edge_key, embedding_key
     from relp_lens.circuits.pruning import readable_graph
 
     g = readable_graph(circuit, max_nodes)
     order, labels = _position_axis(g, str_tokens)
-    io = IOEdges.from_dict(g.io_edges, len(g.nodes)) if g.io_edges is not None else None
+    io = g.io_edges
     if io is not None:
         order = sorted(set(order) | set(io.positions), key=lambda p: (p < 0, p))
     column = {p: i for i, p in enumerate(order)}
@@ -225,7 +222,7 @@ def attribution_graph(circuit, *, max_nodes: int = 40, cards: dict | None = None
         links += [(f"e{r}", f"n{j}", float(io.input[r, j])) for r, j in io.input.nonzero().tolist()]
         links += [(f"n{j}", OUT, float(w)) for j, w in enumerate(io.output.tolist()) if w]
         links += [(f"e{r}", OUT, float(w)) for r, w in enumerate(io.direct.tolist()) if w]
-    splits = (g.heads or {}).get("edges", {})
+    splits = g.heads.edges if g.heads is not None else {}
     wmax = max((abs(w) for *_, w in links), default=1.0) or 1.0
     traces = []
     mid_x, mid_y, mid_text = [], [], []
@@ -241,8 +238,8 @@ def attribution_graph(circuit, *, max_nodes: int = 40, cards: dict | None = None
             text += "".join(f"<br>into {name} {float(v):+.4g}" for name, v in zip(io.targets, per))
         split = splits.get(edge_key(names[s], names[t]))
         if split:
-            heads = " · ".join(f"{l}.{h} {v:+.3g}" for l, h, v in split["heads"][:4])
-            text += f"<br>heads (block.head): {heads or 'none'}<br>residual stream {split['residual']:+.3g}"
+            heads = " · ".join(f"{l}.{h} {v:+.3g}" for l, h, v in split.heads[:4])
+            text += f"<br>heads (block.head): {heads or 'none'}<br>residual stream {split.residual:+.3g}"
         mid_x.append((x0 + x1) / 2)
         mid_y.append((y0 + y1) / 2)
         mid_text.append(text)
@@ -287,7 +284,8 @@ def attribution_graph(circuit, *, max_nodes: int = 40, cards: dict | None = None
         traces.append(go.Scatter(
             x=[pos_xy[OUT][0]], y=[pos_xy[OUT][1]], mode="markers+text", name="output", text=[g.metric],
             textposition="top center", customdata=[OUT], hoverinfo="text",
-            hovertext=[f"output: {g.metric} (mean {io.metric:+.4g})<br>{n_in[OUT]} edges in"],
+            hovertext=[f"output: {g.metric}" + ("" if io.metric is None else f" (mean {io.metric:+.4g})")
+                       + f"<br>{n_in[OUT]} edges in"],
             marker=dict(size=16, symbol="diamond", color="gold", line=dict(width=1, color="black"))))
     fig = go.Figure(traces)
     ticktext = [f"{labels[p]}" if p in labels else str(p) for p in order] + (
@@ -306,11 +304,17 @@ def attribution_graph(circuit, *, max_nodes: int = 40, cards: dict | None = None
     return fig
 
 
-def faithfulness_curves(rows: list[dict]) -> go.Figure:
+def faithfulness_curves(rows: list) -> go.Figure:
     """Faithfulness (solid) and completeness (dashed) against circuit size, one colour per basis · method.
 
-    ``rows``: output of :func:`relp_lens.circuits.ablation.faithfulness_sweep` (several sweeps may be concatenated).
+    Args:
+        rows: the rows of :func:`relp_lens.circuits.ablation.faithfulness_sweep` (several sweeps may be
+            concatenated; their dict form works too).
+
+    Returns:
+        The figure.
     """
+    rows = [r if isinstance(r, dict) else r.to_dict() for r in rows]
     groups: dict[str, list[dict]] = {}
     for r in rows:
         name = f"{r.get('basis', '?')} · {r.get('method', '?')}" + (f" · {r['ablation']} abl." if "ablation" in r else "")

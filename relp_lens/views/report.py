@@ -40,7 +40,7 @@ class ReportInputs:
 
     task: str | None = None  # task name or data source
     accuracy: str | None = None  # e.g. str(TaskReport)
-    curves: list[dict] = field(default_factory=list)  # rows of relp_lens.circuits.ablation.faithfulness_sweep
+    curves: list = field(default_factory=list)  # SweepPoint rows of relp_lens.circuits.ablation.faithfulness_sweep
     cards: list[NeuronCard] = field(default_factory=list)
     steering: dict | None = None  # output of relp_lens.analysis.steering.steering_sweep
     notes: list[str] = field(default_factory=list)  # free lines shown under the summary
@@ -58,8 +58,9 @@ def report_inputs(model: HookedTransformer, attr: Attribution, circuit: Circuit,
     from relp_lens.circuits.ablation import faithfulness_sweep
     from relp_lens.core.tasks import task_report
 
+    split_graph = circuit.heads.max_nodes if circuit.heads is not None else None  # draw the split graph
     inputs = ReportInputs(task=task, accuracy=accuracy, steering=steering, held_out=list(held_out or []),
-                          graph_nodes=int((circuit.heads or {}).get("max_nodes") or 40))  # draw the split graph
+                          graph_nodes=int(split_graph or 40))
     if accuracy is None and attr.prompts is not None and attr.prompts.answers is not None:
         inputs.accuracy = str(task_report(model, attr.prompts, batch_size=batch_size, warn=False))
     if held_out:
@@ -159,9 +160,7 @@ def _groups_html(circuit: Circuit) -> str:
     """The neuron groups table (and how they were found), or nothing without groups."""
     if circuit.groups is None:
         return ""
-    from relp_lens.analysis.groups import NeuronGroups
-
-    groups = NeuronGroups.from_dict(circuit.groups)
+    groups = circuit.groups
     st = groups.stability
     ari = st.get("ari")
     rows = "".join(f"<tr><td>{_e(g.name)}</td><td class='num'>{len(g.members)}</td><td class='num'>{g.score:+.3f}</td>"
@@ -192,12 +191,12 @@ def _graph_notes(circuit: Circuit) -> str:
              "marker for its weight" + (" and the attention heads it passes through (each path credited to the "
                                         "last head on it)" if circuit.heads else "")
              + ". Edge weights are direct effects (every MLP in between held constant).</p>"]
-    heads = (circuit.heads or {}).get("totals") or []
+    heads = circuit.heads.totals if circuit.heads is not None else []
     if heads:
         rows = "".join(f"<tr><td>{l}.{h}</td><td class='num {'neg' if w < 0 else 'pos'}'>{w:+.4f}</td></tr>"
                        for l, h, w in heads[:10])
-        listed = "" if circuit.heads.get("totals_exact", True) else ", their listed top heads"
-        parts.append(f"<details><summary>heads carrying the most edge weight (over {len(circuit.heads['edges'])} "
+        listed = "" if circuit.heads.totals_exact in (True, None) else ", their listed top heads"
+        parts.append(f"<details><summary>heads carrying the most edge weight (over {len(circuit.heads.edges)} "
                      f"split edges{listed})</summary><table><tr><th>block.head</th><th>summed weight</th></tr>{rows}"
                      f"</table></details>")
     return "".join(parts)
@@ -250,7 +249,7 @@ def render_report(attr: Attribution, circuit: Circuit, inputs: ReportInputs | No
     if inputs.steering:
         figures.append(("Steering", steering_plot(inputs.steering)))
 
-    ev = circuit.evaluation or {}
+    ev = circuit.evaluation
     summary = [
         ("model", facts.pop("model")),
         *[(k, v) for k, v in facts.items()],
@@ -267,13 +266,13 @@ def render_report(attr: Attribution, circuit: Circuit, inputs: ReportInputs | No
     left_out = _left_out(circuit)
     if left_out:
         summary.append(("left out of selection", left_out))
-    if ev:
-        summary.append(("evaluation", f"faithfulness {ev['faithfulness']:+.3f}, completeness "
-                                      f"{ev['completeness']:+.3f} on {ev.get('n_prompts', '?')} held-out prompts "
-                                      f"({ev.get('ablation', circuit.ablation)} ablation)"))
+    if ev is not None:
+        summary.append(("evaluation", f"faithfulness {ev.faithfulness:+.3f}, completeness "
+                                      f"{ev.completeness:+.3f} on {'?' if ev.n_prompts is None else ev.n_prompts} "
+                                      f"held-out prompts ({ev.ablation or circuit.ablation} ablation)"))
     from relp_lens.circuits.ablation import verdict
 
-    weak = verdict(inputs.curves) if inputs.curves else (verdict(ev) if ev else None)
+    weak = verdict(inputs.curves) if inputs.curves else (verdict(ev) if ev is not None else None)
     body = [f"<h1>{_e(title)}</h1>",
             "<dl class='facts'>" + "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in summary) + "</dl>"]
     if weak:

@@ -37,12 +37,17 @@ Algorithm, per batch of prompts of one length:
    ``W_out[u] · ∂m/∂(MLP output)``.
 4. Input edges: seeds ``∇̃_d m`` at each node ``d`` (chunks of ``edge_batch`` rows), vectorised backward passes
    to the embedding leaves only.
+5. The result is a new circuit with ``io_edges`` (an :class:`~relp_lens.circuits.circuit.IOEdges`, the type
+   of the data model, importable from here too) and ``stats["io_edges"]``; the input circuit is left unchanged.
+
+This module was ``relp_lens.circuits.graph_io`` (a name that still imports it, with a warning); it computes
+edges, it reads and writes no file.
 """
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -52,8 +57,9 @@ from relp_lens.core import backends
 from relp_lens.core import distributed as dp
 from relp_lens.core import structure
 from relp_lens.core.attribution import batch_gradients
-from relp_lens.circuits.circuit import Circuit
-from relp_lens.circuits.edges import check_edge_options, circuit_run, edge_layers, keep_hook, leaf_hook, node_positions, node_seeds
+from relp_lens.circuits.circuit import Circuit, IOEdges
+from relp_lens.circuits.edges import (EdgeStats, check_edge_options, circuit_run, edge_layers, keep_hook, leaf_hook,
+                                      node_positions, node_seeds)
 from relp_lens.core.errors import RelPLensError
 from relp_lens.core.metrics import evaluate_metric
 from relp_lens.core.relp_mode import RelPConfig, relp
@@ -62,73 +68,29 @@ if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
 
 EMBED_HOOKS = ("hook_embed", "hook_pos_embed")
-
-
-@dataclass
-class IOEdges:
-    """A circuit's input and output edges (mean over prompts), with the aligned positions they refer to."""
-
-    positions: list[int]  # aligned position of each row of ``input`` / entry of ``direct``
-    input: torch.Tensor  # [pos, node]: embedding at a position → circuit node
-    output: torch.Tensor  # [node]: circuit node → metric (direct effect)
-    direct: torch.Tensor  # [pos]: embedding at a position → metric (direct path)
-    metric: float  # the mean metric on the clean prompts
-    # a metric that is a signed sum of target logits (logit_diff = clean answer − patch answer) also gets an
-    # output node per target: its name, its sign in the metric, and the direct edges into that logit
-    targets: list[str] = field(default_factory=list)
-    signs: list[float] = field(default_factory=list)
-    target_output: torch.Tensor | None = None  # [target, node]
-    target_direct: torch.Tensor | None = None  # [target, pos]
-
-    def to_dict(self) -> dict:
-        """JSON form (stored in a circuit file as ``io_edges``): non-zero input edges as [row, node, weight]."""
-        nz = self.input.nonzero().tolist()
-        d = dict(positions=list(self.positions), metric=float(self.metric),
-                 input=[[int(r), int(n), float(self.input[r, n])] for r, n in nz],
-                 output=[float(w) for w in self.output.tolist()], direct=[float(w) for w in self.direct.tolist()])
-        if self.targets:
-            d["targets"] = [dict(name=t, sign=float(s), output=[float(w) for w in o.tolist()],
-                                 direct=[float(w) for w in dr.tolist()])
-                            for t, s, o, dr in zip(self.targets, self.signs, self.target_output, self.target_direct)]
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict, n_nodes: int) -> "IOEdges":
-        """Read :meth:`to_dict`'s form back, checking it fits a circuit of ``n_nodes`` nodes."""
-        try:
-            positions = [int(p) for p in d["positions"]]
-            output = torch.tensor([float(w) for w in d["output"]], dtype=torch.float64)
-            direct = torch.tensor([float(w) for w in d["direct"]], dtype=torch.float64)
-            inp = torch.zeros(len(positions), n_nodes, dtype=torch.float64)
-            for r, n, w in d["input"]:
-                inp[int(r), int(n)] = float(w)
-            metric = float(d.get("metric", float("nan")))
-            targets = d.get("targets") or []
-            names = [str(t["name"]) for t in targets]
-            signs = [float(t["sign"]) for t in targets]
-            t_out = torch.tensor([[float(w) for w in t["output"]] for t in targets], dtype=torch.float64)
-            t_dir = torch.tensor([[float(w) for w in t["direct"]] for t in targets], dtype=torch.float64)
-        except (KeyError, TypeError, ValueError, IndexError) as e:
-            raise RelPLensError(f"io_edges: malformed ({type(e).__name__}: {e})") from e
-        if output.shape[0] != n_nodes or direct.shape[0] != len(positions):
-            raise RelPLensError(f"io_edges: {output.shape[0]} output weights for {n_nodes} nodes, "
-                                f"{direct.shape[0]} direct weights for {len(positions)} positions")
-        if targets and (t_out.shape != (len(targets), n_nodes) or t_dir.shape != (len(targets), len(positions))):
-            raise RelPLensError(f"io_edges: target edges must have {n_nodes} output and {len(positions)} direct "
-                                f"weights each")
-        return cls(positions=positions, input=inp, output=output, direct=direct, metric=metric, targets=names,
-                   signs=signs, target_output=t_out if targets else None, target_direct=t_dir if targets else None)
-
-    def restricted(self, used: list[int]) -> "IOEdges":
-        """The same edges for the nodes ``used`` only (node numbers), renumbered in that order."""
-        return replace(self, input=self.input[:, used], output=self.output[used],
-                       target_output=None if self.target_output is None else self.target_output[:, used])
+__all__ = ["EMBED_HOOKS", "IOEdges", "attribute_io_edges", "metric_targets"]  # IOEdges: the data model's type
 
 
 def attribute_io_edges(model: HookedTransformer, circuit: Circuit, prompts, *, method: str = "relp",
                        metric=None, rules: RelPConfig | None = None, batch_size: int = 8, edge_batch: int = 256,
-                       progress: bool = True) -> IOEdges:
-    """Input and output edges of ``circuit`` (see the module docstring)."""
+                       progress: bool = True) -> Circuit:
+    """The circuit with its input and output edges (see the module docstring).
+
+    Args:
+        model: the model the circuit was made on (checked).
+        circuit: a circuit of MLP neurons (basis ``mlp_post``); left unchanged.
+        prompts: paired prompts, or unpaired ones traced with the zero baseline (the embedding needs a reference).
+        method: ``"relp"`` or ``"grad"``.
+        metric: a metric name; default the circuit's own.
+        rules: the RelP rules (default: all).
+        batch_size: prompts per forward pass.
+        edge_batch: the most rows of one backward pass (nodes per pass × prompts per batch).
+        progress: show a progress bar.
+
+    Returns:
+        A new circuit with ``io_edges`` (an :class:`~relp_lens.circuits.circuit.IOEdges`, means over the
+        prompts) and ``stats["io_edges"]`` (an :class:`~relp_lens.circuits.edges.EdgeStats`).
+    """
     check_edge_options(model, method, batch_size, edge_batch)
     circuit.check_model(model)
     if not circuit.nodes:
@@ -150,6 +112,7 @@ def attribute_io_edges(model: HookedTransformer, circuit: Circuit, prompts, *, m
     t_direct = torch.zeros(len(targets), n_cols, dtype=torch.float64)
     use_relp = method == "relp"
     w_outs = {layer: backends.W_out(model, blocks[layer]) for layer in {n.layer for n in nodes}}
+    passes, rows_per_pass = 0, 0
 
     with dp.stage("input/output edges"):  # under torchrun: this rank's batches; the sums are combined below
         for batch in tqdm(dp.shard(batches), desc="input/output edges", disable=not progress, leave=False):
@@ -180,6 +143,7 @@ def attribute_io_edges(model: HookedTransformer, circuit: Circuit, prompts, *, m
                                                        for t, (_, _, value) in enumerate(targets)]
                 for scalar, to_direct, to_out in outs:
                     g = torch.autograd.grad(scalar, [leaves[k] for k in keys], allow_unused=True, retain_graph=True)
+                    passes += 1
                     for h, gh, de in zip(embeds, g, d_emb):
                         if gh is not None:
                             to_direct.index_add_(0, cols, (gh.float() * de).sum((0, 2)).double().cpu())
@@ -201,6 +165,8 @@ def attribute_io_edges(model: HookedTransformer, circuit: Circuit, prompts, *, m
                     gi = torch.autograd.grad([live[l] for l in layers], [leaves[h] for h in embeds],
                                              [seeds[l] for l in layers], allow_unused=True, retain_graph=True,
                                              is_grads_batched=True)
+                    passes += 1
+                    rows_per_pass = max(rows_per_pass, R * b)
                     for gh, de in zip(gi, d_emb):  # gh: [R, B, pos, d_model]
                         if gh is None:
                             continue
@@ -210,15 +176,24 @@ def attribute_io_edges(model: HookedTransformer, circuit: Circuit, prompts, *, m
     w_in, w_out, w_direct, t_out, t_direct = (dp.all_reduce(x) for x in (w_in, w_out, w_direct, t_out, t_direct))
     m_total = dp.all_reduce_float(m_total)
     n = len(data)
-    return IOEdges(positions=list(run.alignment.labels), input=w_in / n, output=w_out / n, direct=w_direct / n,
-                   metric=m_total / n, targets=[name for name, _, _ in targets], signs=[s for _, s, _ in targets],
-                   target_output=t_out / n if targets else None, target_direct=t_direct / n if targets else None)
+    io = IOEdges(positions=list(run.alignment.labels), input=w_in / n, output=w_out / n, direct=w_direct / n,
+                 metric=m_total / n, targets=[name for name, _, _ in targets], signs=[s for _, s, _ in targets],
+                 target_output=t_out / n if targets else None, target_direct=t_direct / n if targets else None)
+    stats = EdgeStats(n_prompts=n, backward_passes=passes, downstream_nodes=len(nodes), rows_per_pass=rows_per_pass)
+    return replace(circuit, io_edges=io, stats={**circuit.stats, "io_edges": stats})
 
 
 def metric_targets(metric_fn) -> list[tuple[str, float, object]]:
-    """The target logits a metric is a signed sum of, as ``(name, sign, fn(logits [batch, d_vocab], batch))``:
-    ``logit_diff`` → the clean answer's logit (+1) and the patch answer's (−1); other metrics: none (``logit``
-    is already one target node, ``logprob`` is not a sum of logits, a callable is opaque)."""
+    """The target logits a metric is a signed sum of.
+
+    Args:
+        metric_fn: the resolved metric function.
+
+    Returns:
+        ``(name, sign, fn(logits [batch, d_vocab], batch))`` per target: ``logit_diff`` → the clean answer's logit
+        (+1) and the patch answer's (−1); other metrics: none (``logit`` is already one target node, ``logprob``
+        is not a sum of logits, a callable is opaque).
+    """
     from relp_lens.core import metrics
 
     if metric_fn is metrics.logit_diff:
