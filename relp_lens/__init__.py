@@ -92,9 +92,14 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "groups_of": ("analysis.groups", "groups_of"),
     "group_steering": ("analysis.steering", "group_steering"),
     "data_parallel": ("core.distributed", "data_parallel"),
+    "trace": ("pipeline", "trace"),  # the whole pipeline of `relp-lens trace`, above the stages
+    "TraceOptions": ("pipeline", "TraceOptions"),
+    "TraceResult": ("pipeline", "TraceResult"),
+    "split_prompts": ("pipeline", "split_prompts"),
+    "task_prompts": ("pipeline", "task_prompts"),
 }
 # the stage subpackages and entry points, reachable as attributes after a bare ``import relp_lens``
-_SUBMODULES = {"core", "circuits", "analysis", "views", "cli", "demo"}
+_SUBMODULES = {"core", "circuits", "analysis", "views", "pipeline", "cli", "demo"}
 # where the modules of the flat layout went (relp_lens.agreement became part of relp_lens.core.tasks), and the
 # modules renamed inside a stage (dotted old paths)
 MOVED = {
@@ -116,7 +121,7 @@ __all__ = [
     "plot", "always_on_neurons", "only_correct", "wrap_hf_model", "write_circuit_tracer", "attribute_io_edges",
     "edge_pruning_sweep", "cpr_cmd", "attribute_head_splits", "influence_prune", "neuron_auroc",
     "group_neurons", "groups_of", "group_steering", "data_parallel", "IOEdges", "HeadSplits", "NeuronGroups",
-    "Evaluation", "to_circuit_tracer",
+    "Evaluation", "to_circuit_tracer", "trace", "TraceOptions", "TraceResult", "split_prompts", "task_prompts",
 ]
 _moved.install(__name__, MOVED)
 
@@ -158,6 +163,7 @@ if TYPE_CHECKING:
     from relp_lens.core.backends import wrap_hf_model
     from relp_lens.core.data import Prompts
     from relp_lens.core.distributed import data_parallel
+    from relp_lens.pipeline import TraceOptions, TraceResult, split_prompts, task_prompts, trace
     from relp_lens.core.errors import RelPLensError
     from relp_lens.core.exact import compare_with_exact
     from relp_lens.core.models import load_model, shipped_gguf_path

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import random
 import re
 import sys
 import warnings
@@ -49,10 +48,7 @@ POS_INT = arg(positive_int)
 NONNEG_INT = arg(nonneg_int)
 FRACTION = arg(fraction, float)
 
-# "agreement": the built-in nounpp-style pairs of relp_lens.core.tasks; the rest are relp_lens.core.tasks.TASKS,
-# spelled out here so that building the parser imports no torch (a test checks the two agree).
-TASK_NAMES = ("agreement", "simple", "nounpp", "rc", "within_rc", "capitals", "city_to_state",
-              "state_to_capital", "addition", "antonyms")
+from relp_lens.pipeline import TASK_NAMES  # noqa: E402 (no torch: the parser builds at once)
 
 OOM_HINT = "try a smaller --batch-size or fewer/shorter prompts"
 
@@ -115,33 +111,6 @@ def _load_model(args, say: Callable[[str], None]):
     if dp.current_device().startswith("cuda"):
         model = model.to(dp.current_device())  # NCCL: each rank's model on its own GPU
     return model
-
-
-def _task_rows(model, task: str, n: int, seed: int) -> list[dict]:
-    if task == "agreement":
-        from relp_lens.core.tasks import agreement_rows
-
-        rows = agreement_rows(model, n, seed=seed, simple_fraction=0.0)
-    else:
-        from relp_lens.core.tasks import load_task
-
-        rows = load_task(model, task, n, seed)
-    if len(rows) < 2:
-        raise RelPLensError(f"task {task!r} gave only {len(rows)} prompts under this tokenizer")
-    if len(rows) < n:
-        print(f"note: task {task!r} has {len(rows)} prompts after filtering, fewer than the {n} asked for",
-              file=sys.stderr)
-    return rows
-
-
-def _split(prompts, n_build: int, n_eval: int, seed: int):
-    """Seeded build / held-out split of a :class:`relp_lens.core.data.Prompts` (rows keep their ``file:line``)."""
-    if len(prompts) < 2:
-        raise RelPLensError(f"need at least 2 prompts to build and evaluate on separate data, got {len(prompts)}")
-    order = list(range(len(prompts)))
-    random.Random(seed).shuffle(order)
-    n_eval = min(n_eval, len(order) // 2) if len(order) < n_build + n_eval else n_eval
-    return prompts.subset(order[n_eval:n_eval + n_build]), prompts.subset(order[:n_eval])
 
 
 # -- outputs -----------------------------------------------------------------------------------------------
@@ -273,20 +242,25 @@ def cmd_trace(args) -> int:
     outputs = _check_outputs(named, inputs)
     if "--export-circuit-tracer" in outputs:
         slug = check_graph_path(outputs["--export-circuit-tracer"])  # {slug}.json, a readable index beside it
+    task = None if args.data else args.task
+    from relp_lens.pipeline import TraceOptions
+
+    TraceOptions(**_trace_options(args, task))  # every option checked before the data is read
     say = _say_fn(args)
     prompts = _read_prompts(args.data) if args.data else None
     if args.influence_prune is not None and prompts is not None and not prompts.paired and args.baseline != "zero":
         raise RelPLensError("--influence-prune needs input/output edges: paired data or --baseline zero")
-    task = None if args.data else args.task
     model = _load_model(args, say)
-    if prompts is None:
-        from relp_lens.core.data import Prompts
+    from relp_lens.pipeline import split_prompts, task_prompts, trace
 
+    if prompts is None:
         say(f"making the {args.task!r} prompts ...")
-        prompts = Prompts.from_rows(_task_rows(model, args.task, args.n_prompts + args.n_eval, args.seed))
+        prompts = task_prompts(model, args.task, args.n_prompts + args.n_eval, args.seed)
     _check_tokens(model, prompts, args.prepend_bos)
-    build, held_out = _split(prompts, args.n_prompts, args.n_eval, args.seed)
-    circuit, attr, accuracy = _build_circuit(args, model, build, held_out, task, say)
+    build, held_out = split_prompts(prompts, args.n_prompts, args.n_eval, args.seed)
+    result = trace(model, build, held_out=held_out, say=say, **_trace_options(args, task))
+    circuit, attr = result.circuit, result.attribution
+    accuracy = str(result.task_report) if result.task_report is not None else None
     held_out = circuit.data["eval_rows"]  # (only the prompts the model gets right, with --only-correct)
     files: list[tuple[Path, Callable[[Path], object]]] = [(outputs["--out"], circuit.save)]
     if "--export-circuit-tracer" in outputs:
@@ -309,116 +283,17 @@ def cmd_trace(args) -> int:
     return 0
 
 
-def _build_circuit(args, model, build, held_out, task: str | None,
-                   say: Callable[[str], None]):
-    """Attribute (``reduce="mean"``: memory does not grow with the prompts), select, weigh edges, evaluate:
-    the circuit (with its data and evaluation), the attribution and the task accuracy line (``None``
-    without answers). ``build`` and ``held_out`` are :class:`relp_lens.core.data.Prompts`."""
-    import relp_lens
-    from relp_lens.circuits.ablation import evaluate_circuit
-    from relp_lens.circuits.edges import attribute_edges, prune_edges
-    from relp_lens.circuits.selection import select_threshold, select_top_k
-
-    from relp_lens.core.tasks import MIN_ACCURACY, only_correct, task_report
-
-    progress = not args.no_progress
-    accuracy = None
-    if build.answers is not None:
-        report = task_report(model, build, batch_size=args.batch_size, warn=False, prepend_bos=args.prepend_bos)
-        accuracy = str(report)
-        print(f"{len(build)} build prompts, {len(held_out)} held out; task {report}")
-        if report.accuracy < MIN_ACCURACY:
-            print(f"warning: the model gets only {report.accuracy:.0%} of the build prompts right; a circuit "
-                  f"for a behaviour the model does not have means little", file=sys.stderr)
-        if args.only_correct:
-            build = only_correct(model, build, batch_size=args.batch_size, prepend_bos=args.prepend_bos)
-            if len(held_out):
-                held_out = only_correct(model, held_out, batch_size=args.batch_size, prepend_bos=args.prepend_bos)
-            print(f"--only-correct: tracing on the {len(build)} build and evaluating on the {len(held_out)} "
-                  f"held-out prompts the model gets right")
-    elif args.only_correct:
-        raise RelPLensError("--only-correct needs answers (clean_answer) in the data")
-    baseline = None if build.paired else args.baseline
-    say(f"attributing {len(build)} build prompts ({args.method}, basis {args.basis}) ...")
-    attr = relp_lens.attribute(model, build, basis=args.basis, method=args.method, batch_size=args.batch_size,
-                               baseline=baseline, reduce="mean", progress=progress, prepend_bos=args.prepend_bos)
-    if attr.alignment.end_aligned:
-        print(f"prompts differ in token length: positions count from the end (-1 = last token) after the "
-              f"{attr.alignment.n_shared} token(s) every prompt starts with")
-    exclude = None
-    if args.exclude_always_on:
-        from relp_lens.analysis.cards import always_on_neurons
-
-        say("finding always-on neurons over the package corpus ...")
-        exclude = always_on_neurons(model)
-        print(f"leaving out {len(exclude)} always-on neurons: " + ", ".join(f"L{l}/{i}" for l, i in exclude[:12])
-              + (" …" if len(exclude) > 12 else ""))
-    opts = dict(aggregate_pos=args.aggregate_pos, task=task, ablation=args.ablation,
-                include_fixed=True if args.include_fixed else None, exclude_neurons=exclude)
-    circuit = (select_top_k(attr, model, args.k, **opts) if args.k is not None
-               else select_threshold(attr, model, args.tau, **opts))
-    if not circuit.nodes:
-        raise RelPLensError("no node passes the selection (empty circuit); lower --tau or raise --k")
-    if circuit.selection.get("excluded_positions"):
-        print(f"left out positions {circuit.selection['excluded_positions']}: the same tokens in every prompt, "
-              f"which {circuit.ablation} ablation cannot move (--include-fixed to keep them)")
-    held_rows = held_out.to_rows() if len(held_out) else []
-    circuit.data["eval_rows"] = held_rows
-    circuit.data["source"] = str(args.data) if args.data else f"task:{task}"
-    if args.edges:
-        edge_rows = build.subset(range(min(args.edge_prompts, len(build))))
-        say(f"weighing edges between {len(circuit)} nodes on {len(edge_rows)} prompts ...")
-        circuit = attribute_edges(model, circuit, edge_rows, method="grad" if args.method == "grad" else "relp",
-                                  batch_size=args.batch_size, progress=progress)
-        print(f"edges: {len(circuit.edges)} from {circuit.stats['edges'].backward_passes} backward passes "
-              f"over {len(edge_rows)} prompts")
-        if circuit.basis == "mlp_post" and circuit.baseline in ("patch", "zero"):
-            from relp_lens.circuits.io_edges import attribute_io_edges
-
-            circuit = attribute_io_edges(model, circuit, edge_rows, method="grad" if args.method == "grad" else "relp",
-                                         batch_size=args.batch_size, progress=progress)
-            io = circuit.io_edges
-            print(f"input/output edges: {int((io.input != 0).sum())} embedding → neuron, {len(circuit)} neuron → "
-                  f"output, {int((io.direct != 0).sum())} embedding → output")
-        else:
-            print(f"no input/output edges: they need the mlp_post basis and paired data or the zero baseline "
-                  f"(this circuit: {circuit.basis}, baseline {circuit.baseline})")
-        if args.edge_keep < 1:
-            circuit = prune_edges(circuit, args.edge_keep)
-            circuit.data["eval_rows"] = held_rows
-        if args.influence_prune is not None:
-            from relp_lens.circuits.pruning import influence_prune
-
-            if circuit.io_edges is None:
-                raise RelPLensError("--influence-prune needs input/output edges (mlp_post basis, paired data or "
-                                    "the zero baseline)")
-            before = len(circuit)
-            circuit = influence_prune(circuit, node_threshold=args.influence_prune[0],
-                                      edge_threshold=args.influence_prune[1])
-            print(f"influence pruning kept {len(circuit)} of {before} neurons and {len(circuit.edges)} neuron edges")
-        if args.heads:
-            from relp_lens.circuits.heads import attribute_head_splits
-
-            if circuit.basis != "mlp_post":
-                raise RelPLensError("--heads needs the mlp_post basis")
-            say(f"splitting the edges of the drawn graph (≤ {args.graph_nodes} neurons) over attention heads ...")
-            circuit = attribute_head_splits(model, circuit, edge_rows, method="grad" if args.method == "grad" else "relp",
-                                            batch_size=args.batch_size, max_nodes=args.graph_nodes, progress=progress)
-            top = ", ".join(f"{l}.{h} {w:+.3g}" for l, h, w in circuit.heads.totals[:5])
-            print(f"head splits of {len(circuit.heads.edges)} edges; heads carrying the most weight: {top}")
-    if args.groups:
-        from relp_lens.analysis.groups import group_neurons, groups_of
-
-        group_rows = build.subset(range(min(args.group_prompts or 64, len(build)))).to_rows()
-        say(f"grouping {len(circuit)} neurons on {len(group_rows)} prompts ...")
-        circuit = group_neurons(model, circuit, group_rows, batch_size=args.batch_size)
-        print(groups_of(circuit).summary())
-    if len(held_out):
-        say(f"evaluating {len(circuit)} nodes on {len(held_out)} held-out prompts ({circuit.ablation} ablation) ...")
-        circuit.evaluation = evaluate_circuit(model, circuit, held_out, batch_size=args.batch_size, warn=False)
-        if circuit.evaluation.verdict:
-            print(f"warning: {circuit.evaluation.verdict}", file=sys.stderr)
-    return circuit, attr, accuracy
+def _trace_options(args, task: str | None) -> dict:
+    """The :func:`relp_lens.pipeline.trace` options of a ``trace`` command line."""
+    return dict(method=args.method, basis=args.basis, k=args.k, tau=args.tau, baseline=args.baseline,
+                aggregate_pos=args.aggregate_pos, ablation=args.ablation, include_fixed=args.include_fixed,
+                exclude_always_on=args.exclude_always_on, task=task,
+                source=str(args.data) if args.data else f"task:{task}", edges=args.edges,
+                edge_prompts=args.edge_prompts, edge_keep=args.edge_keep,
+                influence_prune=tuple(args.influence_prune) if args.influence_prune is not None else None,
+                heads=args.heads, graph_nodes=args.graph_nodes, groups=args.groups, group_prompts=args.group_prompts,
+                only_correct=args.only_correct, batch_size=args.batch_size, prepend_bos=args.prepend_bos,
+                progress=not args.no_progress, verbose=True)
 
 
 def _report_writer(args, model, attr, circuit, held_out: list[dict], accuracy: str | None,
