@@ -50,6 +50,7 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "Attribution": ("core.attribution", "Attribution"),
     "attribute": ("core.attribution", "attribute"),
     "pearson": ("core.attribution", "pearson"),
+    "gradients": ("core.tl_cache", "gradients"),
     "Circuit": ("circuits.circuit", "Circuit"),
     "CircuitEdge": ("circuits.circuit", "CircuitEdge"),
     "CircuitNode": ("circuits.circuit", "CircuitNode"),
@@ -106,6 +107,7 @@ __all__ = [
     "plot", "always_on_neurons", "only_correct", "wrap_hf_model", "write_circuit_tracer", "attribute_io_edges",
     "edge_pruning_sweep", "cpr_cmd", "attribute_head_splits", "influence_prune", "neuron_auroc",
     "group_neurons", "groups_of", "group_steering", "data_parallel",
+    "gradients",
 ]
 _moved.install(__name__, MOVED)
 
@@ -151,4 +153,5 @@ if TYPE_CHECKING:
     from relp_lens.core.nodes import BASES, resolve_hooks
     from relp_lens.core.relp_mode import RelPConfig, relp, relp_hooks
     from relp_lens.core.tasks import only_correct
+    from relp_lens.core.tl_cache import gradients
     from relp_lens.views import plots as plot
