@@ -52,6 +52,7 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "Attribution": ("core.attribution", "Attribution"),
     "attribute": ("core.attribution", "attribute"),
     "pearson": ("core.attribution", "pearson"),
+    "gradients": ("core.tl_cache", "gradients"),
     "Circuit": ("circuits.circuit", "Circuit"),
     "CircuitEdge": ("circuits.circuit", "CircuitEdge"),
     "CircuitNode": ("circuits.circuit", "CircuitNode"),
@@ -122,6 +123,7 @@ __all__ = [
     "edge_pruning_sweep", "cpr_cmd", "attribute_head_splits", "influence_prune", "neuron_auroc",
     "group_neurons", "groups_of", "group_steering", "data_parallel", "IOEdges", "HeadSplits", "NeuronGroups",
     "Evaluation", "to_circuit_tracer", "trace", "TraceOptions", "TraceResult", "split_prompts", "task_prompts",
+    "gradients",
 ]
 _moved.install(__name__, MOVED)
 
@@ -170,4 +172,5 @@ if TYPE_CHECKING:
     from relp_lens.core.nodes import BASES, resolve_hooks
     from relp_lens.core.relp_mode import RelPConfig, relp, relp_hooks
     from relp_lens.core.tasks import only_correct
+    from relp_lens.core.tl_cache import gradients
     from relp_lens.views import plots as plot

@@ -9,6 +9,7 @@
 - ``nodes``, ``data``, ``positions``, ``metrics``, ``tasks``: what is scored, the prompts and their batches,
   position alignment, the metric, the task generators.
 - ``attribution``, ``exact``: node scores (RelP, gradients, integrated gradients, exact patching).
+- ``tl_cache``: scores and gradients as TransformerLens ``ActivationCache`` objects, and attributions from them.
 - ``distributed``, ``plan``: data-parallel runs under ``torchrun``; the memory and pass planner.
 """
 
@@ -17,4 +18,4 @@ from relp_lens._lazy import lazy_submodules
 __getattr__, __dir__ = lazy_submodules(__name__, ["errors", "validate", "files", "backends", "structure", "models",
                                                   "rules", "relp_mode",
                                                   "nodes", "data", "positions", "metrics", "tasks", "attribution",
-                                                  "exact", "distributed", "plan"])
+                                                  "exact", "tl_cache", "distributed", "plan"])

@@ -53,7 +53,7 @@ from relp_lens.core.positions import Alignment, check_position, is_int, column_t
 from relp_lens.core.relp_mode import RelPConfig, relp
 
 if TYPE_CHECKING:  # annotations only: TransformerLens 4 has no HookedTransformer
-    from transformer_lens import HookedTransformer
+    from transformer_lens import ActivationCache, HookedTransformer
 
 METHODS = ("relp", "grad", "ig", "exact")
 Node = tuple[int, int | None, int]  # (layer, pos or None for all positions, index)
@@ -268,6 +268,46 @@ class Attribution:
         means, counts = _mean_acts(model, batches, self.hook_names, align)  # per hook [pos, node]
         out = torch.stack(means)  # [layer, pos, node]
         return out.masked_fill((counts == 0)[None, :, None], float("nan"))
+
+    # -- TransformerLens-native (relp_lens.core.tl_cache) ----------------------------------------------------
+    def to_cache(self, model: HookedTransformer, *, reduce: str | None = None) -> ActivationCache:
+        """The scores as a ``transformer_lens.ActivationCache`` keyed by hook name (:attr:`hook_names`).
+
+        Args:
+            model: the ``HookedTransformer`` or ``TransformerBridge`` the attribution was computed on.
+            reduce: ``"none"``: per-example scores; ``"mean"``: the mean over the examples that reach each
+                column (:meth:`mean`); None (default): per-example unless this attribution keeps only means.
+
+        Returns:
+            ``ActivationCache``: ``cache[name]`` ``[batch, pos, d]`` = ``scores[:, layer]`` (columns an example
+            does not reach hold 0), or ``[pos, d]`` = ``mean()[layer]`` with ``has_batch_dim=False``. Column
+            ``c`` of pos is node position :attr:`positions` ``[c]`` (absolute when all prompts have one length,
+            else end-aligned). See :func:`relp_lens.core.tl_cache.to_cache`.
+        """
+        from relp_lens.core.tl_cache import to_cache
+
+        return to_cache(self, model, reduce=reduce)
+
+    @classmethod
+    def from_cache(cls, cache, model: HookedTransformer, prompts, answers=None, **kwargs) -> "Attribution":
+        """An attribution from scores computed elsewhere, keyed by hook name (an ``ActivationCache`` or a dict of
+        ``[batch, pos, d]`` tensors), ready for :func:`relp_lens.select_top_k`, evaluation and plots.
+
+        Args:
+            cache: hook name → scores ``[batch, pos, d]``.
+            model: the model the scores belong to.
+            prompts, answers: the data, as for :func:`attribute`.
+            **kwargs: ``patch``, ``patch_answers``, ``basis``, ``method`` (default ``"custom"``), ``metric``,
+                ``baseline``, ``prepend_bos``, ``padding_side``, ``batch_size``: see
+                :func:`relp_lens.core.tl_cache.from_cache`.
+
+        Returns:
+            The attribution; a :class:`RelPLensError` for a bad hook name, width, batch or pos axis, or a
+            non-finite score, before anything runs on the model.
+        """
+        from relp_lens.core.tl_cache import from_cache
+
+        return from_cache(cache, model, prompts, answers, **kwargs)
 
     def summary(self, k: int = 10) -> str:
         where = ("positions counted from the end (-1 = last token); prompts differ in length"
