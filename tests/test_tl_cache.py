@@ -4,9 +4,6 @@ attributions from scores computed with hooks, and agreement with the classic att
 
 import dataclasses
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,7 +20,6 @@ from helpers import AGREEMENT_ROWS, tiny_hf_llama, tiny_llama, word_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 PAIRS = ROOT / "examples" / "pairs.jsonl"
-PAGE = ROOT / "docs" / "tutorials" / "transformerlens.md"
 ROWS = AGREEMENT_ROWS  # 6, 3, 6 and 3 tokens: end-aligned columns [0, 1, -4, -3, -2, -1]
 
 
@@ -409,20 +405,3 @@ def test_grad_attribution_equals_the_classic_recipe(smollm):
     got = {(n.layer, n.pos, n.index) for n in select_top_k(baseline, model, 50).nodes}
     want = {(n.layer, n.pos, n.index) for n in select_top_k(attr, model, 50).nodes}
     assert len(got & want) >= 48
-
-
-@pytest.mark.slow
-def test_tutorial_page_runs(tmp_path):
-    """docs/tutorials/transformerlens.md: its ```python blocks, joined in order, run as pasted in a scratch folder."""
-    from test_readme import python_blocks
-
-    blocks = python_blocks(PAGE.read_text(encoding="utf-8"))
-    assert len(blocks) >= 3
-    script = tmp_path / "page.py"
-    script.write_text("\n".join(blocks), encoding="utf-8")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    start = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
-    print(proc.stdout[-1500:], f"({time.perf_counter() - start:.1f} s)")
