@@ -53,6 +53,7 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "attribute": ("core.attribution", "attribute"),
     "pearson": ("core.attribution", "pearson"),
     "gradients": ("core.tl_cache", "gradients"),
+    "attribution_from_cache": ("core.tl_cache", "from_cache"),  # an Attribution from scores computed elsewhere
     "Circuit": ("circuits.circuit", "Circuit"),
     "CircuitEdge": ("circuits.circuit", "CircuitEdge"),
     "CircuitNode": ("circuits.circuit", "CircuitNode"),
@@ -123,7 +124,7 @@ __all__ = [
     "edge_pruning_sweep", "cpr_cmd", "attribute_head_splits", "influence_prune", "neuron_auroc",
     "group_neurons", "groups_of", "group_steering", "data_parallel", "IOEdges", "HeadSplits", "NeuronGroups",
     "Evaluation", "to_circuit_tracer", "trace", "TraceOptions", "TraceResult", "split_prompts", "task_prompts",
-    "gradients",
+    "gradients", "attribution_from_cache",
 ]
 _moved.install(__name__, MOVED)
 
@@ -172,5 +173,6 @@ if TYPE_CHECKING:
     from relp_lens.core.nodes import BASES, resolve_hooks
     from relp_lens.core.relp_mode import RelPConfig, relp, relp_hooks
     from relp_lens.core.tasks import only_correct
+    from relp_lens.core.tl_cache import from_cache as attribution_from_cache
     from relp_lens.core.tl_cache import gradients
     from relp_lens.views import plots as plot

@@ -210,7 +210,7 @@ def test_gradients_bad_arguments(bridge):
 @pytest.mark.parametrize("method", ["relp", "grad"])
 def test_from_cache_round_trip(model, method):
     attr = attr_of(model, method)
-    back = Attribution.from_cache(attr.to_cache(model), model, attr.prompts, method=method)
+    back = from_cache(attr.to_cache(model), model, attr.prompts, method=method)
     assert back.hook_names == attr.hook_names and back.basis == "mlp_post" and back.method == method
     assert torch.equal(back.scores, attr.scores) and back.alignment == attr.alignment
     assert back.str_tokens == attr.str_tokens and back.paired and back.baseline == "patch"
@@ -400,7 +400,7 @@ def test_grad_attribution_equals_the_classic_recipe(smollm):
         cols = attr.alignment.columns(attr.lengths[i])
         for n in names:
             recipe_cache[n][i, cols] = recipe[n].float().cpu()
-    baseline = Attribution.from_cache(recipe_cache, model, rows, method="recipe")
+    baseline = from_cache(recipe_cache, model, rows, method="recipe")
     assert baseline.correlation(attr) >= 0.999
     got = {(n.layer, n.pos, n.index) for n in select_top_k(baseline, model, 50).nodes}
     want = {(n.layer, n.pos, n.index) for n in select_top_k(attr, model, 50).nodes}

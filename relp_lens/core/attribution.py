@@ -284,30 +284,23 @@ class Attribution:
             ``c`` of pos is node position :attr:`positions` ``[c]`` (absolute when all prompts have one length,
             else end-aligned). See :func:`relp_lens.core.tl_cache.to_cache`.
         """
-        from relp_lens.core.tl_cache import to_cache
+        from transformer_lens import ActivationCache  # at call time, as everywhere in relp_lens
 
-        return to_cache(self, model, reduce=reduce)
-
-    @classmethod
-    def from_cache(cls, cache, model: HookedTransformer, prompts, answers=None, **kwargs) -> "Attribution":
-        """An attribution from scores computed elsewhere, keyed by hook name (an ``ActivationCache`` or a dict of
-        ``[batch, pos, d]`` tensors), ready for :func:`relp_lens.select_top_k`, evaluation and plots.
-
-        Args:
-            cache: hook name → scores ``[batch, pos, d]``.
-            model: the model the scores belong to.
-            prompts, answers: the data, as for :func:`attribute`.
-            **kwargs: ``patch``, ``patch_answers``, ``basis``, ``method`` (default ``"custom"``), ``metric``,
-                ``baseline``, ``prepend_bos``, ``padding_side``, ``batch_size``: see
-                :func:`relp_lens.core.tl_cache.from_cache`.
-
-        Returns:
-            The attribution; a :class:`RelPLensError` for a bad hook name, width, batch or pos axis, or a
-            non-finite score, before anything runs on the model.
-        """
-        from relp_lens.core.tl_cache import from_cache
-
-        return from_cache(cache, model, prompts, answers, **kwargs)
+        backends.require_model(model)
+        hooks = list(self.hook_names)
+        if len(set(hooks)) != len(hooks):
+            raise RelPLensError(f"the attribution names a hook twice ({hooks}); a cache holds one entry per hook")
+        resolve_hooks(model, hooks)  # every hook exists on this model (a clear error with suggestions if not)
+        if reduce is None:
+            reduce = "mean" if self.reduced else "none"
+        if reduce not in REDUCTIONS:
+            raise RelPLensError(f"unknown reduce {reduce!r}; choose from {list(REDUCTIONS)}")
+        if reduce == "none":
+            scores = self._per_example("to_cache(reduce='none')")  # [batch, layer, pos, d]
+            return ActivationCache({h: scores[:, layer].clone() for layer, h in enumerate(hooks)}, model,
+                                   has_batch_dim=True)
+        mean = self.mean()  # [layer, pos, d]
+        return ActivationCache({h: mean[layer].clone() for layer, h in enumerate(hooks)}, model, has_batch_dim=False)
 
     def summary(self, k: int = 10) -> str:
         where = ("positions counted from the end (-1 = last token); prompts differ in length"
@@ -684,8 +677,9 @@ def attribute(
         model: any ``HookedTransformer`` (the shipped one: :func:`relp_lens.load_model`).
         prompts: a :class:`Prompts`, JSONL-style rows (``clean_prefix``, ``patch_prefix``, ``clean_answer``,
             ``patch_answer``), a prompt string or a list of them.
-        answers, patch, patch_answers: with string prompts: the clean answers (one token each), patch prompts
-            (same token length as the clean ones), patch answers.
+        answers: with string prompts: the clean answers (one token each).
+        patch: with string prompts: the patch prompts (same token length as the clean ones).
+        patch_answers: with string prompts: the patch answers.
         basis: ``mlp_post`` (neurons; default), ``mlp_out``, ``attn_out``, ``resid_pre``, ``resid_post``, a
             hook name, a ``{L}`` template or a list of hook names (see :mod:`relp_lens.core.nodes`).
         method: ``relp`` | ``grad`` | ``ig`` | ``exact``.

@@ -13,7 +13,7 @@ bridges:
    gradient for ``method="relp"``, the plain one for ``"grad"``), from the same forward and backward pass
    :func:`~relp_lens.core.attribution.attribute` runs; with ``return_acts=True`` also the clean activations and
    the activation differences, so that ``score = grads[name] * deltas[name]`` exactly.
-3. :func:`from_cache` (also :meth:`Attribution.from_cache <relp_lens.core.attribution.Attribution.from_cache>`):
+3. :func:`from_cache` (``relp_lens.attribution_from_cache``):
    an :class:`~relp_lens.core.attribution.Attribution` from scores a user computed (a baseline written with
    hooks), so that it goes through selection (:func:`relp_lens.select_top_k`), evaluation and plots.
 
@@ -44,7 +44,7 @@ import torch
 from tqdm.auto import tqdm
 
 from relp_lens.core import backends, validate
-from relp_lens.core.attribution import (BASELINES, DEFAULT_BASELINE, REDUCTIONS, Attribution, _check_memory,
+from relp_lens.core.attribution import (BASELINES, DEFAULT_BASELINE, Attribution, _check_memory,
                                         as_prompts, batch_gradients, prepare_run)
 from relp_lens.core.data import Prompts, make_batches, str_tokens_of, tokenize
 from relp_lens.core.errors import RelPLensError
@@ -91,28 +91,15 @@ def to_cache(attr: Attribution, model: HookedTransformer, *, reduce: str | None 
         ``ActivationCache`` with one entry per hook of ``attr.hook_names`` (copies; float32 on the CPU):
 
         - ``reduce="none"``: ``cache[name]`` is ``[batch, pos, d]`` = ``attr.scores[:, layer]``
-          (``has_batch_dim=True``); columns an example does not reach hold 0 (NaN for ``exact``, which
-          also holds NaN for the nodes it did not patch).
+        (``has_batch_dim=True``); columns an example does not reach hold 0 (NaN for ``exact``, which
+        also holds NaN for the nodes it did not patch).
         - ``reduce="mean"``: ``cache[name]`` is ``[pos, d]`` = ``attr.mean()[layer]`` (``has_batch_dim=False``).
 
         Column ``c`` of pos is node position ``attr.positions[c]`` (module docstring); ``d`` is
         ``attr.width``. With one hook per layer, ``cache.stack_activation("post")`` (``mlp_post``) gives
         ``[layer, batch, pos, d]`` (``[layer, pos, d]`` for the mean).
     """
-    backends.require_model(model)
-    hooks = list(attr.hook_names)
-    _unique(hooks, "the attribution")
-    resolve_hooks(model, hooks)  # every hook exists on this model (a clear error with suggestions if not)
-    if reduce is None:
-        reduce = "mean" if attr.reduced else "none"
-    if reduce not in REDUCTIONS:
-        raise RelPLensError(f"unknown reduce {reduce!r}; choose from {list(REDUCTIONS)}")
-    if reduce == "none":
-        scores = attr._per_example("to_cache(reduce='none')")  # [batch, layer, pos, d]
-        entries = {h: scores[:, layer].clone() for layer, h in enumerate(hooks)}
-        return _activation_cache(entries, model, has_batch_dim=True)
-    mean = attr.mean()  # [layer, pos, d]
-    return _activation_cache({h: mean[layer].clone() for layer, h in enumerate(hooks)}, model, has_batch_dim=False)
+    return attr.to_cache(model, reduce=reduce)  # the method holds the code: attribution is below this module
 
 
 # --- 2. gradients → ActivationCache ------------------------------------------------------------------------
