@@ -109,3 +109,12 @@ def test_cpr_cmd_by_hand():
         cpr_cmd([dict(n_nodes=5, faithfulness=float("nan"))], 10)
     with pytest.raises(RelPLensError, match="outside"):
         cpr_cmd([dict(n_nodes=11, faithfulness=1.0)], 10)
+
+
+def test_mean_ablation_is_a_deprecated_name_for_ablation():
+    from relp_lens.circuits import ablation
+
+    with pytest.warns(DeprecationWarning, match="MeanAblation is deprecated"):
+        assert ablation.MeanAblation is ablation.Ablation
+    with pytest.raises(AttributeError):
+        ablation.NoSuchName  # noqa: B018

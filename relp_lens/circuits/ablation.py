@@ -241,7 +241,24 @@ class Ablation:
         return dp.all_reduce_float(total) / self.n_prompts
 
 
-MeanAblation = Ablation  # the name before zero and counterfactual ablation existed
+def __getattr__(name: str) -> Any:
+    """``MeanAblation``, the name of :class:`Ablation` before zero and counterfactual ablation existed, still works
+    for one release, with a DeprecationWarning.
+
+    1. Warns and returns :class:`Ablation` for ``MeanAblation``.
+    2. Raises AttributeError for any other missing name.
+
+    Args:
+        name: the attribute asked for.
+
+    Returns:
+        :class:`Ablation` for ``MeanAblation``.
+    """
+    if name == "MeanAblation":
+        warnings.warn("relp_lens.circuits.ablation.MeanAblation is deprecated: use Ablation (mean ablation is "
+                      "its default)", DeprecationWarning, stacklevel=2)
+        return Ablation
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _ratios(f_m: float, f_empty: float, f_c: float, f_comp: float) -> dict:

@@ -54,6 +54,7 @@ from relp_lens.core.attribution import BASELINES, DEFAULT_BASELINE, as_prompts, 
 from relp_lens.circuits.circuit import Circuit, CircuitEdge, StepStats
 from relp_lens.core.errors import RelPLensError
 from relp_lens.core.metrics import METRICS
+from relp_lens.core.nodes import mlp_out
 from relp_lens.core.positions import require
 from relp_lens.core.relp_mode import RelPConfig, relp
 
@@ -233,10 +234,10 @@ def attribute_edges(
 
             fwd = []
             for layer in range(t_max + 1):  # every MLP output becomes a leaf: MLPs are constants for what follows
-                out_name = f"blocks.{blocks[layer]}.hook_mlp_out"
+                out_name = mlp_out(blocks[layer])
                 fwd += [(circuit.hook_names[layer], keep_hook(live, layer)), (out_name, leaf_hook(leaves, layer))]
             for block in sorted(set(range(blocks[t_max] + 1)) - set(blocks)):  # MLPs outside the basis: constants too
-                fwd.append((f"blocks.{block}.hook_mlp_out", lambda x, hook: x.detach()))
+                fwd.append((mlp_out(block), lambda x, hook: x.detach()))
             mode = relp(model, **vars(run.rules)) if use_relp else contextlib.nullcontext()
             with torch.enable_grad(), mode, backends.hooks(model, fwd_hooks=fwd):
                 # one forward pass (up to the last downstream block) serves every chunk of downstream nodes

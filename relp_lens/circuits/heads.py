@@ -66,6 +66,7 @@ from relp_lens.core.errors import RelPLensError
 from relp_lens.circuits.io_edges import EMBED_HOOKS, _embeddings
 from relp_lens.circuits.pruning import readable_graph
 from relp_lens.core.metrics import evaluate_metric
+from relp_lens.core.nodes import attn_z, mlp_out
 from relp_lens.core.relp_mode import RelPConfig, relp
 
 if TYPE_CHECKING:
@@ -140,7 +141,7 @@ def attribute_head_splits(model: HookedTransformer, circuit: Circuit, prompts, *
     if not circuit.hook_names[0].endswith("mlp.hook_post"):
         raise RelPLensError("head splits are defined for MLP neurons (basis mlp_post)")
     blocks = edge_layers(circuit.hook_names)
-    z_names = [f"blocks.{b}.attn.hook_z" for b in range(model.cfg.n_layers)]
+    z_names = [attn_z(b) for b in range(model.cfg.n_layers)]
     missing = [n for n in z_names if n not in model.hook_dict]
     if missing:
         raise RelPLensError(f"head splits need every attention layer's hook_z; this model lacks {missing[:3]}")
@@ -280,7 +281,7 @@ def _push(model, run, batch, tangents: dict, blocks, z_names, use_relp: bool, ed
         fwd = [(h, enter(h)) for h in EMBED_HOOKS if h in model.hook_dict]
         for block in range(model.cfg.n_layers):
             layer = blocks.index(block) if block in blocks else None
-            fwd.append((f"blocks.{block}.hook_mlp_out", enter(layer) if layer is not None
+            fwd.append((mlp_out(block), enter(layer) if layer is not None
                         else (lambda x, hook: x.detach())))
             fwd.append((z_names[block], record(block)))
         mode = relp(model, **vars(run.rules)) if use_relp else contextlib.nullcontext()
@@ -308,7 +309,7 @@ def _pull_and_contract(model, run, batch, circuit, pairs, tangents, push, grads,
         if block in blocks:
             layer = blocks.index(block)
             fwd.append((circuit.hook_names[layer], keep_hook(live, layer)))
-        fwd += [(f"blocks.{block}.hook_mlp_out", leaf_hook(leaves, ("mlp", block))),
+        fwd += [(mlp_out(block), leaf_hook(leaves, ("mlp", block))),
                 (z_names[block], leaf_hook(leaves, ("z", block)))]
     targets = [t for t in pairs if t[0] == "n"]
     mode = relp(model, **vars(run.rules)) if use_relp else contextlib.nullcontext()

@@ -62,6 +62,7 @@ from relp_lens.circuits.edges import (EdgeStats, check_edge_options, circuit_run
                                       node_positions, node_seeds)
 from relp_lens.core.errors import RelPLensError
 from relp_lens.core.metrics import evaluate_metric
+from relp_lens.core.nodes import mlp_out
 from relp_lens.core.relp_mode import RelPConfig, relp
 
 if TYPE_CHECKING:
@@ -126,9 +127,9 @@ def attribute_io_edges(model: HookedTransformer, circuit: Circuit, prompts, *, m
             fwd = [(h, leaf_hook(leaves, h)) for h in embeds]
             for layer, block in enumerate(blocks):
                 fwd += [(circuit.hook_names[layer], keep_hook(live, layer)),
-                        (f"blocks.{block}.hook_mlp_out", leaf_hook(leaves, layer))]
+                        (mlp_out(block), leaf_hook(leaves, layer))]
             for block in set(range(model.cfg.n_layers)) - set(blocks):  # MLPs outside the basis: constants too
-                fwd.append((f"blocks.{block}.hook_mlp_out", leaf_hook(leaves, f"other.{block}")))
+                fwd.append((mlp_out(block), leaf_hook(leaves, f"other.{block}")))
             mode = relp(model, **vars(run.rules)) if use_relp else contextlib.nullcontext()
             with torch.enable_grad(), mode, backends.hooks(model, fwd_hooks=fwd):
                 logits = model(batch.clean_tokens.to(model.cfg.device))

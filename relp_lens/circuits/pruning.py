@@ -224,22 +224,6 @@ def graph_adjacency(circuit: Circuit, io: IOEdges) -> torch.Tensor:
     return a
 
 
-def node_influence(circuit: Circuit) -> torch.Tensor:
-    """Each neuron's influence on the output through the full graph (step 2 of :func:`influence_prune`).
-
-    Args:
-        circuit: a circuit with edges and input/output edges.
-
-    Returns:
-        ``[node]`` influences.
-    """
-    io = _io_of(circuit)
-    a = graph_adjacency(circuit, io)
-    weights = torch.zeros(a.shape[0], dtype=torch.float64)
-    weights[-1] = 1.0
-    return _influence(_normalise(a), weights)[: len(circuit.nodes)]
-
-
 def _io_of(circuit: Circuit) -> IOEdges:
     if not circuit.edges or circuit.io_edges is None:
         raise RelPLensError("this needs the full graph: run attribute_edges and attribute_io_edges "

@@ -48,7 +48,7 @@ from relp_lens.core.data import Batch, Prompts, make_batches, str_tokens_of, tok
 from relp_lens.core.errors import RelPLensError
 from relp_lens.core.metrics import (MetricFn, check_metric, evaluate_metric, resolve_metric, warn_same_answers,
                                     warn_zero_rows)
-from relp_lens.core.nodes import basis_name, resolve_hooks
+from relp_lens.core.nodes import basis_name, resid_pre, resolve_hooks
 from relp_lens.core.positions import Alignment, check_position, is_int, column_tokens, require, resolve, token_label
 from relp_lens.core.relp_mode import RelPConfig, relp
 
@@ -336,10 +336,10 @@ def _cache_acts(model: HookedTransformer, tokens: torch.Tensor, hooks: list[str]
     wanted = set(hooks)
     resume = resume and backends.supports_start_at_layer(model)
     if resume:
-        wanted |= {f"blocks.{layer}.hook_resid_pre" for h in hooks if (layer := _block_of(model, h)) is not None}
+        wanted |= {resid_pre(layer) for h in hooks if (layer := _block_of(model, h)) is not None}
     with torch.no_grad():
         logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n in wanted)
-    starts = {layer: cache[f"blocks.{layer}.hook_resid_pre"] for h in hooks
+    starts = {layer: cache[resid_pre(layer)] for h in hooks
               if resume and (layer := _block_of(model, h)) is not None}
     return logits, [_flat(cache[h]) for h in hooks], starts
 

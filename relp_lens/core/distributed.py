@@ -52,10 +52,6 @@ def rank() -> int:
     return _state["rank"]
 
 
-def world_size() -> int:
-    return _state["world"]
-
-
 def current_backend() -> str | None:
     """``"gloo"`` or ``"nccl"`` inside a run, else None."""
     return _state.get("backend") if _state["active"] else None

@@ -4,6 +4,8 @@
    for — a folder, a missing file, an unreadable one and a path no file can have (a NUL byte).
 2. :func:`write_text_atomic` / :func:`write_json_atomic` write a temp file beside the target, then rename it:
    never a partial file.
+3. :func:`cache_dir` is relp_lens's cache folder (``$RELP_LENS_CACHE``, by default ``~/.cache/relp_lens``): the one
+   place it is named.
 """
 
 from __future__ import annotations
@@ -15,6 +17,17 @@ from pathlib import Path
 from typing import Any
 
 from relp_lens.core.errors import RelPLensError
+
+
+def cache_dir() -> Path:
+    """relp_lens's cache folder: converted models, tokenizers, context indexes live in subfolders of it.
+
+    1. Reads ``$RELP_LENS_CACHE``; unset or empty, falls back to ``~/.cache/relp_lens``.
+
+    Returns:
+        The folder's path (not created here).
+    """
+    return Path(os.environ.get("RELP_LENS_CACHE") or Path.home() / ".cache" / "relp_lens")
 
 
 def read_input(path: str | Path, what: str) -> bytes:

@@ -57,6 +57,7 @@ import torch
 
 from relp_lens.core import backends, validate
 from relp_lens.core.errors import RelPLensError
+from relp_lens.core.files import cache_dir
 
 if TYPE_CHECKING:  # imported where used: TransformerLens 4 has neither
     from transformer_lens import HookedTransformer, HookedTransformerConfig
@@ -103,7 +104,7 @@ def shipped_gguf_path(name: str = "smollm2-135m") -> Path:
                                 f"`{shipped.install}`" + ("" if shipped.assembled else " (never import it)"))
     if shipped.assembled:
         package = importlib.import_module(shipped.module)
-        target = _cache_dir() / "models" / shipped.filename
+        target = cache_dir() / "models" / shipped.filename
         try:
             return _assembled(package, target)
         except (FileNotFoundError, ModuleNotFoundError) as e:
@@ -233,10 +234,6 @@ def gguf_state_dict(reader, cfg: HookedTransformerConfig) -> dict[str, torch.Ten
     return sd
 
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("RELP_LENS_CACHE", Path.home() / ".cache" / "relp_lens"))
-
-
 def load_gguf_tokenizer(gguf_path: Path, bos: str = DEFAULT_BOS):
     """The tokenizer stored in a GGUF file, built by transformers once and cached on disk.
 
@@ -251,7 +248,7 @@ def load_gguf_tokenizer(gguf_path: Path, bos: str = DEFAULT_BOS):
     gguf_path = Path(gguf_path)
     st = gguf_path.stat()
     key = hashlib.sha1(f"{gguf_path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{bos}".encode()).hexdigest()
-    cached = _cache_dir() / "tokenizers" / key[:16]
+    cached = cache_dir() / "tokenizers" / key[:16]
     if cached.exists():
         tok = _load_cached_tokenizer(cached)
         if tok is not None:
@@ -438,7 +435,7 @@ def _hf_cache_folder(path: Path) -> Path:
     st = path.stat()
     key = (f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|transformers {transformers.__version__}|"
            f"torch {torch.__version__}|{_HF_CACHE_VERSION}")
-    return _cache_dir() / "hf" / hashlib.sha1(key.encode()).hexdigest()[:16]
+    return cache_dir() / "hf" / hashlib.sha1(key.encode()).hexdigest()[:16]
 
 
 _HF_CACHE_VERSION = "relp_lens hf cache 1"

@@ -39,6 +39,77 @@ BASES: dict[str, str] = {
 }
 
 
+def block_hook(block: int, name: str) -> str:
+    """The full name of a hook inside one transformer block: the one place such names are spelled.
+
+    1. Joins ``blocks.{block}.`` and ``name`` (``"hook_mlp_out"``, ``"mlp.hook_post"``, ``"attn.hook_z"``, ...).
+
+    Args:
+        block: the block's index in ``model.blocks``.
+        name: the hook's name inside the block.
+
+    Returns:
+        ``"blocks.{block}.{name}"``.
+    """
+    return f"blocks.{block}.{name}"
+
+
+def mlp_post(layer: int) -> str:
+    """The MLP neurons' hook of one layer (the ``mlp_post`` basis).
+
+    1. Names the activations that feed the layer's MLP down-projection (width ``d_mlp``).
+
+    Args:
+        layer: the block's index.
+
+    Returns:
+        ``"blocks.{layer}.mlp.hook_post"``.
+    """
+    return block_hook(layer, "mlp.hook_post")
+
+
+def mlp_out(block: int) -> str:
+    """The MLP output of one block, what it adds to the residual stream (the ``mlp_out`` basis).
+
+    1. Names the block's MLP output hook (width ``d_model``).
+
+    Args:
+        block: the block's index.
+
+    Returns:
+        ``"blocks.{block}.hook_mlp_out"``.
+    """
+    return block_hook(block, "hook_mlp_out")
+
+
+def attn_z(block: int) -> str:
+    """The attention heads' outputs of one block, before ``W_O`` (``[batch, pos, head, d_head]``).
+
+    1. Names the block's ``attn.hook_z``.
+
+    Args:
+        block: the block's index.
+
+    Returns:
+        ``"blocks.{block}.attn.hook_z"``.
+    """
+    return block_hook(block, "attn.hook_z")
+
+
+def resid_pre(layer: int) -> str:
+    """The residual stream entering one block (the ``resid_pre`` basis).
+
+    1. Names the block's ``hook_resid_pre``.
+
+    Args:
+        layer: the block's index.
+
+    Returns:
+        ``"blocks.{layer}.hook_resid_pre"``.
+    """
+    return block_hook(layer, "hook_resid_pre")
+
+
 def _check_exists(model: HookedTransformer, names: list[str], what: str) -> None:
     backends.check_model(model)  # a bridge outside compatibility mode lacks the hooks: say how to fix it
     for name in names:

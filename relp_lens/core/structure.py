@@ -29,6 +29,7 @@ names OLMo 2's post-MLP norm ``ln2``, 4.x ``ln2_post``):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import weakref
 from typing import Any
 
@@ -36,6 +37,7 @@ import torch
 
 from relp_lens.core import backends
 from relp_lens.core.errors import RelPLensError
+from relp_lens.core.nodes import block_hook, resid_pre
 
 _NEEDS = {
     "mlp_out": "neuron edges read a neuron's effect as a·W_out[neuron] at hook_mlp_out",
@@ -202,7 +204,7 @@ def _measure(model: Any) -> list[Broken]:
     n_layers = model.cfg.n_layers
     names = ["hook_embed", "hook_pos_embed"]
     for l in range(n_layers):
-        names += [f"blocks.{l}.{h}" for h in ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out",
+        names += [block_hook(l, h) for h in ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out",
                                              "attn.hook_z", "hook_mlp_out", "mlp.hook_pre", "mlp.hook_pre_linear",
                                              "mlp.hook_post")]
     names = [n for n in names if n in hook_dict]
@@ -243,71 +245,72 @@ def _measure(model: Any) -> list[Broken]:
 
     # the embedding is the first residual stream (up to one scale)
     emb = [got[h] for h in ("hook_embed", "hook_pos_embed") if h in got]
-    first = got.get("blocks.0.hook_resid_pre")
+    first = got.get(resid_pre(0))
     if emb and first is not None:
         e = sum(x.float().to(first.device) for x in emb)
         c = float((first.float() * e).sum() / e.pow(2).sum().clamp_min(1e-30))
-        compare("embed", None, "blocks.0.hook_resid_pre", "c · (hook_embed + hook_pos_embed)", first, c * e, "")
+        compare("embed", None, resid_pre(0), "c · (hook_embed + hook_pos_embed)", first, c * e, "")
     else:
-        broken.append(Broken("embed", None, "blocks.0.hook_resid_pre", "hook_embed (+ hook_pos_embed)",
+        broken.append(Broken("embed", None, resid_pre(0), "hook_embed (+ hook_pos_embed)",
                              float("nan"), "the embedding hooks did not fire"))
     for l in range(n_layers):
-        b = f"blocks.{l}"
-        pre, mid, post = (got.get(f"{b}.{h}") for h in ("hook_resid_pre", "hook_resid_mid", "hook_resid_post"))
-        attn_out, mlp_out, z = got.get(f"{b}.hook_attn_out"), got.get(f"{b}.hook_mlp_out"), got.get(f"{b}.attn.hook_z")
+        b = f"blocks.{l}"  # the block's module path (mlp below); its hooks by name_of
+        name_of = functools.partial(block_hook, l)
+        pre, mid, post = (got.get(name_of(h)) for h in ("hook_resid_pre", "hook_resid_mid", "hook_resid_post"))
+        attn_out, mlp_out, z = (got.get(name_of(h)) for h in ("hook_attn_out", "hook_mlp_out", "attn.hook_z"))
         # attention: its output is z @ W_O (+ b_O), added to the residual stream as is
         if z is not None and attn_out is not None:
             w, bias = _W_O(model, l)
             want = z.float().reshape(*z.shape[:2], -1) @ w.float().to(z.device)
             if bias is not None:
                 want = want + bias.float().to(want.device)
-            compare("attn_out", l, f"{b}.hook_attn_out", "attn.hook_z @ W_O + b_O", attn_out, want, _NORM_AFTER_ATTN,
+            compare("attn_out", l, name_of("hook_attn_out"), "attn.hook_z @ W_O + b_O", attn_out, want, _NORM_AFTER_ATTN,
                     want)
         if pre is not None and mid is not None and attn_out is not None:
-            compare("attn_resid", l, f"{b}.hook_resid_mid", "hook_resid_pre + hook_attn_out", mid,
+            compare("attn_resid", l, name_of("hook_resid_mid"), "hook_resid_pre + hook_attn_out", mid,
                     pre.float().to(mid.device) + attn_out.float().to(mid.device), _NORM_AFTER_ATTN, attn_out)
         # the MLP: hook_mlp_out = hook_post @ W_out (+ b_out), added to the residual stream as is
         mlp = getattr(model.blocks[l], "mlp", None)
-        hp = got.get(f"{b}.mlp.hook_post")
+        hp = got.get(name_of("mlp.hook_post"))
         if mlp is None or hp is None or mlp_out is None:
             what = "no MLP" if mlp is None else f"a {type(mlp).__name__} without neuron hooks (hook_post)"
-            broken.append(Broken("mlp_out", l, f"{b}.hook_mlp_out", "hook_post @ W_out + b_out", float("nan"),
+            broken.append(Broken("mlp_out", l, name_of("hook_mlp_out"), "hook_post @ W_out + b_out", float("nan"),
                                  f"block {l} has {what}"))
             continue
         try:
             w_out = backends.W_out(model, l)
         except (RelPLensError, AttributeError) as err:
-            broken.append(Broken("mlp_out", l, f"{b}.hook_mlp_out", "hook_post @ W_out + b_out", float("nan"),
+            broken.append(Broken("mlp_out", l, name_of("hook_mlp_out"), "hook_post @ W_out + b_out", float("nan"),
                                  f"{b}.mlp ({type(mlp).__name__}) has no usable W_out ({err})"))
             continue
         down = hp.float() @ w_out.float().to(hp.device)  # [batch, pos, d_model]
         b_out = _mlp_bias(model, mlp, "out")
         if b_out is not None:
             down = down + b_out.float().to(down.device)
-        compare("mlp_out", l, f"{b}.hook_mlp_out", "mlp.hook_post @ W_out + b_out", mlp_out, down, _NORM_AFTER_MLP,
+        compare("mlp_out", l, name_of("hook_mlp_out"), "mlp.hook_post @ W_out + b_out", mlp_out, down, _NORM_AFTER_MLP,
                 down)
         if post is not None:
             here = post.device
             base = mid.float().to(here) if mid is not None else (
                 pre.float().to(here) + attn_out.float().to(here) if pre is not None and attn_out is not None else None)
             if base is not None:
-                compare("mlp_resid", l, f"{b}.hook_resid_post",
+                compare("mlp_resid", l, name_of("hook_resid_post"),
                         "hook_resid_mid + hook_mlp_out" if mid is not None else
                         "hook_resid_pre + hook_attn_out + hook_mlp_out", post, base + mlp_out.float().to(here),
                         _NORM_AFTER_MLP, mlp_out)
-        gate, lin = got.get(f"{b}.mlp.hook_pre"), got.get(f"{b}.mlp.hook_pre_linear")
+        gate, lin = got.get(name_of("mlp.hook_pre")), got.get(name_of("mlp.hook_pre_linear"))
         if gate is not None and lin is not None and getattr(mlp, "hook_mid", None) is None:
             try:
                 act = backends.gated_act_fn(model, mlp, f"{b}.mlp")
             except RelPLensError as err:
-                broken.append(Broken("gated", l, f"{b}.mlp.hook_post", "f(hook_pre) · hook_pre_linear",
+                broken.append(Broken("gated", l, name_of("mlp.hook_post"), "f(hook_pre) · hook_pre_linear",
                                      float("nan"), str(err)))
                 continue
             want = act(gate).float() * lin.float()
             b_in = backends.gated_post_bias(model, mlp)
             if b_in is not None:
                 want = want + b_in.float().to(want.device)
-            compare("gated", l, f"{b}.mlp.hook_post", "f(hook_pre) · hook_pre_linear", hp, want, "")
+            compare("gated", l, name_of("mlp.hook_post"), "f(hook_pre) · hook_pre_linear", hp, want, "")
     return broken
 
 
