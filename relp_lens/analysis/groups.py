@@ -329,7 +329,10 @@ def group_neurons(model: HookedTransformer, circuit: Circuit, rows: Sequence[dic
         max_groups: the most groups tried when choosing.
         features: kinds of affinity (``attribution``, ``activation``, ``edges``); default: all available —
             ``edges`` only when the circuit has edges.
-        seed, n_seeds, n_subsets, subset_fraction: the reference clustering's seed and the stability runs.
+        seed: the reference clustering's seed.
+        n_seeds: stability runs with other seeds.
+        n_subsets: stability runs on random subsets of the prompts.
+        subset_fraction: the share of the prompts in each subset.
         batch_size: prompts per pass.
         progress: show a progress bar.
 

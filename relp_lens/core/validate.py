@@ -132,8 +132,10 @@ def finite_float(value: Any, name: str, *, low: float | None = None, high: float
     Args:
         value: what the caller gave (an int or a float; not a bool or a string).
         name: the option's name, used in the message.
-        low, high: the bounds (``None``: unbounded on that side).
-        low_open, high_open: exclude the bound itself.
+        low: the lower bound (``None``: unbounded below).
+        high: the upper bound (``None``: unbounded above).
+        low_open: exclude the lower bound itself.
+        high_open: exclude the upper bound itself.
 
     Returns:
         ``float(value)``.
