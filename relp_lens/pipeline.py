@@ -406,7 +406,7 @@ def trace(model: HookedTransformer, prompts: Prompts | Sequence[dict], *,
 
         group_rows = build.subset(range(min(opt.group_prompts or 64, len(build)))).to_rows()
         say(f"grouping {len(circuit)} neurons on {len(group_rows)} prompts ...")
-        circuit = group_neurons(model, circuit, group_rows, batch_size=opt.batch_size)
+        circuit = group_neurons(model, circuit, group_rows, batch_size=opt.batch_size, progress=opt.progress)
         note(groups_of(circuit).summary())
 
     # 7. evaluation

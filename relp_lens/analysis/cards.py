@@ -124,11 +124,11 @@ def describe(card: NeuronCard, n: int = 2) -> str:
 def neuron_card(model: HookedTransformer, layer: int, index: int, *, prompts: Sequence[str] = (),
                 corpus=None, k: int = 8) -> NeuronCard:
     """The card of neuron ``index`` in layer ``layer`` (see the module docstring)."""
-    return neuron_cards(model, [(layer, index)], prompts=prompts, corpus=corpus, k=k)[0]
+    return neuron_cards(model, [(layer, index)], prompts=prompts, corpus=corpus, k=k, progress=False)[0]
 
 
 def neuron_cards(model: HookedTransformer, neurons: Sequence[tuple[int, int]], *, prompts: Sequence[str] = (),
-                 corpus=None, k: int = 8, progress: bool = False) -> list[NeuronCard]:
+                 corpus=None, k: int = 8, progress: bool = True) -> list[NeuronCard]:
     """Cards of several ``(layer, index)`` neurons; each prompt and corpus text is run once for all of them
     (``corpus``: see the module docstring, step 3)."""
     from relp_lens.analysis.corpus import ContextIndex, context_index, model_key

@@ -318,7 +318,7 @@ def _label(circuit: Circuit, members: Sequence[int], promoted: Sequence[str]) ->
 def group_neurons(model: HookedTransformer, circuit: Circuit, rows: Sequence[dict] | None = None, *,
                   n_groups: int | None = None, max_groups: int = 8, features: Sequence[str] | None = None,
                   seed: int = 0, n_seeds: int = 5, n_subsets: int = 5, subset_fraction: float = 0.7,
-                  batch_size: int = 16, progress: bool = False) -> Circuit:
+                  batch_size: int = 16, progress: bool = True) -> Circuit:
     """The circuit with its neurons grouped (see the module docstring).
 
     Args:

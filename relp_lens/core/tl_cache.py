@@ -126,7 +126,7 @@ def gradients(
     baseline: str | None = None,
     rules: RelPConfig | None = None,
     batch_size: int = 16,
-    progress: bool = False,
+    progress: bool = True,
     prepend_bos: bool | None = None,
     return_acts: bool = False,
 ) -> ActivationCache | GradientCaches:

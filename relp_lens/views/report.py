@@ -51,7 +51,7 @@ class ReportInputs:
 def report_inputs(model: HookedTransformer, attr: Attribution, circuit: Circuit, *,
                   held_out: Sequence[dict] | None = None, task: str | None = None, n_cards: int = 12,
                   sizes: Sequence[int] = DEFAULT_SIZES, accuracy: str | None = None,
-                  steering: dict | None = None, batch_size: int = 16, progress: bool = False,
+                  steering: dict | None = None, batch_size: int = 16, progress: bool = True,
                   corpus=None) -> ReportInputs:
     """Task accuracy (unless given), a held-out faithfulness sweep (when ``held_out`` is given) and the cards
     of the top ``n_cards`` circuit neurons (contexts over ``corpus``: see :func:`relp_lens.analysis.cards.neuron_cards`)."""
@@ -320,7 +320,7 @@ def render_report(attr: Attribution, circuit: Circuit, inputs: ReportInputs | No
 def write_report(path: str | Path, model: HookedTransformer, attr: Attribution, circuit: Circuit, *,
                  inputs: ReportInputs | None = None, held_out: Sequence[dict] | None = None,
                  task: str | None = None, n_cards: int = 12, title: str | None = None,
-                 batch_size: int = 16, progress: bool = False) -> Path:
+                 batch_size: int = 16, progress: bool = True) -> Path:
     """Compute the report's inputs (unless given), render, write ``path`` atomically; returns the path."""
     path = Path(path)
     if path.exists() and path.is_dir():
