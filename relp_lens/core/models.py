@@ -461,6 +461,17 @@ def _save_plain(hf, folder: Path) -> None:
     save_model(hf, str(folder / "model.safetensors"), metadata={"format": "pt"})
 
 
+def _resident(hf):
+    """The model with every weight in its own memory, as a GGUF load leaves it: transformers may keep tensors it
+    read from safetensors as views of the memory-mapped file, whose pages then arrive during the first forward
+    pass and count as that pass's memory (the planner's calibration, ``tests/test_plan.py``). Each parameter
+    and buffer is copied once; tied weights stay one tensor (one Parameter object)."""
+    with torch.no_grad():
+        for t in list(hf.parameters()) + list(hf.buffers()):
+            t.data = t.data.clone()
+    return hf
+
+
 def _cached_architecture(folder: Path) -> str | None:
     """The GGUF architecture a cache folder was built from, or ``None`` when there is no complete folder."""
     import json
@@ -488,7 +499,7 @@ def _hf_from_gguf(path: Path, cache: Path | None = None, arch: str | None = None
         try:
             with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
                 warnings.simplefilter("ignore")
-                return AutoModelForCausalLM.from_pretrained(str(cache), dtype=torch.float32).eval()
+                return _resident(AutoModelForCausalLM.from_pretrained(str(cache), dtype=torch.float32).eval())
         except Exception as e:  # a truncated or damaged safetensors file, a config transformers refuses
             reason = f"{type(e).__name__}: {e}".splitlines()[0][:200]
             warnings.warn(f"relp_lens: weight cache {cache} is damaged ({reason}); rebuilding it", stacklevel=3)
