@@ -61,12 +61,17 @@ class SweepPoint(LegacyKeys):
     ``DeprecationWarning``.
 
     Attributes:
-        faithfulness, completeness, f_model, f_empty, f_circuit, f_complement: as
-            :class:`~relp_lens.circuits.circuit.Evaluation`.
+        faithfulness: as in :class:`~relp_lens.circuits.circuit.Evaluation`.
+        completeness: as in :class:`~relp_lens.circuits.circuit.Evaluation`.
+        f_model: as in :class:`~relp_lens.circuits.circuit.Evaluation`.
+        f_empty: as in :class:`~relp_lens.circuits.circuit.Evaluation`.
+        f_circuit: as in :class:`~relp_lens.circuits.circuit.Evaluation`.
+        f_complement: as in :class:`~relp_lens.circuits.circuit.Evaluation`.
         n_nodes: the circuit's size.
         k: the top-k selection's k (``None`` for a threshold).
         tau: the threshold τ (``None`` for top-k).
-        basis, method: the attribution's basis and method.
+        basis: the attribution's basis.
+        method: the attribution's method.
         ablation: how nodes were removed.
     """
 
@@ -368,8 +373,10 @@ def faithfulness_sweep(model: HookedTransformer, attr: Attribution, prompts: Pro
         prompts: held-out evaluation prompts.
         sizes: the k of each top-k circuit (give this or ``taus``).
         taus: the τ of each threshold circuit.
-        aggregate_pos, ablation, include_fixed, exclude_neurons: as
-            :func:`~relp_lens.circuits.selection.select_top_k`.
+        aggregate_pos: as in :func:`~relp_lens.circuits.selection.select_top_k`.
+        ablation: as in :func:`~relp_lens.circuits.selection.select_top_k`.
+        include_fixed: as in :func:`~relp_lens.circuits.selection.select_top_k`.
+        exclude_neurons: as in :func:`~relp_lens.circuits.selection.select_top_k`.
         metric: default the attribution's own.
         batch_size: prompts per forward pass.
         progress: show a progress bar.

@@ -644,7 +644,10 @@ class Evaluation(LegacyKeys):
     Attributes:
         faithfulness: (F(C) − F(∅)) / (F(M) − F(∅)).
         completeness: (F(M\\C) − F(∅)) / (F(M) − F(∅)).
-        f_model, f_empty, f_circuit, f_complement: F(M), F(∅), F(C), F(M\\C).
+        f_model: F(M), nothing ablated.
+        f_empty: F(∅), every node of the basis ablated.
+        f_circuit: F(C), everything outside the circuit ablated.
+        f_complement: F(M\\C), the circuit ablated.
         n_nodes: the circuit's size.
         n_prompts: the evaluation prompts.
         ablation: how nodes were removed (``mean``, ``zero``, ``counterfactual``).
@@ -1061,7 +1064,10 @@ class Circuit:
         """Deprecated: :func:`relp_lens.circuits.graph_export.to_circuit_tracer` (a ``DeprecationWarning``).
 
         Args:
-            prompt_tokens, prompt, slug, kwargs: as :func:`~relp_lens.circuits.graph_export.to_circuit_tracer`.
+            prompt_tokens: as in :func:`~relp_lens.circuits.graph_export.to_circuit_tracer`.
+            prompt: as in :func:`~relp_lens.circuits.graph_export.to_circuit_tracer`.
+            slug: as in :func:`~relp_lens.circuits.graph_export.to_circuit_tracer`.
+            **kwargs: as in :func:`~relp_lens.circuits.graph_export.to_circuit_tracer`.
 
         Returns:
             circuit-tracer's graph dict.

@@ -313,7 +313,10 @@ def subgraph(circuit: Circuit, used: Sequence[int], kept: Sequence[CircuitEdge],
 
     Args:
         circuit: the circuit; left unchanged.
-        used, kept, io, selection: as :meth:`~relp_lens.circuits.circuit.Circuit.subgraph`.
+        used: as in :meth:`~relp_lens.circuits.circuit.Circuit.subgraph`.
+        kept: as in :meth:`~relp_lens.circuits.circuit.Circuit.subgraph`.
+        io: as in :meth:`~relp_lens.circuits.circuit.Circuit.subgraph`.
+        selection: as in :meth:`~relp_lens.circuits.circuit.Circuit.subgraph`.
 
     Returns:
         The restricted circuit.

@@ -66,8 +66,13 @@ def to_circuit_tracer(circuit: Circuit, prompt_tokens: list[str], *, prompt: str
 
     Args:
         circuit: the circuit; its ``io_edges``, when it has them, give the input and output links.
-        prompt_tokens, prompt, slug, token_ids, output_label, output_token, output_prob: as
-            :func:`circuit_tracer_graph`.
+        prompt_tokens: as in :func:`circuit_tracer_graph`.
+        prompt: as in :func:`circuit_tracer_graph`.
+        slug: as in :func:`circuit_tracer_graph`.
+        token_ids: as in :func:`circuit_tracer_graph`.
+        output_label: as in :func:`circuit_tracer_graph`.
+        output_token: as in :func:`circuit_tracer_graph`.
+        output_prob: as in :func:`circuit_tracer_graph`.
         io: input/output edges to draw instead of the circuit's own.
 
     Returns:
@@ -91,8 +96,9 @@ def circuit_tracer_graph(circuit: Circuit, prompt_tokens: list[str], *, prompt: 
         prompt: the prompt text (shown in the viewer's graph menu).
         slug: the graph's name in the viewer (``[A-Za-z0-9_-]``).
         token_ids: the prompt's token ids, for the embedding node ids; positions stand in when not given.
-        output_label, output_token, output_prob: the output node's label (default: the metric's name), token
-            id (default 0) and probability shown as ``(p=...)`` (default: not known, shown as 1.000).
+        output_label: the output node's label (default: the metric's name).
+        output_token: the output node's token id (default 0).
+        output_prob: its probability, shown as ``(p=...)`` (default: not known, shown as 1.000).
         io: the circuit's input/output edges (:func:`relp_lens.circuits.io_edges.attribute_io_edges`): then the
             graph has embedding → neuron and embedding → output links, and neuron → output links carry the direct
             effect instead of the attribution score.

@@ -57,8 +57,12 @@ class PruningPoint(LegacyKeys):
     judged by ablation. ``row["faithfulness"]`` etc. still work, with a ``DeprecationWarning``.
 
     Attributes:
-        faithfulness, completeness, f_model, f_empty, f_circuit, f_complement: as
-            :class:`~relp_lens.circuits.circuit.Evaluation`.
+        faithfulness: as in :class:`~relp_lens.circuits.circuit.Evaluation`.
+        completeness: as in :class:`~relp_lens.circuits.circuit.Evaluation`.
+        f_model: as in :class:`~relp_lens.circuits.circuit.Evaluation`.
+        f_empty: as in :class:`~relp_lens.circuits.circuit.Evaluation`.
+        f_circuit: as in :class:`~relp_lens.circuits.circuit.Evaluation`.
+        f_complement: as in :class:`~relp_lens.circuits.circuit.Evaluation`.
         percent: the share of the full graph's edges kept, in percent.
         n_edges: the edges kept.
         n_edges_total: the full graph's non-zero edges.

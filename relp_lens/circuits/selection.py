@@ -141,7 +141,12 @@ def select_threshold(attr: Attribution, model: HookedTransformer, tau: float = 0
         attr: the attribution to select from.
         model: the model it was computed on.
         tau: the threshold τ, a finite number ≥ 0 (0: every node with a non-zero score).
-        aggregate_pos, task, ablation, include_fixed, exclude_neurons, everywhere: as :func:`select_top_k`.
+        aggregate_pos: as in :func:`select_top_k`.
+        task: as in :func:`select_top_k`.
+        ablation: as in :func:`select_top_k`.
+        include_fixed: as in :func:`select_top_k`.
+        exclude_neurons: as in :func:`select_top_k`.
+        everywhere: as in :func:`select_top_k`.
 
     Returns:
         The circuit, nodes by decreasing |score|.

@@ -150,12 +150,18 @@ def gradients(
 
     Args:
         model: a ``HookedTransformer`` or ``TransformerBridge``.
-        prompts, answers, patch, patch_answers: the data, in any form :func:`~relp_lens.core.attribution.attribute`
-            accepts.
+        prompts: as in :func:`~relp_lens.core.attribution.attribute` (the data, in any form it accepts).
+        answers: as in :func:`~relp_lens.core.attribution.attribute` (the data, in any form it accepts).
+        patch: as in :func:`~relp_lens.core.attribution.attribute` (the data, in any form it accepts).
+        patch_answers: as in :func:`~relp_lens.core.attribution.attribute` (the data, in any form it accepts).
         basis: node basis, hook name, ``{L}`` template or list of hook names; hooks may differ in width.
         method: ``"relp"`` (default) or ``"grad"``.
-        metric, baseline, rules, batch_size, progress, prepend_bos: as for
-            :func:`~relp_lens.core.attribution.attribute`.
+        metric: as in :func:`~relp_lens.core.attribution.attribute`.
+        baseline: as in :func:`~relp_lens.core.attribution.attribute`.
+        rules: as in :func:`~relp_lens.core.attribution.attribute`.
+        batch_size: as in :func:`~relp_lens.core.attribution.attribute`.
+        progress: as in :func:`~relp_lens.core.attribution.attribute`.
+        prepend_bos: as in :func:`~relp_lens.core.attribution.attribute`.
         return_acts: also return the clean activations and the activation differences.
 
     Returns:
@@ -301,8 +307,10 @@ def from_cache(
             ``[pos, d]``: the scores of the one prompt, or, for several prompts, their per-column mean (as
             :func:`to_cache` writes for ``reduce="mean"``; the attribution then keeps only means).
         model: the ``HookedTransformer`` or ``TransformerBridge`` the scores belong to.
-        prompts, answers, patch, patch_answers: the data, in any form
-            :func:`~relp_lens.core.attribution.attribute` accepts (the circuit records them for evaluation).
+        prompts: as in :func:`~relp_lens.core.attribution.attribute`; kept for evaluation.
+        answers: as in :func:`~relp_lens.core.attribution.attribute`; kept for evaluation.
+        patch: as in :func:`~relp_lens.core.attribution.attribute`; kept for evaluation.
+        patch_answers: as in :func:`~relp_lens.core.attribution.attribute`; kept for evaluation.
         basis: the hooks to take, in this order (a basis name, ``{L}`` template or list; other entries of the
             cache are ignored); None (default): every entry, in the cache's order. The attribution's ``basis``
             is the basis name when the hooks are one of :data:`~relp_lens.core.nodes.BASES` over all layers.
