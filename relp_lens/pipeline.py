@@ -144,15 +144,35 @@ class TraceOptions:
                                     f"got {self.influence_prune!r}")
             self.influence_prune = (validate.fraction(pair[0], "influence_prune node threshold"),
                                     validate.fraction(pair[1], "influence_prune edge threshold"))
+        from relp_lens.core.nodes import basis_name  # here: importing this module (the CLI's parser) loads no torch
+
+        neurons = basis_name(self.basis) == "mlp_post"
         for name, given in (("heads", self.heads), ("influence_prune", self.influence_prune is not None)):
             if given and not self.edges:
                 raise RelPLensError(f"{name} needs edges=True (it works on the circuit's edges)")
-            if given and self.basis != "mlp_post":
-                raise RelPLensError(f"{name} needs the mlp_post basis (neurons), not {self.basis!r}")
+            if given and not neurons:
+                raise RelPLensError(f"{name} needs the mlp_post basis (neurons), not {basis_name(self.basis)!r}")
+        if self.exclude_always_on and not neurons:
+            raise RelPLensError(f"exclude_always_on needs the mlp_post basis (neurons), not "
+                                f"{basis_name(self.basis)!r}")
         if self.group_prompts is not None and not self.groups:
             raise RelPLensError("group_prompts needs groups=True")
         if self.groups and self.k is not None and self.k < 2:
             raise RelPLensError(f"groups needs a circuit of at least 2 neurons, got k={self.k}")
+
+    def check_prompts(self, prompts: Prompts) -> None:
+        """The checks that need the data (not the model): what unpaired prompts cannot do.
+
+        Args:
+            prompts: the build prompts.
+
+        Returns:
+            None; a :class:`~relp_lens.core.errors.RelPLensError` naming the option otherwise.
+        """
+        if self.influence_prune is not None and not prompts.paired and self.baseline != "zero":
+            raise RelPLensError("influence_prune needs input/output edges: paired data or baseline='zero'")
+        if self.ablation == "counterfactual" and not prompts.paired:
+            raise RelPLensError("counterfactual ablation needs paired data (patch prompts)")
 
     @property
     def edge_method(self) -> str:
@@ -282,7 +302,7 @@ def trace(model: HookedTransformer, prompts: Prompts | Sequence[dict], *,
     from relp_lens.circuits.selection import select_threshold, select_top_k
     from relp_lens.core import backends
     from relp_lens.core.attribution import as_prompts
-    from relp_lens.core.data import tokenize
+    from relp_lens.core.data import Prompts, tokenize
     from relp_lens.core.tasks import MIN_ACCURACY, only_correct, task_report
 
     # 1. options, inputs, tokens
@@ -291,6 +311,11 @@ def trace(model: HookedTransformer, prompts: Prompts | Sequence[dict], *,
         raise RelPLensError(f"trace() got unknown option {unknown[0]!r}; options: "
                             f"{sorted(TraceOptions.__dataclass_fields__)}")
     opt = TraceOptions(**options)
+    build = as_prompts(prompts)
+    if held_out is not None and not isinstance(held_out, Prompts):
+        held_out = list(held_out)  # any sequence of rows (a generator too)
+    held = as_prompts(held_out) if held_out is not None and len(held_out) else None
+    opt.check_prompts(build)
     backends.require_model(model)
     say = say or (lambda line: None)
     log: list[str] = []
@@ -300,16 +325,10 @@ def trace(model: HookedTransformer, prompts: Prompts | Sequence[dict], *,
         if opt.verbose:
             print(("warning: " if warn else "") + line, file=sys.stderr if warn else sys.stdout)
 
-    build = as_prompts(prompts)
-    held = as_prompts(held_out) if held_out is not None and len(held_out) else None
     for part in (build, held):
         if part is not None:
             tokenize(model, part, prepend_bos=opt.prepend_bos)
     n_held = len(held) if held is not None else 0
-    if opt.influence_prune is not None and not build.paired and opt.baseline != "zero":
-        raise RelPLensError("influence_prune needs input/output edges: paired data or baseline='zero'")
-    if opt.exclude_always_on and opt.basis != "mlp_post":
-        raise RelPLensError(f"exclude_always_on needs the mlp_post basis (neurons), not {opt.basis!r}")
 
     # 2. the task: how often the model is right; only_correct
     report = None

@@ -164,3 +164,16 @@ def test_unwritable_weight_cache_still_gives_the_model(fake_gguf_loader, monkeyp
 def test_cache_option_is_checked():
     with pytest.raises(RelPLensError, match="cache must be True, False or None"):
         relp_lens.load_model(cache="yes")
+
+
+def test_weight_cache_folder_without_its_meta_file_is_replaced(fake_gguf_loader):
+    """A folder at the cache path that lacks relp_lens.json (half-deleted, half-copied) is rebuilt once, not on
+    every load."""
+    path, builds = fake_gguf_loader
+    folder = models._hf_cache_folder(path)
+    folder.mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(b"half a file")
+    models._hf_from_gguf(path, cache=folder, arch="llama")
+    assert models._cached_architecture(folder) == "llama" and len(builds) == 1
+    models._hf_from_gguf(path, cache=folder, arch="llama")
+    assert len(builds) == 1

@@ -86,6 +86,7 @@ def test_held_out_is_optional():
     (dict(k=3, baseline="patch"), "unknown baseline 'patch'"),
     (dict(k=3, edges="yes"), "edges must be True or False"),
     (dict(k=3, kk=3), "unknown option 'kk'"),
+    (dict(k=3, exclude_always_on=True, basis="mlp_out"), "exclude_always_on needs the mlp_post basis"),
 ])
 def test_bad_options_fail_before_any_computation(options, message):
     class NoModel:  # any use of the model fails the test
@@ -96,13 +97,27 @@ def test_bad_options_fail_before_any_computation(options, message):
         trace(NoModel(), AGREEMENT_ROWS, **options)
 
 
+@pytest.mark.parametrize("options, message", [
+    (dict(k=3, ablation="counterfactual"), "counterfactual ablation needs paired data"),
+    (dict(k=3, edges=True, influence_prune=(0.5, 0.5)), "influence_prune needs input/output edges"),
+])
+def test_what_unpaired_prompts_cannot_do_fails_before_the_model(options, message):
+    class NoModel:
+        def __getattr__(self, name):
+            raise AssertionError(f"the model was used ({name})")
+
+    unpaired = [dict(clean_prefix=r["clean_prefix"], clean_answer=r["clean_answer"]) for r in AGREEMENT_ROWS]
+    with pytest.raises(RelPLensError, match=message):
+        trace(NoModel(), unpaired, **options)
+
+
 @given(value=st.one_of(st.integers(max_value=0), st.booleans(), st.floats(), st.text(max_size=3), st.none()))
 def test_counts_are_positive_integers(value):
     for name in ("edge_prompts", "graph_nodes", "batch_size"):
         with pytest.raises(RelPLensError, match=name):
             TraceOptions(k=3, **{name: value})
-    with pytest.raises(RelPLensError, match="k"):
-        TraceOptions(k=value) if value is not None else TraceOptions(k=value, tau=None)
+    with pytest.raises(RelPLensError, match=r"\bk\b (must be|and tau)|exactly one of k"):
+        TraceOptions(k=value)
 
 
 @given(value=st.one_of(st.floats(max_value=0.0), st.floats(min_value=1.0, exclude_min=True), st.just(float("nan"))))
@@ -130,3 +145,18 @@ def test_library_trace_writes_the_cli_circuit_file_on_the_shipped_model(smollm, 
     assert a == b
     assert len(result.circuit) == 30 and result.circuit.io_edges is not None
     assert result.evaluation.faithfulness == json.loads(a)["evaluation"]["faithfulness"]
+
+
+def test_a_step_leaves_its_input_alone(rows_file):
+    """Steps return new circuits that share no dict or list with their input; a restriction is not the whole
+    circuit's evaluation."""
+    model = tiny_llama()
+    build, held_out = split_prompts(Prompts.from_jsonl(rows_file), 4, 4, seed=1)
+    whole = trace(model, build, held_out=held_out, k=6, edges=True, batch_size=2, progress=False).circuit
+    before = whole.to_dict()
+    part = relp_lens.prune_edges(whole, 0.5)
+    part.data["eval_rows"] = []
+    part.selection["note"] = "mine"
+    part.nodes.append(part.nodes[0])
+    assert whole.to_dict() == before
+    assert whole.evaluation is not None and part.evaluation is None

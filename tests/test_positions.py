@@ -86,6 +86,11 @@ def test_memory_estimate_refuses_before_running(llama, monkeypatch):
     est = A.memory_estimate(llama, [6] * 1000, ["h"] * 3, batch_size=16, reduce="none")
     assert est["scores"] == 1000 * 3 * 6 * 48 * 4
     assert A.memory_estimate(llama, [6] * 1000, ["h"] * 3, batch_size=16, reduce="mean")["scores"] == 3 * 6 * 48 * 8
+    # one batch: the planner's calibrated numbers, as `relp-lens plan` prints them (one source for the estimate)
+    from relp_lens.core.plan import plan
+
+    parts = plan(llama, 1000, 6, batch_size=16)["attribution"]["parts"]
+    assert est["batch"] == sum(parts[k] for k in ("activations", "logits", "reference", "unembed_temp")) > 0
 
 
 def test_prompt_longer_than_context_is_an_error(llama, tmp_path):

@@ -801,7 +801,15 @@ class Circuit:
         return NeuronGroups.from_dict(value)
 
     def __post_init__(self) -> None:
-        self.stats = dict(self.stats)  # a circuit's own: steps add to a copy, never to their input's
+        # a circuit's own containers: a step builds its result with dataclasses.replace, and the result must not
+        # share a dict or list with its input (``c2.data[...] = x`` leaves ``c1`` as it was)
+        self.stats = dict(self.stats)
+        for name in ("data", "selection", "model", "positions"):
+            if isinstance(getattr(self, name), dict):
+                setattr(self, name, dict(getattr(self, name)))
+        for name in ("nodes", "edges", "hook_names"):
+            if isinstance(getattr(self, name), (list, tuple)):
+                setattr(self, name, list(getattr(self, name)))
         if self.ablation not in ABLATIONS:
             raise RelPLensError(f"unknown ablation {self.ablation!r}; choose from {list(ABLATIONS)}")
         if not is_int(self.node_width, numpy=False) or self.node_width < 1:
@@ -932,7 +940,8 @@ class Circuit:
     # -- step 5: restriction ------------------------------------------------------------------------------------
     def subgraph(self, used: Sequence[int], kept: Sequence[CircuitEdge], *, io: IOEdges | None = None,
                  selection: dict | None = None) -> Circuit:
-        """The circuit restricted to some of its nodes and neuron edges, every annotation kept consistent.
+        """The circuit restricted to some of its nodes and neuron edges, every annotation kept consistent (the
+        evaluation, which described the whole circuit, is dropped: evaluate the restriction anew).
 
         Input/output edges are ``io`` (over the old numbering, pruned edges zeroed) or the circuit's own,
         restricted to ``used`` and renumbered. Head splits are kept for exactly the edges that remain (their keys
@@ -967,7 +976,7 @@ class Circuit:
             heads = heads.restricted(keys)
         groups = None if self.groups is None else self.groups.restricted([n.label() for n in nodes])
         return replace(self, nodes=nodes, edges=edges, selection=dict(self.selection, **(selection or {})),
-                       io_edges=io, heads=heads, groups=groups)
+                       io_edges=io, heads=heads, groups=groups, evaluation=None)  # judged anew: fewer nodes
 
     # -- step 3: files ------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

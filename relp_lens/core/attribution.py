@@ -599,20 +599,23 @@ def prepare_run(model: HookedTransformer, data: Prompts, basis, metric=None, bas
 
 def memory_estimate(model: HookedTransformer, lengths: Sequence[int], hooks: Sequence[str], *,
                     batch_size: int, reduce: str, width: int | None = None) -> dict[str, int]:
-    """Rough bytes an attribution needs: the kept scores and one batch's forward+backward.
+    """Bytes an attribution needs beyond the weights: the kept scores and one batch's forward+backward.
 
     ``scores``: ``n × layers × positions × width × 4`` per example (``reduce="none"``) or ``layers ×
-    positions × width × 8`` (running float64 sums); ``batch``: activations kept for the backward pass,
-    estimated as 12 tensors of ``batch × pos × (d_model + d_mlp)`` per layer plus the logits.
+    positions × width × 8`` (running float64 sums); ``batch``: what one batch keeps for its backward pass, from
+    the planner's calibrated model (:func:`relp_lens.core.plan.batch_bytes`, the same numbers ``relp-lens plan``
+    prints).
     """
+    from relp_lens.core.plan import batch_bytes
+
     c = model.cfg
     width = width or (c.d_mlp or c.d_model)
     n_pos, n_layers = max(lengths), len(hooks)
     per_score = n_layers * n_pos * width
     scores = len(lengths) * per_score * 4 if reduce == "none" else per_score * 8
-    b = min(batch_size, len(lengths))
-    batch = 4 * b * n_pos * (12 * c.n_layers * (c.d_model + (c.d_mlp or 0)) + 3 * c.d_vocab
-                             + c.n_layers * c.n_heads * n_pos)
+    dtype = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float64: "float64"}.get(
+        getattr(c, "dtype", torch.float32), "float32")
+    batch = sum(batch_bytes(model, min(batch_size, len(lengths)), n_pos, dtype=dtype).values())
     return dict(scores=scores, batch=batch, total=scores + batch)
 
 

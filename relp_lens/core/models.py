@@ -504,6 +504,8 @@ def _hf_from_gguf(path: Path, cache: Path | None = None, arch: str | None = None
             reason = f"{type(e).__name__}: {e}".splitlines()[0][:200]
             warnings.warn(f"relp_lens: weight cache {cache} is damaged ({reason}); rebuilding it", stacklevel=3)
             shutil.rmtree(cache, ignore_errors=True)
+    if cache is not None and cache.exists():  # a folder without its meta file (half-deleted): never complete
+        shutil.rmtree(cache, ignore_errors=True)
     with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):  # transformers' progress bars
         warnings.simplefilter("ignore")
         hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
@@ -519,7 +521,7 @@ def _hf_from_gguf(path: Path, cache: Path | None = None, arch: str | None = None
             os.replace(tmp, cache)
         except OSError as e:  # a full disk, a read-only cache, a race lost: the model is fine, the cache not kept
             shutil.rmtree(tmp, ignore_errors=True)
-            if not cache.exists():
+            if _cached_architecture(cache) is None:
                 warnings.warn(f"relp_lens: could not keep the weight cache in {cache} ({e}); the next load "
                               f"reads the GGUF file again", stacklevel=3)
     return hf

@@ -104,6 +104,27 @@ def _batch_bytes(s: ModelShape, positions: int, tokens: int, e: int, backend: st
     return dict(activations=acts, logits=logits, reference=basis, unembed_temp=temp)
 
 
+def batch_bytes(model: Any, batch_size: int, tokens: int, *, dtype: str = "float32",
+                backend: str | None = None) -> dict[str, int]:
+    """Bytes one attribution batch keeps for its backward pass: the calibrated part of :func:`plan`'s peak
+    (activations, logits, the reference activations, the unembedding temporary), also what ``attribute``'s
+    memory pre-flight counts.
+
+    Args:
+        model: a name in :data:`KNOWN`, a :class:`ModelShape` or a loaded model.
+        batch_size: prompts in the batch.
+        tokens: tokens per prompt (the longest).
+        dtype: the activations' dtype (a key of :data:`BYTES`).
+        backend: ``"hooked"`` or ``"bridge"``; default: the model's (see :func:`plan`).
+
+    Returns:
+        ``{"activations", "logits", "reference", "unembed_temp"}`` in bytes.
+    """
+    if dtype not in BYTES:
+        raise RelPLensError(f"unknown dtype {dtype!r}; choose from {list(BYTES)}")
+    return _batch_bytes(shape_of(model), batch_size * tokens, tokens, BYTES[dtype], backend or _backend_of(model))
+
+
 def _backend_of(model: Any) -> str:
     """The loaded model's backend; for a name, what ``load_model``'s ``backend="auto"`` gives with the installed
     TransformerLens (HookedTransformer through 3.x, the bridge from 4.0), read from the package metadata so that
@@ -147,7 +168,7 @@ def plan(model: Any, n_prompts: int, tokens: int, *, batch_size: int = 16, dtype
     b = min(batch_size, n_prompts)
     n_batches = math.ceil(n_prompts / b)
     weights = s.n_params * e
-    one = _batch_bytes(s, b * tokens, tokens, e, backend)
+    one = batch_bytes(s, b, tokens, dtype=dtype, backend=backend)
     width = s.n_layers * tokens * s.d_mlp
     scores = width * 8 if reduce == "mean" else n_prompts * width * 4
     split = lambda x: math.ceil(x / devices)  # noqa: E731 — layers spread over the devices
