@@ -36,7 +36,8 @@ from relp_lens.core import backends
 from relp_lens.core import distributed as dp
 from relp_lens.core import validate
 from relp_lens.core.attribution import Attribution, _mean_acts, as_prompts
-from relp_lens.circuits.circuit import ABLATIONS, Circuit, Evaluation, LegacyKeys, consistent_ablation
+from relp_lens.circuits.circuit import (ABLATIONS, RATIOS, AblationRatios, Circuit, Evaluation, LegacyKeys,
+                                        consistent_ablation)
 from relp_lens.circuits.selection import select_threshold, select_top_k
 from relp_lens.core.data import Prompts, make_batches, tokenize
 from relp_lens.core.errors import RelPLensError
@@ -56,17 +57,13 @@ class WeakCircuitWarning(UserWarning):
 
 
 @dataclass
-class SweepPoint(LegacyKeys):
+class SweepPoint(AblationRatios):
     """One circuit size of :func:`faithfulness_sweep`. ``row["faithfulness"]`` etc. still work, with a
     ``DeprecationWarning``.
 
+    The six ratios are those of :class:`~relp_lens.circuits.circuit.AblationRatios`.
+
     Attributes:
-        faithfulness: as in :class:`~relp_lens.circuits.circuit.Evaluation`.
-        completeness: as in :class:`~relp_lens.circuits.circuit.Evaluation`.
-        f_model: as in :class:`~relp_lens.circuits.circuit.Evaluation`.
-        f_empty: as in :class:`~relp_lens.circuits.circuit.Evaluation`.
-        f_circuit: as in :class:`~relp_lens.circuits.circuit.Evaluation`.
-        f_complement: as in :class:`~relp_lens.circuits.circuit.Evaluation`.
         n_nodes: the circuit's size.
         k: the top-k selection's k (``None`` for a threshold).
         tau: the threshold τ (``None`` for top-k).
@@ -75,12 +72,6 @@ class SweepPoint(LegacyKeys):
         ablation: how nodes were removed.
     """
 
-    faithfulness: float
-    completeness: float
-    f_model: float
-    f_empty: float
-    f_circuit: float
-    f_complement: float
     n_nodes: int
     k: int | None = None
     tau: float | None = None
@@ -94,8 +85,7 @@ class SweepPoint(LegacyKeys):
         Returns:
             The ratios, ``k`` or ``tau``, ``n_nodes``, ``basis``, ``method``, ``ablation``.
         """
-        d = {k: getattr(self, k) for k in ("faithfulness", "completeness", "f_model", "f_empty", "f_circuit",
-                                           "f_complement")}
+        d = {k: getattr(self, k) for k in RATIOS}
         d.update({k: getattr(self, k) for k in ("k", "tau") if getattr(self, k) is not None})
         d.update(n_nodes=self.n_nodes, basis=self.basis, method=self.method, ablation=self.ablation)
         return d

@@ -633,6 +633,31 @@ class NeuronGroups:
 
 # -- evaluation -------------------------------------------------------------------------------------------------
 @dataclass
+class AblationRatios(LegacyKeys):
+    """The six numbers of one ablation judgement, shared by the sweep results (:class:`Evaluation` carries the
+    same ones, first among its fields, in the file's order).
+
+    Attributes:
+        faithfulness: as in :class:`Evaluation`.
+        completeness: as in :class:`Evaluation`.
+        f_model: as in :class:`Evaluation`.
+        f_empty: as in :class:`Evaluation`.
+        f_circuit: as in :class:`Evaluation`.
+        f_complement: as in :class:`Evaluation`.
+    """
+
+    faithfulness: float
+    completeness: float
+    f_model: float
+    f_empty: float
+    f_circuit: float
+    f_complement: float
+
+
+RATIOS = ("faithfulness", "completeness", "f_model", "f_empty", "f_circuit", "f_complement")
+
+
+@dataclass
 class Evaluation(LegacyKeys):
     """How much of the model's behaviour a circuit carries, by ablation (``Circuit.evaluation``, made by
     :func:`relp_lens.circuits.ablation.evaluate_circuit`).

@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from relp_lens.circuits.ablation import Ablation, _ratios
 from relp_lens.core import backends, validate
-from relp_lens.circuits.circuit import Circuit, IOEdges, LegacyKeys
+from relp_lens.circuits.circuit import AblationRatios, Circuit, IOEdges
 from relp_lens.core.errors import RelPLensError
 
 if TYPE_CHECKING:
@@ -52,17 +52,13 @@ INPUT, OUTPUT = -1, -2  # endpoint markers for embedding (source) and output (ta
 
 
 @dataclass
-class PruningPoint(LegacyKeys):
+class PruningPoint(AblationRatios):
     """One point of :func:`edge_pruning_sweep`: the neurons that survive keeping the top ``percent`` of edges,
     judged by ablation. ``row["faithfulness"]`` etc. still work, with a ``DeprecationWarning``.
 
+    The six ratios are those of :class:`~relp_lens.circuits.circuit.AblationRatios`.
+
     Attributes:
-        faithfulness: as in :class:`~relp_lens.circuits.circuit.Evaluation`.
-        completeness: as in :class:`~relp_lens.circuits.circuit.Evaluation`.
-        f_model: as in :class:`~relp_lens.circuits.circuit.Evaluation`.
-        f_empty: as in :class:`~relp_lens.circuits.circuit.Evaluation`.
-        f_circuit: as in :class:`~relp_lens.circuits.circuit.Evaluation`.
-        f_complement: as in :class:`~relp_lens.circuits.circuit.Evaluation`.
         percent: the share of the full graph's edges kept, in percent.
         n_edges: the edges kept.
         n_edges_total: the full graph's non-zero edges.
@@ -70,12 +66,6 @@ class PruningPoint(LegacyKeys):
         ablation: how nodes were removed.
     """
 
-    faithfulness: float
-    completeness: float
-    f_model: float
-    f_empty: float
-    f_circuit: float
-    f_complement: float
     percent: float
     n_edges: int
     n_edges_total: int
