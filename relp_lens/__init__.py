@@ -48,7 +48,7 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, tuple[str, str | None]] = {
     "evaluate_circuit": ("circuits.ablation", "evaluate_circuit"),
     "faithfulness_sweep": ("circuits.ablation", "faithfulness_sweep"),
-    "METHODS": ("core.attribution", "METHODS"),
+    "METHODS": ("core.options", "METHODS"),
     "Attribution": ("core.attribution", "Attribution"),
     "attribute": ("core.attribution", "attribute"),
     "pearson": ("core.attribution", "pearson"),
@@ -162,7 +162,8 @@ if TYPE_CHECKING:
     from relp_lens.circuits.selection import select_threshold, select_top_k
     from relp_lens.circuits.heads import attribute_head_splits
     from relp_lens.circuits.pruning import edge_pruning_sweep, influence_prune
-    from relp_lens.core.attribution import METHODS, Attribution, attribute, pearson
+    from relp_lens.core.attribution import Attribution, attribute, pearson
+    from relp_lens.core.options import METHODS
     from relp_lens.core.backends import wrap_hf_model
     from relp_lens.core.data import Prompts
     from relp_lens.core.distributed import data_parallel

@@ -30,10 +30,11 @@ import random
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from relp_lens.core import validate
 from relp_lens.core.errors import RelPLensError
+from relp_lens.core.options import ABLATIONS, BASELINES, AblationKind, Baseline
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -43,12 +44,9 @@ if TYPE_CHECKING:
     from relp_lens.core.data import Prompts
     from relp_lens.core.tasks import TaskReport
 
-Method = Literal["relp", "grad", "ig"]
-Baseline = Literal["zero", "mean"]
-AblationKind = Literal["mean", "zero", "counterfactual"]
-METHODS: tuple[str, ...] = ("relp", "grad", "ig")
-BASELINES: tuple[str, ...] = ("zero", "mean")
-ABLATIONS: tuple[str, ...] = ("mean", "zero", "counterfactual")
+#: the attribution methods trace() runs (exact patching is attribute()'s alone: one pass per node)
+TraceMethod = Literal["relp", "grad", "ig"]
+METHODS: tuple[str, ...] = get_args(TraceMethod)
 # the built-in tasks: "agreement" (the nounpp-style pairs of relp_lens.core.tasks.agreement_rows) and the
 # named sets of relp_lens.core.tasks.TASKS (the CLI spells them out to build its parser without torch)
 TASK_NAMES = ("agreement", "simple", "nounpp", "rc", "within_rc", "capitals", "city_to_state",
@@ -89,7 +87,7 @@ class TraceOptions:
         verbose: print the pipeline's findings (accuracy, edges, groups, warnings), as ``relp-lens trace`` does.
     """
 
-    method: Method = "relp"
+    method: TraceMethod = "relp"
     basis: str | Sequence[str] = "mlp_post"
     k: int | None = None
     tau: float | None = None

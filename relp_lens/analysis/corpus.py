@@ -125,15 +125,8 @@ def model_key(model: HookedTransformer) -> str:
     c = model.cfg
     tokens = (torch.arange(16) * 7919 % max(c.d_vocab - 1, 1) + 1)[None]  # [1, 16] fixed ids
     hooks = [mlp_post(layer) for layer in range(c.n_layers)]
-    got: dict[str, torch.Tensor] = {}
-
-    def keep(name):  # the name is bound here (a bridge's hook.name may be an alias's canonical one)
-        def hook(x, hook):
-            got[name] = x.detach().double().cpu()
-        return hook
-
-    with torch.no_grad(), backends.hooks(model, fwd_hooks=[(h, keep(h)) for h in hooks]):
-        logits = model(tokens.to(c.device)).detach().double().cpu()
+    logits, got = backends.capture(model, tokens, hooks, keep=lambda x: x.detach().double().cpu())
+    logits = logits.detach().double().cpu()
     stats = [got[h].norm() for h in hooks] + [logits.norm()]  # norms: means near 0 are rounding-fragile
     return f"{c.n_layers}|{c.d_model}|{c.d_mlp}|{c.d_vocab}|" + "|".join(f"{float(t):.3e}" for t in stats)
 
@@ -199,20 +192,13 @@ def context_index(model: HookedTransformer, corpus: str | Sequence[str] = "sotu"
             batch = tokens[s:s + batch_size]
             if bos is not None:
                 batch = torch.cat([torch.full((len(batch), 1), bos), batch], 1)
-            got: dict[int, torch.Tensor] = {}
-
-            def grab(layer):
-                def hook(x, hook):
-                    got[layer] = x.detach()[:, 1 if bos is not None else 0:].float().cpu()  # [batch, window, d]
-                return hook
-
-            with torch.no_grad(), backends.hooks(model, fwd_hooks=[(h, grab(i)) for i, h in enumerate(hooks)]):
-                model(batch.to(model.cfg.device))
+            _, got = backends.capture(model, batch, hooks,  # each value kept as [batch, window, d]
+                                      keep=lambda x: x.detach()[:, 1 if bos is not None else 0:].float().cpu())
             flat_at = (torch.arange(s, s + len(batch))[:, None] * window + torch.arange(window)).flatten()  # [tokens]
             real = flat_at < len(ids)
             flat_at = flat_at[real]
             for layer in range(L):
-                a = got[layer].reshape(-1, d)[real]  # [tokens, d_mlp]
+                a = got[hooks[layer]].reshape(-1, d)[real]  # [tokens, d_mlp]
                 kk = min(k, a.shape[0])
                 for vals, at, largest in ((top_v, top_a, True), (bot_v, bot_a, False)):
                     v, i = a.topk(kk, dim=0, largest=largest)  # [kk, d_mlp]

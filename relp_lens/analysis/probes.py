@@ -82,17 +82,9 @@ def node_values(model: HookedTransformer, prompts: Sequence[str], *, basis: str 
     groups = length_groups(tokens, batch_size)
     wanted = set(hooks)
     for idx in tqdm(groups, desc="probe activations", disable=not progress, leave=False):
-        batch = torch.stack([tokens[i] for i in idx]).to(model.cfg.device)
-        got: dict[str, torch.Tensor] = {}
-
-        def grab(name):
-            def hook(x, hook):
-                got[name] = x.detach()[:, position].reshape(len(idx), -1).float().cpu()  # [batch, width]
-
-            return hook
-
-        with torch.no_grad(), backends.hooks(model, fwd_hooks=[(h, grab(h)) for h in wanted]):
-            model(batch)
+        batch = torch.stack([tokens[i] for i in idx])
+        _, got = backends.capture(model, batch, hooks,  # each value kept as [batch, width]
+                                  keep=lambda x: x.detach()[:, position].reshape(len(idx), -1).float().cpu())
         acts = torch.stack([got[h] for h in hooks], 1)  # [batch, layer, width]
         if out is None:
             out = torch.zeros(len(prompts), *acts.shape[1:])

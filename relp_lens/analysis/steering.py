@@ -37,6 +37,7 @@ from relp_lens.core import backends
 from relp_lens.core import validate
 from relp_lens.core.data import answer_token, length_groups, prompt_tokens, resolve_prepend_bos
 from relp_lens.core.errors import RelPLensError
+from relp_lens.core.options import STEER_MODES, SteerMode
 from relp_lens.core.nodes import resolve_hooks
 from relp_lens.core.positions import check_position, is_int, require, resolve
 
@@ -44,7 +45,7 @@ if TYPE_CHECKING:  # annotations only: TransformerLens 4 has no HookedTransforme
     from transformer_lens import HookedTransformer
 
 Node = tuple[int, int | None, int]
-MODES = ("scale", "set", "add")
+MODES = STEER_MODES
 FACTORS = (-4, -2, -1, 0, 1, 2, 4)  # the paper's steering multipliers
 
 
@@ -80,7 +81,7 @@ def _node_hooks(model: HookedTransformer, nodes: Sequence[Node], basis) -> list[
 
 @contextlib.contextmanager
 def steer(model: HookedTransformer, nodes: Sequence[Node], value: float | Sequence[float], *,
-          mode: str = "scale", basis="mlp_post") -> Iterator[HookedTransformer]:
+          mode: SteerMode = "scale", basis="mlp_post") -> Iterator[HookedTransformer]:
     """Inside the block, every forward pass has ``nodes`` scaled by / set to / shifted by ``value`` (a number,
     or one number per node)."""
     if mode not in MODES:
@@ -177,7 +178,7 @@ def _last_probs(model: HookedTransformer, prompts: Sequence[str], ids: Sequence[
 
 def steering_sweep(model: HookedTransformer, prompts: str | Sequence[str], nodes: Sequence[Node],
                    tokens: Sequence[str], factors: Sequence[float] = FACTORS, *,
-                   mode: str = "scale", direction: Sequence[float] | None = None, basis="mlp_post",
+                   mode: SteerMode = "scale", direction: Sequence[float] | None = None, basis="mlp_post",
                    batch_size: int = 32, prepend_bos: bool | None = None) -> dict:
     """Mean probability of each of ``tokens`` (single tokens) at the last position, per steering factor.
 

@@ -41,6 +41,7 @@ from relp_lens.circuits.circuit import (ABLATIONS, RATIOS, AblationRatios, Circu
 from relp_lens.circuits.selection import select_threshold, select_top_k
 from relp_lens.core.data import Prompts, make_batches, tokenize
 from relp_lens.core.errors import RelPLensError
+from relp_lens.core.options import AblationKind, Metric
 from relp_lens.core.metrics import MetricFn, check_metric, evaluate_metric, resolve_metric, warn_same_answers
 from relp_lens.core.positions import Alignment, require
 
@@ -77,7 +78,7 @@ class SweepPoint(AblationRatios):
     tau: float | None = None
     basis: str | None = None
     method: str | None = None
-    ablation: str | None = None
+    ablation: AblationKind | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The row as a dict (the form :func:`faithfulness_sweep` returned before).
@@ -138,8 +139,8 @@ class Ablation:
     prepend_bos: bool = True  # the prompts start with BOS
 
     @classmethod
-    def build(cls, model: HookedTransformer, hook_names: Sequence[str], prompts, metric: str | MetricFn | None = None,
-              batch_size: int = 16, mode: str = "mean", prepend_bos: bool | None = None) -> "Ablation":
+    def build(cls, model: HookedTransformer, hook_names: Sequence[str], prompts, metric: Metric | MetricFn | None = None,
+              batch_size: int = 16, mode: AblationKind = "mean", prepend_bos: bool | None = None) -> "Ablation":
         """Tokenize ``prompts`` (with BOS or not as ``prepend_bos``; None: the model's default) and prepare
         what ablated nodes of ``hook_names`` become under ``mode``."""
         if mode not in ABLATIONS:
@@ -303,7 +304,7 @@ def verdict(rows: Any) -> str | None:
 
 
 def evaluate_circuit(model: HookedTransformer, circuit: Circuit, prompts: Prompts | Sequence[dict], *,
-                     metric: str | MetricFn | None = None, ablation: str | None = None,
+                     metric: Metric | MetricFn | None = None, ablation: AblationKind | None = None,
                      batch_size: int = 16, warn: bool = True, prepend_bos: bool | None = None) -> Evaluation:
     """Faithfulness and completeness of ``circuit`` on ``prompts`` (use prompts it was not built on).
 
@@ -347,8 +348,8 @@ def evaluate_circuit(model: HookedTransformer, circuit: Circuit, prompts: Prompt
 
 def faithfulness_sweep(model: HookedTransformer, attr: Attribution, prompts: Prompts | Sequence[dict], *,
                        sizes: Sequence[int] | None = None, taus: Sequence[float] | None = None,
-                       aggregate_pos: bool = False, metric: str | MetricFn | None = None,
-                       ablation: str | None = None, include_fixed: bool | None = None,
+                       aggregate_pos: bool = False, metric: Metric | MetricFn | None = None,
+                       ablation: AblationKind | None = None, include_fixed: bool | None = None,
                        exclude_neurons: Sequence[tuple[int, int]] | None = None,
                        batch_size: int = 16, progress: bool = True,
                        prepend_bos: bool | None = None) -> list[SweepPoint]:

@@ -88,7 +88,7 @@ from __future__ import annotations
 import importlib
 import re
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, KeysView, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -100,6 +100,7 @@ from relp_lens.circuits import schema
 from relp_lens.circuits.schema import ABLATIONS, BASELINES, FEATURES, FINGERPRINT, SCHEMA, VERSION  # noqa: F401
 from relp_lens.core import backends
 from relp_lens.core.errors import RelPLensError
+from relp_lens.core.options import AblationKind, CircuitBaseline
 from relp_lens.core.files import read_input, write_json_atomic
 from relp_lens.core.validate import is_int, show
 
@@ -107,7 +108,7 @@ if TYPE_CHECKING:  # annotations only: TransformerLens 4 has no HookedTransforme
     from transformer_lens import HookedTransformer
 
 
-def consistent_ablation(baseline: str) -> str:
+def consistent_ablation(baseline: CircuitBaseline) -> AblationKind:
     """The ablation that measures what a baseline's scores estimate.
 
     Args:
@@ -184,7 +185,7 @@ class LegacyKeys:
     def __contains__(self, key: object) -> bool:
         return key in self._legacy(f": {key!r} in ...")
 
-    def keys(self):
+    def keys(self) -> KeysView[str]:
         """``to_dict().keys()``, deprecated (a ``DeprecationWarning``).
 
         Returns:
@@ -690,7 +691,7 @@ class Evaluation(LegacyKeys):
     f_complement: float | None = None
     n_nodes: int | None = None
     n_prompts: int | None = None
-    ablation: str | None = None
+    ablation: AblationKind | None = None
     prepend_bos: bool | None = None
     verdict: str | None = None
     metric: str | None = None
@@ -787,8 +788,8 @@ class Circuit:
     selection: dict[str, Any] = field(default_factory=dict)
     edges: list[CircuitEdge] = field(default_factory=list)
     evaluation: Evaluation | None = None
-    baseline: str = "patch"
-    ablation: str = "mean"
+    baseline: CircuitBaseline = "patch"
+    ablation: AblationKind = "mean"
     positions: dict[str, Any] = field(default_factory=lambda: dict(rule="absolute", n_shared=0, labels={}))
     io_edges: IOEdges | None = None
     heads: HeadSplits | None = None
@@ -1094,7 +1095,7 @@ class Circuit:
             raise RelPLensError(f"{e} (line {line})") from None
 
     def to_circuit_tracer(self, prompt_tokens: list[str], prompt: str = "", slug: str = "relp-lens",
-                          **kwargs) -> dict:
+                          **kwargs: Any) -> dict:
         """Deprecated: :func:`relp_lens.circuits.graph_export.to_circuit_tracer` (a ``DeprecationWarning``).
 
         Args:

@@ -53,6 +53,7 @@ from relp_lens.core import validate
 from relp_lens.core.attribution import BASELINES, DEFAULT_BASELINE, as_prompts, batch_gradients, prepare_run
 from relp_lens.circuits.circuit import Circuit, CircuitEdge, StepStats
 from relp_lens.core.errors import RelPLensError
+from relp_lens.core.options import GRADIENT_METHODS, GradientMethod, Metric
 from relp_lens.core.metrics import METRICS
 from relp_lens.core.nodes import mlp_out
 from relp_lens.core.positions import require
@@ -140,12 +141,12 @@ def node_seeds(nodes: Sequence, chunk: Sequence[int], at: Sequence[int | None], 
     return seeds
 
 
-def check_edge_options(model: HookedTransformer, method: str, batch_size: int, edge_batch: int) -> None:
+def check_edge_options(model: HookedTransformer, method: GradientMethod, batch_size: int, edge_batch: int) -> None:
     """The options every edge computation shares (edges, input/output edges, head splits), checked before any
     pass: a TransformerLens model, ``method`` relp or grad, positive ``batch_size`` and ``edge_batch``."""
     backends.require_model(model)
-    if method not in ("relp", "grad"):
-        raise RelPLensError(f"edge method must be 'relp' or 'grad', got {method!r}")
+    if method not in GRADIENT_METHODS:
+        raise RelPLensError(f"edge method must be one of {list(GRADIENT_METHODS)}, got {method!r}")
     validate.positive_int(batch_size, "batch_size")
     validate.positive_int(edge_batch, "edge_batch")
 
@@ -173,8 +174,8 @@ def attribute_edges(
     circuit: Circuit,
     prompts,
     *,
-    method: str = "relp",
-    metric=None,
+    method: GradientMethod = "relp",
+    metric: Metric | None = None,
     rules: RelPConfig | None = None,
     batch_size: int = 8,
     edge_batch: int = 256,

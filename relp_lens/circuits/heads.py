@@ -63,6 +63,7 @@ from relp_lens.core.attribution import batch_gradients
 from relp_lens.circuits.circuit import OUT, Circuit, HeadSplit, HeadSplits, StepStats, edge_key, embedding_key
 from relp_lens.circuits.edges import check_edge_options, circuit_run, edge_layers, keep_hook, leaf_hook, node_positions, node_seeds
 from relp_lens.core.errors import RelPLensError
+from relp_lens.core.options import GradientMethod, Metric
 from relp_lens.circuits.io_edges import EMBED_HOOKS, _embeddings
 from relp_lens.circuits.pruning import readable_graph
 from relp_lens.core.metrics import evaluate_metric
@@ -91,8 +92,8 @@ class HeadStats(StepStats):
     n_edges: int = 0
 
 
-def attribute_head_splits(model: HookedTransformer, circuit: Circuit, prompts, *, method: str = "relp",
-                          metric=None, rules: RelPConfig | None = None, batch_size: int = 8,
+def attribute_head_splits(model: HookedTransformer, circuit: Circuit, prompts, *, method: GradientMethod = "relp",
+                          metric: Metric | None = None, rules: RelPConfig | None = None, batch_size: int = 8,
                           edge_batch: int = 256, top: int | None = 12, max_nodes: int | None = None,
                           progress: bool = True) -> Circuit:
     """The circuit with how each of its edges splits over attention heads (see the module docstring).

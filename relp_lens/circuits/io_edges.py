@@ -61,6 +61,7 @@ from relp_lens.circuits.circuit import Circuit, IOEdges
 from relp_lens.circuits.edges import (EdgeStats, check_edge_options, circuit_run, edge_layers, keep_hook, leaf_hook,
                                       node_positions, node_seeds)
 from relp_lens.core.errors import RelPLensError
+from relp_lens.core.options import GradientMethod, Metric
 from relp_lens.core.metrics import evaluate_metric
 from relp_lens.core.nodes import mlp_out
 from relp_lens.core.relp_mode import RelPConfig, relp
@@ -72,8 +73,8 @@ EMBED_HOOKS = ("hook_embed", "hook_pos_embed")
 __all__ = ["EMBED_HOOKS", "IOEdges", "attribute_io_edges", "metric_targets"]  # IOEdges: the data model's type
 
 
-def attribute_io_edges(model: HookedTransformer, circuit: Circuit, prompts, *, method: str = "relp",
-                       metric=None, rules: RelPConfig | None = None, batch_size: int = 8, edge_batch: int = 256,
+def attribute_io_edges(model: HookedTransformer, circuit: Circuit, prompts, *, method: GradientMethod = "relp",
+                       metric: Metric | None = None, rules: RelPConfig | None = None, batch_size: int = 8, edge_batch: int = 256,
                        progress: bool = True) -> Circuit:
     """The circuit with its input and output edges (see the module docstring).
 
@@ -205,14 +206,4 @@ def metric_targets(metric_fn) -> list[tuple[str, float, object]]:
 
 def _embeddings(model, tokens: torch.Tensor, embeds: list[str]) -> dict[str, torch.Tensor]:
     """The embedding hooks' values [batch, pos, d_model] for ``tokens`` (no gradient)."""
-    got: dict[str, torch.Tensor] = {}
-
-    def grab(name):
-        def hook(x, hook):
-            got[name] = x.detach()
-
-        return hook
-
-    with torch.no_grad(), backends.hooks(model, fwd_hooks=[(h, grab(h)) for h in embeds]):
-        model(tokens.to(model.cfg.device), stop_at_layer=1)
-    return got
+    return backends.capture(model, tokens, embeds, stop_at_layer=1)[1]

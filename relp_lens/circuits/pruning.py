@@ -43,9 +43,12 @@ from relp_lens.circuits.ablation import Ablation, _ratios
 from relp_lens.core import backends, validate
 from relp_lens.circuits.circuit import AblationRatios, Circuit, IOEdges
 from relp_lens.core.errors import RelPLensError
+from relp_lens.core.options import AblationKind, Metric
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
+
+    from relp_lens.core.data import Prompts
 
 PAPER_PERCENTS = (0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)
 INPUT, OUTPUT = -1, -2  # endpoint markers for embedding (source) and output (target)
@@ -70,7 +73,7 @@ class PruningPoint(AblationRatios):
     n_edges: int
     n_edges_total: int
     n_nodes: int
-    ablation: str
+    ablation: AblationKind
 
     def to_dict(self) -> dict[str, Any]:
         """The row as a dict (the form :func:`edge_pruning_sweep` returned before).
@@ -115,8 +118,8 @@ def survivors(edges: Sequence[tuple[int, int, float]], n_nodes: int, n_keep: int
     return [i for i in range(n_nodes) if has_in[i] and has_out[i]]
 
 
-def edge_pruning_sweep(model: HookedTransformer, circuit: Circuit, prompts, *former,
-                       percents: Sequence[float] = PAPER_PERCENTS, metric=None, ablation: str | None = None,
+def edge_pruning_sweep(model: HookedTransformer, circuit: Circuit, prompts: Prompts | Sequence[dict], *former,
+                       percents: Sequence[float] = PAPER_PERCENTS, metric: Metric | None = None, ablation: AblationKind | None = None,
                        batch_size: int = 16, progress: bool = True) -> list[PruningPoint]:
     """Faithfulness/completeness of the neurons that survive keeping the top p% of the full graph's edges.
 

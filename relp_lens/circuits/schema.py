@@ -33,12 +33,11 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from relp_lens.core.errors import RelPLensError
+from relp_lens.core.options import ABLATIONS, CIRCUIT_BASELINES as BASELINES, GROUP_FEATURES as FEATURES  # noqa: F401
 from relp_lens.core.validate import finite_float, is_int, need, show
 
 SCHEMA = "relp_lens.circuit"
 VERSION = 2
-ABLATIONS = ("mean", "zero", "counterfactual")
-BASELINES = ("patch", "zero", "mean")
 # the model configuration a circuit file records beside the name (step 3 of relp_lens.circuits.circuit): the same
 # for a HookedTransformer and a TransformerBridge of the same weights, on TransformerLens 3 and 4 (rotary bases,
 # post-norm and final-norm flags, tied embeddings differ between the two and are left out)
@@ -50,7 +49,6 @@ _FINGERPRINT_TYPES = {"normalization_type": str, "act_fn": str, "positional_embe
 _MAX_INT = 2 ** 63 - 1  # no count, index or seed in a circuit file is larger
 _CONSTANT = re.compile(r'"(?:[^"\\]|\\.)*"|(NaN|-?Infinity)')  # JSON strings are skipped, constants captured
 NOT_FINITE = "circuit files hold finite numbers only"  # the end of every non-finite number's message
-FEATURES = ("attribution", "activation", "edges")  # what neuron groups may be made from (relp_lens.analysis.groups)
 
 
 # -- step 1: the text ------------------------------------------------------------------------------------------

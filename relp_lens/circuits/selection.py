@@ -28,6 +28,7 @@ import torch
 from relp_lens.circuits.circuit import ABLATIONS, Circuit, CircuitNode, consistent_ablation, model_facts
 from relp_lens.core.attribution import Attribution
 from relp_lens.core.errors import RelPLensError
+from relp_lens.core.options import AblationKind
 from relp_lens.core.validate import finite_float, positive_int
 
 if TYPE_CHECKING:  # annotations only: TransformerLens 4 has no HookedTransformer
@@ -98,7 +99,7 @@ def _ablation(attr: Attribution, ablation: str | None) -> str:
 
 
 def select_top_k(attr: Attribution, model: HookedTransformer, k: int, *, aggregate_pos: bool = False,
-                 task: str | None = None, ablation: str | None = None, include_fixed: bool | None = None,
+                 task: str | None = None, ablation: AblationKind | None = None, include_fixed: bool | None = None,
                  exclude_neurons: Sequence[tuple[int, int]] | None = None, everywhere: bool = True) -> Circuit:
     """The ``k`` nodes with the largest |mean score| (steps 1–4).
 
@@ -132,7 +133,7 @@ def select_top_k(attr: Attribution, model: HookedTransformer, k: int, *, aggrega
 
 
 def select_threshold(attr: Attribution, model: HookedTransformer, tau: float = 0.005, *,
-                     aggregate_pos: bool = False, task: str | None = None, ablation: str | None = None,
+                     aggregate_pos: bool = False, task: str | None = None, ablation: AblationKind | None = None,
                      include_fixed: bool | None = None,
                      exclude_neurons: Sequence[tuple[int, int]] | None = None, everywhere: bool = True) -> Circuit:
     """Nodes with |mean score| ≥ τ·|m|, m the mean clean metric (steps 1–4).

@@ -46,6 +46,7 @@ from relp_lens.core import distributed as dp
 from relp_lens.core import validate
 from relp_lens.core.data import Batch, Prompts, make_batches, str_tokens_of, tokenize, warn_unlikely_answers
 from relp_lens.core.errors import RelPLensError
+from relp_lens.core.options import BASELINES, METHODS, REDUCTIONS, Baseline, Method, Metric, Reduce  # noqa: F401
 from relp_lens.core.metrics import (MetricFn, check_metric, evaluate_metric, resolve_metric, warn_same_answers,
                                     warn_zero_rows)
 from relp_lens.core.nodes import basis_name, resid_pre, resolve_hooks
@@ -55,7 +56,6 @@ from relp_lens.core.relp_mode import RelPConfig, relp
 if TYPE_CHECKING:  # annotations only: TransformerLens 4 has no HookedTransformer
     from transformer_lens import ActivationCache, HookedTransformer
 
-METHODS = ("relp", "grad", "ig", "exact")
 Node = tuple[int, int | None, int]  # (layer, pos or None for all positions, index)
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
 
@@ -270,7 +270,7 @@ class Attribution:
         return out.masked_fill((counts == 0)[None, :, None], float("nan"))
 
     # -- TransformerLens-native (relp_lens.core.tl_cache) ----------------------------------------------------
-    def to_cache(self, model: HookedTransformer, *, reduce: str | None = None) -> ActivationCache:
+    def to_cache(self, model: HookedTransformer, *, reduce: Reduce | None = None) -> ActivationCache:
         """The scores as a ``transformer_lens.ActivationCache`` keyed by hook name (:attr:`hook_names`).
 
         Args:
@@ -568,7 +568,7 @@ def as_prompts(prompts, answers=None, patch=None, patch_answers=None) -> Prompts
     return Prompts(items, answers, patch, patch_answers)
 
 
-def prepare_run(model: HookedTransformer, data: Prompts, basis, metric=None, baseline: str | None = None,
+def prepare_run(model: HookedTransformer, data: Prompts, basis, metric=None, baseline: Baseline | None = None,
                 rules: RelPConfig | None = None, batch_size: int = 16, progress: bool = False,
                 prepend_bos: bool | None = None):
     """Validate the arguments and tokenize: ``(run, batches, tokenized, metric_name)``.
@@ -649,9 +649,7 @@ def _check_memory(model, tok, hooks, batch_size: int, reduce: str) -> None:
                             f"{have / 2**30:.1f} GiB are available; use {' and '.join(advice) or 'fewer prompts'}")
 
 
-BASELINES = ("zero", "mean")
 DEFAULT_BASELINE = "zero"
-REDUCTIONS = ("none", "mean")
 
 
 def attribute(
@@ -662,15 +660,15 @@ def attribute(
     patch: str | Sequence[str] | None = None,
     patch_answers: str | Sequence | None = None,
     basis: str | Sequence[str] = "mlp_post",
-    method: str = "relp",
-    metric: str | MetricFn | None = None,
-    baseline: str | None = None,
+    method: Method = "relp",
+    metric: Metric | MetricFn | None = None,
+    baseline: Baseline | None = None,
     nodes: Sequence[Node] | None = None,
     ig_steps: int = 10,
     rules: RelPConfig | None = None,
     batch_size: int = 16,
     node_batch: int = 64,
-    reduce: str = "none",
+    reduce: Reduce = "none",
     progress: bool = True,
     prepend_bos: bool | None = None,
 ) -> Attribution:

@@ -34,6 +34,8 @@ What differs, and how each is handled:
 7. **Making a bridge.** :func:`wrap_hf_model` turns a Hugging Face model object and its tokenizer into a bridge
    ready for relp_lens: compatibility mode without weight processing (so activations are the Hugging Face
    model's own), eval mode, parameters frozen.
+8. **Hooks.** :func:`hooks` adds hooks by name on either backend; :func:`capture` (a no-grad forward that
+   records hook values), :func:`capture_hook` and :func:`leaf_hook` are how relp_lens records values anywhere.
 """
 
 from __future__ import annotations
@@ -47,12 +49,12 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 import torch
 
 from relp_lens.core.errors import RelPLensError
+from relp_lens.core.options import BACKENDS, Backend  # noqa: F401
 
 if TYPE_CHECKING:  # never imported at run time: HookedTransformer is gone in TransformerLens 4
     from transformer_lens import HookedTransformer  # noqa: F401
     from transformer_lens.model_bridge import TransformerBridge  # noqa: F401
 
-BACKENDS = ("auto", "hooked", "bridge")
 _BRIDGE_CLASSES = {"TransformerBridge", "BridgeCore"}
 _NORM_CLASSES = {"NormalizationBridge"}
 
@@ -364,6 +366,72 @@ def hooks(model: Any, fwd_hooks: Sequence[tuple[str, Callable]] = (),
         for point, direction in added:
             point.remove_hooks(dir=direction, level=level)
         model.context_level = level - 1
+
+
+def capture_hook(store: dict, key: Any, keep: Callable[[torch.Tensor], Any] | None = None) -> Callable:
+    """A forward hook that records its hook point's value and leaves it unchanged: ``store[key] = keep(x)``.
+
+    Every capture in relp_lens goes through this (and :func:`capture`, :func:`leaf_hook`). ``key`` is bound
+    here, never read from ``hook.name``: on a bridge that may be the canonical name behind an alias.
+
+    Args:
+        store: The dict the value goes into.
+        key: The key it is stored under (a hook name, a layer index, ...).
+        keep: What to store, from the value ``x``; ``None`` stores ``x`` itself, its autograd graph kept.
+
+    Returns:
+        The hook function ``(x, hook) -> None``.
+    """
+    def hook(x, hook):
+        store[key] = x if keep is None else keep(x)
+
+    return hook
+
+
+def leaf_hook(store: dict, key: Any) -> Callable:
+    """A forward hook that replaces its value by a detached leaf, kept in ``store[key]``.
+
+    What follows depends on the value only through the leaf (a constant for everything upstream), and its
+    gradient can be read there. With ``requires_grad`` set, it also starts a graph on frozen weights.
+
+    Args:
+        store: The dict the leaf goes into.
+        key: The key it is stored under (bound here, never read from ``hook.name``).
+
+    Returns:
+        The hook function ``(x, hook) -> leaf``.
+    """
+    def hook(x, hook):
+        store[key] = x.detach().requires_grad_(True)
+        return store[key]
+
+    return hook
+
+
+def capture(model: Any, tokens: torch.Tensor, names: Sequence[str], *,
+            keep: Callable[[torch.Tensor], Any] = torch.Tensor.detach,
+            **forward_kwargs: Any) -> tuple[Any, dict[str, Any]]:
+    """One no-grad forward pass of ``tokens`` that records the values of the hook points ``names``.
+
+    Like ``model.run_with_cache(tokens, names_filter=names)``, on either backend and without building an
+    ``ActivationCache``; ``keep`` reduces each value as it is produced (a slice, a dtype, a shape), so only
+    what is needed stays in memory. Hooks are removed on exit, exception or not.
+
+    Args:
+        model: A HookedTransformer or TransformerBridge.
+        tokens: Token ids ``[batch, pos]``; moved to the model's device.
+        names: Hook names to record (each must exist on the model).
+        keep: What to store of each value ``x`` (default ``x.detach()``).
+        **forward_kwargs: Passed to the forward call (``stop_at_layer=...``).
+
+    Returns:
+        ``(output, values)``: the forward pass's output (usually logits ``[batch, pos, d_vocab]``) and
+        ``{name: keep(value)}``.
+    """
+    got: dict[str, Any] = {}
+    with torch.no_grad(), hooks(model, fwd_hooks=[(n, capture_hook(got, n, keep)) for n in dict.fromkeys(names)]):
+        out = model(tokens.to(model.cfg.device), **forward_kwargs)
+    return out, got
 
 
 # --- making a bridge ------------------------------------------------------------------------------------

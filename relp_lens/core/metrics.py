@@ -34,12 +34,12 @@ import torch
 
 from relp_lens.core.data import Batch, Prompts, Tokenized
 from relp_lens.core.errors import RelPLensError
+from relp_lens.core.options import METRICS, Metric  # noqa: F401
 
 if TYPE_CHECKING:  # annotations only: TransformerLens 4 has no HookedTransformer
     from transformer_lens import HookedTransformer
 
 MetricFn = Callable[..., torch.Tensor]
-METRICS = ("logit_diff", "logit", "logprob")
 
 
 def _gather_sum(values: torch.Tensor, ids: list[list[int]]) -> torch.Tensor:

@@ -57,6 +57,7 @@ import torch
 
 from relp_lens.core import backends, validate
 from relp_lens.core.errors import RelPLensError
+from relp_lens.core.options import Backend
 from relp_lens.core.files import cache_dir
 
 if TYPE_CHECKING:  # imported where used: TransformerLens 4 has neither
@@ -319,7 +320,7 @@ def load_model(
     n_ctx: int = 2048,
     device: str | torch.device = "cpu",
     freeze: bool = True,
-    backend: str = "auto",
+    backend: Backend = "auto",
     cache: bool | None = None,
 ) -> Any:
     """A TransformerLens model built offline from a GGUF file (default: the shipped SmolLM2-135M-Instruct).

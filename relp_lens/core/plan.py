@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from relp_lens.core.errors import RelPLensError
+from relp_lens.core.options import Reduce
 
 # values per layer and position kept for the backward pass, of width d_model and of width d_mlp: set from the
 # measured peaks of benchmarks/plan_check.py (SmolLM2-135M, RelP, batches of 48 to 1,024 positions)
@@ -141,7 +142,7 @@ def _backend_of(model: Any) -> str:
 
 
 def plan(model: Any, n_prompts: int, tokens: int, *, batch_size: int = 16, dtype: str = "float32",
-         reduce: str = "mean", paired: bool = True, ig_steps: int = 10, k: int = 300, edge_batch: int = 256,
+         reduce: Reduce = "mean", paired: bool = True, ig_steps: int = 10, k: int = 300, edge_batch: int = 256,
          devices: int = 1, backend: str | None = None) -> dict[str, Any]:
     """Estimated peak memory per device (bytes) and passes per task (see the module docstring).
 

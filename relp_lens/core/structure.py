@@ -208,14 +208,6 @@ def _measure(model: Any) -> list[Broken]:
                                              "attn.hook_z", "hook_mlp_out", "mlp.hook_pre", "mlp.hook_pre_linear",
                                              "mlp.hook_post")]
     names = [n for n in names if n in hook_dict]
-    got: dict[str, torch.Tensor] = {}
-
-    def capture(name):  # the name is bound here: a bridge's hook.name may be an alias's
-        def hook(x, hook):
-            got[name] = x.detach()
-
-        return hook
-
     n_ctx = int(getattr(model.cfg, "n_ctx", 0) or _CHECK_TOKENS)
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(int(model.cfg.d_vocab), (1, min(_CHECK_TOKENS, n_ctx)), generator=g)
@@ -225,8 +217,7 @@ def _measure(model: Any) -> list[Broken]:
     training = model.training  # dropout would blur every identity: measured in eval mode, the mode restored
     model.eval()
     try:
-        with torch.no_grad(), backends.hooks(model, fwd_hooks=[(n, capture(n)) for n in names]):
-            model(ids.to(model.cfg.device), stop_at_layer=n_layers)
+        _, got = backends.capture(model, ids, names, stop_at_layer=n_layers)
     finally:
         model.train(training)
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)

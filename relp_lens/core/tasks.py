@@ -31,6 +31,7 @@ import torch
 
 from relp_lens.core.data import Prompts, make_batches, tokenize, warn_unlikely_answers
 from relp_lens.core.errors import RelPLensError
+from relp_lens.core.options import AGREEMENT_SETS, AgreementSet  # noqa: F401
 
 if TYPE_CHECKING:  # annotations only: TransformerLens 4 has no HookedTransformer
     from transformer_lens import HookedTransformer
@@ -50,7 +51,6 @@ PREPOSITIONS = ["near", "behind", "beside", "by", "next to", "across from", "in 
 BE_VERBS = [(" is", " are"), (" was", " were"), (" has", " have"), (" does", " do")]  # (singular, plural)
 RC_VERBS = [("likes", "like"), ("admires", "admire"), ("loves", "love"), ("hates", "hate"), ("knows", "know"),
             ("sees", "see"), ("trusts", "trust"), ("helps", "help")]
-AGREEMENT_SETS = ("simple", "nounpp", "rc", "within_rc")
 
 # (a city, its state, the state's capital): every state, cities that do not contain the state's name
 CAPITALS = [
@@ -116,7 +116,7 @@ def _n_tokens(model: HookedTransformer, text: str) -> int:
     return len(model.to_tokens(text)[0])
 
 
-def agreement(model: HookedTransformer, kind: str = "simple", n: int = 64, seed: int = 0) -> list[dict]:
+def agreement(model: HookedTransformer, kind: AgreementSet = "simple", n: int = 64, seed: int = 0) -> list[dict]:
     """``n`` paired rows of one of Marks et al.'s four agreement sets (fewer if the filters leave fewer)."""
     if kind not in AGREEMENT_SETS:
         raise RelPLensError(f"unknown agreement set {kind!r}; choose from {list(AGREEMENT_SETS)}")

@@ -48,6 +48,8 @@ from relp_lens.core.attribution import (BASELINES, DEFAULT_BASELINE, Attribution
                                         as_prompts, batch_gradients, prepare_run)
 from relp_lens.core.data import Prompts, make_batches, str_tokens_of, tokenize
 from relp_lens.core.errors import RelPLensError
+from relp_lens.core.options import (GRADIENT_METHODS, PADDING_SIDES, Baseline, GradientMethod, Metric, PaddingSide,
+                                    Reduce)
 from relp_lens.core.metrics import MetricFn, evaluate_metric, resolve_metric, warn_same_answers, warn_zero_rows
 from relp_lens.core.nodes import BASES, basis_name, resolve_hooks
 from relp_lens.core.relp_mode import RelPConfig
@@ -55,8 +57,6 @@ from relp_lens.core.relp_mode import RelPConfig
 if TYPE_CHECKING:  # annotations only: TransformerLens 4 has no HookedTransformer
     from transformer_lens import ActivationCache, HookedTransformer
 
-GRADIENT_METHODS = ("relp", "grad")
-PADDING_SIDES = ("right", "left")
 
 
 def _activation_cache(entries: dict[str, torch.Tensor], model: Any, has_batch_dim: bool) -> ActivationCache:
@@ -74,7 +74,7 @@ def _unique(hooks: Sequence[str], what: str) -> None:
 
 
 # --- 1. scores → ActivationCache ---------------------------------------------------------------------------
-def to_cache(attr: Attribution, model: HookedTransformer, *, reduce: str | None = None) -> ActivationCache:
+def to_cache(attr: Attribution, model: HookedTransformer, *, reduce: Reduce | None = None) -> ActivationCache:
     """An attribution's scores as a ``transformer_lens.ActivationCache`` keyed by hook name.
 
     Args:
@@ -121,9 +121,9 @@ def gradients(
     patch: str | Sequence[str] | None = None,
     patch_answers: str | Sequence | None = None,
     basis: str | Sequence[str] = "mlp_post",
-    method: str = "relp",
-    metric: str | MetricFn | None = None,
-    baseline: str | None = None,
+    method: GradientMethod = "relp",
+    metric: Metric | MetricFn | None = None,
+    baseline: Baseline | None = None,
     rules: RelPConfig | None = None,
     batch_size: int = 16,
     progress: bool = True,
@@ -256,17 +256,7 @@ def _check_values(entries: dict[str, Any], has_batch_dim: bool) -> dict[str, tor
 
 def _hook_widths(model: HookedTransformer, tokens: torch.Tensor, hooks: list[str]) -> dict[str, tuple[int, ...]]:
     """The shape of each hook's activation on a no-grad forward of ``tokens`` ``[1, pos]``."""
-    shapes: dict[str, tuple[int, ...]] = {}
-
-    def grab(name):  # the name bound here: a bridge's hook.name may be the canonical one behind an alias
-        def hook(x, hook):
-            shapes[name] = tuple(x.shape)
-
-        return hook
-
-    with torch.no_grad(), backends.hooks(model, fwd_hooks=[(h, grab(h)) for h in hooks]):
-        model(tokens.to(model.cfg.device))
-    return shapes
+    return backends.capture(model, tokens, hooks, keep=lambda x: tuple(x.shape))[1]
 
 
 def _infer_basis(model: HookedTransformer, hooks: list[str]) -> str:
@@ -286,10 +276,10 @@ def from_cache(
     patch_answers: str | Sequence | None = None,
     basis: str | Sequence[str] | None = None,
     method: str = "custom",
-    metric: str | MetricFn | None = None,
-    baseline: str | None = None,
+    metric: Metric | MetricFn | None = None,
+    baseline: Baseline | None = None,
     prepend_bos: bool | None = None,
-    padding_side: str | None = None,
+    padding_side: PaddingSide | None = None,
     batch_size: int = 16,
 ) -> Attribution:
     """An :class:`~relp_lens.core.attribution.Attribution` from node scores computed elsewhere (e.g. the classic
