@@ -43,12 +43,13 @@ from pathlib import Path
 
 from relp_lens.core.errors import RelPLensError
 from relp_lens.core.validate import arg, arg_list, finite_float, fraction, int_at_least, nonneg_int, positive_int
+from relp_lens.core.options import ABLATIONS, BACKENDS, BASELINES, REDUCTIONS
 
 POS_INT = arg(positive_int)
 NONNEG_INT = arg(nonneg_int)
 FRACTION = arg(fraction, float)
 
-from relp_lens.pipeline import TASK_NAMES  # noqa: E402 (no torch: the parser builds at once)
+from relp_lens.pipeline import METHODS as TRACE_METHODS, TASK_NAMES  # noqa: E402 (no torch: the parser builds at once)
 
 OOM_HINT = "try a smaller --batch-size or fewer/shorter prompts"
 
@@ -384,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     def model_opts(sp):
         sp.add_argument("--model", default="smollm2-135m", help="shipped model: smollm2-135m (default) or gemma3-270m")
         sp.add_argument("--gguf", default=None, help="path of a GGUF file instead (Llama or Gemma 3 architecture)")
-        sp.add_argument("--backend", choices=("auto", "hooked", "bridge"), default="auto",
+        sp.add_argument("--backend", choices=BACKENDS, default="auto",
                         help="TransformerLens model: HookedTransformer (hooked), TransformerBridge (bridge), or "
                              "auto: HookedTransformer where TransformerLens 3.x has it, else the bridge")
         sp.add_argument("--batch-size", type=POS_INT, default=16, help="prompts per forward pass (default 16)")
@@ -401,15 +402,15 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--data", default=None, help="JSONL of {clean_prefix, patch_prefix, clean_answer, patch_answer}")
     t.add_argument("--basis", default="mlp_post", help="node basis: mlp_post (neurons), mlp_out, attn_out, "
                    "resid_pre, resid_post, or a hook name / {L} template (default: mlp_post)")
-    t.add_argument("--method", default="relp", choices=("relp", "grad", "ig"), help="attribution method (default relp)")
+    t.add_argument("--method", default="relp", choices=TRACE_METHODS, help="attribution method (default relp)")
     t.add_argument("--k", type=POS_INT, default=None, help="keep the top-k nodes by |score|")
     t.add_argument("--tau", type=arg(finite_float, float, low=0.0), default=None, help="keep nodes with |score| >= tau * |metric| (paper: 0.005)")
     t.add_argument("--aggregate-pos", action="store_true", help="nodes are neurons at all positions")
-    t.add_argument("--baseline", default="mean", choices=("zero", "mean"),
+    t.add_argument("--baseline", default="mean", choices=BASELINES,
                    help="unpaired data: what activations are compared with (default: mean, judged by mean "
                         "ablation; zero with zero ablation is the paper's no-pair setting, weaker on the shipped "
                         "model: docs/results.md)")
-    t.add_argument("--ablation", default=None, choices=("mean", "zero", "counterfactual"),
+    t.add_argument("--ablation", default=None, choices=ABLATIONS,
                    help="how evaluation removes nodes (default: consistent with the baseline: paired -> mean of "
                         "the patch prompts, zero -> zero, mean -> mean)")
     t.add_argument("--only-correct", action="store_true", help="trace and evaluate on the prompts the model gets right")
@@ -451,7 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", default=None, help="JSONL of held-out prompts (default: the split stored in the circuit)")
     e.add_argument("--n-eval", type=POS_INT, default=40, help="at most this many held-out prompts (default 40)")
     e.add_argument("--sweep", type=arg_list(positive_int), default=None, metavar="K1,K2,...", help="also evaluate the top-k sub-circuits")
-    e.add_argument("--ablation", default=None, choices=("mean", "zero", "counterfactual"),
+    e.add_argument("--ablation", default=None, choices=ABLATIONS,
                    help="how nodes are removed (default: the circuit's own)")
     e.add_argument("--no-progress", action="store_true", help="hide progress lines")
     e.set_defaults(func=cmd_evaluate)
@@ -465,7 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--tokens", type=POS_INT, required=True, help="tokens per prompt (the longest)")
     pl.add_argument("--batch-size", type=POS_INT, default=16)
     pl.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    pl.add_argument("--reduce", default="mean", choices=["mean", "none"])
+    pl.add_argument("--reduce", default="mean", choices=REDUCTIONS)
     pl.add_argument("--unpaired", action="store_true", help="unpaired prompts (no patch forward)")
     pl.add_argument("--k", type=POS_INT, default=300, help="circuit size for edges (default 300)")
     pl.add_argument("--devices", type=POS_INT, default=1, help="devices the model is split over (default 1)")

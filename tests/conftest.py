@@ -3,8 +3,10 @@ import os
 # Under pytest-xdist (``make test`` runs ``-n 2``), each worker gets an equal share of the cores, set before torch
 # starts its thread pool and inherited by the subprocesses tests start (CLI runs, notebook kernels, torchrun):
 # two workers of two threads each on two cores slow both several-fold.
+# The cores are those this process may run on (a container or taskset may allow fewer than the machine has).
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    _THREADS = str(max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+    _CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    _THREADS = str(max(1, _CORES // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
     for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[_var] = _THREADS
 
