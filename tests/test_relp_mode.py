@@ -1,5 +1,6 @@
 """RelP mode on whole models: forward unchanged, relevance conserved, hooks cleaned up."""
 
+import contextlib
 import math
 
 import pytest
@@ -267,3 +268,85 @@ def test_attribute_bfloat16_gives_finite_float32_scores():
     red = relp_lens.attribute(model, AGREEMENT_ROWS, reduce="mean", progress=False)
     ref = relp_lens.attribute(full, AGREEMENT_ROWS, reduce="mean", progress=False)
     assert relp_lens.pearson(red.mean().nan_to_num(0), ref.mean().nan_to_num(0)) > 0.95
+
+
+# -- no stacking with TransformerLens' own relevance rules (its development branch) ---------------------------
+def _llama(backend):
+    from relp_lens.core import backends
+
+    from helpers import tiny_hf_llama, word_tokenizer
+
+    return tiny_llama() if backend == "hooked" else backends.wrap_hf_model(tiny_hf_llama(), word_tokenizer(), "tiny")
+
+
+def _mark_rule_capable(model):
+    """Give the first block's attention norm the attributes TransformerLens' relevance-rule backend keeps on a
+    rule-capable component (``_relevance_rule_kinds``, and ``_relevance_rule_refcounts`` counting the scopes
+    that switched it on)."""
+    module = model.blocks[0].ln1
+    module._relevance_rule_kinds = ("normalization",)
+    module._relevance_rule_refcounts = {"normalization": 0}
+    return module
+
+
+@pytest.mark.parametrize("backend", ["hooked", "bridge"])
+def test_relp_refuses_transformerlens_rules_already_on(backend):
+    model = _llama(backend)
+    module = _mark_rule_capable(model)
+    module._relevance_rule_refcounts["normalization"] = 1  # use_relevance_rules(...) is open
+    with pytest.raises(RelPLensError, match=r"blocks\.0\.ln1 \(normalization\).*apply a second time"):
+        with relp(model):
+            pass
+    assert hooks_left(model) == []
+    module._relevance_rule_refcounts["normalization"] = 0  # closed: relp() works
+    with relp(model):
+        model(model.to_tokens(PROMPT))
+
+
+@pytest.mark.parametrize("backend", ["hooked", "bridge"])
+def test_transformerlens_rules_switched_on_inside_relp_are_refused_at_the_next_pass(backend):
+    model = _llama(backend)
+    module = _mark_rule_capable(model)
+    with relp(model):
+        model(model.to_tokens(PROMPT))
+        module._relevance_rule_refcounts["normalization"] = 1
+        with pytest.raises(RelPLensError, match="entered inside relp"):
+            model(model.to_tokens(PROMPT))
+        module._relevance_rule_refcounts["normalization"] = 0
+    assert hooks_left(model) == [] and not model._forward_pre_hooks
+    module._relevance_rule_refcounts["normalization"] = 1  # after relp(): TransformerLens' business alone
+    model(model.to_tokens(PROMPT))
+
+
+def test_relp_gradients_equal_transformerlens_own_rules():
+    """Where TransformerLens has its own relevance rules (TransformerBridge, its development branch), both
+    give the same gradient on what both cover: the block norms, activations and gated products of a Llama,
+    read at the last block's output (before the final norm, which TransformerLens' rules leave alone)."""
+    rules = pytest.importorskip("transformer_lens.model_bridge._relevance_rules",
+                                reason="this TransformerLens has no relevance-rule backend (not in 4.3.0)")
+    model = _llama("bridge")
+    last = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+    tokens = model.to_tokens(PROMPT)
+    direction = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(0))
+
+    def embed_grad(context):
+        got = {}
+
+        def leaf(x, hook):
+            got["embed"] = x.detach().requires_grad_(True)
+            return got["embed"]
+
+        def read(x, hook):
+            got["out"] = x
+
+        with context, model.hooks(fwd_hooks=[("hook_embed", leaf), (last, read)]):
+            model(tokens)
+            (got["out"] @ direction).sum().backward()
+        return got["embed"].grad
+
+    ours = embed_grad(relp(model))
+    theirs = embed_grad(rules.use_relevance_rules(model, rules.RelevanceRules(
+        normalization=True, activation=True, multiplicative_gate=True)))
+    plain = embed_grad(contextlib.nullcontext())
+    assert not torch.allclose(ours, plain, rtol=1e-3, atol=1e-6)  # the rules change this gradient
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6)

@@ -29,6 +29,10 @@ spliced in with TransformerLens hooks:
    of the attention scores).
 6. AH rule (``attention=True``): every ``*.hook_pattern`` returns ``pattern.detach()``.
 
+7. No stacking: TransformerLens' own relevance rules (``use_relevance_rules``, on its development branch)
+   and relp() are refused together, whichever was entered first (:func:`_refuse_stacking`): each rule
+   would apply twice.
+
 Hooks live in a ``model.hooks()`` context of their own, so they are removed on exit, exception or not, and
 hooks the user already had stay untouched. Rules that *read* a value (``hook_pre``, ``hook_pre_linear``,
 ``hook_gate``, ``unembed.hook_out``) run after every other hook of their hook point, and rules that
@@ -86,6 +90,7 @@ def _at(where: str, fn):
 
 
 _VERIFIED: "weakref.WeakKeyDictionary[object, set[str]]" = weakref.WeakKeyDictionary()  # gated MLPs checked
+_RULE_MODULES: "weakref.WeakKeyDictionary[object, list]" = weakref.WeakKeyDictionary()  # see _tl_rule_modules
 
 
 def _gated_hooks(name: str, act_in: str, linear: str, post: str, act_fn, b_in: torch.Tensor | None,
@@ -243,11 +248,50 @@ def relp(
     """
     cfg = RelPConfig(ln=ln, identity=identity, half=half, attention=attention, eps=eps)
     hooks = relp_hooks(model, cfg)  # raises here, on entry, for blocks the rules do not cover
+    capable = _tl_rule_modules(model)
+    _refuse_stacking(capable, "relp() was entered inside TransformerLens' use_relevance_rules()")
     with contextlib.ExitStack() as stack:
+        if capable:  # TransformerLens' rules switched on inside relp(): refused at the next forward pass
+            handle = model.register_forward_pre_hook(lambda module, args: _refuse_stacking(
+                capable, "TransformerLens' use_relevance_rules() was entered inside relp()"))
+            stack.callback(handle.remove)
         hooks += stack.enter_context(_logit_softcap(model, cfg))
         stack.enter_context(backends.hooks(model, fwd_hooks=hooks))
         _keep_order(model, hooks, stack)
         yield model
+
+
+def _tl_rule_modules(model: HookedTransformer) -> list[tuple[str, object]]:
+    """The modules of ``model`` that can carry TransformerLens' own relevance rules, ``(name, module)``.
+
+    TransformerLens' development branch has a relevance-rule backend for TransformerBridge
+    (``transformer_lens.model_bridge._relevance_rules.use_relevance_rules``: LN, identity and half rules on
+    the components that declare ``_relevance_rule_kinds``; not in 4.3.0), which keeps a per-kind count of the
+    scopes that switched a rule on in ``module._relevance_rule_refcounts``. Empty where it is absent. A
+    bridge reaches each component by its canonical path and through the Hugging Face module it wraps: every
+    path is walked and each module named by its shortest one (``blocks.0.ln1``). Found once per model (the
+    walk takes ~10 ms on a 30-layer bridge; relp() is entered once per batch).
+    """
+    if model not in _RULE_MODULES:
+        found: dict[int, tuple[str, object]] = {}
+        for name, m in model.named_modules(remove_duplicate=False):
+            if hasattr(m, "_relevance_rule_kinds") and (id(m) not in found or len(name) < len(found[id(m)][0])):
+                found[id(m)] = (name, m)
+        _RULE_MODULES[model] = list(found.values())
+    return _RULE_MODULES[model]
+
+
+def _refuse_stacking(capable: list[tuple[str, object]], how: str) -> None:
+    """Raise :class:`RelPLensError` when TransformerLens' relevance rules are on in any of ``capable``: with
+    relp()'s hooks as well, each rule would apply twice (a norm's gradient divided by its scale twice, a
+    gated product's halved twice), a silently wrong gradient."""
+    on = [(name, kind) for name, m in capable
+          for kind, count in (getattr(m, "_relevance_rule_refcounts", None) or {}).items() if count > 0]
+    if on:
+        where = ", ".join(f"{name} ({kind})" for name, kind in on[:3]) + (" ..." if len(on) > 3 else "")
+        raise RelPLensError(f"{how}: TransformerLens' relevance rules are active on {where}, and relp_lens' "
+                            f"rules would apply a second time. Use one of the two: relp_lens.relp(model) "
+                            f"alone, or TransformerLens' use_relevance_rules alone")
 
 
 @contextlib.contextmanager
