@@ -1,4 +1,4 @@
-"""Reproduce the paper's agreement experiments on the shipped SmolLM2-135M (CPU scale).
+"""Reproduce the paper's agreement experiments on a shipped model (CPU scale; default SmolLM2-135M).
 
 For each agreement set (simple, nounpp, rc, within_rc):
 
@@ -34,6 +34,7 @@ from plotly.subplots import make_subplots
 import relp_lens
 from relp_lens.circuits.ablation import faithfulness_sweep
 from relp_lens.core.exact import sample_nodes
+from relp_lens.core.models import SHIPPED_MODELS
 from relp_lens.core.tasks import AGREEMENT_SETS, agreement, task_report
 
 BASES = ("mlp_post", "mlp_out", "resid_post", "attn_out")
@@ -48,7 +49,7 @@ def first_reaching(curve: list[dict], level: float) -> int | None:
 
 
 def run(args) -> dict:
-    model = relp_lens.load_model()
+    model = relp_lens.load_model(args.model)
     results: dict = {"config": vars(args), "sets": {}}
     t_start = time.time()
     for kind in args.sets:
@@ -149,7 +150,8 @@ def figure(results: dict) -> go.Figure:
                               row=1, col=col)
         fig.update_xaxes(type="log", title_text="circuit size (nodes)", row=1, col=col)
     fig.update_yaxes(title_text="faithfulness", row=1, col=1)
-    fig.update_layout(title="Faithfulness vs circuit size on SmolLM2-135M (mean ablation, held-out pairs)",
+    name = {"smollm2-135m": "SmolLM2-135M", "gemma3-270m": "Gemma 3 270M"}.get(results["config"].get("model"), "SmolLM2-135M")
+    fig.update_layout(title=f"Faithfulness vs circuit size on {name} (mean ablation, held-out pairs)",
                       height=450, width=max(600, 380 * len(sets)))
     return fig
 
@@ -165,7 +167,8 @@ def main() -> None:
     ap.add_argument("--exact-nodes", type=int, default=48)
     ap.add_argument("--exact-prompts", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out-dir", default="docs/results")
+    ap.add_argument("--out-dir", default=None, help="default docs/results (SmolLM2), docs/results/<model> (others)")
+    ap.add_argument("--model", default="smollm2-135m", choices=sorted(SHIPPED_MODELS))
     args = ap.parse_args()
     args.grid = list(GRID)
     if args.quick:
@@ -173,7 +176,7 @@ def main() -> None:
         args.n_build, args.n_eval, args.ig_steps, args.exact_nodes, args.exact_prompts = 6, 6, 2, 12, 3
         args.grid = [1, 10, 100, 1000]
     results = run(args)
-    out = Path(args.out_dir)
+    out = Path(args.out_dir or ("docs/results" if args.model == "smollm2-135m" else f"docs/results/{args.model}"))
     out.mkdir(parents=True, exist_ok=True)
     (out / "paper_reproduction.json").write_text(json.dumps(results, indent=1) + "\n")
     (out / "tables.md").write_text(tables(results))

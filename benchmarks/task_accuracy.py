@@ -1,19 +1,21 @@
-"""How well the shipped SmolLM2-135M does each built-in task (``task_report``), plain and chat forms.
+"""How well a shipped model does each built-in task (``task_report``), plain and chat forms.
 
-Usage: ``.venv/bin/python benchmarks/task_accuracy.py [--n 64]``
+Usage: ``.venv/bin/python benchmarks/task_accuracy.py [--n 64] [--model gemma3-270m]`` (default SmolLM2-135M)
 """
 
 import argparse
 
 import relp_lens
 from relp_lens.core import tasks
+from relp_lens.core.models import SHIPPED_MODELS
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=64)
+    ap.add_argument("--model", default="smollm2-135m", choices=sorted(SHIPPED_MODELS))
     args = ap.parse_args()
-    model = relp_lens.load_model()
+    model = relp_lens.load_model(args.model)
     for kind in tasks.AGREEMENT_SETS:
         rows = tasks.agreement(model, kind, args.n)
         print(f"{kind:>17s} plain: {tasks.task_report(model, rows, warn=False)}")

@@ -86,3 +86,16 @@ def test_load_task(smollm, tmp_path):
         load_task(smollm, str(path))
     with pytest.raises(RelPLensError, match="unknown task 'sports'"):
         load_task(smollm, "sports")
+
+
+def test_chat_fallback_answers_after_a_space():
+    """A tokenizer without a chat template (Gemma 3 270M's GGUF has none) gets the ``Question: …\\nAnswer:``
+    form, whose answer follows a space (`` Utah``); after a template's turn marker it follows directly."""
+    from types import SimpleNamespace
+
+    from relp_lens.core.tasks import _reply, chat
+
+    bare = SimpleNamespace(tokenizer=SimpleNamespace(chat_template=None))
+    prompt = chat(bare, "Which US state is Provo in?")
+    assert prompt == "Question: Which US state is Provo in?\nAnswer:" and _reply(prompt, "Utah") == " Utah"
+    assert _reply("<|im_start|>assistant\n", "Utah") == "Utah"

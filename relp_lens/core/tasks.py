@@ -190,6 +190,12 @@ def chat(model: HookedTransformer, question: str) -> str:
     return f"Question: {question}\nAnswer:"
 
 
+def _reply(prompt: str, answer: str) -> str:
+    """The answer as it follows ``prompt``: right after a template's turn marker (a newline), after a space
+    otherwise (the ``Answer:`` fallback of :func:`chat`: its answer's first token is `` Utah``, not ``Utah``)."""
+    return answer if prompt[-1:].isspace() else " " + answer
+
+
 def first_answer_token(model: HookedTransformer, prompt: str, answer: str) -> str | None:
     """The first token ``answer`` contributes after ``prompt`` (None when tokenization merges across them)."""
     p = model.to_tokens(prompt)[0]
@@ -225,7 +231,8 @@ def capitals(model: HookedTransformer, hop: str = "two_hop", n: int = 50, seed: 
     for city, state, capital in CAPITALS:
         answer = capital if what == "capital" else state
         if form == "chat":
-            items.append((chat(model, question.format(city=city, state=state)), answer, f"{hop}:{state}"))
+            prompt = chat(model, question.format(city=city, state=state))
+            items.append((prompt, _reply(prompt, answer), f"{hop}:{state}"))
         else:
             items.append((plain.format(city=city, state=state), " " + answer, f"{hop}:{state}"))
     return _unpaired(model, items, n, seed, f"capitals:{hop}:{form}")
@@ -238,7 +245,8 @@ def addition(model: HookedTransformer, n: int = 64, seed: int = 0, form: str = "
     for _ in range(n * 3):
         x, y = rng.randrange(100), rng.randrange(100)
         if form == "chat":
-            items.append((chat(model, f"What is {x} + {y}?"), str(x + y), f"{x}+{y}"))
+            prompt = chat(model, f"What is {x} + {y}?")
+            items.append((prompt, _reply(prompt, str(x + y)), f"{x}+{y}"))
         else:
             items.append((f"{x} + {y} = ", str(x + y), f"{x}+{y}"))
     seen, unique = set(), []
@@ -259,7 +267,8 @@ def antonyms(model: HookedTransformer, n: int = 48, seed: int = 0, languages=("e
         plain, question, pairs = ANTONYMS[lang]
         for w, opposite in pairs:
             if form == "chat":
-                items.append((chat(model, question.format(w=w)), opposite, f"{lang}:{w}"))
+                prompt = chat(model, question.format(w=w))
+                items.append((prompt, _reply(prompt, opposite), f"{lang}:{w}"))
             else:
                 items.append((plain.format(w=w), " " + opposite, f"{lang}:{w}"))
     return _unpaired(model, items, n, seed, "antonyms")
