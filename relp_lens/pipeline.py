@@ -337,7 +337,7 @@ def trace(model: HookedTransformer, prompts: Prompts | Sequence[dict], *,
             note(f"the model gets only {report.accuracy:.0%} of the build prompts right; a circuit for a "
                  f"behaviour the model does not have means little", warn=True)
         if opt.only_correct:
-            build = only_correct(model, build, batch_size=opt.batch_size, prepend_bos=opt.prepend_bos)
+            build = only_correct(model, build, batch_size=opt.batch_size, prepend_bos=opt.prepend_bos, report=report)
             if held is not None:
                 held = only_correct(model, held, batch_size=opt.batch_size, prepend_bos=opt.prepend_bos)
                 n_held = len(held)

@@ -99,3 +99,12 @@ def test_chat_fallback_answers_after_a_space():
     prompt = chat(bare, "Which US state is Provo in?")
     assert prompt == "Question: Which US state is Provo in?\nAnswer:" and _reply(prompt, "Utah") == " Utah"
     assert _reply("<|im_start|>assistant\n", "Utah") == "Utah"
+
+
+def test_only_correct_reuses_a_task_report(smollm):
+    rows = tasks.agreement(smollm, "rc", 24, seed=3)
+    report = task_report(smollm, rows, warn=False)
+    assert len(report.correct) == 24 and sum(report.correct) == round(report.accuracy * 24)
+    assert tasks.only_correct(smollm, rows, report=report) == tasks.only_correct(smollm, rows)
+    with pytest.raises(RelPLensError, match="covers 24 prompts, not these 23"):
+        tasks.only_correct(smollm, rows[:23], report=report)

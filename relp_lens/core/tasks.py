@@ -23,7 +23,7 @@ from __future__ import annotations
 import itertools
 import random
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -304,6 +304,7 @@ class TaskReport:
     accuracy: float  # paired: logit diff > 0; unpaired: target is the top-1 token
     mean_logit_diff: float | None  # paired only
     mean_target_prob: float  # probability of the clean target
+    correct: tuple[bool, ...] = field(default=(), repr=False)  # per prompt, in data order
 
     def __str__(self) -> str:
         diff = "" if self.mean_logit_diff is None else f", mean logit diff {self.mean_logit_diff:+.3f}"
@@ -346,19 +347,26 @@ def task_report(model: HookedTransformer, rows, *, batch_size: int = 32, min_acc
     probs = [p for _, _, p in scores]
     report = TaskReport(n=len(correct), accuracy=sum(correct) / len(correct),
                         mean_logit_diff=sum(diffs) / len(diffs) if diffs else None,
-                        mean_target_prob=sum(probs) / len(probs))
+                        mean_target_prob=sum(probs) / len(probs), correct=tuple(correct))
     if warn and report.accuracy < min_accuracy:
         warnings.warn(f"the model gets only {report.accuracy:.0%} of this task right (below {min_accuracy:.0%}); "
                       f"a circuit for a behaviour the model does not have means little", TaskWarning, stacklevel=2)
     return report
 
 
-def only_correct(model: HookedTransformer, rows, *, batch_size: int = 32, prepend_bos: bool | None = None):
+def only_correct(model: HookedTransformer, rows, *, batch_size: int = 32, prepend_bos: bool | None = None,
+                 report: TaskReport | None = None):
     """The examples the model gets right (paired: logit diff > 0; unpaired: the target is its top-1 token),
     in the form given (a :class:`Prompts` or a list of rows). An error when it gets none right.
-    ``prepend_bos``: as :func:`relp_lens.core.data.tokenize` (None: the model's own default)."""
+    ``prepend_bos``: as :func:`relp_lens.core.data.tokenize` (None: the model's own default). ``report``: the
+    :func:`task_report` of these same rows (same ``prepend_bos``), whose verdicts are reused instead of scoring
+    the rows again."""
     data = rows if isinstance(rows, Prompts) else Prompts.from_rows(rows)
-    keep = [i for i, (c, _, _) in enumerate(_scores(model, data, batch_size, prepend_bos)) if c]
+    if report is not None and len(report.correct) != len(data):
+        raise RelPLensError(f"the task report covers {len(report.correct)} prompts, not these {len(data)}")
+    verdicts = report.correct if report is not None else [c for c, _, _ in _scores(model, data, batch_size,
+                                                                                     prepend_bos)]
+    keep = [i for i, c in enumerate(verdicts) if c]
     if not keep:
         raise RelPLensError(f"the model gets none of the {len(data)} prompts right: nothing to trace")
     return data.subset(keep) if isinstance(rows, Prompts) else [list(rows)[i] for i in keep]
