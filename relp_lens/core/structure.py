@@ -50,10 +50,10 @@ _NEEDS = {
                 "what an RMSNorm after attention, ln1_post, makes of it)",
     "attn_resid": "head splits need attention's output to be added to the residual stream as is",
 }
-_NORM_AFTER_MLP = ("a norm after the MLP that is not the RMSNorm ln2_post relp_lens reads through (Gemma 2/3's; "
-                   "OLMo 2's, and any other, not supported yet)")
-_NORM_AFTER_ATTN = ("a norm after attention that is not the RMSNorm ln1_post relp_lens reads through (Gemma 2/3's; "
-                    "OLMo 2's, and any other, not supported yet)")
+_NORM_AFTER_MLP = ("a norm after the MLP that relp_lens cannot read through (it reads an RMSNorm named ln2_post, "
+                   "as in Gemma 2/3, not yet OLMo 2's under TransformerLens 3.9's name ln2, nor any other)")
+_NORM_AFTER_ATTN = ("a norm after attention that relp_lens cannot read through (it reads an RMSNorm named ln1_post, "
+                    "as in Gemma 2/3, not yet OLMo 2's under TransformerLens 3.9's name ln1, nor any other)")
 
 
 @dataclasses.dataclass(frozen=True)
