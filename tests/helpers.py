@@ -269,24 +269,24 @@ def edge_circuit(model, basis_hook: str = "blocks.{L}.mlp.hook_post", width: int
     return Circuit(nodes=nodes, basis="mlp_post", hook_names=hooks, node_width=width, model=model_facts(model))
 
 
-def brute_force_edges(model, circuit, rows, use_relp: bool, answer=None) -> torch.Tensor:
+def brute_force_edges(model, circuit, rows, use_relp: bool, answer=None, rules=None) -> torch.Tensor:
     """``w(u→d) = Σ ∇_d m · J · Δu`` with ``J = jacobian(d(u))`` taken by setting ``u``'s ``hook_post`` and
     holding every intermediate ``hook_post`` at its clean value (the MLP between them constant), the metric
     ``m`` the clean answer's logit minus the patch answer's, averaged over ``rows``. Hook names are bound in
     closures (a bridge's ``hook.name`` may be an alias's), so it runs on either backend. ``answer(model, text)``
     gives an answer's token id (default :func:`token_id`, for the word-level tokenizer; a real tokenizer
-    keeps the leading space: ``model.to_single_token``).
+    keeps the leading space: ``model.to_single_token``). ``rules``: a :class:`RelPConfig` (default: all rules).
 
     Returns:
         ``[source, target]`` weights (float64), indexed like ``circuit.nodes``.
     """
     from relp_lens.core import backends
-    from relp_lens.core.relp_mode import relp
+    from relp_lens.core.relp_mode import RelPConfig, relp
 
     hooks = circuit.hook_names
     n = len(circuit.nodes)
     W = torch.zeros(n, n, dtype=torch.float64)
-    ctx = (lambda: relp(model)) if use_relp else torch.enable_grad
+    ctx = (lambda: relp(model, **vars(rules or RelPConfig()))) if use_relp else torch.enable_grad
     for row in rows:
         clean, patch = model.to_tokens(row["clean_prefix"]), model.to_tokens(row["patch_prefix"])
         good, bad = ((answer or token_id)(model, row[k]) for k in ("clean_answer", "patch_answer"))

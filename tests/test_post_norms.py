@@ -17,7 +17,7 @@ from relp_lens.circuits.edges import attribute_edges
 from relp_lens.circuits.heads import attribute_head_splits, edge_key, embedding_key
 from relp_lens.circuits.io_edges import attribute_io_edges
 from relp_lens.core import backends, structure
-from relp_lens.core.relp_mode import relp
+from relp_lens.core.relp_mode import RelPConfig, relp
 
 from helpers import (AGREEMENT_ROWS, brute_force_edges, capture, edge_circuit, edge_matrix, hooks_left, tiny_gemma3,
                      token_id)
@@ -167,6 +167,16 @@ def test_edges_equal_the_brute_force(gemma, method):
     assert (W != 0).sum() >= 10  # not comparing zeros with zeros
     torch.testing.assert_close(got, W, rtol=1e-4, atol=1e-4 * W.abs().max().item())
     assert hooks_left(gemma) == []
+
+
+def test_relp_without_the_ln_rule_reads_the_norms_full_jacobian(gemma):
+    """RelP with the LN rule off: the post-norm scales are not frozen, and the edges take the norm's true
+    Jacobian (as the grad method does) — they equal the brute force in that mode."""
+    rules = RelPConfig(ln=False)
+    circuit = edge_circuit(gemma)
+    got = edge_matrix(attribute_edges(gemma, circuit, ROWS, rules=rules, progress=False))
+    W = brute_force_edges(gemma, circuit, ROWS, use_relp=True, rules=rules)
+    torch.testing.assert_close(got, W, rtol=1e-4, atol=1e-4 * W.abs().max().item())
 
 
 def test_reading_w_out_rows_at_hook_mlp_out_would_be_wrong(gemma, monkeypatch):
