@@ -1,16 +1,20 @@
 """The model's structure, checked on the model: the identities edges, input/output edges and head splits rely on.
 
-Edges read a neuron's effect at ``hook_mlp_out`` as ``a · W_out[neuron]``, hold an MLP constant by holding its
-``hook_mlp_out``, read input edges at the embedding and split attention by its heads' ``hook_z``. Whether a
-model keeps those identities is measured on the model, not read from its module names (TransformerLens 3.9
-names OLMo 2's post-MLP norm ``ln2``, 4.x ``ln2_post``):
+Edges read a neuron's effect at ``hook_mlp_out`` as ``a · W_out[neuron]`` (through the norm after the MLP,
+where there is one), hold an MLP constant by holding its ``hook_mlp_out``, read input edges at the embedding
+and split attention by its heads' ``hook_z``. Whether a model keeps those identities is measured on the model,
+not read from its module names (TransformerLens 3.9 names OLMo 2's post-MLP norm ``ln2``, 4.x ``ln2_post``):
 
 1. **What is checked.** Per block, recomputed in float32 and compared position by position: ``mlp_out``
    (``hook_mlp_out = hook_post @ W_out + b_out``), ``mlp_resid`` (``hook_mlp_out`` is added to the residual
    stream as is), ``gated`` (a gated MLP's ``hook_post = f(hook_pre) · hook_pre_linear``, what the RelP rules
    differentiate), ``attn_out`` (``hook_attn_out = hook_z @ W_O + b_O``), ``attn_resid`` (``hook_attn_out`` is
    added to the residual stream as is); once, ``embed`` (the embedding, up to one scale, is the first residual
-   stream). :func:`structure_report` lists the identities a model breaks, one :class:`Broken` each.
+   stream). Where the model has an RMSNorm ``ln2_post`` after the MLP (``ln1_post`` after attention; Gemma 2/3
+   on both backends), ``mlp_out`` is read through it — ``hook_mlp_out = w ⊙ (hook_post @ W_out + b_out) / r``
+   with ``w`` its weight as applied (:func:`relp_lens.core.backends.norm_weight`) and ``r`` its ``hook_scale``
+   — and ``attn_out`` likewise; :func:`post_normed` lists the sublayers read so. :func:`structure_report`
+   lists the identities a model breaks, one :class:`Broken` each.
 2. **How it is measured.** One small forward pass under ``torch.no_grad()`` in eval mode on fixed tokens, with
    capture hooks that change nothing and are removed on exit; the comparison is :func:`mismatch` (largest
    relative difference over positions) against :func:`tolerance` (by dtype). The weights and activations come
@@ -22,8 +26,11 @@ names OLMo 2's post-MLP norm ``ln2``, 4.x ``ln2_post``):
    that could move it (an in-place weight edit, a hook added or removed).
 5. **What the messages say.** A refusal is a :class:`RelPLensError` naming what the caller relies on, the
    layer, the hook, the formula it is not, the relative mismatch and, where the compared value is a norm of
-   the sublayer's output, "a norm after the MLP / attention" (Gemma 2/3, OLMo 2); "(and N more layers)" where
-   other layers break the same identity; then "Refused rather than giving wrong numbers".
+   the sublayer's output, "a norm after the MLP / attention" that relp_lens cannot read through; "(and N more
+   layers)" where other layers break the same identity; then "Refused rather than giving wrong numbers".
+6. **Reading through a post-norm.** :class:`MLPPostNorms` takes a gradient at ``hook_mlp_out`` to the MLP's
+   output before its norm (and a tangent the other way) with the norm's Jacobian on the caller's forward
+   pass: ``diag(w / r)`` where the LN rule freezes ``r``, the full Jacobian otherwise (grad method).
 """
 
 from __future__ import annotations
@@ -175,12 +182,13 @@ def structure_report(model: Any) -> list[Broken]:
     2. Per block, recomputed in float32 and compared position by position (relative, :func:`mismatch`;
        tolerance 1e-3 for float32 models, 3e-2 for half precision):
 
-       - ``mlp_out``: ``hook_mlp_out = hook_post @ W_out (+ b_out)``;
+       - ``mlp_out``: ``hook_mlp_out = hook_post @ W_out (+ b_out)``, or ``w ⊙ (hook_post @ W_out (+ b_out)) / r``
+         with the block's ``ln2_post`` weight ``w`` and ``hook_scale`` ``r`` (captured too);
        - ``mlp_resid``: ``hook_resid_post = hook_resid_mid + hook_mlp_out`` (parallel blocks:
          ``hook_resid_pre + hook_attn_out + hook_mlp_out``);
        - ``gated`` (gated MLPs): ``hook_post = f(hook_pre) · hook_pre_linear (+ b_in)`` with the activation
          the RelP rules use (:func:`relp_lens.core.backends.gated_act_fn`);
-       - ``attn_out``: ``hook_attn_out = hook_z @ W_O (+ b_O)``;
+       - ``attn_out``: ``hook_attn_out = hook_z @ W_O (+ b_O)``, or that through ``ln1_post`` likewise;
        - ``attn_resid``: ``hook_resid_mid = hook_resid_pre + hook_attn_out``;
        - ``embed`` (once): ``blocks.0.hook_resid_pre = c · (hook_embed + hook_pos_embed)`` for one scalar
          ``c`` (Gemma's √d_model scaling may sit on either side of the hook).
@@ -368,11 +376,12 @@ def check_neuron_directions(model: Any) -> None:
     """Refuse a model on which neuron edges would come out wrong.
 
     Edges of neurons read a neuron's effect at ``hook_mlp_out`` as ``a · W_out[neuron]`` and hold an MLP
-    constant by holding its ``hook_mlp_out``: every MLP's ``hook_mlp_out`` must be ``hook_post @ W_out + b_out``
-    and be added to the residual stream as is (and a gated MLP's ``hook_post`` must be
-    ``f(hook_pre) · hook_pre_linear``, what the RelP rules differentiate). Checked numerically on the model
-    (:func:`check_structure`), not read from its module names: models with a norm after the MLP (Gemma 2/3,
-    OLMo 2, whatever TransformerLens calls that norm) are refused with the layer and the mismatch named.
+    constant by holding its ``hook_mlp_out``: every MLP's ``hook_mlp_out`` must be ``hook_post @ W_out + b_out``,
+    or that through the RMSNorm ``ln2_post`` (Gemma 2/3; read through with :class:`MLPPostNorms`), and be added
+    to the residual stream as is (and a gated MLP's ``hook_post`` must be ``f(hook_pre) · hook_pre_linear``,
+    what the RelP rules differentiate). Checked numerically on the model (:func:`check_structure`), not read
+    from its module names: models with another norm after the MLP (OLMo 2's on TransformerLens 3.9, named
+    ``ln2``) are refused with the layer and the mismatch named.
 
     Args:
         model: a HookedTransformer or a TransformerBridge.
