@@ -106,6 +106,47 @@ def tiny_hf_qwen2(seed: int = 0):
     return _random_init(Qwen2ForCausalLM(Qwen2Config(**kwargs)))
 
 
+def tiny_hf_gemma3(seed: int = 0):
+    """A random 3-layer Gemma 3 (text): RMSNorm before *and after* attention and the MLP (``1 + w`` weights),
+    q/k norms, a scaled embedding, gated GELU-tanh MLP, GQA, two sliding-window layers and a global one."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    kwargs = _tiny_decoder_kwargs(head_dim=8, query_pre_attn_scalar=8, sliding_window=4,
+                                  layer_types=["sliding_attention", "sliding_attention", "full_attention"])
+    return _random_init(Gemma3ForCausalLM(Gemma3TextConfig(**kwargs)), seed)
+
+
+def tiny_gemma3(backend: str, seed: int = 0):
+    """:func:`tiny_hf_gemma3` as relp_lens loads Gemma 3: wrapped as a TransformerBridge (``backend="bridge"``)
+    or, ``"hooked"``, a HookedTransformer with TransformerLens' Gemma 3 270M config (shrunk to the tiny
+    model's sizes) and its own ``convert_gemma_weights``, as ``load_model("gemma3-270m", backend="hooked")``
+    builds it. Both compute the same function (the tests check the logits)."""
+    from relp_lens.core import backends
+
+    hf = tiny_hf_gemma3(seed)
+    if backend == "bridge":
+        return backends.wrap_hf_model(hf, word_tokenizer(), "tiny-gemma3")
+    from transformer_lens.loading_from_pretrained import get_pretrained_model_config
+    from transformer_lens.pretrained.weight_conversions import convert_gemma_weights
+
+    hc = hf.config
+    cfg = get_pretrained_model_config("google/gemma-3-270m", dtype=torch.float32).to_dict()
+    cfg.update(d_model=hc.hidden_size, d_head=hc.head_dim, n_heads=hc.num_attention_heads,
+               n_key_value_heads=hc.num_key_value_heads, d_mlp=hc.intermediate_size, n_layers=hc.num_hidden_layers,
+               n_ctx=hc.max_position_embeddings, eps=hc.rms_norm_eps, d_vocab=hc.vocab_size, d_vocab_out=hc.vocab_size,
+               window_size=hc.sliding_window, rotary_dim=hc.head_dim, attn_scale=hc.query_pre_attn_scalar ** 0.5,
+               attn_types=["global" if t == "full_attention" else "local" for t in hc.layer_types])
+    cfg = HookedTransformerConfig.unwrap({k: v for k, v in cfg.items() if k in HookedTransformerConfig.__dataclass_fields__
+                                          and not k.startswith("n_params")})
+    model = HookedTransformer(cfg, tokenizer=word_tokenizer(), move_to_device=False)
+    model.load_and_process_state_dict(convert_gemma_weights(hf, cfg), fold_ln=False, center_writing_weights=False,
+                                      center_unembed=False, fold_value_biases=False,
+                                      refactor_factored_attn_matrices=False)
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
 def word_tokenizer():
     from transformers import AutoTokenizer
 
@@ -228,25 +269,27 @@ def edge_circuit(model, basis_hook: str = "blocks.{L}.mlp.hook_post", width: int
     return Circuit(nodes=nodes, basis="mlp_post", hook_names=hooks, node_width=width, model=model_facts(model))
 
 
-def brute_force_edges(model, circuit, rows, use_relp: bool) -> torch.Tensor:
+def brute_force_edges(model, circuit, rows, use_relp: bool, answer=None, rules=None) -> torch.Tensor:
     """``w(u→d) = Σ ∇_d m · J · Δu`` with ``J = jacobian(d(u))`` taken by setting ``u``'s ``hook_post`` and
     holding every intermediate ``hook_post`` at its clean value (the MLP between them constant), the metric
     ``m`` the clean answer's logit minus the patch answer's, averaged over ``rows``. Hook names are bound in
-    closures (a bridge's ``hook.name`` may be an alias's), so it runs on either backend.
+    closures (a bridge's ``hook.name`` may be an alias's), so it runs on either backend. ``answer(model, text)``
+    gives an answer's token id (default :func:`token_id`, for the word-level tokenizer; a real tokenizer
+    keeps the leading space: ``model.to_single_token``). ``rules``: a :class:`RelPConfig` (default: all rules).
 
     Returns:
         ``[source, target]`` weights (float64), indexed like ``circuit.nodes``.
     """
     from relp_lens.core import backends
-    from relp_lens.core.relp_mode import relp
+    from relp_lens.core.relp_mode import RelPConfig, relp
 
     hooks = circuit.hook_names
     n = len(circuit.nodes)
     W = torch.zeros(n, n, dtype=torch.float64)
-    ctx = (lambda: relp(model)) if use_relp else torch.enable_grad
+    ctx = (lambda: relp(model, **vars(rules or RelPConfig()))) if use_relp else torch.enable_grad
     for row in rows:
         clean, patch = model.to_tokens(row["clean_prefix"]), model.to_tokens(row["patch_prefix"])
-        good, bad = token_id(model, row["clean_answer"]), token_id(model, row["patch_answer"])
+        good, bad = ((answer or token_id)(model, row[k]) for k in ("clean_answer", "patch_answer"))
         cc, pc = capture(model, clean, hooks), capture(model, patch, hooks)
         store = {}
 

@@ -9,7 +9,7 @@ from relp_lens.circuits.edges import attribute_edges, prune_edges
 from relp_lens.circuits.heads import attribute_head_splits, edge_key, embedding_key
 from relp_lens.circuits.io_edges import attribute_io_edges
 from relp_lens.core.relp_mode import RelPConfig, relp
-from helpers import AGREEMENT_ROWS, hooks_left, same_length_rows, tiny_gpt2, tiny_llama
+from helpers import AGREEMENT_ROWS, hooks_left, same_length_rows, tiny_gemma, tiny_gpt2, tiny_llama
 
 RULES = {"AH": RelPConfig(attention=True), "default": RelPConfig()}
 
@@ -28,10 +28,11 @@ def total(split):
 
 @pytest.mark.hooked
 @pytest.mark.parametrize("rules", list(RULES), ids=list(RULES))
-@pytest.mark.parametrize("builder", [tiny_llama, tiny_gpt2], ids=["llama", "gpt2"])
+@pytest.mark.parametrize("builder", [tiny_llama, tiny_gpt2, tiny_gemma], ids=["llama", "gpt2", "gemma2"])
 def test_splits_sum_to_every_edge(builder, rules):
     """residual + Σ heads = the edge weight, for neuron → neuron, embedding → neuron, neuron → output and
-    embedding → output edges (paired data, GQA + rotary and learned positions, AH rule on and off)."""
+    embedding → output edges (paired data, GQA + rotary and learned positions, Gemma 2's norms after attention
+    and the MLP, AH rule on and off)."""
     model = builder()
     rows = same_length_rows(model)[:3]
     circuit, io = full_graph(model, rows, RULES[rules])
@@ -196,20 +197,6 @@ def test_partial_basis_edges_hold_the_other_mlps_constant_too():
     for e in circuit.edges:
         assert total(split.heads.edges[edge_key(label[e.source], label[e.target])]) == pytest.approx(
             e.weight, rel=1e-4, abs=1e-7)
-
-
-@pytest.mark.hooked
-def test_models_with_a_norm_after_the_mlp_are_refused():
-    """Gemma 2/3 post-norms: hook_mlp_out is not Σ a·W_out, so neuron edges would be wrong: refused."""
-    from helpers import tiny_gemma
-
-    model = tiny_gemma()
-    rows = same_length_rows(model)[:2]
-    circuit = relp_lens.select_top_k(relp_lens.attribute(model, rows, progress=False), model, 5)
-    for fn in (attribute_edges, attribute_io_edges):
-        with pytest.raises(RelPLensError, match="norm after the MLP"):
-            fn(model, circuit, rows, progress=False)
-    assert hooks_left(model) == []
 
 
 @pytest.mark.hooked

@@ -24,9 +24,13 @@ Algorithm (one backward pass serves many downstream nodes):
    some prompt lacks is an error naming both.
 5. For neurons, ∂d/∂u = W_out[u] · ∂d/∂(MLP output), so only the circuit's neurons are projected;
    multiplying by Δu and summing over positions gives the edge weights, averaged over examples. That
-   reading needs ``hook_mlp_out = hook_post @ W_out + b_out``, added to the residual stream as is: it is
-   checked on the model itself, one small cached forward pass (:func:`relp_lens.core.structure.check_neuron_directions`),
-   and a model that breaks it (a norm after the MLP, whatever it is called) is refused naming the layer.
+   reading needs ``hook_mlp_out = hook_post @ W_out + b_out``, added to the residual stream as is, or that
+   through an RMSNorm after the MLP (Gemma 2/3's ``ln2_post``): there the gradient at ``hook_mlp_out`` is
+   first taken through the norm's Jacobian at this forward pass (``diag(w / r)`` with the LN rule's frozen
+   scale ``r``, the true Jacobian for the grad method; :class:`relp_lens.core.structure.MLPPostNorms`, whose
+   hooks read ``r`` in the forward pass of step 2). The identities are checked on the model itself, one
+   small cached forward pass (:func:`relp_lens.core.structure.check_neuron_directions`), and a model that
+   breaks them (another norm after the MLP, whatever it is called) is refused naming the layer.
 6. The result is a new circuit with the edges (the input is left unchanged), its run statistics in
    ``circuit.stats["edges"]`` (:class:`EdgeStats`). Head splits of the old edges are dropped, and so are groups
    made from them (stale).
@@ -239,6 +243,10 @@ def attribute_edges(
                 fwd += [(circuit.hook_names[layer], keep_hook(live, layer)), (out_name, leaf_hook(leaves, layer))]
             for block in sorted(set(range(blocks[t_max] + 1)) - set(blocks)):  # MLPs outside the basis: constants too
                 fwd.append((mlp_out(block), lambda x, hook: x.detach()))
+            # the norms after the source MLPs, read in this forward pass (frozen scales under the LN rule)
+            post = structure.MLPPostNorms(model, [blocks[l] for l in src_layers] if neurons else [],
+                                          frozen=use_relp and run.rules.ln)
+            fwd += post.hooks()
             mode = relp(model, **vars(run.rules)) if use_relp else contextlib.nullcontext()
             with torch.enable_grad(), mode, backends.hooks(model, fwd_hooks=fwd):
                 # one forward pass (up to the last downstream block) serves every chunk of downstream nodes
@@ -261,8 +269,8 @@ def attribute_edges(
                             continue
                         src = by_layer[layer]
                         idx = [nodes[j].index for j in src]
-                        if neurons:  # ∂d/∂post[j] = W_out[j] · ∂d/∂mlp_out: project only the circuit's neurons
-                            grad = grad @ backends.W_out(model, blocks[layer])[idx].T  # [R, B, pos, n_src]
+                        if neurons:  # ∂d/∂post[j] = W_out[j] · Jᵀ ∂d/∂mlp_out: project only the circuit's neurons
+                            grad = post.pull(blocks[layer], grad) @ backends.W_out(model, blocks[layer])[idx].T
                             delta = deltas[layer][..., idx]  # [B, pos, n_src]
                         else:
                             grad, delta = grad[..., idx], deltas[layer][..., idx]

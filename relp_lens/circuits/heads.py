@@ -32,8 +32,11 @@ Algorithm, per batch of prompts of one length:
    sources' leaves.
 3. Push (forward mode, ``torch.autograd.forward_ad``, with the RelP rules' forward-mode linearisation — their
    ``jvp`` is the transpose of their backward): a forward pass with every MLP output cut, one copy of the
-   batch per source, the tangent ``W_out[u]·Δu`` (or ``Δe_p``) at the source's leaf; the tangents reaching
-   the ``z`` hooks are ``t_{l,h}(u)``.
+   batch per source, the tangent ``W_out[u]·Δu`` (or ``Δe_p``) at the source's leaf — taken through the
+   Jacobian of the norm after the MLP where there is one (Gemma 2/3: the source's leaf ``hook_mlp_out`` is
+   after it; :class:`relp_lens.core.structure.MLPPostNorms`); the tangents reaching the ``z`` hooks are
+   ``t_{l,h}(u)``. A norm after attention (``ln1_post``) sits between ``z`` and the residual stream, where
+   both passes differentiate it as the model computes it.
 4. Dot products over positions and head dimensions, summed over prompts, divided by the number of prompts.
 
 Cost: step 3 is one forward pass per ``edge_batch`` rows of (source, prompt) and step 4 grows with the
@@ -184,10 +187,13 @@ def attribute_head_splits(model: HookedTransformer, circuit: Circuit, prompts, *
             e_clean = _embeddings(model, batch.clean_tokens, embeds) if io is not None else None
             tangents: dict[tuple, tuple[str | int, torch.Tensor]] = {}  # key -> (where it enters, [B, pos, d])
             sources = {s for ss in pairs.values() for s in ss}
+            post = structure.MLPPostNorms(model, [blocks[nodes[s[1]].layer] for s in sources if s[0] == "n"],
+                                          frozen=use_relp and run.rules.ln)
+            post.capture(model, batch.clean_tokens)  # the norms after the sources' MLPs on this batch
             for s in sorted(x for x in sources if x[0] == "n"):
                 n = nodes[s[1]]
                 w = w_outs[n.layer][n.index].float()  # [d] on its block's device (layers may sit on several devices)
-                t = deltas[n.layer][..., n.index, None].float().to(w.device) * w  # [B, pos, d]
+                t = post.push(blocks[n.layer], deltas[n.layer][..., n.index, None].float().to(w.device) * w)
                 if at[s[1]] is not None:
                     mask = torch.zeros(length, 1, device=t.device)
                     mask[at[s[1]]] = 1

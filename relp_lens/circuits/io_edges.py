@@ -34,7 +34,8 @@ Algorithm, per batch of prompts of one length:
    detached leaves (so gradients reach a leaf only along paths that avoid every MLP); the circuit's node
    activations are remembered.
 3. Output edges: one backward pass of the metric to all leaves; a neuron's direct gradient is
-   ``W_out[u] · ∂m/∂(MLP output)``.
+   ``W_out[u] · ∂m/∂(MLP output)``, through the norm's Jacobian where an RMSNorm follows the MLP (Gemma
+   2/3; :class:`relp_lens.core.structure.MLPPostNorms`, as for edges).
 4. Input edges: seeds ``∇̃_d m`` at each node ``d`` (chunks of ``edge_batch`` rows), vectorised backward passes
    to the embedding leaves only.
 5. The result is a new circuit with ``io_edges`` (an :class:`~relp_lens.circuits.circuit.IOEdges`, the type
@@ -131,6 +132,8 @@ def attribute_io_edges(model: HookedTransformer, circuit: Circuit, prompts, *, m
                         (mlp_out(block), leaf_hook(leaves, layer))]
             for block in set(range(model.cfg.n_layers)) - set(blocks):  # MLPs outside the basis: constants too
                 fwd.append((mlp_out(block), leaf_hook(leaves, f"other.{block}")))
+            post = structure.MLPPostNorms(model, [blocks[n.layer] for n in nodes], frozen=use_relp and run.rules.ln)
+            fwd += post.hooks()  # the norms after the nodes' MLPs, read in this forward pass
             mode = relp(model, **vars(run.rules)) if use_relp else contextlib.nullcontext()
             with torch.enable_grad(), mode, backends.hooks(model, fwd_hooks=fwd):
                 logits = model(batch.clean_tokens.to(model.cfg.device))
@@ -149,11 +152,13 @@ def attribute_io_edges(model: HookedTransformer, circuit: Circuit, prompts, *, m
                     for h, gh, de in zip(embeds, g, d_emb):
                         if gh is not None:
                             to_direct.index_add_(0, cols, (gh.float() * de).sum((0, 2)).double().cpu())
+                    at_x = {layer: post.pull(blocks[layer], g[len(embeds) + layer].float())  # through the post-norm
+                            for layer in w_outs if g[len(embeds) + layer] is not None}
                     for k, n in enumerate(nodes):
-                        gl = g[len(embeds) + n.layer]
+                        gl = at_x.get(n.layer)
                         if gl is None:
                             continue
-                        direct = gl.float() @ w_outs[n.layer][n.index].float()  # [B, pos]: ∂m/∂post_u, direct paths
+                        direct = gl @ w_outs[n.layer][n.index].float()  # [B, pos]: ∂m/∂post_u, direct paths
                         contrib = direct * deltas[n.layer][..., n.index].float()
                         to_out[k] += (contrib.sum() if at[k] is None else contrib[:, at[k]].sum()).double().cpu()
                 # 4. input edges: seed ∇̃_d m at each node, backward to the embedding leaves

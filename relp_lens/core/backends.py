@@ -191,6 +191,31 @@ def final_norm_weight(model: Any) -> torch.Tensor | None:
     return w
 
 
+def norm_weight(model: Any, norm: Any) -> torch.Tensor | None:
+    """A norm module's elementwise weight ``[d_model]`` as applied: HookedTransformer's ``w`` (TransformerLens
+    stores Gemma's ``1 + w`` already), a bridge's ``weight`` plus one where the norm adds it (Gemma-style
+    ``1 + w``: the component's ``uses_weight_offset`` on TransformerLens 4, the config's
+    ``rmsnorm_uses_offset`` on 3.9); ``None`` where the norm has no weight.
+
+    Args:
+        model: the model the norm belongs to.
+        norm: the norm module (``model.blocks[L].ln2_post``, ...).
+
+    Returns:
+        The weight the normalised value is multiplied by, or ``None``.
+    """
+    w = getattr(norm, "w", None)
+    if not isinstance(w, torch.Tensor):
+        return None
+    if is_bridge(model):
+        offset = getattr(norm, "uses_weight_offset", None)
+        if offset is None:
+            offset = getattr(model.cfg, "rmsnorm_uses_offset", False)
+        if offset:
+            w = 1.0 + w
+    return w
+
+
 # --- RelP pieces that differ ----------------------------------------------------------------------------
 def gated_post_bias(model: Any, mlp: Any) -> torch.Tensor | None:
     """What a gated MLP adds after ``f(pre) · pre_linear`` to make ``hook_post``: HookedTransformer's ``b_in``

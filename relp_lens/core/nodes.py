@@ -96,6 +96,26 @@ def attn_z(block: int) -> str:
     return block_hook(block, "attn.hook_z")
 
 
+POST_NORMS = {"attn": "ln1_post", "mlp": "ln2_post"}  # Gemma 2/3's norms after attention and after the MLP
+
+
+def post_norm_hook(block: int, sublayer: str, name: str) -> str:
+    """A hook of the norm after one block's attention or MLP (Gemma 2/3's ``ln1_post`` / ``ln2_post``, on both
+    backends).
+
+    1. Names the hook ``name`` (``"hook_scale"``, ``"hook_normalized"``) of the block's post-norm.
+
+    Args:
+        block: the block's index.
+        sublayer: ``"attn"`` or ``"mlp"``.
+        name: the norm's hook.
+
+    Returns:
+        ``"blocks.{block}.ln2_post.{name}"`` (``ln1_post`` for attention).
+    """
+    return block_hook(block, f"{POST_NORMS[sublayer]}.{name}")
+
+
 def resid_pre(layer: int) -> str:
     """The residual stream entering one block (the ``resid_pre`` basis).
 

@@ -1,16 +1,20 @@
 """The model's structure, checked on the model: the identities edges, input/output edges and head splits rely on.
 
-Edges read a neuron's effect at ``hook_mlp_out`` as ``a · W_out[neuron]``, hold an MLP constant by holding its
-``hook_mlp_out``, read input edges at the embedding and split attention by its heads' ``hook_z``. Whether a
-model keeps those identities is measured on the model, not read from its module names (TransformerLens 3.9
-names OLMo 2's post-MLP norm ``ln2``, 4.x ``ln2_post``):
+Edges read a neuron's effect at ``hook_mlp_out`` as ``a · W_out[neuron]`` (through the norm after the MLP,
+where there is one), hold an MLP constant by holding its ``hook_mlp_out``, read input edges at the embedding
+and split attention by its heads' ``hook_z``. Whether a model keeps those identities is measured on the model,
+not read from its module names (TransformerLens 3.9 names OLMo 2's post-MLP norm ``ln2``, 4.x ``ln2_post``):
 
 1. **What is checked.** Per block, recomputed in float32 and compared position by position: ``mlp_out``
    (``hook_mlp_out = hook_post @ W_out + b_out``), ``mlp_resid`` (``hook_mlp_out`` is added to the residual
    stream as is), ``gated`` (a gated MLP's ``hook_post = f(hook_pre) · hook_pre_linear``, what the RelP rules
    differentiate), ``attn_out`` (``hook_attn_out = hook_z @ W_O + b_O``), ``attn_resid`` (``hook_attn_out`` is
    added to the residual stream as is); once, ``embed`` (the embedding, up to one scale, is the first residual
-   stream). :func:`structure_report` lists the identities a model breaks, one :class:`Broken` each.
+   stream). Where the model has an RMSNorm ``ln2_post`` after the MLP (``ln1_post`` after attention; Gemma 2/3
+   on both backends), ``mlp_out`` is read through it — ``hook_mlp_out = w ⊙ (hook_post @ W_out + b_out) / r``
+   with ``w`` its weight as applied (:func:`relp_lens.core.backends.norm_weight`) and ``r`` its ``hook_scale``
+   — and ``attn_out`` likewise; :func:`post_normed` lists the sublayers read so. :func:`structure_report`
+   lists the identities a model breaks, one :class:`Broken` each.
 2. **How it is measured.** One small forward pass under ``torch.no_grad()`` in eval mode on fixed tokens, with
    capture hooks that change nothing and are removed on exit; the comparison is :func:`mismatch` (largest
    relative difference over positions) against :func:`tolerance` (by dtype). The weights and activations come
@@ -22,8 +26,11 @@ names OLMo 2's post-MLP norm ``ln2``, 4.x ``ln2_post``):
    that could move it (an in-place weight edit, a hook added or removed).
 5. **What the messages say.** A refusal is a :class:`RelPLensError` naming what the caller relies on, the
    layer, the hook, the formula it is not, the relative mismatch and, where the compared value is a norm of
-   the sublayer's output, "a norm after the MLP / attention" (Gemma 2/3, OLMo 2); "(and N more layers)" where
-   other layers break the same identity; then "Refused rather than giving wrong numbers".
+   the sublayer's output, "a norm after the MLP / attention" that relp_lens cannot read through; "(and N more
+   layers)" where other layers break the same identity; then "Refused rather than giving wrong numbers".
+6. **Reading through a post-norm.** :class:`MLPPostNorms` takes a gradient at ``hook_mlp_out`` to the MLP's
+   output before its norm (and a tangent the other way) with the norm's Jacobian on the caller's forward
+   pass: ``diag(w / r)`` where the LN rule freezes ``r``, the full Jacobian otherwise (grad method).
 """
 
 from __future__ import annotations
@@ -37,19 +44,23 @@ import torch
 
 from relp_lens.core import backends
 from relp_lens.core.errors import RelPLensError
-from relp_lens.core.nodes import block_hook, resid_pre
+from relp_lens.core.nodes import POST_NORMS, block_hook, post_norm_hook, resid_pre
 
 _NEEDS = {
-    "mlp_out": "neuron edges read a neuron's effect as a·W_out[neuron] at hook_mlp_out",
+    "mlp_out": "neuron edges read a neuron's effect as a·W_out[neuron] at hook_mlp_out, or through an RMSNorm "
+               "after the MLP (ln2_post)",
     "mlp_resid": "edges hold an MLP constant by holding its hook_mlp_out, which must be what the MLP adds to "
                  "the residual stream",
     "gated": "the RelP rules differentiate hook_post as f(hook_pre) · hook_pre_linear",
     "embed": "input edges read the embedding at hook_embed (+ hook_pos_embed) as the first residual stream",
-    "attn_out": "head splits read each head's share at attn.hook_z, which must be what attention writes",
+    "attn_out": "head splits read each head's share at attn.hook_z, which must be what attention writes (or "
+                "what an RMSNorm after attention, ln1_post, makes of it)",
     "attn_resid": "head splits need attention's output to be added to the residual stream as is",
 }
-_NORM_AFTER_MLP = "a norm after the MLP, as in Gemma 2/3 and OLMo 2 (not supported yet)"
-_NORM_AFTER_ATTN = "a norm after attention, as in Gemma 2/3 and OLMo 2 (not supported yet)"
+_NORM_AFTER_MLP = ("a norm after the MLP that relp_lens cannot read through (it reads an RMSNorm named ln2_post, "
+                   "as in Gemma 2/3, not yet OLMo 2's under TransformerLens 3.9's name ln2, nor any other)")
+_NORM_AFTER_ATTN = ("a norm after attention that relp_lens cannot read through (it reads an RMSNorm named ln1_post, "
+                    "as in Gemma 2/3, not yet OLMo 2's under TransformerLens 3.9's name ln1, nor any other)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +88,7 @@ class Broken:
         return text + (f": {self.kind}" if self.kind else "")
 
 
-_STRUCTURE_CACHE: "weakref.WeakKeyDictionary[Any, tuple[tuple, list[Broken]]]" = weakref.WeakKeyDictionary()
+_STRUCTURE_CACHE: "weakref.WeakKeyDictionary[Any, tuple[tuple, list[Broken], frozenset]]" = weakref.WeakKeyDictionary()
 _CHECK_TOKENS = 6
 
 
@@ -171,12 +182,13 @@ def structure_report(model: Any) -> list[Broken]:
     2. Per block, recomputed in float32 and compared position by position (relative, :func:`mismatch`;
        tolerance 1e-3 for float32 models, 3e-2 for half precision):
 
-       - ``mlp_out``: ``hook_mlp_out = hook_post @ W_out (+ b_out)``;
+       - ``mlp_out``: ``hook_mlp_out = hook_post @ W_out (+ b_out)``, or ``w ⊙ (hook_post @ W_out (+ b_out)) / r``
+         with the block's ``ln2_post`` weight ``w`` and ``hook_scale`` ``r`` (captured too);
        - ``mlp_resid``: ``hook_resid_post = hook_resid_mid + hook_mlp_out`` (parallel blocks:
          ``hook_resid_pre + hook_attn_out + hook_mlp_out``);
        - ``gated`` (gated MLPs): ``hook_post = f(hook_pre) · hook_pre_linear (+ b_in)`` with the activation
          the RelP rules use (:func:`relp_lens.core.backends.gated_act_fn`);
-       - ``attn_out``: ``hook_attn_out = hook_z @ W_O (+ b_O)``;
+       - ``attn_out``: ``hook_attn_out = hook_z @ W_O (+ b_O)``, or that through ``ln1_post`` likewise;
        - ``attn_resid``: ``hook_resid_mid = hook_resid_pre + hook_attn_out``;
        - ``embed`` (once): ``blocks.0.hook_resid_pre = c · (hook_embed + hook_pos_embed)`` for one scalar
          ``c`` (Gemma's √d_model scaling may sit on either side of the hook).
@@ -190,16 +202,35 @@ def structure_report(model: Any) -> list[Broken]:
     Returns:
         The failures, in block order (empty when the model keeps every identity).
     """
+    return _measured(model)[0]
+
+
+def post_normed(model: Any) -> frozenset[tuple[str, int]]:
+    """The sublayers whose output the model passes through an RMSNorm before adding it to the residual stream,
+    and that relp_lens reads through (measured with :func:`structure_report`, cached alike).
+
+    Args:
+        model: a HookedTransformer or a TransformerBridge.
+
+    Returns:
+        ``("mlp", L)`` where ``hook_mlp_out = w ⊙ x / scale`` with ``x = hook_post @ W_out + b_out``, ``w`` the
+        weight of ``blocks.L.ln2_post`` as applied and ``scale`` its ``hook_scale``; ``("attn", L)`` likewise
+        for ``hook_attn_out`` and ``ln1_post`` (Gemma 2/3: every block has both).
+    """
+    return _measured(model)[1]
+
+
+def _measured(model: Any) -> tuple[list[Broken], frozenset[tuple[str, int]]]:
     key = _fingerprint(model)
     hit = _STRUCTURE_CACHE.get(model)
     if hit is not None and hit[0] == key:
-        return hit[1]
-    broken = _measure(model)
-    _STRUCTURE_CACHE[model] = (key, broken)
-    return broken
+        return hit[1], hit[2]
+    broken, post = _measure(model)
+    _STRUCTURE_CACHE[model] = (key, broken, post)
+    return broken, post
 
 
-def _measure(model: Any) -> list[Broken]:
+def _measure(model: Any) -> tuple[list[Broken], frozenset[tuple[str, int]]]:
     hook_dict = model.hook_dict  # a bridge builds this dict anew on every access: read it once
     n_layers = model.cfg.n_layers
     names = ["hook_embed", "hook_pos_embed"]
@@ -207,6 +238,7 @@ def _measure(model: Any) -> list[Broken]:
         names += [block_hook(l, h) for h in ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out",
                                              "attn.hook_z", "hook_mlp_out", "mlp.hook_pre", "mlp.hook_pre_linear",
                                              "mlp.hook_post")]
+        names += [post_norm_hook(l, sub, "hook_scale") for sub in POST_NORMS]
     names = [n for n in names if n in hook_dict]
     n_ctx = int(getattr(model.cfg, "n_ctx", 0) or _CHECK_TOKENS)
     g = torch.Generator().manual_seed(0)
@@ -223,6 +255,21 @@ def _measure(model: Any) -> list[Broken]:
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     tol = tolerance(dtype)
     broken: list[Broken] = []
+    read_through: set[tuple[str, int]] = set()
+
+    def through_post_norm(sublayer, layer, value, raw, formula):
+        """``raw`` through the block's norm after ``sublayer`` (``w ⊙ raw / scale``, the scale the forward
+        computed) where the model has one and that is what it adds; ``raw`` itself otherwise."""
+        scale = got.get(post_norm_hook(layer, sublayer, "hook_scale"))
+        norm = getattr(model.blocks[layer], POST_NORMS[sublayer], None)
+        w = None if norm is None or scale is None else backends.norm_weight(model, norm)
+        if w is None or mismatch(value, raw) <= tol:
+            return raw, formula
+        normed = raw * w.float().to(raw.device) / scale.float().to(raw.device)
+        if mismatch(value, normed) > tol:
+            return raw, formula
+        read_through.add((sublayer, layer))
+        return normed, f"{POST_NORMS[sublayer]}({formula})"
 
     def compare(identity, layer, hook, formula, value, want, kind_if_norm, sublayer_out=None):
         # a model split over devices (n_devices, device_map) may fire a block's hooks on different devices
@@ -255,8 +302,8 @@ def _measure(model: Any) -> list[Broken]:
             want = z.float().reshape(*z.shape[:2], -1) @ w.float().to(z.device)
             if bias is not None:
                 want = want + bias.float().to(want.device)
-            compare("attn_out", l, name_of("hook_attn_out"), "attn.hook_z @ W_O + b_O", attn_out, want, _NORM_AFTER_ATTN,
-                    want)
+            normed, formula = through_post_norm("attn", l, attn_out, want, "attn.hook_z @ W_O + b_O")
+            compare("attn_out", l, name_of("hook_attn_out"), formula, attn_out, normed, _NORM_AFTER_ATTN, want)
         if pre is not None and mid is not None and attn_out is not None:
             compare("attn_resid", l, name_of("hook_resid_mid"), "hook_resid_pre + hook_attn_out", mid,
                     pre.float().to(mid.device) + attn_out.float().to(mid.device), _NORM_AFTER_ATTN, attn_out)
@@ -278,8 +325,8 @@ def _measure(model: Any) -> list[Broken]:
         b_out = _mlp_bias(model, mlp, "out")
         if b_out is not None:
             down = down + b_out.float().to(down.device)
-        compare("mlp_out", l, name_of("hook_mlp_out"), "mlp.hook_post @ W_out + b_out", mlp_out, down, _NORM_AFTER_MLP,
-                down)
+        normed, formula = through_post_norm("mlp", l, mlp_out, down, "mlp.hook_post @ W_out + b_out")
+        compare("mlp_out", l, name_of("hook_mlp_out"), formula, mlp_out, normed, _NORM_AFTER_MLP, down)
         if post is not None:
             here = post.device
             base = mid.float().to(here) if mid is not None else (
@@ -302,7 +349,7 @@ def _measure(model: Any) -> list[Broken]:
             if b_in is not None:
                 want = want + b_in.float().to(want.device)
             compare("gated", l, name_of("mlp.hook_post"), "f(hook_pre) · hook_pre_linear", hp, want, "")
-    return broken
+    return broken, frozenset(read_through)
 
 
 def _mlp_bias(model: Any, mlp: Any, which: str) -> torch.Tensor | None:
@@ -320,11 +367,12 @@ def check_neuron_directions(model: Any) -> None:
     """Refuse a model on which neuron edges would come out wrong.
 
     Edges of neurons read a neuron's effect at ``hook_mlp_out`` as ``a · W_out[neuron]`` and hold an MLP
-    constant by holding its ``hook_mlp_out``: every MLP's ``hook_mlp_out`` must be ``hook_post @ W_out + b_out``
-    and be added to the residual stream as is (and a gated MLP's ``hook_post`` must be
-    ``f(hook_pre) · hook_pre_linear``, what the RelP rules differentiate). Checked numerically on the model
-    (:func:`check_structure`), not read from its module names: models with a norm after the MLP (Gemma 2/3,
-    OLMo 2, whatever TransformerLens calls that norm) are refused with the layer and the mismatch named.
+    constant by holding its ``hook_mlp_out``: every MLP's ``hook_mlp_out`` must be ``hook_post @ W_out + b_out``,
+    or that through the RMSNorm ``ln2_post`` (Gemma 2/3; read through with :class:`MLPPostNorms`), and be added
+    to the residual stream as is (and a gated MLP's ``hook_post`` must be ``f(hook_pre) · hook_pre_linear``,
+    what the RelP rules differentiate). Checked numerically on the model (:func:`check_structure`), not read
+    from its module names: models with another norm after the MLP (OLMo 2's on TransformerLens 3.9, named
+    ``ln2``) are refused with the layer and the mismatch named.
 
     Args:
         model: a HookedTransformer or a TransformerBridge.
@@ -354,3 +402,107 @@ def check_structure(model: Any, *, mlp: bool = True, embed: bool = False, heads:
         raise RelPLensError(f"this model breaks an identity relp_lens relies on ({_NEEDS[first.identity]}): "
                             f"{first.message()}" + (f" (and {more} more layer{'s' * (more > 1)})" if more else "")
                             + ". Refused rather than giving wrong numbers")
+
+
+class MLPPostNorms:
+    """What the circuit's neurons write, read at ``hook_mlp_out`` through the norm after their MLP, on one
+    forward pass.
+
+    Where block L's MLP output passes through an RMSNorm before the residual stream (Gemma 2/3's ``ln2_post``,
+    :func:`post_normed`), ``hook_mlp_out = w ⊙ x / r`` with ``x = hook_post @ W_out + b_out`` (neuron ``j``
+    adds ``a_j · W_out[j]`` to ``x``), ``w`` the norm's weight as applied and ``r = √(mean(x²) + ε)`` per
+    position. Edges hold ``hook_mlp_out`` constant (a leaf) and read gradients there; a neuron's gradient is
+    ``W_out[j] · ∂/∂x``, so :meth:`pull` takes a gradient at ``hook_mlp_out`` to ``x`` and :meth:`push` a
+    tangent at ``x`` to ``hook_mlp_out``, with the norm's Jacobian at this forward pass:
+
+    - ``frozen`` (RelP with the LN rule: the scale ``r`` is a constant): ``J = diag(w / r)``, exactly what
+      the rule differentiates;
+    - not frozen (the grad method, or RelP without the LN rule): the true Jacobian
+      ``J = diag(w) (I − n nᵀ / d) / r`` with ``n = x / r`` (the norm's ``hook_normalized``).
+
+    Blocks without a post-norm are passed through unchanged. The scale (and ``n``) are captured by
+    :meth:`hooks` in a forward pass of the caller's, or by :meth:`capture` in a forward pass of their own.
+
+    Attributes:
+        frozen: whether the norm scales are constants in the backward passes this serves.
+        blocks: the blocks (of those asked for) whose MLP output goes through a post-norm.
+    """
+
+    def __init__(self, model: Any, blocks: Any, *, frozen: bool) -> None:
+        """
+        Args:
+            model: a HookedTransformer or a TransformerBridge whose structure check passed.
+            blocks: the blocks whose neurons are read (an iterable of block indices).
+            frozen: the norm scales are constants (RelP mode with the LN rule).
+        """
+        post = post_normed(model)
+        self.frozen = frozen
+        self.blocks = sorted({int(b) for b in blocks if ("mlp", int(b)) in post})
+        self._weight = {b: backends.norm_weight(model, getattr(model.blocks[b], POST_NORMS["mlp"])).detach().float()
+                        for b in self.blocks}
+        self._scale: dict[int, torch.Tensor] = {}  # [batch, pos, 1]
+        self._normalized: dict[int, torch.Tensor] = {}  # [batch, pos, d_model]
+
+    def hooks(self) -> list[tuple[str, Any]]:
+        """Forward hooks that read each post-norm's scale (and, not frozen, its normalised input): add them
+        to the forward pass whose gradients :meth:`pull` will take. They change nothing."""
+        def grab(store, block):
+            def hook(x, hook):
+                store[block] = x.detach().float()
+
+            return hook
+
+        fwd = [(post_norm_hook(b, "mlp", "hook_scale"), grab(self._scale, b)) for b in self.blocks]
+        if not self.frozen:
+            fwd += [(post_norm_hook(b, "mlp", "hook_normalized"), grab(self._normalized, b)) for b in self.blocks]
+        return fwd
+
+    def capture(self, model: Any, tokens: torch.Tensor) -> None:
+        """One forward pass of its own (no gradient, up to the last block read) that runs :meth:`hooks`.
+
+        Args:
+            model: the model of the constructor.
+            tokens: the batch ``[batch, pos]`` the gradients or tangents belong to.
+        """
+        if not self.blocks:
+            return
+        with torch.no_grad(), backends.hooks(model, fwd_hooks=self.hooks()):
+            model(tokens.to(model.cfg.device), stop_at_layer=self.blocks[-1] + 1)
+
+    def pull(self, block: int, g: torch.Tensor) -> torch.Tensor:
+        """A gradient at ``hook_mlp_out`` of ``block`` as a gradient at ``x`` (``Jᵀ g``).
+
+        Args:
+            block: the block.
+            g: ``[..., batch, pos, d_model]`` (leading dimensions: seeds).
+
+        Returns:
+            ``Jᵀ g``, same shape and dtype (``g`` itself where the block has no post-norm).
+        """
+        if block not in self._weight:
+            return g
+        w, r = self._weight[block].to(g.device), self._scale[block].to(g.device)
+        gw = g.float() * w
+        if not self.frozen:
+            n = self._normalized[block].to(g.device)
+            gw = gw - n * (n * gw).mean(-1, keepdim=True)
+        return (gw / r).to(g.dtype)
+
+    def push(self, block: int, t: torch.Tensor) -> torch.Tensor:
+        """A tangent at ``x`` of ``block`` as a tangent at its ``hook_mlp_out`` (``J t``).
+
+        Args:
+            block: the block.
+            t: ``[batch, pos, d_model]``.
+
+        Returns:
+            ``J t``, same shape and dtype (``t`` itself where the block has no post-norm).
+        """
+        if block not in self._weight:
+            return t
+        w, r = self._weight[block].to(t.device), self._scale[block].to(t.device)
+        x = t.float()
+        if not self.frozen:
+            n = self._normalized[block].to(t.device)
+            x = x - n * (n * x).mean(-1, keepdim=True)
+        return (x * w / r).to(t.dtype)
