@@ -1,4 +1,4 @@
-"""The paper's edge-pruning curve for subject–verb agreement on the shipped SmolLM2-135M.
+"""The paper's edge-pruning curve for subject–verb agreement on a shipped model (default SmolLM2-135M; --model).
 
 1. RelP attribution on ``--n-build`` agreement pairs (nounpp and rc); the circuit is the top ``--k`` nodes.
 2. Its full graph: neuron → neuron edges (:func:`relp_lens.attribute_edges`) and embedding → neuron,
@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import relp_lens
+from relp_lens.core.models import SHIPPED_MODELS
 from relp_lens.circuits.ablation import cpr_cmd
 from relp_lens.core.tasks import agreement_rows
 from relp_lens.circuits.io_edges import attribute_io_edges
@@ -34,8 +35,9 @@ def main() -> None:
     ap.add_argument("--n-eval", type=int, default=32)
     ap.add_argument("--ablations", nargs="+", default=["mean", "counterfactual"])
     ap.add_argument("--out", default="benchmarks/results/edge_pruning.json")
+    ap.add_argument("--model", default="smollm2-135m", choices=sorted(SHIPPED_MODELS))
     args = ap.parse_args()
-    model = relp_lens.load_model()
+    model = relp_lens.load_model(args.model)
     rows = agreement_rows(model, args.n_build + args.n_eval, simple_fraction=0.0)
     build, held_out = rows[: args.n_build], rows[args.n_build:]
     t0 = time.perf_counter()

@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 import relp_lens
+from relp_lens.core.models import SHIPPED_MODELS
 from relp_lens.circuits.ablation import faithfulness_sweep
 from relp_lens.analysis.cards import always_on_neurons
 from relp_lens.core.data import Prompts
@@ -103,9 +104,10 @@ def main() -> None:
     ap.add_argument("--tasks", default=",".join(TASKS))
     ap.add_argument("--out", default="benchmarks/results/unpaired_circuits.json")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--model", default="smollm2-135m", choices=sorted(SHIPPED_MODELS))
     args = ap.parse_args()
     warnings.simplefilter("ignore")
-    model = relp_lens.load_model()
+    model = relp_lens.load_model(args.model)
     always_on = always_on_neurons(model)
     print(f"always-on neurons (package corpus, top-1% |activation| on >= 90% of tokens): {len(always_on)}")
     results = dict(sizes=SIZES, always_on=always_on, tasks={})
