@@ -56,7 +56,7 @@ def saelens_files(folder, arch="standard", *, seed=0, cfg_extra=None, meta_extra
          "W_dec": rand(D_SAE, d_out, seed=seed + 2), "b_dec": 0.5 * rand(d_out, seed=seed + 3)}
     if act == "jumprelu":
         thr = rand(D_SAE, seed=seed + 4).abs() * 0.5
-        thr[0] = -0.3  # SAELens applies a ReLU before the threshold: a negative threshold acts as 0
+        thr[0] = -5.0  # SAELens applies a ReLU before the threshold: a negative threshold acts as 0
         if log_threshold:
             thr = thr.clamp_min(1e-3)
         t["log_threshold" if log_threshold else "threshold"] = thr.log() if log_threshold else thr
@@ -651,26 +651,27 @@ def test_lazy_exports():
 # --- the libraries themselves, where installed ----------------------------------------------------------------
 def _saelens_models():
     sae_lens = pytest.importorskip("sae_lens", reason="sae_lens is not installed (TransformerLens 3 only)")
+    from sae_lens.saes.sae import SAEMetadata
     d_in, d_sae, d_out = 8, 24, 6
     meta = {"hook_name": "blocks.0.hook_resid_mid"}
     tmeta = {**meta, "hook_name_out": "blocks.0.hook_mlp_out"}
     return [
-        sae_lens.StandardSAE(sae_lens.StandardSAEConfig(d_in=d_in, d_sae=d_sae, metadata=sae_lens.SAEMetadata(
+        sae_lens.StandardSAE(sae_lens.StandardSAEConfig(d_in=d_in, d_sae=d_sae, metadata=SAEMetadata(
             **meta))),
-        sae_lens.TopKSAE(sae_lens.TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=5, metadata=sae_lens.SAEMetadata(**meta))),
+        sae_lens.TopKSAE(sae_lens.TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=5, metadata=SAEMetadata(**meta))),
         sae_lens.TopKSAE(sae_lens.TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=5, rescale_acts_by_decoder_norm=True,
-                                                metadata=sae_lens.SAEMetadata(**meta))),
-        sae_lens.JumpReLUSAE(sae_lens.JumpReLUSAEConfig(d_in=d_in, d_sae=d_sae, metadata=sae_lens.SAEMetadata(
+                                                metadata=SAEMetadata(**meta))),
+        sae_lens.JumpReLUSAE(sae_lens.JumpReLUSAEConfig(d_in=d_in, d_sae=d_sae, metadata=SAEMetadata(
             **meta))),
         sae_lens.Transcoder(sae_lens.TranscoderConfig(d_in=d_in, d_sae=d_sae, d_out=d_out,
                                                       apply_b_dec_to_input=False,
-                                                      metadata=sae_lens.SAEMetadata(**tmeta))),
+                                                      metadata=SAEMetadata(**tmeta))),
         sae_lens.SkipTranscoder(sae_lens.SkipTranscoderConfig(d_in=d_in, d_sae=d_sae, d_out=d_out,
                                                               apply_b_dec_to_input=False,
-                                                              metadata=sae_lens.SAEMetadata(**tmeta))),
+                                                              metadata=SAEMetadata(**tmeta))),
         sae_lens.JumpReLUTranscoder(sae_lens.JumpReLUTranscoderConfig(d_in=d_in, d_sae=d_sae, d_out=d_out,
                                                                       apply_b_dec_to_input=False,
-                                                                      metadata=sae_lens.SAEMetadata(**tmeta))),
+                                                                      metadata=SAEMetadata(**tmeta))),
     ]
 
 
