@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
@@ -530,6 +530,7 @@ def test_fuzz_saelens_configs_and_shapes(tmp_path_factory, arch, edits, reshaped
        hookpoint=st.sampled_from(["layers.0.mlp", "layers.12", "model.layers.3.mlp", "layers.x.mlp", "embed"]),
        reshaped=st.one_of(st.none(), st.tuples(st.sampled_from(["encoder.weight", "encoder.bias", "W_dec", "b_dec",
                                                                   "W_skip"]), shape)))
+@example(edits=[], hookpoint="layers.0.mlp", reshaped=("encoder.weight", ()))  # found by the long profile
 def test_fuzz_sparsify_configs_and_shapes(tmp_path_factory, edits, hookpoint, reshaped):
     run = tmp_path_factory.mktemp("fuzz")
     cfg, t = sparsify_files(run / hookpoint)

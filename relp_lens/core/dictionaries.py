@@ -771,8 +771,9 @@ def _load_sparsify_one(folder: Path, hookpoint: str, dtype: torch.dtype) -> Dict
     weights = folder / "sae.safetensors"
     tensors = _read_tensors(weights, "sparsify weights file", dtype)
     wsrc = str(weights)
-    if "encoder.weight" not in tensors:
-        raise RelPLensError(f"{wsrc}: missing tensor 'encoder.weight' (has {sorted(tensors)})")
+    if "encoder.weight" not in tensors or tensors["encoder.weight"].ndim != 2:
+        raise RelPLensError(f"{wsrc}: missing 2-D tensor 'encoder.weight' [num_latents, d_in] (has "
+                            f"{sorted(tensors)})")
     d_sae = int(tensors["encoder.weight"].shape[0])
     n_latents = cfg.int("num_latents", minimum=0, default=0)
     expected = n_latents or d_in * cfg.int("expansion_factor", default=32)
