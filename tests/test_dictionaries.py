@@ -171,6 +171,20 @@ def test_load_sae_refuses_what_it_cannot_read_exactly(tmp_path, change, match):
     assert str(tmp_path) in str(e.value)
 
 
+def test_load_sae_reads_pre_6_topk_configs(tmp_path):
+    cfg, t = saelens_files(tmp_path, "topk")
+    old = {k: v for k, v in cfg.items() if k not in ("architecture", "k", "metadata")}
+    old.update(hook_point="blocks.1.hook_resid_mid", activation_fn="topk", activation_fn_kwargs={"k": 3})
+    (tmp_path / "cfg.json").write_text(json.dumps(old))
+    d = load_sae(tmp_path)
+    assert (d.activation, d.k, d.hook_in) == ("topk", 3, "blocks.1.hook_resid_mid")
+    x = rand(4, D_IN, seed=8)
+    np.testing.assert_allclose(d.forward(x).double().numpy(), saelens_hand(cfg, t, x)[1], rtol=1e-5, atol=1e-5)
+    (tmp_path / "cfg.json").write_text(json.dumps({**old, "activation_fn": "gelu"}))
+    with pytest.raises(RelPLensError, match="'activation_fn' is 'gelu'"):
+        load_sae(tmp_path)
+
+
 def test_load_sae_hooks_from_the_caller_only_where_the_file_is_silent(tmp_path):
     saelens_files(tmp_path / "t", "transcoder", meta_extra={"hook_name_out": None})
     with pytest.raises(RelPLensError, match="missing key 'metadata.hook_name_out'.*hook_out="):
@@ -449,6 +463,8 @@ def tiny_dict(**changes):
     ({"layer": -1}, "layer must be a block index"),
     ({"b_dec": torch.full((D_OUT,), math.nan)}, "b_dec holds NaN"),
     ({"input_site": "resid"}, "input_site must be one of"),
+    ({"input_site": "mlp_input", "layer": None}, "give the block as layer"),
+    ({"source": "file.json"}, "source must be a DictionarySource"),
 ])
 def test_dictionary_validates_its_fields(changes, match):
     with pytest.raises(RelPLensError, match=match):
@@ -504,7 +520,8 @@ def fuzz_outcome(load, folder):
        edits=st.lists(st.tuples(st.sampled_from(["d_in", "d_sae", "d_out", "k", "architecture", "apply_b_dec_to_input",
                                                 "normalize_activations", "reshape_activations", "metadata",
                                                 "metadata.hook_name", "metadata.hook_name_out",
-                                                "rescale_acts_by_decoder_norm", "<delete>"]), json_value), max_size=3),
+                                                "rescale_acts_by_decoder_norm", "activation_fn", "activation_fn_kwargs",
+                                                "<delete>"]), json_value), max_size=3),
        reshaped=st.one_of(st.none(), st.tuples(st.sampled_from(["W_enc", "b_enc", "W_dec", "b_dec", "threshold",
                                                                   "W_skip"]), shape)))
 def test_fuzz_saelens_configs_and_shapes(tmp_path_factory, arch, edits, reshaped):
@@ -617,6 +634,21 @@ def test_check_against_folds_ln2_into_mlp_input_transcoders(tmp_path, model):
         assert not torch.allclose(d0.forward(cache[d.hook_in]), truth, atol=1e-3)  # the weight matters here
         assert torch.allclose(d.forward(cache[d.hook_in]), truth, atol=1e-4)
         assert torch.allclose(d.encode(cache[d.hook_in]), d0.encode(mlp_in[d.layer]), atol=1e-4)
+
+
+@pytest.mark.hooked
+def test_check_against_refuses_an_mlp_input_dictionary_where_ln2_does_not_normalise_resid_mid():
+    model = tiny_llama()
+    d = tiny_dict(W_enc=rand(32, D_SAE), W_dec=rand(D_SAE, 32), b_dec=torch.zeros(32), layer=1,
+                  hook_in="blocks.1.ln2.hook_normalized", hook_out="blocks.1.hook_mlp_out", input_site="mlp_input")
+    assert d.check_against(model).input_site == "hook"
+    model.add_hook("blocks.1.ln2.hook_normalized", lambda x, hook: x + 1.0, is_permanent=True)
+    try:
+        with pytest.raises(RelPLensError, match="trained on the MLP's input .* blocks.1.ln2.hook_normalized is not "
+                                                "a norm of blocks.1.hook_resid_mid"):
+            d.check_against(model)
+    finally:
+        model.reset_hooks(including_permanent=True)
 
 
 def test_check_against_refuses_wrong_widths_and_hooks(model):

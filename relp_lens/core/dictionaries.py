@@ -81,6 +81,11 @@ class DictionarySource:
     format: Format = "memory"
     detail: str = ""
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.path, str) or self.format not in FORMATS or not isinstance(self.detail, str):
+            raise RelPLensError(f"DictionarySource needs a path and detail (strings) and a format from "
+                                f"{list(FORMATS)}, got {self.path!r}, {self.format!r}, {self.detail!r}")
+
     def __str__(self) -> str:
         return self.path + (f" ({self.detail})" if self.detail else "")
 
@@ -149,6 +154,9 @@ class Dictionary:
         if self.layer is not None and (isinstance(self.layer, bool) or not isinstance(self.layer, int)
                                        or self.layer < 0):
             raise bad(f"layer must be a block index (an int >= 0) or None, got {self.layer!r}")
+        if self.layer is None and (self.input_site != "hook" or self.output_site != "hook"):
+            raise bad(f"input_site {self.input_site!r} / output_site {self.output_site!r} name a block's MLP: "
+                      "give the block as layer")
         required = {"W_enc": 2, "b_enc": 1, "W_dec": 2, "b_dec": 1}
         optional = {"threshold": 1, "W_skip": 2}
         for name, ndim in {**required, **optional}.items():
@@ -600,6 +608,12 @@ def _saelens_dictionary(cfg_dict: dict, tensors: dict[str, torch.Tensor], where:
                         scaling_factor: float | None, hook_in: str | None, hook_out: str | None) -> Dictionary:
     cfg = _Cfg(cfg_dict, where)
     arch = cfg.str("architecture", "standard")
+    act_fn = cfg.str("activation_fn", None)  # SAELens < 6 named TopK here, with no 'architecture' key
+    if act_fn == "topk" and "architecture" not in cfg_dict:
+        arch, cfg = "topk", _Cfg({**cfg_dict, "k": cfg.sub("activation_fn_kwargs").get("k")}, where)
+    elif act_fn not in (None, "relu"):
+        raise RelPLensError(f"{where}: key 'activation_fn' is {act_fn!r}; only 'relu' (or 'topk' without an "
+                            "'architecture' key, SAELens < 6) is understood")
     if arch in _SAELENS_REFUSED:
         raise RelPLensError(f"{where}: architecture {arch!r} is not supported: {_SAELENS_REFUSED[arch]}")
     if arch not in _SAELENS_ARCHS:
