@@ -677,6 +677,46 @@ def test_check_against_refuses_mlp_output_dictionaries_after_a_post_mlp_norm(tmp
     assert load_transcoders(tmp_path).check_against(tiny_llama())[1].hook_in == "blocks.1.hook_mlp_out"
 
 
+SHIPPED = [("smollm2", "hooked"), ("smollm2", "bridge"), ("gemma3-270m", "hooked"), ("gemma3-270m", "bridge")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, backend", SHIPPED, ids=[f"{n}-{b}" for n, b in SHIPPED])
+def test_mlp_input_transcoders_read_what_the_shipped_models_mlps_read(tmp_path, smollm, name, backend):
+    """On the shipped models (Gemma 3: a norm weight stored as ``w``, applied as ``1 + w`` on the bridge, and a
+    norm after the MLP), a circuit-tracer ``mlp.hook_in`` transcoder checked against the model reads
+    ``ln2.hook_normalized`` and computes what the unchecked one computes on the MLP module's real input; an
+    ``mlp.hook_out`` one is refused where a norm follows the MLP."""
+    if backend == "hooked" and not backends.hooked_transformer_available():
+        pytest.skip("HookedTransformer needs TransformerLens 3.x")
+    if name == "smollm2" and backends.is_bridge(smollm) == (backend == "bridge"):
+        model = smollm
+    else:
+        model = relp_lens.load_model("smollm2-135m" if name == "smollm2" else name, backend=backend)
+    d_model = model.cfg.d_model
+    for i in range(2):
+        save_file({"W_enc": rand(D_SAE, d_model, seed=i) / d_model ** 0.5, "W_dec": rand(D_SAE, d_model, seed=i + 1),
+                   "b_enc": 0.1 * rand(D_SAE, seed=i + 2), "b_dec": rand(d_model, seed=i + 3)},
+                  str(tmp_path / f"layer_{i}.safetensors"))
+    post_norm = name == "gemma3-270m"
+    (tmp_path / "config.yaml").write_text("model_kind: transcoder_set\nfeature_input_hook: mlp.hook_in\n"
+                                          "feature_output_hook: mlp.hook_out\n")
+    if post_norm:
+        with pytest.raises(RelPLensError, match="reads or writes the MLP module's own output, but at layer 0"):
+            load_transcoders(tmp_path).check_against(model)
+        (tmp_path / "config.yaml").write_text("model_kind: transcoder_set\nfeature_input_hook: mlp.hook_in\n"
+                                              "feature_output_hook: hook_mlp_out\n")
+    raw = load_transcoders(tmp_path)
+    checked = raw.check_against(model)
+    tokens = model.to_tokens("The keys to the cabinet")
+    mlp_in = mlp_inputs(model, tokens)
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("ln2.hook_normalized"))
+    for d, d0 in zip(checked, raw):
+        truth = d0.encode(mlp_in[d.layer].float())
+        assert (truth > 0).any()
+        torch.testing.assert_close(d.encode(cache[d.hook_in].float()), truth, rtol=1e-4, atol=1e-4)
+
+
 def test_lazy_exports():
     assert relp_lens.load_sae is load_sae and relp_lens.DictionarySet is DictionarySet
 
