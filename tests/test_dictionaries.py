@@ -464,6 +464,9 @@ def tiny_dict(**changes):
     ({"b_dec": torch.full((D_OUT,), math.nan)}, "b_dec holds NaN"),
     ({"input_site": "resid"}, "input_site must be one of"),
     ({"input_site": "mlp_input", "layer": None}, "give the block as layer"),
+    ({"input_site": "mlp_input"}, "hook_in of a site 'mlp_input' dictionary at layer 0 is "
+                                  "blocks.0.ln2.hook_normalized, got 'blocks.0.hook_resid_mid'"),
+    ({"output_site": "mlp_output", "hook_out": "blocks.1.hook_mlp_out"}, "hook_out of a site 'mlp_output'"),
     ({"source": "file.json"}, "source must be a DictionarySource"),
 ])
 def test_dictionary_validates_its_fields(changes, match):

@@ -157,6 +157,12 @@ class Dictionary:
         if self.layer is None and (self.input_site != "hook" or self.output_site != "hook"):
             raise bad(f"input_site {self.input_site!r} / output_site {self.output_site!r} name a block's MLP: "
                       "give the block as layer")
+        site_hooks = {"mlp_input": nodes.ln2_normalized, "mlp_output": nodes.mlp_out}
+        for name, site, hook in (("hook_in", self.input_site, self.hook_in),
+                                 ("hook_out", self.output_site, self.hook_out)):
+            if site in site_hooks and hook != site_hooks[site](self.layer):
+                raise bad(f"{name} of a site {site!r} dictionary at layer {self.layer} is "
+                          f"{site_hooks[site](self.layer)}, got {hook!r}")
         required = {"W_enc": 2, "b_enc": 1, "W_dec": 2, "b_dec": 1}
         optional = {"threshold": 1, "W_skip": 2}
         for name, ndim in {**required, **optional}.items():
@@ -457,8 +463,7 @@ def _check_against(model: Any, dicts: list[Dictionary]) -> list[Dictionary]:
     nodes.resolve_hooks(model, hooks)  # unknown hooks: refused with the nearest names
     got = _capture(model, hooks)
     for d in dicts:
-        for name, hook, want, site in (("d_in", d.hook_in, d.d_in, d.input_site),
-                                       ("d_out", d.hook_out, d.d_out, d.output_site)):
+        for name, hook, want in (("d_in", d.hook_in, d.d_in), ("d_out", d.hook_out, d.d_out)):
             if hook not in got:
                 raise RelPLensError(f"{d.source}: the model's forward pass never reached {hook}")
             width = math.prod(got[hook].shape[2:])
