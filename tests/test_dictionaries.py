@@ -406,6 +406,49 @@ def test_gemma_scope_2_params_listed_in_a_circuit_tracer_config(tmp_path):
         load_transcoders(tmp_path / "layer_0_width_16k" / "params.safetensors")
 
 
+def gemma_scope_2_folder(folder, layer, seed=0, skip=True, cfg_extra=None):
+    t = gemma_scope_2_file(folder / "params.safetensors", seed=seed, skip=skip)
+    cfg = {"architecture": "jump_relu", "model_name": "gemma-v3-270m-pt",
+           "hf_hook_point_in": f"model.layers.{layer}.pre_feedforward_layernorm.output",
+           "hf_hook_point_out": f"model.layers.{layer}.post_feedforward_layernorm.output", "affine_connection": skip}
+    cfg.update(cfg_extra or {})
+    (folder / "config.json").write_text(json.dumps(cfg))
+    return t
+
+
+def test_gemma_scope_2_transcoder_folders(tmp_path):
+    ts = {layer: gemma_scope_2_folder(tmp_path / f"layer_{layer}_width_16k_l0_small_affine", layer, seed=layer,
+                                      skip=layer == 3) for layer in (3, 5)}
+    s = load_transcoders(tmp_path)
+    assert s.layers == [3, 5] and [d.kind for d in s] == ["skip_transcoder", "transcoder"]
+    d = s[3]
+    assert (d.hook_in, d.input_site, d.hook_out, d.output_site) == \
+        ("blocks.3.ln2.hook_normalized", "mlp_input", "blocks.3.hook_mlp_out", "hook")
+    x = rand(4, D_IN, seed=6)
+    for layer, t in ts.items():
+        xn = np64(x)
+        p = xn @ np64(t["w_enc"]) + np64(t["b_enc"])
+        out = (p * (p > np64(t["threshold"]))) @ np64(t["w_dec"]) + np64(t["b_dec"])
+        if "affine_skip_connection" in t:
+            out = out + xn @ np64(t["affine_skip_connection"])
+        np.testing.assert_allclose(s[layer].forward(x).double().numpy(), out, rtol=1e-5, atol=1e-5)
+    assert load_transcoders(tmp_path / "layer_5_width_16k_l0_small_affine").layers == [5]
+
+
+@pytest.mark.parametrize("cfg_extra, match", [
+    ({"architecture": "topk"}, "'architecture' is 'topk'; Gemma Scope 2 files are 'jump_relu'"),
+    ({"hf_hook_point_out": None}, "a Gemma Scope 2 SAE, not a transcoder"),
+    ({"hf_hook_point_in": "model.layers.2.output"}, "only an MLP transcoder"),
+    ({"hf_hook_point_out": "model.layers.2.post_feedforward_layernorm.output"}, "only an MLP transcoder"),
+    ({"affine_connection": False}, "'affine_connection' says False but .* has affine_skip_connection"),
+])
+def test_gemma_scope_2_refusals(tmp_path, cfg_extra, match):
+    gemma_scope_2_folder(tmp_path, 1, cfg_extra=cfg_extra)
+    with pytest.raises(RelPLensError, match=match) as e:
+        load_transcoders(tmp_path)
+    assert str(tmp_path) in str(e.value)
+
+
 @pytest.mark.parametrize("cfg_change, match", [
     ({"model_kind": "cross_layer_transcoder"}, "only per-layer transcoders"),
     ({"feature_input_hook": 3}, "'feature_input_hook' must be a non-empty string"),
@@ -587,6 +630,26 @@ def test_fuzz_circuit_tracer_configs_and_shapes(tmp_path_factory, edits, reshape
     if reshaped:
         files[0][reshaped[0]] = torch.ones(reshaped[1])
         save_file(files[0], str(folder / "layer_0.safetensors"))
+    fuzz_outcome(load_transcoders, folder)
+
+
+@given(edits=st.lists(st.tuples(st.sampled_from(["architecture", "hf_hook_point_in", "hf_hook_point_out",
+                                                 "affine_connection", "<delete>"]), json_value), max_size=3),
+       reshaped=st.one_of(st.none(), st.tuples(st.sampled_from(["w_enc", "w_dec", "b_enc", "b_dec", "threshold",
+                                                                  "affine_skip_connection"]), shape)))
+def test_fuzz_gemma_scope_2_configs_and_shapes(tmp_path_factory, edits, reshaped):
+    folder = tmp_path_factory.mktemp("fuzz")
+    t = gemma_scope_2_folder(folder, 2)
+    cfg = json.loads((folder / "config.json").read_text())
+    for key, value in edits:
+        if key == "<delete>":
+            cfg.pop(value if isinstance(value, str) else "architecture", None)
+        else:
+            cfg[key] = value
+    (folder / "config.json").write_text(json.dumps(cfg))
+    if reshaped:
+        t[reshaped[0]] = torch.ones(reshaped[1])
+        save_file({k: v.contiguous() for k, v in t.items()}, str(folder / "params.safetensors"))
     fuzz_outcome(load_transcoders, folder)
 
 

@@ -18,9 +18,9 @@ transcoder). Shapes: ``x [..., d_in]``, ``f [..., d_sae]``, ``x̂ [..., d_out]``
 2. **The readers import nothing they do not need** (SAELens pins TransformerLens < 4): :func:`load_sae` reads
    SAELens' folder (``cfg.json`` + ``sae_weights.safetensors``) or takes an ``sae_lens.SAE`` object;
    :func:`load_transcoders` reads sparsify's run folder (a folder per hookpoint with ``cfg.json`` +
-   ``sae.safetensors``), circuit-tracer's (``config.yaml`` + ``layer_{i}.safetensors``), whose ``transcoders``
-   list may name Gemma Scope 2 ``params.safetensors`` files (``w_enc``, ``w_dec``, ``threshold``,
-   ``affine_skip_connection``). Whatever a format folds at load time (SAELens' saved activation scaling,
+   ``sae.safetensors``), circuit-tracer's (``config.yaml`` + ``layer_{i}.safetensors``) and Gemma Scope 2's
+   transcoder folders (``config.json`` + ``params.safetensors``: ``w_enc``, ``w_dec``, ``threshold``,
+   ``affine_skip_connection``; also when listed in a circuit-tracer ``config.yaml``). Whatever a format folds at load time (SAELens' saved activation scaling,
    ``rescale_acts_by_decoder_norm``, a log-threshold) is folded into the weights exactly; what cannot be
    expressed (gated SAEs, run-time input normalisation, ``hook_z`` reshaping, cross-layer transcoders) is
    refused, never approximated.
@@ -834,6 +834,63 @@ def _ct_hook(name: str, layer: int) -> tuple[str, str]:
     return nodes.block_hook(layer, name), "hook"
 
 
+def _gemma_scope_2_weights(tensors: dict[str, torch.Tensor], where: str) -> tuple[torch.Tensor, ...]:
+    """``(W_enc, W_dec, threshold, W_skip)`` of a Gemma Scope 2 ``params.safetensors`` (``b_enc``, ``b_dec`` stay):
+    ``w_enc [d_in, d_sae]``, ``w_dec [d_sae, d_out]``, ``threshold [d_sae]``, ``affine_skip_connection
+    [d_in, d_out]`` applied as ``x @ affine_skip_connection`` (as circuit-tracer's and SAELens' loaders read it)."""
+    if "w_enc" not in tensors or tensors["w_enc"].ndim != 2 or "w_dec" not in tensors or tensors["w_dec"].ndim != 2:
+        raise RelPLensError(f"{where}: a Gemma Scope 2 file needs w_enc [d_in, d_sae], w_dec [d_sae, d_out], "
+                            f"b_enc, b_dec, threshold (has {sorted(tensors)})")
+    d_in, d_sae = tensors["w_enc"].shape
+    d_out = int(tensors["w_dec"].shape[1])
+    W_enc = _take(tensors, "w_enc", (d_in, d_sae), where)
+    W_dec = _take(tensors, "w_dec", (d_sae, d_out), where)
+    threshold = _take(tensors, "threshold", (d_sae,), where)
+    W_skip = _take(tensors, "affine_skip_connection", (d_in, d_out), where) \
+        if "affine_skip_connection" in tensors else None
+    return W_enc, W_dec, threshold, W_skip
+
+
+_GS2_HOOK = re.compile(r"model\.layers\.(\d+)\.(pre|post)_feedforward_layernorm\.output")
+
+
+def _load_gemma_scope_2(folder: Path, dtype: torch.dtype) -> Dictionary:
+    """One Gemma Scope 2 transcoder folder: ``config.json`` (``architecture: jump_relu``, ``hf_hook_point_in``,
+    ``hf_hook_point_out``, ``affine_connection``) and ``params.safetensors``."""
+    cfg_path = folder / "config.json"
+    where = str(cfg_path)
+    cfg = _Cfg(_read_json(cfg_path, "Gemma Scope 2 config"), where)
+    arch = cfg.str("architecture")
+    if arch != "jump_relu":
+        raise RelPLensError(f"{where}: key 'architecture' is {arch!r}; Gemma Scope 2 files are 'jump_relu'")
+    hin, hout = cfg.str("hf_hook_point_in"), cfg.str("hf_hook_point_out", None)
+    if hout is None:
+        raise RelPLensError(f"{where}: no 'hf_hook_point_out': a Gemma Scope 2 SAE, not a transcoder; only "
+                            "transcoders are read here")
+    m_in, m_out = _GS2_HOOK.fullmatch(hin), _GS2_HOOK.fullmatch(hout)
+    if not (m_in and m_out and m_in.group(2) == "pre" and m_out.group(2) == "post"
+            and m_in.group(1) == m_out.group(1)):
+        raise RelPLensError(f"{where}: hf_hook_point_in {hin!r} / hf_hook_point_out {hout!r}: only an MLP "
+                            "transcoder (model.layers.L.pre_feedforward_layernorm.output → "
+                            "model.layers.L.post_feedforward_layernorm.output) is supported")
+    layer = int(m_in.group(1))
+    weights = folder / "params.safetensors"
+    tensors = _read_tensors(weights, "Gemma Scope 2 weights file", dtype)
+    W_enc, W_dec, threshold, W_skip = _gemma_scope_2_weights(tensors, str(weights))
+    b_enc = _take(tensors, "b_enc", (W_enc.shape[1],), str(weights))
+    b_dec = _take(tensors, "b_dec", (W_dec.shape[1],), str(weights))
+    _no_leftovers(tensors, str(weights))
+    if cfg.bool("affine_connection", False) != (W_skip is not None):
+        raise RelPLensError(f"{where}: key 'affine_connection' says {cfg.get('affine_connection')!r} but "
+                            f"{weights} {'has' if W_skip is not None else 'lacks'} affine_skip_connection")
+    # in: the MLP's input, after pre_feedforward_layernorm and its weight; out: after the post-MLP norm, which
+    # is where TransformerLens puts hook_mlp_out in Gemma blocks
+    return Dictionary(kind="skip_transcoder" if W_skip is not None else "transcoder", activation="jumprelu",
+                      W_enc=W_enc, b_enc=b_enc, W_dec=W_dec, b_dec=b_dec, hook_in=nodes.ln2_normalized(layer),
+                      hook_out=nodes.mlp_out(layer), threshold=threshold, W_skip=W_skip, input_site="mlp_input",
+                      layer=layer, source=DictionarySource(str(folder), "gemma_scope_2", hin))
+
+
 def _load_ct_layer(path: Path, layer: int, cfg: _Cfg, hooks: tuple[str, str], dtype: torch.dtype) -> Dictionary:
     where = str(path)
     tensors = _read_tensors(path, "transcoder weights file", dtype)
@@ -843,17 +900,8 @@ def _load_ct_layer(path: Path, layer: int, cfg: _Cfg, hooks: tuple[str, str], dt
     k = None
     if "w_enc" in tensors:  # Gemma Scope 2's params.safetensors (circuit-tracer's load_gemma_scope_2_transcoder)
         fmt = "gemma_scope_2"
-        if "b_enc" not in tensors or tensors["w_enc"].ndim != 2 or "w_dec" not in tensors or \
-                tensors["w_dec"].ndim != 2:
-            raise RelPLensError(f"{where}: a Gemma Scope 2 file needs w_enc [d_in, d_sae], w_dec [d_sae, d_out], "
-                                f"b_enc, b_dec, threshold (has {sorted(tensors)})")
-        d_in, d_sae = tensors["w_enc"].shape
-        d_out = int(tensors["w_dec"].shape[1])
-        W_enc = _take(tensors, "w_enc", (d_in, d_sae), where)
-        W_dec = _take(tensors, "w_dec", (d_sae, d_out), where)
-        threshold = _take(tensors, "threshold", (d_sae,), where)
-        W_skip = _take(tensors, "affine_skip_connection", (d_in, d_out), where) \
-            if "affine_skip_connection" in tensors else None  # applied as x @ affine_skip_connection
+        W_enc, W_dec, threshold, W_skip = _gemma_scope_2_weights(tensors, where)
+        d_in, d_sae, d_out = W_enc.shape[0], W_enc.shape[1], W_dec.shape[1]
         if activation not in (None, "jumprelu"):
             raise RelPLensError(f"{cfg.where}: key 'activation' is {activation!r} but {where} is a Gemma Scope 2 "
                                 "JumpReLU transcoder")
@@ -950,7 +998,10 @@ def load_transcoders(path: str | Path, *, dtype: torch.dtype = torch.float32) ->
     2. Otherwise sparsify's run folder: one subfolder per hookpoint (``layers.L.mlp``: the MLP's input and
        output; ``layers.L``: the block's), each with ``cfg.json`` and ``sae.safetensors``; or one such
        hookpoint folder itself.
-    3. A bare Gemma Scope 2 ``params.safetensors`` names no hooks: list it in a circuit-tracer ``config.yaml``.
+    3. Gemma Scope 2 transcoders: a folder with ``config.json`` (``architecture: jump_relu``,
+       ``hf_hook_point_in`` ``model.layers.L.pre_feedforward_layernorm.output``, ``hf_hook_point_out``
+       ``….post_feedforward_layernorm.output``, ``affine_connection``) and ``params.safetensors``, or a folder of
+       such folders. A bare ``params.safetensors`` names no hooks: list it in a circuit-tracer ``config.yaml``.
 
     Args:
         path: the folder.
@@ -963,12 +1014,22 @@ def load_transcoders(path: str | Path, *, dtype: torch.dtype = torch.float32) ->
     if not folder.is_dir():
         if folder.name == "params.safetensors":
             raise RelPLensError(f"{folder}: a Gemma Scope 2 params.safetensors does not say which hooks it reads "
-                                "and writes: write a circuit-tracer config.yaml listing it (transcoders: [...], "
-                                "feature_input_hook, feature_output_hook) and load that folder")
+                                "and writes: load its folder, with the config.json Gemma Scope 2 ships beside it, "
+                                "or list it in a circuit-tracer config.yaml (transcoders: [...], "
+                                "feature_input_hook, feature_output_hook)")
         raise RelPLensError(f"{folder}: give the folder of the transcoders" +
                             ("" if folder.exists() else " (not found)"))
     if (folder / "config.yaml").is_file():
         return _load_circuit_tracer(folder, dtype)
+    def gemma_scope_2(p: Path) -> bool:
+        return (p / "params.safetensors").is_file() and (p / "config.json").is_file()
+
+    if gemma_scope_2(folder):
+        return DictionarySet((_load_gemma_scope_2(folder, dtype),), DictionarySource(str(folder), "gemma_scope_2"))
+    gs2 = [p for p in sorted(folder.iterdir()) if gemma_scope_2(p)]
+    if gs2:
+        dicts = sorted((_load_gemma_scope_2(p, dtype) for p in gs2), key=lambda d: d.layer)
+        return DictionarySet(tuple(dicts), DictionarySource(str(folder), "gemma_scope_2"))
     if (folder / "cfg.json").is_file() and (folder / "sae.safetensors").is_file():
         d = _load_sparsify_one(folder, folder.name, dtype)
         return DictionarySet((d,), DictionarySource(str(folder), "sparsify"))
