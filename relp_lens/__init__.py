@@ -14,7 +14,7 @@ The package is grouped by stage, data flowing model → attribution → circuit 
 
 - ``relp_lens.core``: errors, files, backends (HookedTransformer / TransformerBridge), models (the shipped
   GGUF models), rules and relp_mode (RelP), nodes, data, positions, metrics, tasks, attribution, exact
-  patching, distributed (data parallel), plan (memory and passes);
+  patching, distributed (data parallel), plan (memory and passes), dictionaries (SAEs and transcoders);
 - ``relp_lens.circuits``: circuit (the data model: the circuit and every annotation it stores), selection
   (top-k, threshold), ablation (faithfulness, completeness), edges, io_edges (input/output edges), heads (head
   splits), pruning, graph_export (circuit-tracer's format);
@@ -99,6 +99,10 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "TraceResult": ("pipeline", "TraceResult"),
     "split_prompts": ("pipeline", "split_prompts"),
     "task_prompts": ("pipeline", "task_prompts"),
+    "Dictionary": ("core.dictionaries", "Dictionary"),
+    "DictionarySet": ("core.dictionaries", "DictionarySet"),
+    "load_sae": ("core.dictionaries", "load_sae"),
+    "load_transcoders": ("core.dictionaries", "load_transcoders"),
 }
 # the stage subpackages and entry points, reachable as attributes after a bare ``import relp_lens``
 _SUBMODULES = {"core", "circuits", "analysis", "views", "pipeline", "cli", "demo"}
@@ -124,7 +128,7 @@ __all__ = [
     "edge_pruning_sweep", "cpr_cmd", "attribute_head_splits", "influence_prune", "neuron_auroc",
     "group_neurons", "groups_of", "group_steering", "data_parallel", "IOEdges", "HeadSplits", "NeuronGroups",
     "Evaluation", "to_circuit_tracer", "trace", "TraceOptions", "TraceResult", "split_prompts", "task_prompts",
-    "gradients", "attribution_from_cache",
+    "gradients", "attribution_from_cache", "Dictionary", "DictionarySet", "load_sae", "load_transcoders",
 ]
 _moved.install(__name__, MOVED)
 

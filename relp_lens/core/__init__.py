@@ -11,6 +11,7 @@
 - ``attribution``, ``exact``: node scores (RelP, gradients, integrated gradients, exact patching).
 - ``tl_cache``: scores and gradients as TransformerLens ``ActivationCache`` objects, and attributions from them.
 - ``distributed``, ``plan``: data-parallel runs under ``torchrun``; the memory and pass planner.
+- ``dictionaries``: SAEs and transcoders read from SAELens, sparsify, circuit-tracer and Gemma Scope 2 files.
 """
 
 from relp_lens._lazy import lazy_submodules
@@ -18,4 +19,5 @@ from relp_lens._lazy import lazy_submodules
 __getattr__, __dir__ = lazy_submodules(__name__, ["errors", "validate", "files", "backends", "structure", "models",
                                                   "rules", "relp_mode",
                                                   "nodes", "data", "positions", "metrics", "tasks", "attribution",
-                                                  "exact", "tl_cache", "distributed", "plan"])
+                                                  "exact", "tl_cache", "distributed", "plan",
+                                                  "dictionaries"])

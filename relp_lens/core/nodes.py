@@ -21,6 +21,7 @@ dimensions (``hook_z``: [batch, pos, head, d_head]) are flattened after ``pos``.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -128,6 +129,66 @@ def resid_pre(layer: int) -> str:
         ``"blocks.{layer}.hook_resid_pre"``.
     """
     return block_hook(layer, "hook_resid_pre")
+
+
+def resid_mid(block: int) -> str:
+    """The residual stream between attention and the MLP of one block: the pre-norm MLP input.
+
+    1. Names the block's ``hook_resid_mid``.
+
+    Args:
+        block: the block's index.
+
+    Returns:
+        ``"blocks.{block}.hook_resid_mid"``.
+    """
+    return block_hook(block, "hook_resid_mid")
+
+
+def resid_post(block: int) -> str:
+    """The residual stream leaving one block (the ``resid_post`` basis).
+
+    1. Names the block's ``hook_resid_post``.
+
+    Args:
+        block: the block's index.
+
+    Returns:
+        ``"blocks.{block}.hook_resid_post"``.
+    """
+    return block_hook(block, "hook_resid_post")
+
+
+def ln2_normalized(block: int) -> str:
+    """The MLP's input norm of one block before its weight and bias: ``ln2(x) = hook_normalized ⊙ w (+ b)``.
+
+    1. Names the block's ``ln2.hook_normalized``.
+
+    Args:
+        block: the block's index.
+
+    Returns:
+        ``"blocks.{block}.ln2.hook_normalized"``.
+    """
+    return block_hook(block, "ln2.hook_normalized")
+
+
+_BLOCK = re.compile(r"blocks\.(\d+)\.")
+
+
+def block_of(hook: str) -> int | None:
+    """The block a hook name lies in (``"blocks.3.hook_mlp_out"`` → 3), ``None`` outside the blocks.
+
+    1. Reads the index after a leading ``blocks.``.
+
+    Args:
+        hook: a hook name.
+
+    Returns:
+        The block's index, or ``None``.
+    """
+    m = _BLOCK.match(hook)
+    return int(m.group(1)) if m else None
 
 
 def _check_exists(model: HookedTransformer, names: list[str], what: str) -> None:
