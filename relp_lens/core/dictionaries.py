@@ -53,7 +53,7 @@ import torch
 from relp_lens.core import backends, nodes
 from relp_lens.core.errors import RelPLensError
 from relp_lens.core.files import read_input
-from relp_lens.core.structure import mismatch, structure_report, tolerance
+from relp_lens.core.structure import mismatch, post_normed, structure_report, tolerance
 
 Kind = Literal["sae", "transcoder", "skip_transcoder"]
 Activation = Literal["relu", "topk", "jumprelu"]
@@ -467,10 +467,13 @@ def _check_against(model: Any, dicts: list[Dictionary]) -> list[Dictionary]:
         if "mlp_output" in (d.input_site, d.output_site):
             if report is None:
                 report = structure_report(model)
-            broken = [b for b in report if b.identity == "mlp_out" and b.layer == d.layer]
+            broken = [b.message() for b in report if b.identity == "mlp_out" and b.layer == d.layer]
+            if ("mlp", d.layer) in post_normed(model):  # read through for edges, but not the module's output
+                broken.append(f"at layer {d.layer}, {nodes.mlp_out(d.layer)} is not the MLP module's output: "
+                              f"the norm ln2_post comes between them")
             if broken:
                 raise RelPLensError(f"{d.source}: the dictionary reads or writes the MLP module's own output, but "
-                                    f"{broken[0].message()}, so {d.hook_out} is not that output. Refused rather "
+                                    f"{broken[0]}, so {d.hook_out} is not that output. Refused rather "
                                     "than splicing it at the wrong tensor")
         if d.input_site == "mlp_input":
             mid = got[nodes.resid_mid(d.layer)]
