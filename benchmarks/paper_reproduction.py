@@ -70,11 +70,8 @@ def run(args) -> dict:
             exact = relp_lens.attribute(model, exact_rows, method="exact", nodes=nodes, **kw)
             n_ex = len(exact_rows)
             corr = {}
-            for m, a in attrs.items():
-                a_sub = relp_lens.Attribution(scores=a.scores[:n_ex, :, : exact.scores.shape[2]],
-                                              str_tokens=exact.str_tokens, hook_names=a.hook_names, basis=a.basis,
-                                              method=a.method, metric=a.metric, paired=True,
-                                              metric_clean=a.metric_clean[:n_ex])
+            for m in attrs:  # on the exact prompts alone: aligned as the exact scores are (lengths may differ)
+                a_sub = relp_lens.attribute(model, exact_rows, method=m, ig_steps=args.ig_steps, **kw)
                 corr[m] = a_sub.correlation(exact)
             curves = {}
             for m in ("relp", "ig"):
