@@ -44,8 +44,10 @@ def safe_denominator(x: torch.Tensor, eps: float = DEFAULT_EPS) -> torch.Tensor:
 
     Use it in float32 or wider: in float16 ``eps = 1e-6`` is a subnormal that does not round-trip.
     """
-    sign = torch.where(x < 0, -torch.ones_like(x), torch.ones_like(x))
-    return torch.where(x.abs() < eps, sign * eps, x)
+    # branch-free (torch.where over a bool mask costs ~7x these passes on the CPU): |x| · sign is x bit for bit
+    # where |x| >= eps
+    sign = x.sign().add_(0.5).sign_()  # ±1, +1 at ±0 (NaN stays NaN)
+    return x.abs().clamp_(min=eps).mul_(sign)
 
 
 def identity_ratio(x: torch.Tensor, y: torch.Tensor, eps: float = DEFAULT_EPS) -> torch.Tensor:
@@ -117,6 +119,51 @@ class HalfRule(torch.autograd.Function):
         if tb is not None:
             out = out + 0.5 * a * tb
         return out
+
+
+class GatedRule(torch.autograd.Function):
+    """A gated MLP's ``value = f(pre) · lin (+ b_in)`` with the identity rule on ``f`` and the half rule on the
+    product, fused: forward returns ``value`` as is; backward gives ``pre`` ``grad · ½ · lin · f(pre)/pre``
+    and ``lin`` ``grad · ½ · f(pre)`` — what ``ForwardAs(value, HalfRule(IdentityRule(pre, f(pre)), lin))``
+    gives, in one node that keeps two factors instead of five tensors and no surrogate.
+
+    ``act``: ``f(pre)``, computed by the caller without a graph. The factors are kept in (at least) float32
+    and the gradients cast back, as :class:`IdentityRule` does. ``value`` gets no gradient (nor does a bias
+    inside it).
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(value: torch.Tensor, pre: torch.Tensor, lin: torch.Tensor, act: torch.Tensor,
+                eps: float = DEFAULT_EPS) -> torch.Tensor:
+        return value.clone()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        _, pre, lin, act, eps = inputs
+        ratio = identity_ratio(pre.detach(), act, eps)  # f(pre)/pre, float32 or wider
+        half_act = 0.5 * act.to(ratio.dtype)
+        to_pre = ratio.mul_(lin.detach()).mul_(0.5)  # ½ · lin · f(pre)/pre
+        ctx.save_for_backward(to_pre, half_act)
+        ctx.save_for_forward(to_pre, half_act)
+        ctx.out_dtype = output.dtype
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        to_pre, half_act = ctx.saved_tensors
+        wide = grad.to(to_pre.dtype)
+        return None, (wide * to_pre).to(grad.dtype), (wide * half_act).to(grad.dtype), None, None
+
+    @staticmethod
+    def jvp(ctx, tvalue, tpre, tlin, tact, teps):  # forward mode: the same linear map
+        to_pre, half_act = ctx.saved_tensors
+        out = torch.zeros_like(to_pre)
+        if tpre is not None:
+            out = out + tpre.to(to_pre.dtype) * to_pre
+        if tlin is not None:
+            out = out + tlin.to(to_pre.dtype) * half_act
+        return out.to(ctx.out_dtype)
 
 
 class ForwardAs(torch.autograd.Function):
