@@ -123,13 +123,12 @@ class HalfRule(torch.autograd.Function):
 
 class GatedRule(torch.autograd.Function):
     """A gated MLP's ``value = f(pre) · lin (+ b_in)`` with the identity rule on ``f`` and the half rule on the
-    product, fused: forward returns ``value`` as is; backward gives ``pre`` ``grad · ½ · lin · f(pre)/pre``
-    and ``lin`` ``grad · ½ · f(pre)`` — what ``ForwardAs(value, HalfRule(IdentityRule(pre, f(pre)), lin))``
-    gives, in one node that keeps two factors instead of five tensors and no surrogate.
+    product, fused: forward returns ``value`` as is; backward gives ``pre`` ``½ · grad · lin · f(pre)/pre`` and
+    ``lin`` ``½ · grad · f(pre)`` — bit for bit what ``ForwardAs(value, HalfRule(IdentityRule(pre, f(pre)), lin))``
+    gives (the same operations in the same order), in one autograd node without the surrogate's forward work.
 
-    ``act``: ``f(pre)``, computed by the caller without a graph. The factors are kept in (at least) float32
-    and the gradients cast back, as :class:`IdentityRule` does. ``value`` gets no gradient (nor does a bias
-    inside it).
+    ``act``: ``f(pre)``, computed by the caller without a graph. The ratio is kept in (at least) float32, as
+    :class:`IdentityRule` keeps it. ``value`` gets no gradient (nor does a bias inside it).
     """
 
     generate_vmap_rule = True
@@ -143,27 +142,24 @@ class GatedRule(torch.autograd.Function):
     def setup_context(ctx, inputs, output) -> None:
         _, pre, lin, act, eps = inputs
         ratio = identity_ratio(pre.detach(), act, eps)  # f(pre)/pre, float32 or wider
-        half_act = 0.5 * act.to(ratio.dtype)
-        to_pre = ratio.mul_(lin.detach()).mul_(0.5)  # ½ · lin · f(pre)/pre
-        ctx.save_for_backward(to_pre, half_act)
-        ctx.save_for_forward(to_pre, half_act)
-        ctx.out_dtype = output.dtype
+        ctx.save_for_backward(ratio, lin.detach(), act)
+        ctx.save_for_forward(ratio, lin.detach(), act)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        to_pre, half_act = ctx.saved_tensors
-        wide = grad.to(to_pre.dtype)
-        return None, (wide * to_pre).to(grad.dtype), (wide * half_act).to(grad.dtype), None, None
+        ratio, lin, act = ctx.saved_tensors
+        half = 0.5 * grad  # the half rule's factor, then the identity rule's ratio, as the composed rules
+        return None, ((half * lin).to(ratio.dtype) * ratio).to(grad.dtype), half * act, None, None
 
     @staticmethod
-    def jvp(ctx, tvalue, tpre, tlin, tact, teps):  # forward mode: the same linear map
-        to_pre, half_act = ctx.saved_tensors
-        out = torch.zeros_like(to_pre)
+    def jvp(ctx, tvalue, tpre, tlin, tact, teps):  # forward mode: the same linear map, as the composed rules
+        ratio, lin, act = ctx.saved_tensors
+        out = torch.zeros(torch.broadcast_shapes(act.shape, lin.shape), dtype=act.dtype, device=act.device)
         if tpre is not None:
-            out = out + tpre.to(to_pre.dtype) * to_pre
+            out = out + 0.5 * (tpre.to(ratio.dtype) * ratio).to(tpre.dtype) * lin
         if tlin is not None:
-            out = out + tlin.to(to_pre.dtype) * half_act
-        return out.to(ctx.out_dtype)
+            out = out + 0.5 * act * tlin
+        return out
 
 
 class ForwardAs(torch.autograd.Function):
