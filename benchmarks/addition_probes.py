@@ -13,7 +13,6 @@ Usage: ``.venv/bin/python benchmarks/addition_probes.py [--n 1000]``
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 
 import relp_lens
 from relp_lens.analysis.probes import auroc, node_values, selective_neurons
+from _common import write_result
 
 
 def main() -> None:
@@ -73,7 +73,7 @@ def main() -> None:
                   f"(shuffled labels: {r['n_selective_shuffled']}); most selective: {best}")
     out["seconds"] = time.perf_counter() - t0
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=1))
+    write_result(args.out, out)
 
 
 if __name__ == "__main__":

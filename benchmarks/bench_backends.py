@@ -18,16 +18,14 @@ Usage: ``.venv/bin/python benchmarks/bench_backends.py [--repeats 5] [--out benc
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
 import relp_lens
 from relp_lens.core.tasks import agreement_rows
+from _common import write_result
 
 
 def timed(fn, repeats: int) -> float:
@@ -104,11 +102,8 @@ def main() -> None:
         print(f"  {what:22s} {r:.2f}x")
     print(f"max |Δ logits| {logits_diff:.2e}; max |Δ score| / max |score| {score_diff:.2e}")
     out = dict(seconds=results, ratios=ratios, max_logit_diff=logits_diff, max_rel_score_diff=score_diff,
-               n_prompts=args.n_prompts, repeats=args.repeats, threads=torch.get_num_threads(),
-               torch=torch.__version__, transformer_lens=md.version("transformer-lens"),
-               transformers=md.version("transformers"), machine=platform.machine())
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2))
+               n_prompts=args.n_prompts, repeats=args.repeats, transformers=md.version("transformers"))
+    write_result(args.out, out, ", ".join(f"{what} {r:.2f}x" for what, r in ratios.items()))
 
 
 if __name__ == "__main__":

@@ -1,24 +1,25 @@
 """Cost of edge attribution among 200 circuit neurons and of a 20-size mean-ablation sweep (shipped model).
 
 1. RelP attribution on agreement pairs, top-200 neurons (mlp_post) as the circuit.
-2. Edges over ``--edge-prompts`` prompts, batched (``edge_batch=256``: ⌈200·B/256⌉ vectorised backward
-   passes sharing one forward pass) — passes, time, peak RSS.
+2. Edges over ``--edge-prompts`` prompts, batched (``--edge-batch`` 256: ⌈200·B/256⌉ vectorised backward
+   passes sharing one forward pass) — passes, time (median of ``--repeats``, interleaved with 3), peak RSS.
 3. The same with one backward pass per downstream node (``edge_batch`` = prompts per batch), still
    sharing the forward pass; and "one forward + backward per downstream node", which adds one forward pass
    (to the last downstream block) per node: measured forward time × (nodes − 1) on top of (3).
    The edge weights of 2 and 3 are compared (they must agree).
-4. Faithfulness/completeness sweep over 20 circuit sizes on held-out prompts — time.
+4. Faithfulness/completeness sweep over ``--sweep-sizes`` (20) circuit sizes on held-out prompts — time.
 
-Usage: ``.venv/bin/python benchmarks/bench_circuits.py [--edge-prompts 8] [--out benchmarks/results/circuits.json]``
+Usage: ``.venv/bin/python benchmarks/bench_circuits.py [--edge-prompts 8] [--sweep-sizes 20]
+[--out benchmarks/results/circuits.json]``; the JSON records the command, machine and versions
+(``benchmarks/_common.py``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import resource
+import statistics
 import time
-from pathlib import Path
 
 import torch
 
@@ -27,6 +28,7 @@ from relp_lens.circuits.ablation import faithfulness_sweep
 from relp_lens.core.tasks import agreement_rows
 from relp_lens.circuits.selection import select_top_k
 from relp_lens.circuits.edges import attribute_edges
+from _common import write_result
 
 
 def rss_gb() -> float:
@@ -39,6 +41,9 @@ def main() -> None:
     ap.add_argument("--edge-prompts", type=int, default=8)
     ap.add_argument("--build", type=int, default=64)
     ap.add_argument("--eval", type=int, default=32)
+    ap.add_argument("--edge-batch", type=int, default=256, help="rows per vectorised backward pass")
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs of each edge variant (median)")
+    ap.add_argument("--sweep-sizes", type=int, default=20, help="circuit sizes in the sweep (make bench: fewer)")
     ap.add_argument("--out", default="benchmarks/results/circuits.json")
     args = ap.parse_args()
 
@@ -52,19 +57,22 @@ def main() -> None:
     fig = {"nodes": len(circuit), "edge_prompts": B,
            "downstream_nodes": sum(n.layer > min(x.layer for x in circuit.nodes) for n in circuit.nodes)}
 
-    t0 = time.perf_counter()
-    batched = attribute_edges(model, circuit, edge_rows, edge_batch=256, progress=False)
-    stats = batched.stats["edges"]
-    fig["batched_s"] = time.perf_counter() - t0
+    # the two variants timed in turns (A B A B ...), medians: drift on the machine hits both alike
+    times: dict[int, list[float]] = {args.edge_batch: [], B: []}
+    out = {}
+    for _ in range(args.repeats):
+        for eb in times:
+            t0 = time.perf_counter()
+            out[eb] = attribute_edges(model, circuit, edge_rows, edge_batch=eb, progress=False)
+            times[eb].append(time.perf_counter() - t0)
+    batched, single = out[args.edge_batch], out[B]
+    stats, stats1 = batched.stats["edges"], single.stats["edges"]
+    fig["batched_s"] = statistics.median(times[args.edge_batch])
     fig["batched_backward_passes"] = stats.backward_passes
     fig["batched_rows_per_pass"] = stats.rows_per_pass
-    fig["peak_rss_after_batched_gb"] = rss_gb()
-
-    t0 = time.perf_counter()
-    single = attribute_edges(model, circuit, edge_rows, edge_batch=B, progress=False)
-    stats1 = single.stats["edges"]
-    fig["one_backward_per_node_s"] = time.perf_counter() - t0
+    fig["one_backward_per_node_s"] = statistics.median(times[B])
     fig["one_backward_per_node_passes"] = stats1.backward_passes
+    fig["peak_rss_after_edges_gb"] = rss_gb()
     wa = {(e.source, e.target): e.weight for e in batched.edges}
     wb = {(e.source, e.target): e.weight for e in single.edges}
     fig["max_abs_weight_difference"] = max(abs(wa.get(k, 0.0) - wb.get(k, 0.0)) for k in set(wa) | set(wb))
@@ -80,12 +88,13 @@ def main() -> None:
     fig["forward_to_last_block_s"] = forward_s
     fig["one_fwd_bwd_per_node_s"] = fig["one_backward_per_node_s"] + forward_s * (fig["downstream_nodes"] - 1)
 
-    sizes = sorted({int(x) for x in torch.logspace(0, 3.3, 20).round().tolist()})
-    while len(sizes) < 20:
+    sizes = sorted({int(x) for x in torch.logspace(0, 3.3, args.sweep_sizes).round().tolist()})
+    while len(sizes) < args.sweep_sizes:
         sizes.append(sizes[-1] + 100)
     t0 = time.perf_counter()
     sweep = faithfulness_sweep(model, attr, held_out, sizes=sizes, progress=False)
-    fig["sweep_20_sizes_s"] = time.perf_counter() - t0
+    fig["sweep_s"] = time.perf_counter() - t0
+    fig["sweep_sizes"] = len(sizes)
     fig["sweep_eval_prompts"] = len(held_out)
     fig["peak_rss_gb"] = rss_gb()
 
@@ -101,14 +110,12 @@ def main() -> None:
     print("sweep (k, faithfulness, completeness):")
     for r in sweep:
         print(f"  {r.k:5d} {r.faithfulness:+.3f} {r.completeness:+.3f}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(dict(command=f"benchmarks/bench_circuits.py --nodes {args.nodes} "
-                                            f"--edge-prompts {args.edge_prompts} --build {args.build} --eval {args.eval}",
-                                   figures=fig, ratios=ratios,
-                                   sweep=[{k: getattr(r, k) for k in ("k", "n_nodes", "faithfulness", "completeness")} for r in sweep]),
-                              indent=1) + "\n")
-    print(f"wrote {out}")
+    write_result(args.out, dict(figures=fig, ratios=ratios,
+                                sweep=[{k: getattr(r, k) for k in ("k", "n_nodes", "faithfulness", "completeness")}
+                                       for r in sweep]),
+                 f"edges {ratios['time: one bwd per node (shared fwd) / batched']:.2f}x faster than one backward per "
+                 f"node (shared forward), {fig['batched_s']:.2f} s for {fig['n_edges']} edges; sweep "
+                 f"{fig['sweep_s']:.1f} s ({len(sizes)} sizes)")
 
 
 if __name__ == "__main__":

@@ -12,12 +12,12 @@ Usage: ``.venv/bin/python benchmarks/cpr_cmd.py [--n-build 32] [--n-eval 32] [--
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import relp_lens
 from relp_lens.circuits.ablation import cpr_cmd, faithfulness_sweep
 from relp_lens.core.tasks import agreement_rows
+from _common import write_result
 
 FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
 
@@ -50,7 +50,7 @@ def main() -> None:
                 print(f"  k={r['k']:7d} ({r['fraction']:.3f})  faithfulness {r['faithfulness']:+.3f}  "
                       f"completeness {r['completeness']:+.3f}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(dict(out, n_build=args.n_build, n_eval=args.n_eval), indent=1))
+    write_result(args.out, dict(out, n_build=args.n_build, n_eval=args.n_eval))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from _common import write_result
 
 
 def child(n_prompts: int, out: str) -> None:
@@ -78,7 +79,7 @@ def main() -> None:
         print(f"{r['world']} process(es) × {r['threads']} thread(s): {r['seconds']:.1f} s, "
               f"{r['prompts'] / r['seconds']:.1f} prompts/s")
     print(f"speed-up {one['seconds'] / many['seconds']:.2f}×; largest score difference {diff:.1e} of the largest score")
-    Path("benchmarks/results/dp_throughput.json").write_text(json.dumps(dict(runs=rows, max_rel_diff=diff), indent=1))
+    write_result("benchmarks/results/dp_throughput.json", dict(runs=rows, max_rel_diff=diff))
 
 
 if __name__ == "__main__":

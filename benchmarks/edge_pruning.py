@@ -15,7 +15,6 @@ Usage: ``.venv/bin/python benchmarks/edge_pruning.py [--k 300] [--out benchmarks
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from relp_lens.circuits.ablation import cpr_cmd
 from relp_lens.core.tasks import agreement_rows
 from relp_lens.circuits.io_edges import attribute_io_edges
 from relp_lens.circuits.pruning import edge_pruning_sweep
+from _common import write_result
 
 
 def main() -> None:
@@ -62,7 +62,7 @@ def main() -> None:
         print(f"edge CPR {scores.cpr:.3f}, CMD {scores.cmd:.3f}")
         out[ablation] = dict(circuit=whole.to_dict(), sweep=[r.to_dict() for r in sweep], **scores.to_dict())
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=1))
+    write_result(args.out, out)
 
 
 if __name__ == "__main__":

@@ -15,13 +15,13 @@ Usage: ``.venv/bin/python benchmarks/group_steering.py [--k 100] [--groups 3]``
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import relp_lens
 from relp_lens.core.tasks import agreement_rows
 from relp_lens.analysis.groups import groups_of
+from _common import write_result
 
 
 def main() -> None:
@@ -65,7 +65,7 @@ def main() -> None:
             print("   random P(are) " + "  ".join(f"{p:6.3f}" for p in ra) + "   P(is) "
                   + "  ".join(f"{p:6.3f}" for p in ri))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=1))
+    write_result(args.out, out)
     print(f"wrote {args.out}")
 
 

@@ -13,7 +13,6 @@ Usage: ``.venv/bin/python benchmarks/head_splits.py [--k 300] [--keep 0.02]``
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from relp_lens.core.tasks import agreement_rows
 from relp_lens.circuits.edges import prune_edges
 from relp_lens.circuits.io_edges import attribute_io_edges
 from relp_lens.circuits.heads import attribute_head_splits
+from _common import write_result
 
 
 def main() -> None:
@@ -62,7 +62,7 @@ def main() -> None:
                io_seconds=t_io, heads_seconds=t_heads, through_heads=via_heads, through_residual=via_res,
                top_heads=totals)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=1))
+    write_result(args.out, out)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
+
+from _common import write_result
 
 CHILD = r"""
 import resource, sys, time, warnings
@@ -51,9 +52,9 @@ def main() -> None:
     ratio = runs[1]["peak_rss"] / runs[0]["peak_rss"]
     ratio_none = runs[3]["peak_rss"] / runs[2]["peak_rss"]
     print(f"\npeak RSS 1024 / 64 prompts: reduce='mean' {ratio:.3f}x (target <= 1.15x), reduce='none' {ratio_none:.3f}x")
-    Path("benchmarks/results").mkdir(parents=True, exist_ok=True)
-    Path("benchmarks/results/memory_reduce.json").write_text(json.dumps(
-        dict(runs=runs, ratio_mean=ratio, ratio_none=ratio_none, when=time.strftime("%Y-%m-%d %H:%M")), indent=1))
+    write_result("benchmarks/results/memory_reduce.json",
+                 dict(runs=runs, ratio_mean=ratio, ratio_none=ratio_none, when=time.strftime("%Y-%m-%d %H:%M")),
+                 f"peak RSS 1024 / 64 prompts: reduce='mean' {ratio:.3f}x, reduce='none' {ratio_none:.3f}x")
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from relp_lens.circuits.ablation import faithfulness_sweep
 from relp_lens.core.exact import sample_nodes
 from relp_lens.core.models import SHIPPED_MODELS
 from relp_lens.core.tasks import AGREEMENT_SETS, agreement, task_report
+from _common import write_result
 
 BASES = ("mlp_post", "mlp_out", "resid_post", "attn_out")
 GRID = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
@@ -175,7 +176,8 @@ def main() -> None:
     results = run(args)
     out = Path(args.out_dir or ("docs/results" if args.model == "smollm2-135m" else f"docs/results/{args.model}"))
     out.mkdir(parents=True, exist_ok=True)
-    (out / "paper_reproduction.json").write_text(json.dumps(results, indent=1) + "\n")
+    write_result(out / "paper_reproduction.json", results, f"{len(args.sets)} sets, {len(args.bases)} bases in "
+                 f"{results['total_seconds']:.0f} s; tables.md and faithfulness.html beside it")
     (out / "tables.md").write_text(tables(results))
     fig = figure(results)
     fig.write_html(out / "faithfulness.html", include_plotlyjs=True)
@@ -184,7 +186,6 @@ def main() -> None:
         print(f"wrote {out / 'faithfulness.png'}")
     except Exception as e:  # no static renderer (kaleido) installed
         print(f"no PNG: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
-    print(f"wrote {out}/paper_reproduction.json, tables.md, faithfulness.html in {results['total_seconds']:.0f}s")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from _common import write_result
+
 CHILD = r"""
 import json, sys, warnings
 warnings.simplefilter("ignore")
@@ -87,7 +89,7 @@ def main() -> None:
     worst = max(abs(r["ratio"] - 1) for r in rows)
     print(f"largest deviation {worst:.0%} (target ≤ 25%)")
     out = Path("benchmarks/results/plan_check.json" if backend == "hooked" else "benchmarks/results/plan_check_bridge.json")
-    out.write_text(json.dumps(rows, indent=1))
+    write_result(out, dict(rows=rows, largest_deviation=worst), f"planner vs measured peak: largest deviation {worst:.0%}")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ Writes benchmarks/results/unpaired_circuits.json and prints one markdown table p
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import time
 import warnings
@@ -38,6 +37,7 @@ from relp_lens.circuits.ablation import faithfulness_sweep
 from relp_lens.analysis.cards import always_on_neurons
 from relp_lens.core.data import Prompts
 from relp_lens.core.tasks import load_task, only_correct, task_report
+from _common import write_result
 
 SIZES = [10, 30, 100, 300, 1000, 3000, 10000]
 TASKS = ["city_to_state", "state_to_capital", "antonyms", "addition"]
@@ -145,7 +145,7 @@ def main() -> None:
         print(f"| per-prompt mean/mean (median over {len(held)}) | " + " | ".join(
             "—" if f is None else f"{f:+.2f}" for f in med) + " | |", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=1))
+    write_result(args.out, results)
     print(f"\nwrote {args.out}")
 
 

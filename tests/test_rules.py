@@ -11,7 +11,7 @@ from transformer_lens.components.mlps.mlp import MLP
 from transformer_lens.hook_points import HookedRootModule
 
 from relp_lens import relp
-from relp_lens.core.rules import ForwardAs, HalfRule, IdentityRule, ah_rule, ln_rule, safe_denominator
+from relp_lens.core.rules import ForwardAs, GatedRule, HalfRule, IdentityRule, ah_rule, ln_rule, safe_denominator
 
 torch.manual_seed(0)
 
@@ -211,3 +211,34 @@ def test_layer_norm_ln_rule():
     with relp(host, ln=False):
         (gx_plain,) = torch.autograd.grad(host(x), x, g)
     assert not torch.allclose(gx, gx_plain)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_gated_rule_equals_the_composed_rules(dtype):
+    """The fused gated rule passes the gradients of ForwardAs(value, HalfRule(IdentityRule(pre, f(pre)), lin)),
+    bit for bit, in backward, batched backward (vmap) and forward mode, and returns the value as is."""
+    torch.manual_seed(0)
+    pre = torch.randn(3, 5, 7, dtype=dtype)
+    pre[0, 0, :3] = torch.tensor([0.0, 1e-8, -1e-8])  # inside the eps clamp
+    lin = torch.randn(3, 5, 7, dtype=dtype)
+    value = torch.nn.functional.silu(pre) * lin
+    seeds = torch.randn(4, 3, 5, 7, dtype=dtype)
+
+    def composed(p, l):
+        return ForwardAs.apply(value, HalfRule.apply(IdentityRule.apply(p, torch.nn.functional.silu(p), 1e-6), l))
+
+    def fused(p, l):
+        return GatedRule.apply(value, p, l, torch.nn.functional.silu(p.detach()), 1e-6)
+
+    grads = []
+    for fn in (composed, fused):
+        p, l = pre.clone().requires_grad_(True), lin.clone().requires_grad_(True)
+        out = fn(p, l)
+        assert torch.equal(out, value)
+        grads.append(torch.autograd.grad(out, (p, l), seeds, is_grads_batched=True))
+        _, tangent = torch.func.jvp(fn, (pre, lin), (seeds[0], seeds[1]))
+        grads.append((tangent,))
+    for a, b in zip(grads[0] + grads[1], grads[2] + grads[3]):
+        assert a.dtype == b.dtype == dtype
+        assert torch.equal(a, b)
+    assert grads[0][0][:, 0, 0, 1:3].isfinite().all() and (grads[0][0][:, 0, 0, 1:3] != 0).all()  # clamped, finite

@@ -59,7 +59,7 @@ from relp_lens.circuits.circuit import Circuit, CircuitEdge, StepStats
 from relp_lens.core.errors import RelPLensError
 from relp_lens.core.options import GRADIENT_METHODS, GradientMethod, Metric
 from relp_lens.core.metrics import METRICS
-from relp_lens.core.nodes import mlp_out
+from relp_lens.core.nodes import attn_pattern, attn_scores, mlp_out
 from relp_lens.core.positions import require
 from relp_lens.core.relp_mode import RelPConfig, relp
 
@@ -115,6 +115,44 @@ def keep_hook(store: dict, key):
         store[key] = x
 
     return hook
+
+
+class BatchedSoftmax(torch.autograd.Function):
+    """Forward: an attention pattern as is. Backward: the softmax's own gradient ``p · (g − Σ_k g·p)`` to its
+    scores, in plain tensor ops. Torch's fused softmax backward has no batching rule, so a vectorised backward
+    pass (``is_grads_batched=True``) would loop over its rows one by one; these ops batch."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(pattern: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        return pattern.clone()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.save_for_backward(inputs[0].detach())
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (p,) = ctx.saved_tensors  # [batch, head, q_pos, k_pos]
+        return None, p * (grad - (grad * p).sum(-1, keepdim=True))
+
+
+def softmax_hooks(model: HookedTransformer, blocks: Sequence[int], use_relp: bool, rules: RelPConfig):
+    """Forward hooks that route each block's attention-pattern gradient through :class:`BatchedSoftmax`, for
+    vectorised backward passes: none on a bridge (its attention may not be one softmax between the two hook
+    points) or with the AH rule (patterns are constants there)."""
+    if backends.is_bridge(model) or (use_relp and rules.attention):
+        return []
+    hooks = []
+    for block in blocks:
+        live: dict[str, torch.Tensor] = {}
+
+        def pattern(p, hook, live=live):
+            return BatchedSoftmax.apply(p, live.pop("scores"))
+
+        hooks += [(attn_scores(block), keep_hook(live, "scores")), (attn_pattern(block), pattern)]
+    return hooks
 
 
 def node_positions(nodes: Sequence, batch, data, run) -> list[int | None]:
@@ -234,6 +272,12 @@ def attribute_edges(
             _, grads, deltas, _, _ = batch_gradients(run, batch, use_relp)  # per layer [B, pos, node]
             b = len(batch)
             at = where[batch.clean_tokens.shape[1]]  # absolute position of each node in this batch
+            at_mask = {}  # per source layer [pos, n_src]: 1 at each node's position (everywhere for pos None)
+            for layer in src_layers:
+                mask = torch.zeros(batch.clean_tokens.shape[1], len(by_layer[layer]))
+                for k, j in enumerate(by_layer[layer]):
+                    mask[slice(None) if at[j] is None else at[j], k] = 1.0
+                at_mask[layer] = mask.to(deltas[layer].device)
             live: dict[int, torch.Tensor] = {}
             leaves: dict[int, torch.Tensor] = {}
 
@@ -247,6 +291,7 @@ def attribute_edges(
             post = structure.MLPPostNorms(model, [blocks[l] for l in src_layers] if neurons else [],
                                           frozen=use_relp and run.rules.ln)
             fwd += post.hooks()
+            fwd += softmax_hooks(model, range(blocks[t_max] + 1), use_relp, run.rules)
             mode = relp(model, **vars(run.rules)) if use_relp else contextlib.nullcontext()
             with torch.enable_grad(), mode, backends.hooks(model, fwd_hooks=fwd):
                 # one forward pass (up to the last downstream block) serves every chunk of downstream nodes
@@ -264,6 +309,7 @@ def attribute_edges(
                                             retain_graph=True, is_grads_batched=True)
                     passes += 1
                     rows_per_pass = max(rows_per_pass, R * b)
+                    chunk_layers = torch.tensor([nodes[i].layer for i in chunk])
                     for layer, grad in zip(chunk_src, g):  # grad: [R, B, pos, d_model] at the MLP output
                         if grad is None:
                             continue
@@ -271,15 +317,13 @@ def attribute_edges(
                         idx = [nodes[j].index for j in src]
                         if neurons:  # ∂d/∂post[j] = W_out[j] · Jᵀ ∂d/∂mlp_out: project only the circuit's neurons
                             grad = post.pull(blocks[layer], grad) @ backends.W_out(model, blocks[layer])[idx].T
-                            delta = deltas[layer][..., idx]  # [B, pos, n_src]
                         else:
-                            grad, delta = grad[..., idx], deltas[layer][..., idx]
-                        contrib = grad * delta[None]  # [R, B, pos, n_src]
-                        w = torch.stack([contrib[..., k].sum(-1) if nodes[j].pos is None else contrib[..., at[j], k]
-                                         for k, j in enumerate(src)], -1).sum(1)  # [R, n_src]
-                        for r, i in enumerate(chunk):
-                            if nodes[i].layer > layer:
-                                weights[src, i] += w[r].double().cpu()
+                            grad = grad[..., idx]
+                        # Δu at each source node's own position(s), zero elsewhere: [B, pos, n_src]
+                        delta = deltas[layer][..., idx] * at_mask[layer]
+                        w = torch.einsum("rbpn,bpn->rn", grad, delta)  # [R, n_src]
+                        w = w.masked_fill((chunk_layers <= layer)[:, None].to(w.device), 0.0)  # edges go upwards
+                        weights[torch.tensor(src)[:, None], torch.tensor(chunk)[None, :]] += w.T.double().cpu()
 
     weights = dp.all_reduce(weights) / len(data)
     edges = [CircuitEdge(source=int(s), target=int(t), weight=float(weights[s, t]))

@@ -117,6 +117,34 @@ def post_norm_hook(block: int, sublayer: str, name: str) -> str:
     return block_hook(block, f"{POST_NORMS[sublayer]}.{name}")
 
 
+def attn_scores(block: int) -> str:
+    """The attention scores of one block, the softmax's input after masking (``[batch, head, q_pos, k_pos]``).
+
+    1. Names the block's ``attn.hook_attn_scores``.
+
+    Args:
+        block: the block's index.
+
+    Returns:
+        ``"blocks.{block}.attn.hook_attn_scores"``.
+    """
+    return block_hook(block, "attn.hook_attn_scores")
+
+
+def attn_pattern(block: int) -> str:
+    """The attention pattern of one block, the softmax's output (``[batch, head, q_pos, k_pos]``).
+
+    1. Names the block's ``attn.hook_pattern``.
+
+    Args:
+        block: the block's index.
+
+    Returns:
+        ``"blocks.{block}.attn.hook_pattern"``.
+    """
+    return block_hook(block, "attn.hook_pattern")
+
+
 def resid_pre(layer: int) -> str:
     """The residual stream entering one block (the ``resid_pre`` basis).
 

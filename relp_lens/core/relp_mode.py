@@ -7,7 +7,8 @@ spliced in with TransformerLens hooks:
    returns ``scale.detach()``.
 2. Gated MLPs (``hook_pre``, ``hook_pre_linear``, ``hook_post``): the live ``hook_pre`` and
    ``hook_pre_linear`` values are remembered; at ``hook_post`` the forward value is kept and the gradient
-   is routed through ``HalfRule(IdentityRule(pre, f(pre)), pre_linear) + b_in``. ``f`` is the MLP's own
+   is routed through ``HalfRule(IdentityRule(pre, f(pre)), pre_linear) + b_in`` (with both rules on, one fused
+   :class:`~relp_lens.core.rules.GatedRule` node: the same gradient, no surrogate kept). ``f`` is the MLP's own
    activation (:func:`relp_lens.core.backends.gated_act_fn`; Phi-3's joint gate-up MLP on a bridge included,
    a clear error where none is found), and the first forward pass through each such MLP checks that the
    surrogate equals the forward value (an MLP that is not ``f(gate) · up`` is refused, naming it).
@@ -61,7 +62,7 @@ except ImportError:
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
-from relp_lens.core.rules import DEFAULT_EPS, ForwardAs, HalfRule, IdentityRule, ah_rule, ln_rule
+from relp_lens.core.rules import DEFAULT_EPS, ForwardAs, GatedRule, HalfRule, IdentityRule, ah_rule, ln_rule
 
 # Where a rule's hook must run among the hooks of its hook point (kept by _keep_order):
 FIRST = "first"  # it rewrites the value: hooks after it (a user's edit) act on the rule's output
@@ -111,15 +112,29 @@ def _gated_hooks(name: str, act_in: str, linear: str, post: str, act_fn, b_in: t
 
         return _at(LAST, hook)
 
+    fused = cfg.identity and cfg.half
+    bias_grad = b_in is not None and b_in.requires_grad  # a trainable b_in gets its gradient as before
+
     def gated_post(value, hook):
         pre, lin = live.pop("pre"), live.pop("lin")
-        act = act_fn(pre)
-        if cfg.identity:
-            act = IdentityRule.apply(pre, act, cfg.eps)
-        surrogate = HalfRule.apply(act, lin) if cfg.half else act * lin
-        surrogate = surrogate if b_in is None else surrogate + b_in
+        if fused:  # the usual case: one autograd node, the surrogate itself only for the check below
+            with torch.no_grad():
+                act = act_fn(pre)
+            out = GatedRule.apply(value, pre, lin, act, cfg.eps)
+            if bias_grad:
+                out = out + (b_in - b_in.detach())  # adds exactly 0 to the value, passes b_in its gradient
+            surrogate = None
+        else:
+            act = act_fn(pre)
+            if cfg.identity:
+                act = IdentityRule.apply(pre, act, cfg.eps)
+            surrogate = HalfRule.apply(act, lin) if cfg.half else act * lin
+            surrogate = surrogate if b_in is None else surrogate + b_in
+            out = ForwardAs.apply(value, surrogate)
         if verified is not None and where not in verified and value.numel():  # an expert may get no token
             with torch.no_grad():
+                if surrogate is None:
+                    surrogate = act * lin if b_in is None else act * lin + b_in
                 mismatch = structure.mismatch(value, surrogate)  # one measure for every identity
             if mismatch > structure.tolerance(value.dtype):
                 raise RelPLensError(f"{where} is not f({act_in}) · {linear}{' + b_in' if b_in is not None else ''} "
@@ -128,7 +143,7 @@ def _gated_hooks(name: str, act_in: str, linear: str, post: str, act_fn, b_in: t
                                     f"half and identity rules would route its gradient wrongly; this MLP is not "
                                     f"covered")
             verified.add(where)
-        return ForwardAs.apply(value, surrogate)
+        return out
 
     return [(f"{name}.{act_in}", remember("pre")), (f"{name}.{linear}", remember("lin")),
             (where, _at(FIRST, gated_post))]

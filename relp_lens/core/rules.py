@@ -44,8 +44,10 @@ def safe_denominator(x: torch.Tensor, eps: float = DEFAULT_EPS) -> torch.Tensor:
 
     Use it in float32 or wider: in float16 ``eps = 1e-6`` is a subnormal that does not round-trip.
     """
-    sign = torch.where(x < 0, -torch.ones_like(x), torch.ones_like(x))
-    return torch.where(x.abs() < eps, sign * eps, x)
+    # branch-free (torch.where over a bool mask costs ~7x these passes on the CPU): |x| · sign is x bit for bit
+    # where |x| >= eps
+    sign = x.sign().add_(0.5).sign_()  # ±1, +1 at ±0 (NaN stays NaN)
+    return x.abs().clamp_(min=eps).mul_(sign)
 
 
 def identity_ratio(x: torch.Tensor, y: torch.Tensor, eps: float = DEFAULT_EPS) -> torch.Tensor:
@@ -116,6 +118,47 @@ class HalfRule(torch.autograd.Function):
             out = out + 0.5 * ta * b
         if tb is not None:
             out = out + 0.5 * a * tb
+        return out
+
+
+class GatedRule(torch.autograd.Function):
+    """A gated MLP's ``value = f(pre) · lin (+ b_in)`` with the identity rule on ``f`` and the half rule on the
+    product, fused: forward returns ``value`` as is; backward gives ``pre`` ``½ · grad · lin · f(pre)/pre`` and
+    ``lin`` ``½ · grad · f(pre)`` — bit for bit what ``ForwardAs(value, HalfRule(IdentityRule(pre, f(pre)), lin))``
+    gives (the same operations in the same order), in one autograd node without the surrogate's forward work.
+
+    ``act``: ``f(pre)``, computed by the caller without a graph. The ratio is kept in (at least) float32, as
+    :class:`IdentityRule` keeps it. ``value`` gets no gradient (nor does a bias inside it).
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(value: torch.Tensor, pre: torch.Tensor, lin: torch.Tensor, act: torch.Tensor,
+                eps: float = DEFAULT_EPS) -> torch.Tensor:
+        return value.clone()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        _, pre, lin, act, eps = inputs
+        ratio = identity_ratio(pre.detach(), act, eps)  # f(pre)/pre, float32 or wider
+        ctx.save_for_backward(ratio, lin.detach(), act)
+        ctx.save_for_forward(ratio, lin.detach(), act)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        ratio, lin, act = ctx.saved_tensors
+        half = 0.5 * grad  # the half rule's factor, then the identity rule's ratio, as the composed rules
+        return None, ((half * lin).to(ratio.dtype) * ratio).to(grad.dtype), half * act, None, None
+
+    @staticmethod
+    def jvp(ctx, tvalue, tpre, tlin, tact, teps):  # forward mode: the same linear map, as the composed rules
+        ratio, lin, act = ctx.saved_tensors
+        out = torch.zeros(torch.broadcast_shapes(act.shape, lin.shape), dtype=act.dtype, device=act.device)
+        if tpre is not None:
+            out = out + 0.5 * (tpre.to(ratio.dtype) * ratio).to(tpre.dtype) * lin
+        if tlin is not None:
+            out = out + 0.5 * act * tlin
         return out
 
 
