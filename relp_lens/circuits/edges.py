@@ -66,6 +66,9 @@ from relp_lens.core.relp_mode import RelPConfig, relp
 if TYPE_CHECKING:  # annotations only: TransformerLens 4 has no HookedTransformer
     from transformer_lens import HookedTransformer
 
+    from relp_lens.circuits.circuit import IOEdges
+    from relp_lens.core.data import Prompts
+
 _EDGE_HOOK = re.compile(r"^blocks\.(\d+)\.(mlp\.hook_post|hook_mlp_out)$")
 
 
@@ -214,7 +217,7 @@ def circuit_run(model: HookedTransformer, circuit: Circuit, prompts, metric, rul
 def attribute_edges(
     model: HookedTransformer,
     circuit: Circuit,
-    prompts,
+    prompts: Prompts | Sequence[dict],
     *,
     method: GradientMethod = "relp",
     metric: Metric | None = None,
@@ -359,7 +362,7 @@ def prune_edges(circuit: Circuit, keep_fraction: float) -> Circuit:
     return circuit.subgraph(used, kept, selection=dict(edge_keep_fraction=keep_fraction))
 
 
-def subgraph(circuit: Circuit, used: Sequence[int], kept: Sequence[CircuitEdge], *, io=None,
+def subgraph(circuit: Circuit, used: Sequence[int], kept: Sequence[CircuitEdge], *, io: IOEdges | None = None,
              selection: dict | None = None) -> Circuit:
     """The circuit restricted to some nodes and edges: :meth:`Circuit.subgraph
     <relp_lens.circuits.circuit.Circuit.subgraph>` (this name is kept for existing code).

@@ -48,6 +48,7 @@ edges, it reads and writes no file.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -70,11 +71,14 @@ from relp_lens.core.relp_mode import RelPConfig, relp
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
 
+    from relp_lens.core.data import Prompts
+    from relp_lens.core.metrics import MetricFn
+
 EMBED_HOOKS = ("hook_embed", "hook_pos_embed")
 __all__ = ["EMBED_HOOKS", "IOEdges", "attribute_io_edges", "metric_targets"]  # IOEdges: the data model's type
 
 
-def attribute_io_edges(model: HookedTransformer, circuit: Circuit, prompts, *, method: GradientMethod = "relp",
+def attribute_io_edges(model: HookedTransformer, circuit: Circuit, prompts: Prompts | Sequence[dict], *, method: GradientMethod = "relp",
                        metric: Metric | None = None, rules: RelPConfig | None = None, batch_size: int = 8, edge_batch: int = 256,
                        progress: bool = True) -> Circuit:
     """The circuit with its input and output edges (see the module docstring).
@@ -190,7 +194,7 @@ def attribute_io_edges(model: HookedTransformer, circuit: Circuit, prompts, *, m
     return replace(circuit, io_edges=io, stats={**circuit.stats, "io_edges": stats})
 
 
-def metric_targets(metric_fn) -> list[tuple[str, float, object]]:
+def metric_targets(metric_fn: MetricFn) -> list[tuple[str, float, object]]:
     """The target logits a metric is a signed sum of.
 
     Args:
