@@ -52,7 +52,6 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import torch
-import torch.autograd.forward_ad as fwAD
 from tqdm.auto import tqdm
 
 from relp_lens.core import backends
@@ -66,7 +65,7 @@ from relp_lens.core.errors import RelPLensError
 from relp_lens.circuits.io_edges import EMBED_HOOKS, _embeddings
 from relp_lens.circuits.pruning import readable_graph
 from relp_lens.core.metrics import evaluate_metric
-from relp_lens.core.nodes import attn_z, mlp_out
+from relp_lens.core.nodes import attn_out, attn_z, mlp_inputs, mlp_out
 from relp_lens.core.relp_mode import RelPConfig, relp
 
 if TYPE_CHECKING:
@@ -165,8 +164,10 @@ def attribute_head_splits(model: HookedTransformer, circuit: Circuit, prompts, *
         out = pairs.setdefault((OUT,), set())
         out.update(("n", j) for j in io.output.nonzero().flatten().tolist())
         out.update(("e", r) for r in io.direct.nonzero().flatten().tolist())
-    res = {(s, t): 0.0 for t, ss in pairs.items() for s in ss}
-    per_head = {(s, t): torch.zeros(model.cfg.n_layers, n_heads, dtype=torch.float64) for s, t in res}
+    targets = sorted(pairs)  # row order of the accumulators; ("n", 2) before ("n", 10) before ("out",)
+    sources = sorted({s for ss in pairs.values() for s in ss})  # column order
+    res_m = torch.zeros(len(targets), len(sources), dtype=torch.float64)  # [target, source]
+    head_m = torch.zeros(len(targets), len(sources), model.cfg.n_layers, n_heads, dtype=torch.float64)
     w_outs = {layer: backends.W_out(model, blocks[layer]) for layer in {n.layer for n in nodes}}
     use_relp = method == "relp"
     embeds = [h for h in EMBED_HOOKS if h in model.hook_dict]
@@ -182,7 +183,6 @@ def attribute_head_splits(model: HookedTransformer, circuit: Circuit, prompts, *
             e_ref = _embeddings(model, batch.patch_tokens, embeds) if (io is not None and run.paired) else None
             e_clean = _embeddings(model, batch.clean_tokens, embeds) if io is not None else None
             tangents: dict[tuple, tuple[str | int, torch.Tensor]] = {}  # key -> (where it enters, [B, pos, d])
-            sources = {s for ss in pairs.values() for s in ss}
             for s in sorted(x for x in sources if x[0] == "n"):
                 n = nodes[s[1]]
                 w = w_outs[n.layer][n.index].float()  # [d] on its block's device (layers may sit on several devices)
@@ -205,9 +205,14 @@ def attribute_head_splits(model: HookedTransformer, circuit: Circuit, prompts, *
                         tangents[s + (h,)] = (h, d_emb[h].float() * mask.to(d_emb[h].device))
             if not tangents:
                 continue
-            push = _push(model, run, batch, tangents, blocks, z_names, use_relp, edge_batch, passes)  # key -> per block z
-            _pull_and_contract(model, run, batch, circuit, pairs, tangents, push, grads, at, blocks, z_names, embeds,
-                               use_relp, edge_batch, res, per_head, passes)
+            column = {k: sources.index(k[:2]) for k in tangents}  # an embedding's hooks share its column
+            groups = _pull(model, run, batch, circuit, targets, grads, at, blocks, embeds, use_relp, edge_batch,
+                           passes)
+            _residual_shares(tangents, column, groups, blocks, res_m)
+            _push_and_contract(model, run, batch, tangents, column, groups, blocks, use_relp, edge_batch, passes,
+                               head_m)
+    res = {(s, t): float(res_m[targets.index(t), sources.index(s)]) for t, ss in pairs.items() for s in ss}
+    per_head = {(s, t): head_m[targets.index(t), sources.index(s)] for s, t in res}
     keys = sorted(res)  # one order on every rank (set iteration order is not): ("n", 2) before ("n", 10)
     if keys:
         sums = dp.all_reduce(torch.tensor([res[k] for k in keys], dtype=torch.float64))
@@ -245,63 +250,30 @@ def _triples(heads: torch.Tensor, top: int | None) -> list[list]:
     return [list(x) for x in (nz if top is None else nz[:top])]
 
 
-def _push(model, run, batch, tangents: dict, blocks, z_names, use_relp: bool, edge_batch: int,
-          passes: dict) -> dict:
-    """Forward mode: the tangent each source sends into every head output ``z`` (MLP outputs cut).
+@dataclass
+class _Pulls:
+    """The pulls of a group of targets that read the same positions (step 2).
 
-    Returns ``{source key: {block: [B, pos, n_heads·d_head]}}``; one copy of the batch per source."""
-    tokens = batch.clean_tokens.to(model.cfg.device)
-    b = tokens.shape[0]
-    keys = list(tangents)
-    r_max = max(1, edge_batch // b)
-    out: dict = {k: {} for k in keys}
-    for start in range(0, len(keys), r_max):
-        chunk = keys[start:start + r_max]
-        R = len(chunk)
-        got: dict[int, torch.Tensor] = {}
+    Attributes:
+        rows: the targets' rows in the accumulators, ``[T]``.
+        at: the positions read (a target at one position reads that one; ``slice(None)``: every position).
+        pulls: per leaf (``("attn", block)``, ``("mlp", block)`` or an embedding hook), the pull there,
+            ``[T, B, P, d]``.
+    """
 
-        def enter(where):  # the leaf where sources of this kind put their tangent
-            def hook(x, hook):
-                t = torch.zeros(R * b, *x.shape[1:], dtype=x.dtype, device=x.device)
-                for r, k in enumerate(chunk):
-                    if tangents[k][0] == where:
-                        t[r * b:(r + 1) * b] = tangents[k][1].to(x.device, x.dtype)
-                return fwAD.make_dual(x.detach(), t)
-
-            return hook
-
-        def record(block):
-            def hook(x, hook):
-                t = fwAD.unpack_dual(x).tangent
-                if t is not None:
-                    got[block] = t.detach().reshape(R, b, x.shape[1], -1)
-
-            return hook
-
-        fwd = [(h, enter(h)) for h in EMBED_HOOKS if h in model.hook_dict]
-        for block in range(model.cfg.n_layers):
-            layer = blocks.index(block) if block in blocks else None
-            fwd.append((mlp_out(block), enter(layer) if layer is not None
-                        else (lambda x, hook: x.detach())))
-            fwd.append((z_names[block], record(block)))
-        mode = relp(model, **vars(run.rules)) if use_relp else contextlib.nullcontext()
-        with torch.no_grad(), fwAD.dual_level(), mode, backends.hooks(model, fwd_hooks=fwd):
-            model(tokens.repeat(R, 1), stop_at_layer=model.cfg.n_layers)
-        passes["push"] += 1
-        for block, t in got.items():
-            for r, k in enumerate(chunk):
-                out[k][block] = t[r]
-    return out
+    rows: torch.Tensor
+    at: slice
+    pulls: dict
 
 
-def _pull_and_contract(model, run, batch, circuit, pairs, tangents, push, grads, at, blocks, z_names, embeds,
-                       use_relp, edge_batch, res, per_head, passes) -> None:
-    """Reverse mode: each target's pull on every head output and on the sources' leaves, dotted with the
-    sources' tangents and pushes into ``res`` (residual share) and ``per_head`` ([block, head])."""
+def _pull(model, run, batch, circuit, targets, grads, at, blocks, embeds, use_relp, edge_batch,
+          passes) -> list[_Pulls]:
+    """Reverse mode (step 2): every target's pull on each block's attention output and at the sources' leaves.
+    Every attention output, MLP output and embedding is a detached leaf, so the pull runs along the residual
+    stream alone; it is kept at the positions the target reads (targets at one position grouped by it)."""
     nodes = circuit.nodes
     tokens = batch.clean_tokens.to(model.cfg.device)
     b = tokens.shape[0]
-    n_heads = model.cfg.n_heads
     leaves: dict = {}
     live: dict[int, torch.Tensor] = {}
     fwd = [(h, leaf_hook(leaves, h)) for h in embeds]
@@ -310,50 +282,133 @@ def _pull_and_contract(model, run, batch, circuit, pairs, tangents, push, grads,
             layer = blocks.index(block)
             fwd.append((circuit.hook_names[layer], keep_hook(live, layer)))
         fwd += [(mlp_out(block), leaf_hook(leaves, ("mlp", block))),
-                (z_names[block], leaf_hook(leaves, ("z", block)))]
-    targets = [t for t in pairs if t[0] == "n"]
+                (attn_out(block), leaf_hook(leaves, ("attn", block)))]
+    by_at: dict = {}  # position read (None: every position) -> [(row, target)]
+    for row, t in enumerate(targets):
+        by_at.setdefault(None if t == (OUT,) else at[t[1]], []).append((row, t))
+    r_max = max(1, edge_batch // b)
     mode = relp(model, **vars(run.rules)) if use_relp else contextlib.nullcontext()
+    groups = []
     with torch.enable_grad(), mode, backends.hooks(model, fwd_hooks=fwd):
         logits = model(tokens)
-        z_keys = [("z", blk) for blk in range(model.cfg.n_layers)]
-        src_keys = [("mlp", blocks[nodes[s[1]].layer]) for s in tangents if s[0] == "n"]
-        src_keys += [h for h in embeds if h in leaves]
-        want = list(dict.fromkeys(z_keys + src_keys))
-        if (OUT,) in pairs:
-            m = evaluate_metric(run.metric_fn, logits, batch).sum()
-            g = torch.autograd.grad(m, [leaves[k] for k in want], allow_unused=True, retain_graph=True)
-            passes["pull"] += 1
-            _contract({k: (None if x is None else x[None]) for k, x in zip(want, g)}, [(OUT,)], pairs, tangents,
-                      push, blocks, nodes, b, n_heads, res, per_head)
-        r_max = max(1, edge_batch // b)
-        order = [t[1] for t in targets]
-        for start in range(0, len(order), r_max):
-            chunk = order[start:start + r_max]
-            seeds = node_seeds(nodes, chunk, at, grads, live)
-            layers = sorted(seeds)
-            g = torch.autograd.grad([live[l] for l in layers], [leaves[k] for k in want],
-                                    [seeds[l] for l in layers], allow_unused=True, retain_graph=True,
-                                    is_grads_batched=True)
-            passes["pull"] += 1
-            _contract(dict(zip(want, g)), [("n", i) for i in chunk], pairs, tangents, push, blocks, nodes, b,
-                      n_heads, res, per_head)
+        want = list(leaves)
+        for pos, members in by_at.items():
+            sel = slice(None) if pos is None else slice(pos, pos + 1)
+            parts: dict = {k: [] for k in want}
+            rows = []
+
+            def keep(g, R):  # [R, B, pos, d] per leaf (zeros where the pull does not reach it), at sel
+                for k, x in zip(want, g):
+                    leaf = leaves[k]
+                    parts[k].append(leaf.new_zeros(R, *leaf.shape[:1], len(range(leaf.shape[1])[sel]),
+                                                   *leaf.shape[2:]) if x is None else x[:, :, sel])
+
+            for row, t in members:
+                if t == (OUT,):
+                    m = evaluate_metric(run.metric_fn, logits, batch).sum()
+                    g = torch.autograd.grad(m, [leaves[k] for k in want], allow_unused=True, retain_graph=True)
+                    passes["pull"] += 1
+                    keep([None if x is None else x[None] for x in g], 1)
+                    rows.append(row)
+            order = sorted(((row, t[1]) for row, t in members if t != (OUT,)), key=lambda rt: nodes[rt[1]].layer)
+            for start in range(0, len(order), r_max):  # by layer: a chunk's backward reaches few layers' MLPs
+                chunk = order[start:start + r_max]
+                seeds = node_seeds(nodes, [i for _, i in chunk], at, grads, live)
+                layers = sorted(seeds)
+                g = torch.autograd.grad([live[l] for l in layers], [leaves[k] for k in want],
+                                        [seeds[l] for l in layers], allow_unused=True, retain_graph=True,
+                                        is_grads_batched=True)
+                passes["pull"] += 1
+                keep(g, len(chunk))
+                rows += [r for r, _ in chunk]
+            groups.append(_Pulls(rows=torch.tensor(rows), at=sel,
+                                 pulls={k: torch.cat(v).float() for k, v in parts.items()}))
+    return groups
 
 
-def _contract(g: dict, rows: Sequence[tuple], pairs, tangents, push, blocks, nodes, b, n_heads, res,
-              per_head) -> None:
-    """``g[key]``: ``[R, B, pos, …]`` pulls of the targets ``rows`` (row r = rows[r]) at each leaf."""
-    for r, t in enumerate(rows):
-        for s in pairs[t]:
-            parts = [k for k in tangents if k[:2] == s] if s[0] == "e" else ([s] if s in tangents else [])
-            for k in parts:
-                where, tan = tangents[k]
-                leaf = ("mlp", blocks[where]) if s[0] == "n" else where
-                pull = g.get(leaf)
-                if pull is not None:
-                    res[(s, t)] += float((pull[r].float() * tan).sum())
-                for block, z in push[k].items():
-                    gz = g.get(("z", block))
-                    if gz is None:
-                        continue
-                    prod = (gz[r].float().reshape(z.shape) * z.float()).reshape(b, z.shape[1], n_heads, -1)
-                    per_head[(s, t)][block] += prod.sum((0, 1, 3)).double().cpu()
+def _residual_shares(tangents: dict, column: dict, groups: list[_Pulls], blocks, res_m: torch.Tensor) -> None:
+    """Each source's residual share (every head constant): its target's pull at the source's leaf · its tangent,
+    summed over prompts and positions, into ``res_m`` ``[target, source]``."""
+    for k, (where, tan) in tangents.items():
+        leaf = ("mlp", blocks[where]) if isinstance(where, int) else where
+        for grp in groups:
+            pull = grp.pulls[leaf]  # [T, B, P, d]
+            dots = (pull.double() * tan[:, grp.at].to(pull.device).double()).sum((1, 2, 3))
+            res_m.index_put_((grp.rows, torch.tensor(column[k])), dots.cpu(), accumulate=True)
+
+
+def _push_and_contract(model, run, batch, tangents: dict, column: dict, groups: list[_Pulls], blocks,
+                       use_relp: bool, edge_batch: int, passes: dict, head_m: torch.Tensor) -> None:
+    """Forward mode (steps 3-4): the tangent each source sends into every head output ``z`` (MLPs constant),
+    dotted with every target's pull there, into ``head_m`` ``[target, source, block, head]``.
+
+    ``torch.func.jvp`` under ``vmap``: the batch's forward pass runs once per chunk of ``edge_batch // B``
+    sources, the tangents as one batched stack; the MLPs see no tangent (their input is cut where a hook
+    allows it, their output always), so only attention and the norms carry one. A target's pull on ``z`` of
+    block l is its pull on the block's attention output times ``W_O``ᵀ."""
+    tokens = batch.clean_tokens.to(model.cfg.device)
+    b = tokens.shape[0]
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+
+    def entry(key):  # the first block whose z the source can reach
+        where = tangents[key][0]
+        return blocks[where] + 1 if isinstance(where, int) else 0
+
+    order = sorted(tangents, key=entry)
+    r_max = max(1, edge_batch // b)
+    cut = [next(h for h in mlp_inputs(block) if h in model.hook_dict) for block in range(n_layers)
+           if any(h in model.hook_dict for h in mlp_inputs(block))]
+    w_o = {blk: backends.W_O(model, blk).float() for blk in range(n_layers)}  # [n_heads·d_head, d_model]
+    pulls_z = {}  # (group, block) -> the pull on z, [T, B, P, n_heads, d_head]
+    for gi, grp in enumerate(groups):
+        for blk in range(n_layers):
+            g = grp.pulls[("attn", blk)]
+            pulls_z[gi, blk] = (g @ w_o[blk].to(g.device).T).unflatten(-1, (n_heads, -1))
+    for start in range(0, len(order), r_max):
+        chunk = order[start:start + r_max]
+        wheres = list(dict.fromkeys(tangents[k][0] for k in chunk))
+        stacks = []  # per entry point: [R, B, pos, d], zero for the chunk's sources that enter elsewhere
+        for w in wheres:
+            like = next(tangents[k][1] for k in chunk if tangents[k][0] == w)
+            stacks.append(torch.stack([tangents[k][1] if tangents[k][0] == w else torch.zeros_like(like)
+                                       for k in chunk]))
+
+        def z_of(*deltas):  # the head outputs z of every block, with deltas added at the sources' entry points
+            got: dict[int, torch.Tensor] = {}
+
+            def enter(i):
+                return lambda x, hook: x.detach() + deltas[i].to(x.device, x.dtype)
+
+            def record(block):
+                def hook(x, hook):
+                    got[block] = x
+
+                return hook
+
+            where_of = {w: i for i, w in enumerate(wheres)}
+            fwd = [(h, enter(where_of[h])) for h in EMBED_HOOKS if h in where_of]
+            fwd += [(h, lambda x, hook: x.detach()) for h in cut]
+            for block in range(n_layers):
+                layer = blocks.index(block) if block in blocks else None
+                fwd.append((mlp_out(block), enter(where_of[layer]) if layer in where_of
+                            else (lambda x, hook: x.detach())))
+                fwd.append((attn_z(block), record(block)))
+            with backends.hooks(model, fwd_hooks=fwd):
+                model(tokens, stop_at_layer=n_layers)
+            return tuple(got[block] for block in range(n_layers))
+
+        def push(*tans):
+            return torch.func.jvp(z_of, tuple(torch.zeros_like(t) for t in tans), tans)[1]
+
+        mode = relp(model, **vars(run.rules)) if use_relp else contextlib.nullcontext()
+        with torch.no_grad(), mode:
+            zt = torch.func.vmap(push)(*stacks)  # per block [R, B, pos, n_heads·d_head] (or [.., n_heads, d_head])
+        passes["push"] += 1
+        cols = torch.tensor([column[k] for k in chunk])
+        first = min(entry(k) for k in chunk)
+        for blk in range(first, n_layers):
+            t = zt[blk].float().reshape(len(chunk), b, zt[blk].shape[2], n_heads, -1)
+            for gi, grp in enumerate(groups):
+                g = pulls_z[gi, blk]
+                w = torch.einsum("tbphd,rbphd->trh", g.double(), t[:, :, grp.at].to(g.device).double())
+                head_m.index_put_((grp.rows[:, None], cols[None, :], torch.tensor(blk)), w.cpu(), accumulate=True)

@@ -151,14 +151,8 @@ def _is_norm_of(out: torch.Tensor, x: torch.Tensor) -> bool:
 def _W_O(model: Any, layer: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Attention's output projection of ``layer`` as ``([n_heads·d_head, d_model], b_O or None)``."""
     attn = model.blocks[layer].attn
-    if backends.is_bridge(model):
-        o = attn.o
-        w = getattr(o, "weight", None)
-        if w is None:
-            w = o.original_component.weight
-        return w.T, getattr(o, "bias", None)
-    w = attn.W_O  # [n_heads, d_head, d_model]
-    return w.reshape(-1, w.shape[-1]), getattr(attn, "b_O", None)
+    bias = getattr(attn.o, "bias", None) if backends.is_bridge(model) else getattr(attn, "b_O", None)
+    return backends.W_O(model, layer), bias
 
 
 def structure_report(model: Any) -> list[Broken]:
