@@ -26,18 +26,25 @@ embedding → metric) and out of the embeddings split the same way.
 Algorithm, per batch of prompts of one length:
 
 1. One attribution pass gives ``∇̃_d m`` at every target node and ``Δ`` at every source (as for edges).
-2. Pull (reverse mode, RelP rules): a forward pass in which every MLP output, every head output ``z`` and the
-   embeddings are detached leaves; seeds ``∇̃_d m`` at the targets (rows of one vectorised backward pass, or
-   the metric itself for the output) give ``g_{l,h}(d)`` at the ``z`` leaves and the residual pull at the
-   sources' leaves.
-3. Push (forward mode, ``torch.autograd.forward_ad``, with the RelP rules' forward-mode linearisation — their
-   ``jvp`` is the transpose of their backward): a forward pass with every MLP output cut, one copy of the
-   batch per source, the tangent ``W_out[u]·Δu`` (or ``Δe_p``) at the source's leaf; the tangents reaching
-   the ``z`` hooks are ``t_{l,h}(u)``.
-4. Dot products over positions and head dimensions, summed over prompts, divided by the number of prompts.
+2. Pull (reverse mode, RelP rules): a forward pass in which every MLP output, every attention output and the
+   embeddings are detached leaves; seeds ``∇̃_d m`` at the targets (rows of one vectorised backward pass per
+   layer of targets, or the metric itself for the output) give the target's pull on each block's attention
+   output and the residual pull at the sources' leaves, kept at the positions the target reads. Attention
+   writes ``z @ W_O`` (checked, :mod:`relp_lens.core.structure`), so ``g_{l,h}(d)`` is that pull times
+   ``W_O``ᵀ of head h.
+3. Push (forward mode, ``torch.func.jvp`` under ``torch.func.vmap``, with the RelP rules' forward-mode
+   linearisation — their ``jvp`` is the transpose of their backward): a forward pass with every MLP output
+   cut (and its input, so no MLP carries a tangent), run once per chunk of sources with their tangents
+   ``W_out[u]·Δu`` (or ``Δe_p``) as one batched stack at the sources' leaves; the tangents reaching the ``z``
+   hooks are ``t_{l,h}(u)``. A chunk starts at its earliest source's block (HookedTransformer); chunks group
+   sources of nearby blocks (:func:`_chunks`).
+4. Dot products over prompts, positions and head dimensions, for every target × source of a chunk at once
+   (one einsum per block), summed over batches in float64 and divided by the number of prompts.
 
-Cost: step 3 is one forward pass per ``edge_batch`` rows of (source, prompt) and step 4 grows with the
-number of edges × layers × d_model: split a pruned graph (tens to hundreds of edges), not a full one.
+Cost: steps 2 and 4 are small; step 3 is one forward pass per chunk of at most ``edge_batch // batch``
+sources, its tangents through attention and the norms only. On the shipped SmolLM2-135M (2 CPU threads),
+the 1,104 edges of ``benchmarks/head_splits.py``'s pruned top-300 circuit split in about 4 ms each
+(``benchmarks/results/head_splits.json``); the forward-mode implementation it replaced took 30 ms.
 
 The result is a new circuit with ``heads`` (a :class:`~relp_lens.circuits.circuit.HeadSplits`, the data model's
 type; :func:`edge_key`, :func:`embedding_key` and :data:`OUT` name its edges and live there too) and
@@ -47,7 +54,6 @@ type; :func:`edge_key`, :func:`embedding_key` and :data:`OUT` name its edges and
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -65,7 +71,7 @@ from relp_lens.core.errors import RelPLensError
 from relp_lens.circuits.io_edges import EMBED_HOOKS, _embeddings
 from relp_lens.circuits.pruning import readable_graph
 from relp_lens.core.metrics import evaluate_metric
-from relp_lens.core.nodes import attn_out, attn_z, mlp_inputs, mlp_out
+from relp_lens.core.nodes import attn_out, attn_z, mlp_inputs, mlp_out, resid_pre
 from relp_lens.core.relp_mode import RelPConfig, relp
 
 if TYPE_CHECKING:
@@ -206,11 +212,11 @@ def attribute_head_splits(model: HookedTransformer, circuit: Circuit, prompts, *
             if not tangents:
                 continue
             column = {k: sources.index(k[:2]) for k in tangents}  # an embedding's hooks share its column
-            groups = _pull(model, run, batch, circuit, targets, grads, at, blocks, embeds, use_relp, edge_batch,
+            groups, starts = _pull(model, run, batch, circuit, targets, grads, at, blocks, embeds, use_relp, edge_batch,
                            passes)
             _residual_shares(tangents, column, groups, blocks, res_m)
-            _push_and_contract(model, run, batch, tangents, column, groups, blocks, use_relp, edge_batch, passes,
-                               head_m)
+            _push_and_contract(model, run, batch, tangents, column, groups, starts, blocks, use_relp, edge_batch,
+                               passes, head_m)
     res = {(s, t): float(res_m[targets.index(t), sources.index(s)]) for t, ss in pairs.items() for s in ss}
     per_head = {(s, t): head_m[targets.index(t), sources.index(s)] for s, t in res}
     keys = sorted(res)  # one order on every rank (set iteration order is not): ("n", 2) before ("n", 10)
@@ -245,7 +251,8 @@ def _compact(residual: float, heads: torch.Tensor, top: int | None) -> HeadSplit
 
 def _triples(heads: torch.Tensor, top: int | None) -> list[list]:
     """Non-zero entries of ``[block, head]`` as ``[block, head, weight]``, largest |weight| first."""
-    nz = [(l, h, float(heads[l, h])) for l, h in heads.nonzero().tolist()]
+    values = heads.tolist()
+    nz = [(l, h, values[l][h]) for l, h in heads.nonzero().tolist()]
     nz.sort(key=lambda x: -abs(x[2]))
     return [list(x) for x in (nz if top is None else nz[:top])]
 
@@ -267,17 +274,23 @@ class _Pulls:
 
 
 def _pull(model, run, batch, circuit, targets, grads, at, blocks, embeds, use_relp, edge_batch,
-          passes) -> list[_Pulls]:
+          passes) -> tuple[list[_Pulls], dict[int, torch.Tensor]]:
     """Reverse mode (step 2): every target's pull on each block's attention output and at the sources' leaves.
     Every attention output, MLP output and embedding is a detached leaf, so the pull runs along the residual
-    stream alone; it is kept at the positions the target reads (targets at one position grouped by it)."""
+    stream alone; it is kept at the positions the target reads (targets at one position grouped by it).
+
+    Returns the groups and, where the push may start at a block (:func:`_starts`), each block's residual
+    input ``[B, pos, d_model]`` from the same forward pass."""
     nodes = circuit.nodes
     tokens = batch.clean_tokens.to(model.cfg.device)
     b = tokens.shape[0]
     leaves: dict = {}
     live: dict[int, torch.Tensor] = {}
+    starts: dict[int, torch.Tensor] = {}
     fwd = [(h, leaf_hook(leaves, h)) for h in embeds]
     for block in range(model.cfg.n_layers):
+        if _starts(model):
+            fwd.append((resid_pre(block), _keep_value(starts, block)))
         if block in blocks:
             layer = blocks.index(block)
             fwd.append((circuit.hook_names[layer], keep_hook(live, layer)))
@@ -310,9 +323,12 @@ def _pull(model, run, batch, circuit, targets, grads, at, blocks, embeds, use_re
                     passes["pull"] += 1
                     keep([None if x is None else x[None] for x in g], 1)
                     rows.append(row)
-            order = sorted(((row, t[1]) for row, t in members if t != (OUT,)), key=lambda rt: nodes[rt[1]].layer)
-            for start in range(0, len(order), r_max):  # by layer: a chunk's backward reaches few layers' MLPs
-                chunk = order[start:start + r_max]
+            by_layer: dict[int, list] = {}  # a chunk's targets share a layer: its backward crosses one MLP
+            for row, t in members:
+                if t != (OUT,):
+                    by_layer.setdefault(nodes[t[1]].layer, []).append((row, t[1]))
+            chunks = [same[i:i + r_max] for _, same in sorted(by_layer.items()) for i in range(0, len(same), r_max)]
+            for chunk in chunks:
                 seeds = node_seeds(nodes, [i for _, i in chunk], at, grads, live)
                 layers = sorted(seeds)
                 g = torch.autograd.grad([live[l] for l in layers], [leaves[k] for k in want],
@@ -323,7 +339,21 @@ def _pull(model, run, batch, circuit, targets, grads, at, blocks, embeds, use_re
                 rows += [r for r, _ in chunk]
             groups.append(_Pulls(rows=torch.tensor(rows), at=sel,
                                  pulls={k: torch.cat(v).float() for k, v in parts.items()}))
-    return groups
+    return groups, starts
+
+
+def _starts(model) -> bool:
+    """Whether the push may start at a block from its residual input (a HookedTransformer without shortformer
+    positions, whose blocks read positions from the residual stream alone)."""
+    return backends.supports_start_at_layer(model) and model.cfg.positional_embedding_type != "shortformer"
+
+
+def _keep_value(store: dict, key):
+    """Forward hook: remember the value, detached, in ``store[key]``; leave it unchanged."""
+    def hook(x, hook):
+        store[key] = x.detach()
+
+    return hook
 
 
 def _residual_shares(tangents: dict, column: dict, groups: list[_Pulls], blocks, res_m: torch.Tensor) -> None:
@@ -337,15 +367,18 @@ def _residual_shares(tangents: dict, column: dict, groups: list[_Pulls], blocks,
             res_m.index_put_((grp.rows, torch.tensor(column[k])), dots.cpu(), accumulate=True)
 
 
-def _push_and_contract(model, run, batch, tangents: dict, column: dict, groups: list[_Pulls], blocks,
-                       use_relp: bool, edge_batch: int, passes: dict, head_m: torch.Tensor) -> None:
+def _push_and_contract(model, run, batch, tangents: dict, column: dict, groups: list[_Pulls],
+                       starts: dict[int, torch.Tensor], blocks, use_relp: bool, edge_batch: int, passes: dict,
+                       head_m: torch.Tensor) -> None:
     """Forward mode (steps 3-4): the tangent each source sends into every head output ``z`` (MLPs constant),
     dotted with every target's pull there, into ``head_m`` ``[target, source, block, head]``.
 
-    ``torch.func.jvp`` under ``vmap``: the batch's forward pass runs once per chunk of ``edge_batch // B``
-    sources, the tangents as one batched stack; the MLPs see no tangent (their input is cut where a hook
+    ``torch.func.jvp`` under ``vmap``: the batch's forward pass runs once per chunk of at most
+    ``edge_batch // B`` sources (:func:`_chunks`), the tangents as one batched stack; the MLPs see no tangent (their input is cut where a hook
     allows it, their output always), so only attention and the norms carry one. A target's pull on ``z`` of
-    block l is its pull on the block's attention output times ``W_O``ᵀ."""
+    block l is its pull on the block's attention output times ``W_O``ᵀ. A chunk whose sources all sit at or
+    after block s starts at s from the residual input the pull's forward pass kept (``starts``), where the
+    model allows it; sources in the last block reach no head and are not pushed."""
     tokens = batch.clean_tokens.to(model.cfg.device)
     b = tokens.shape[0]
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
@@ -354,7 +387,7 @@ def _push_and_contract(model, run, batch, tangents: dict, column: dict, groups: 
         where = tangents[key][0]
         return blocks[where] + 1 if isinstance(where, int) else 0
 
-    order = sorted(tangents, key=entry)
+    order = sorted((k for k in tangents if entry(k) < n_layers), key=entry)
     r_max = max(1, edge_batch // b)
     cut = [next(h for h in mlp_inputs(block) if h in model.hook_dict) for block in range(n_layers)
            if any(h in model.hook_dict for h in mlp_inputs(block))]
@@ -364,8 +397,9 @@ def _push_and_contract(model, run, batch, tangents: dict, column: dict, groups: 
         for blk in range(n_layers):
             g = grp.pulls[("attn", blk)]
             pulls_z[gi, blk] = (g @ w_o[blk].to(g.device).T).unflatten(-1, (n_heads, -1))
-    for start in range(0, len(order), r_max):
-        chunk = order[start:start + r_max]
+    for chunk in _chunks(order, [entry(k) for k in order], n_layers, r_max):
+        first = min(entry(k) for k in chunk)
+        begin = first - 1  # the block of the chunk's earliest MLP source (-1: an embedding, from the tokens)
         wheres = list(dict.fromkeys(tangents[k][0] for k in chunk))
         stacks = []  # per entry point: [R, B, pos, d], zero for the chunk's sources that enter elsewhere
         for w in wheres:
@@ -394,21 +428,47 @@ def _push_and_contract(model, run, batch, tangents: dict, column: dict, groups: 
                             else (lambda x, hook: x.detach())))
                 fwd.append((attn_z(block), record(block)))
             with backends.hooks(model, fwd_hooks=fwd):
-                model(tokens, stop_at_layer=n_layers)
-            return tuple(got[block] for block in range(n_layers))
+                if begin in starts:
+                    model(starts[begin], start_at_layer=begin, stop_at_layer=n_layers)
+                else:
+                    model(tokens, stop_at_layer=n_layers)
+            return tuple(got[block] for block in range(first, n_layers))
+
+        zeros = tuple(torch.zeros_like(t[0]) for t in stacks)  # outside vmap: the forward pass runs unbatched
 
         def push(*tans):
-            return torch.func.jvp(z_of, tuple(torch.zeros_like(t) for t in tans), tans)[1]
+            return torch.func.jvp(z_of, zeros, tans)[1]
 
         mode = relp(model, **vars(run.rules)) if use_relp else contextlib.nullcontext()
         with torch.no_grad(), mode:
             zt = torch.func.vmap(push)(*stacks)  # per block [R, B, pos, n_heads·d_head] (or [.., n_heads, d_head])
         passes["push"] += 1
         cols = torch.tensor([column[k] for k in chunk])
-        first = min(entry(k) for k in chunk)
         for blk in range(first, n_layers):
-            t = zt[blk].float().reshape(len(chunk), b, zt[blk].shape[2], n_heads, -1)
+            t = zt[blk - first].float().reshape(len(chunk), b, zt[blk - first].shape[2], n_heads, -1)
             for gi, grp in enumerate(groups):
                 g = pulls_z[gi, blk]
-                w = torch.einsum("tbphd,rbphd->trh", g.double(), t[:, :, grp.at].to(g.device).double())
+                w = torch.einsum("tbphd,rbphd->trh", g, t[:, :, grp.at].to(g.device)).double()
                 head_m.index_put_((grp.rows[:, None], cols[None, :], torch.tensor(blk)), w.cpu(), accumulate=True)
+
+
+PASS_ROWS = 32  # what one block of a push pass costs beyond its tangents, in tangent rows (measured on CPU)
+
+
+def _chunks(order: list, entries: list[int], n_layers: int, r_max: int) -> list[list]:
+    """``order`` (sorted by ``entries``, the first block each source reaches) cut into chunks of at most
+    ``r_max``, minimising Σ over chunks of (blocks the chunk runs) × (:data:`PASS_ROWS` + its sources): a chunk
+    runs from its earliest source's block, so mixing early and late sources wastes the late ones' rows, while
+    every pass also pays a fixed cost per block. Dynamic programming over the cut points."""
+    best = [0.0] + [float("inf")] * len(order)
+    cut = [0] * (len(order) + 1)
+    for j in range(1, len(order) + 1):
+        for i in range(max(0, j - r_max), j):
+            cost = best[i] + (n_layers - entries[i]) * (PASS_ROWS + j - i)
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    bounds, j = [], len(order)
+    while j:
+        bounds.append((cut[j], j))
+        j = cut[j]
+    return [order[i:j] for i, j in reversed(bounds)]
