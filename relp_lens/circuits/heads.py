@@ -212,8 +212,8 @@ def attribute_head_splits(model: HookedTransformer, circuit: Circuit, prompts, *
             if not tangents:
                 continue
             column = {k: sources.index(k[:2]) for k in tangents}  # an embedding's hooks share its column
-            groups, starts = _pull(model, run, batch, circuit, targets, grads, at, blocks, embeds, use_relp, edge_batch,
-                           passes)
+            groups, starts = _pull(model, run, batch, circuit, targets, grads, at, blocks, embeds, use_relp,
+                                   edge_batch, passes)
             _residual_shares(tangents, column, groups, blocks, res_m)
             _push_and_contract(model, run, batch, tangents, column, groups, starts, blocks, use_relp, edge_batch,
                                passes, head_m)
@@ -374,11 +374,11 @@ def _push_and_contract(model, run, batch, tangents: dict, column: dict, groups: 
     dotted with every target's pull there, into ``head_m`` ``[target, source, block, head]``.
 
     ``torch.func.jvp`` under ``vmap``: the batch's forward pass runs once per chunk of at most
-    ``edge_batch // B`` sources (:func:`_chunks`), the tangents as one batched stack; the MLPs see no tangent (their input is cut where a hook
-    allows it, their output always), so only attention and the norms carry one. A target's pull on ``z`` of
-    block l is its pull on the block's attention output times ``W_O``ᵀ. A chunk whose sources all sit at or
-    after block s starts at s from the residual input the pull's forward pass kept (``starts``), where the
-    model allows it; sources in the last block reach no head and are not pushed."""
+    ``edge_batch // B`` sources (:func:`_chunks`), the tangents as one batched stack; the MLPs see no tangent
+    (their input is cut where a hook allows it, their output always), so only attention and the norms carry
+    one. A target's pull on ``z`` of block l is its pull on the block's attention output times ``W_O``ᵀ. A
+    chunk whose sources all sit at or after block s starts at s from the residual input the pull's forward pass
+    kept (``starts``), where the model allows it; sources in the last block reach no head and are not pushed."""
     tokens = batch.clean_tokens.to(model.cfg.device)
     b = tokens.shape[0]
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
