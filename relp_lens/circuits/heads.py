@@ -410,8 +410,8 @@ def _push_and_contract(model, run, batch, tangents: dict, column: dict, groups: 
         def z_of(*deltas):  # the head outputs z of every block, with deltas added at the sources' entry points
             got: dict[int, torch.Tensor] = {}
 
-            def enter(i):
-                return lambda x, hook: x.detach() + deltas[i].to(x.device, x.dtype)
+            def enter(i):  # the tangents sit on their leaf's device already (built from its block's W_out)
+                return lambda x, hook: x.detach() + (deltas[i] if deltas[i].dtype == x.dtype else deltas[i].to(x.dtype))
 
             def record(block):
                 def hook(x, hook):
