@@ -40,6 +40,7 @@ class _State(threading.local):
     def __init__(self) -> None:
         self.pending: list[object] = []  # the device a factory call at this depth places its tensors on
         self.forced: object | None = None  # a move in progress: its copy's outputs go here
+        self.unchecked = 0  # > 0 inside a torch.func transform (see _Functions.__torch_function__)
 
 
 class SimDevices:
@@ -130,6 +131,14 @@ class _Functions(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = dict(kwargs or {})
         sim = self.sim
+        if sim.state.unchecked or torch._C._functorch.maybe_current_level() is not None:
+            # inside a torch.func transform (head splits' jvp under vmap) the tensors are functorch's wrappers,
+            # which the side table cannot follow: those ops run unchecked (their values are still compared)
+            sim.state.unchecked += 1
+            try:
+                return func(*args, **kwargs)
+            finally:
+                sim.state.unchecked -= 1
         if func == _DEVICE_GET:
             d = sim.device_of(args[0])
             return CPU if d is ANY else d
@@ -212,6 +221,8 @@ class _Dispatch(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         sim = self.sim
+        if sim.state.unchecked:
+            return func(*args, **kwargs)
         if sim.state.forced is not None:  # the copy of a move (see _copy_to)
             out = func(*args, **kwargs)
             for t in tree_flatten(out)[0]:

@@ -463,6 +463,29 @@ def test_head_splits_equal_hooked_transformer(bridge, hooked):
         assert a[key].residual == pytest.approx(b[key].residual, abs=1e-5 * scale)
 
 
+def test_head_splits_on_bridge_equal_the_reference_implementation(bridge):
+    """On a bridge (every TransformerLens), paired and unpaired: the vectorised head splits equal the per-edge
+    forward-mode implementation they replaced (tests/reference_heads.py)."""
+    import reference_heads
+    from test_heads import assert_same_splits
+
+    from relp_lens.circuits.heads import attribute_head_splits
+    from relp_lens.circuits.io_edges import attribute_io_edges
+
+    rows = AGREEMENT_ROWS[:2]
+    unpaired = relp_lens.attribute(bridge, [r["clean_prefix"] for r in rows], [r["clean_answer"] for r in rows],
+                                   metric="logit", baseline="zero", progress=False).prompts
+    for data in (rows, unpaired):
+        circuit = relp_lens.select_top_k(relp_lens.attribute(bridge, data, progress=False), bridge, 6)
+        circuit = relp_lens.attribute_edges(bridge, circuit, data, progress=False)
+        circuit = attribute_io_edges(bridge, circuit, data, progress=False)
+        options = dict(top=None, batch_size=1, edge_batch=3, progress=False)
+        got = attribute_head_splits(bridge, circuit, data, **options)
+        want = reference_heads.attribute_head_splits(bridge, circuit, data, **options)
+        assert_same_splits(got.heads, want.heads)
+    assert hooks_left(bridge) == []
+
+
 def test_pipeline_runs_on_bridge(bridge, tmp_path):
     """Attribution → circuit → evaluation → edges → report on the bridge alone (every TransformerLens)."""
     attr = relp_lens.attribute(bridge, AGREEMENT_ROWS, progress=False)

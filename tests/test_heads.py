@@ -9,6 +9,7 @@ from relp_lens.circuits.edges import attribute_edges, prune_edges
 from relp_lens.circuits.heads import attribute_head_splits, edge_key, embedding_key
 from relp_lens.circuits.io_edges import attribute_io_edges
 from relp_lens.core.relp_mode import RelPConfig, relp
+import reference_heads
 from helpers import AGREEMENT_ROWS, hooks_left, same_length_rows, tiny_gemma, tiny_gpt2, tiny_llama
 
 RULES = {"AH": RelPConfig(attention=True), "default": RelPConfig()}
@@ -207,3 +208,48 @@ def test_splits_need_the_prompts_the_io_edges_used():
     other = [r for r in AGREEMENT_ROWS if r not in rows][:1]  # another token length: other aligned positions
     with pytest.raises(RelPLensError, match="same prompts"):
         attribute_head_splits(model, circuit, other, progress=False)
+
+
+def unpaired_graph(model, rows, rules, k=12):
+    """The full graph on unpaired prompts (zero baseline, the logit of the clean answer)."""
+    attr = relp_lens.attribute(model, [r["clean_prefix"] for r in rows], [r["clean_answer"] for r in rows],
+                               metric="logit", baseline="zero", rules=rules, progress=False)
+    circuit = relp_lens.select_top_k(attr, model, k)
+    circuit = attribute_edges(model, circuit, attr.prompts, rules=rules, progress=False)
+    circuit = attribute_io_edges(model, circuit, attr.prompts, rules=rules, progress=False)
+    return circuit, attr.prompts
+
+
+def assert_same_splits(got, want, rel=1e-5):
+    """Every edge's residual share and every head's share agree to ``rel`` of the edge's largest share."""
+    assert got.edges.keys() == want.edges.keys() and got.edges
+    for key, w in want.edges.items():
+        g = got.edges[key]
+        hg, hw = {(l, h): x for l, h, x in g.heads}, {(l, h): x for l, h, x in w.heads}
+        scale = max([abs(w.residual), *map(abs, hw.values())]) or 1.0
+        assert abs(g.residual - w.residual) <= rel * scale, key
+        for lh in hg.keys() | hw.keys():
+            assert abs(hg.get(lh, 0.0) - hw.get(lh, 0.0)) <= rel * scale, (key, lh)
+    tg, tw = ({(l, h): x for l, h, x in s.totals} for s in (got, want))
+    scale = max(map(abs, tw.values()))
+    assert all(abs(tg.get(lh, 0.0) - tw.get(lh, 0.0)) <= rel * scale for lh in tg.keys() | tw.keys())
+
+
+@pytest.mark.hooked
+@pytest.mark.parametrize("data", ["paired", "unpaired"])
+@pytest.mark.parametrize("rules", list(RULES), ids=list(RULES))
+@pytest.mark.parametrize("builder", [tiny_llama, tiny_gpt2], ids=["llama", "gpt2"])
+def test_splits_equal_the_reference_implementation(builder, rules, data):
+    """The vectorised splits equal the per-edge forward-mode implementation they replaced
+    (tests/reference_heads.py), every head of every edge, over several batches and source chunks."""
+    model = builder()
+    rows = same_length_rows(model)[:3]
+    if data == "paired":
+        circuit, _ = full_graph(model, rows, RULES[rules])
+    else:
+        circuit, rows = unpaired_graph(model, rows, RULES[rules])
+    options = dict(rules=RULES[rules], top=None, batch_size=2, edge_batch=5, progress=False)
+    got = attribute_head_splits(model, circuit, rows, **options)
+    want = reference_heads.attribute_head_splits(model, circuit, rows, **options)
+    assert_same_splits(got.heads, want.heads)
+    assert hooks_left(model) == []

@@ -26,21 +26,29 @@ embedding → metric) and out of the embeddings split the same way.
 Algorithm, per batch of prompts of one length:
 
 1. One attribution pass gives ``∇̃_d m`` at every target node and ``Δ`` at every source (as for edges).
-2. Pull (reverse mode, RelP rules): a forward pass in which every MLP output, every head output ``z`` and the
-   embeddings are detached leaves; seeds ``∇̃_d m`` at the targets (rows of one vectorised backward pass, or
-   the metric itself for the output) give ``g_{l,h}(d)`` at the ``z`` leaves and the residual pull at the
-   sources' leaves.
-3. Push (forward mode, ``torch.autograd.forward_ad``, with the RelP rules' forward-mode linearisation — their
-   ``jvp`` is the transpose of their backward): a forward pass with every MLP output cut, one copy of the
-   batch per source, the tangent ``W_out[u]·Δu`` (or ``Δe_p``) at the source's leaf — taken through the
-   Jacobian of the norm after the MLP where there is one (Gemma 2/3: the source's leaf ``hook_mlp_out`` is
-   after it; :class:`relp_lens.core.structure.MLPPostNorms`); the tangents reaching the ``z`` hooks are
-   ``t_{l,h}(u)``. A norm after attention (``ln1_post``) sits between ``z`` and the residual stream, where
-   both passes differentiate it as the model computes it.
-4. Dot products over positions and head dimensions, summed over prompts, divided by the number of prompts.
+2. Pull (reverse mode, RelP rules): a forward pass in which every MLP output, every attention output and the
+   embeddings are detached leaves; seeds ``∇̃_d m`` at the targets (rows of one vectorised backward pass per
+   layer of targets, or the metric itself for the output) give the target's pull on each block's attention
+   output and the residual pull at the sources' leaves, kept at the positions the target reads. Attention
+   writes ``z @ W_O`` (checked, :mod:`relp_lens.core.structure`), so ``g_{l,h}(d)`` is that pull times
+   ``W_O``ᵀ of head h. Where a norm follows attention (Gemma 2/3's ``ln1_post``), the pull at the attention
+   output is taken back through it first (:class:`relp_lens.core.structure.MLPPostNorms`, ``sublayer="attn"``:
+   the frozen scale under the LN rule, the norm's true Jacobian otherwise).
+3. Push (forward mode, ``torch.func.jvp`` under ``torch.func.vmap``, with the RelP rules' forward-mode
+   linearisation — their ``jvp`` is the transpose of their backward): a forward pass with every MLP output
+   cut (and its input, so no MLP carries a tangent), run once per chunk of sources with their tangents
+   ``W_out[u]·Δu`` (or ``Δe_p``) as one batched stack at the sources' leaves — through the norm after the
+   source's MLP where there is one (Gemma 2/3's ``ln2_post``, :class:`~relp_lens.core.structure.MLPPostNorms`);
+   the tangents reaching the ``z``
+   hooks are ``t_{l,h}(u)``. A chunk starts at its earliest source's block (HookedTransformer); chunks group
+   sources of nearby blocks (:func:`_chunks`).
+4. Dot products over prompts, positions and head dimensions, for every target × source of a chunk at once
+   (one einsum per block), summed over batches in float64 and divided by the number of prompts.
 
-Cost: step 3 is one forward pass per ``edge_batch`` rows of (source, prompt) and step 4 grows with the
-number of edges × layers × d_model: split a pruned graph (tens to hundreds of edges), not a full one.
+Cost: steps 2 and 4 are small; step 3 is one forward pass per chunk of at most ``edge_batch // batch``
+sources, its tangents through attention and the norms only. On the shipped SmolLM2-135M (2 CPU threads),
+the 1,104 edges of ``benchmarks/head_splits.py``'s pruned top-300 circuit split in about 4 ms each
+(``benchmarks/results/head_splits.json``); the forward-mode implementation it replaced took 30 ms.
 
 The result is a new circuit with ``heads`` (a :class:`~relp_lens.circuits.circuit.HeadSplits`, the data model's
 type; :func:`edge_key`, :func:`embedding_key` and :data:`OUT` name its edges and live there too) and
@@ -50,12 +58,10 @@ type; :func:`edge_key`, :func:`embedding_key` and :data:`OUT` name its edges and
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import torch
-import torch.autograd.forward_ad as fwAD
 from tqdm.auto import tqdm
 
 from relp_lens.core import backends
@@ -70,7 +76,7 @@ from relp_lens.core.options import GradientMethod, Metric
 from relp_lens.circuits.io_edges import EMBED_HOOKS, _embeddings
 from relp_lens.circuits.pruning import readable_graph
 from relp_lens.core.metrics import evaluate_metric
-from relp_lens.core.nodes import attn_z, mlp_out
+from relp_lens.core.nodes import attn_out, attn_z, mlp_inputs, mlp_out, resid_pre
 from relp_lens.core.relp_mode import RelPConfig, relp
 
 if TYPE_CHECKING:
@@ -169,8 +175,10 @@ def attribute_head_splits(model: HookedTransformer, circuit: Circuit, prompts, *
         out = pairs.setdefault((OUT,), set())
         out.update(("n", j) for j in io.output.nonzero().flatten().tolist())
         out.update(("e", r) for r in io.direct.nonzero().flatten().tolist())
-    res = {(s, t): 0.0 for t, ss in pairs.items() for s in ss}
-    per_head = {(s, t): torch.zeros(model.cfg.n_layers, n_heads, dtype=torch.float64) for s, t in res}
+    targets = sorted(pairs)  # row order of the accumulators; ("n", 2) before ("n", 10) before ("out",)
+    sources = sorted({s for ss in pairs.values() for s in ss})  # column order
+    res_m = torch.zeros(len(targets), len(sources), dtype=torch.float64)  # [target, source]
+    head_m = torch.zeros(len(targets), len(sources), model.cfg.n_layers, n_heads, dtype=torch.float64)
     w_outs = {layer: backends.W_out(model, blocks[layer]) for layer in {n.layer for n in nodes}}
     use_relp = method == "relp"
     embeds = [h for h in EMBED_HOOKS if h in model.hook_dict]
@@ -186,7 +194,6 @@ def attribute_head_splits(model: HookedTransformer, circuit: Circuit, prompts, *
             e_ref = _embeddings(model, batch.patch_tokens, embeds) if (io is not None and run.paired) else None
             e_clean = _embeddings(model, batch.clean_tokens, embeds) if io is not None else None
             tangents: dict[tuple, tuple[str | int, torch.Tensor]] = {}  # key -> (where it enters, [B, pos, d])
-            sources = {s for ss in pairs.values() for s in ss}
             post = structure.MLPPostNorms(model, [blocks[nodes[s[1]].layer] for s in sources if s[0] == "n"],
                                           frozen=use_relp and run.rules.ln)
             post.capture(model, batch.clean_tokens)  # the norms after the sources' MLPs on this batch
@@ -212,9 +219,14 @@ def attribute_head_splits(model: HookedTransformer, circuit: Circuit, prompts, *
                         tangents[s + (h,)] = (h, d_emb[h].float() * mask.to(d_emb[h].device))
             if not tangents:
                 continue
-            push = _push(model, run, batch, tangents, blocks, z_names, use_relp, edge_batch, passes)  # key -> per block z
-            _pull_and_contract(model, run, batch, circuit, pairs, tangents, push, grads, at, blocks, z_names, embeds,
-                               use_relp, edge_batch, res, per_head, passes)
+            column = {k: sources.index(k[:2]) for k in tangents}  # an embedding's hooks share its column
+            groups, starts = _pull(model, run, batch, circuit, targets, grads, at, blocks, embeds, use_relp,
+                                   edge_batch, passes)
+            _residual_shares(tangents, column, groups, blocks, res_m)
+            _push_and_contract(model, run, batch, tangents, column, groups, starts, blocks, use_relp, edge_batch,
+                               passes, head_m)
+    res = {(s, t): float(res_m[targets.index(t), sources.index(s)]) for t, ss in pairs.items() for s in ss}
+    per_head = {(s, t): head_m[targets.index(t), sources.index(s)] for s, t in res}
     keys = sorted(res)  # one order on every rank (set iteration order is not): ("n", 2) before ("n", 10)
     if keys:
         sums = dp.all_reduce(torch.tensor([res[k] for k in keys], dtype=torch.float64))
@@ -247,120 +259,231 @@ def _compact(residual: float, heads: torch.Tensor, top: int | None) -> HeadSplit
 
 def _triples(heads: torch.Tensor, top: int | None) -> list[list]:
     """Non-zero entries of ``[block, head]`` as ``[block, head, weight]``, largest |weight| first."""
-    nz = [(l, h, float(heads[l, h])) for l, h in heads.nonzero().tolist()]
+    values = heads.tolist()
+    nz = [(l, h, values[l][h]) for l, h in heads.nonzero().tolist()]
     nz.sort(key=lambda x: -abs(x[2]))
     return [list(x) for x in (nz if top is None else nz[:top])]
 
 
-def _push(model, run, batch, tangents: dict, blocks, z_names, use_relp: bool, edge_batch: int,
-          passes: dict) -> dict:
-    """Forward mode: the tangent each source sends into every head output ``z`` (MLP outputs cut).
+@dataclass
+class _Pulls:
+    """The pulls of a group of targets that read the same positions (step 2).
 
-    Returns ``{source key: {block: [B, pos, n_heads·d_head]}}``; one copy of the batch per source."""
-    tokens = batch.clean_tokens.to(model.cfg.device)
-    b = tokens.shape[0]
-    keys = list(tangents)
-    r_max = max(1, edge_batch // b)
-    out: dict = {k: {} for k in keys}
-    for start in range(0, len(keys), r_max):
-        chunk = keys[start:start + r_max]
-        R = len(chunk)
-        got: dict[int, torch.Tensor] = {}
+    Attributes:
+        rows: the targets' rows in the accumulators, ``[T]``.
+        at: the positions read (a target at one position reads that one; ``slice(None)``: every position).
+        pulls: per leaf (``("attn", block)``, ``("mlp", block)`` or an embedding hook), the pull there,
+            ``[T, B, P, d]``.
+    """
 
-        def enter(where):  # the leaf where sources of this kind put their tangent
-            def hook(x, hook):
-                t = torch.zeros(R * b, *x.shape[1:], dtype=x.dtype, device=x.device)
-                for r, k in enumerate(chunk):
-                    if tangents[k][0] == where:
-                        t[r * b:(r + 1) * b] = tangents[k][1].to(x.device, x.dtype)
-                return fwAD.make_dual(x.detach(), t)
-
-            return hook
-
-        def record(block):
-            def hook(x, hook):
-                t = fwAD.unpack_dual(x).tangent
-                if t is not None:
-                    got[block] = t.detach().reshape(R, b, x.shape[1], -1)
-
-            return hook
-
-        fwd = [(h, enter(h)) for h in EMBED_HOOKS if h in model.hook_dict]
-        for block in range(model.cfg.n_layers):
-            layer = blocks.index(block) if block in blocks else None
-            fwd.append((mlp_out(block), enter(layer) if layer is not None
-                        else (lambda x, hook: x.detach())))
-            fwd.append((z_names[block], record(block)))
-        mode = relp(model, **vars(run.rules)) if use_relp else contextlib.nullcontext()
-        with torch.no_grad(), fwAD.dual_level(), mode, backends.hooks(model, fwd_hooks=fwd):
-            model(tokens.repeat(R, 1), stop_at_layer=model.cfg.n_layers)
-        passes["push"] += 1
-        for block, t in got.items():
-            for r, k in enumerate(chunk):
-                out[k][block] = t[r]
-    return out
+    rows: torch.Tensor
+    at: slice
+    pulls: dict
 
 
-def _pull_and_contract(model, run, batch, circuit, pairs, tangents, push, grads, at, blocks, z_names, embeds,
-                       use_relp, edge_batch, res, per_head, passes) -> None:
-    """Reverse mode: each target's pull on every head output and on the sources' leaves, dotted with the
-    sources' tangents and pushes into ``res`` (residual share) and ``per_head`` ([block, head])."""
+def _pull(model, run, batch, circuit, targets, grads, at, blocks, embeds, use_relp, edge_batch,
+          passes) -> tuple[list[_Pulls], dict[int, torch.Tensor]]:
+    """Reverse mode (step 2): every target's pull on each block's attention output and at the sources' leaves.
+    Every attention output, MLP output and embedding is a detached leaf, so the pull runs along the residual
+    stream alone; it is kept at the positions the target reads (targets at one position grouped by it).
+
+    Returns the groups and, where the push may start at a block (:func:`_starts`), each block's residual
+    input ``[B, pos, d_model]`` from the same forward pass."""
     nodes = circuit.nodes
     tokens = batch.clean_tokens.to(model.cfg.device)
     b = tokens.shape[0]
-    n_heads = model.cfg.n_heads
     leaves: dict = {}
     live: dict[int, torch.Tensor] = {}
+    starts: dict[int, torch.Tensor] = {}
     fwd = [(h, leaf_hook(leaves, h)) for h in embeds]
+    # a norm after attention (Gemma 2/3's ln1_post) lies between z @ W_O and the attention-output leaf: the
+    # pull there is taken back through it (frozen scale under the LN rule), to where the heads write
+    attn_post = structure.MLPPostNorms(model, range(model.cfg.n_layers), frozen=use_relp and run.rules.ln,
+                                       sublayer="attn")
+    fwd += attn_post.hooks()
     for block in range(model.cfg.n_layers):
+        if _starts(model):
+            fwd.append((resid_pre(block), _keep_value(starts, block)))
         if block in blocks:
             layer = blocks.index(block)
             fwd.append((circuit.hook_names[layer], keep_hook(live, layer)))
         fwd += [(mlp_out(block), leaf_hook(leaves, ("mlp", block))),
-                (z_names[block], leaf_hook(leaves, ("z", block)))]
-    targets = [t for t in pairs if t[0] == "n"]
+                (attn_out(block), leaf_hook(leaves, ("attn", block)))]
+    by_at: dict = {}  # position read (None: every position) -> [(row, target)]
+    for row, t in enumerate(targets):
+        by_at.setdefault(None if t == (OUT,) else at[t[1]], []).append((row, t))
+    r_max = max(1, edge_batch // b)
     mode = relp(model, **vars(run.rules)) if use_relp else contextlib.nullcontext()
+    groups = []
     with torch.enable_grad(), mode, backends.hooks(model, fwd_hooks=fwd):
         logits = model(tokens)
-        z_keys = [("z", blk) for blk in range(model.cfg.n_layers)]
-        src_keys = [("mlp", blocks[nodes[s[1]].layer]) for s in tangents if s[0] == "n"]
-        src_keys += [h for h in embeds if h in leaves]
-        want = list(dict.fromkeys(z_keys + src_keys))
-        if (OUT,) in pairs:
-            m = evaluate_metric(run.metric_fn, logits, batch).sum()
-            g = torch.autograd.grad(m, [leaves[k] for k in want], allow_unused=True, retain_graph=True)
-            passes["pull"] += 1
-            _contract({k: (None if x is None else x[None]) for k, x in zip(want, g)}, [(OUT,)], pairs, tangents,
-                      push, blocks, nodes, b, n_heads, res, per_head)
-        r_max = max(1, edge_batch // b)
-        order = [t[1] for t in targets]
-        for start in range(0, len(order), r_max):
-            chunk = order[start:start + r_max]
-            seeds = node_seeds(nodes, chunk, at, grads, live)
-            layers = sorted(seeds)
-            g = torch.autograd.grad([live[l] for l in layers], [leaves[k] for k in want],
-                                    [seeds[l] for l in layers], allow_unused=True, retain_graph=True,
-                                    is_grads_batched=True)
-            passes["pull"] += 1
-            _contract(dict(zip(want, g)), [("n", i) for i in chunk], pairs, tangents, push, blocks, nodes, b,
-                      n_heads, res, per_head)
+        want = list(leaves)
+        for pos, members in by_at.items():
+            sel = slice(None) if pos is None else slice(pos, pos + 1)
+            parts: dict = {k: [] for k in want}
+            rows = []
+
+            def keep(g, R):  # [R, B, pos, d] per leaf (zeros where the pull does not reach it), at sel
+                for k, x in zip(want, g):
+                    leaf = leaves[k]
+                    if x is not None and isinstance(k, tuple) and k[0] == "attn":
+                        x = attn_post.pull(k[1], x)
+                    parts[k].append(leaf.new_zeros(R, *leaf.shape[:1], len(range(leaf.shape[1])[sel]),
+                                                   *leaf.shape[2:]) if x is None else x[:, :, sel])
+
+            for row, t in members:
+                if t == (OUT,):
+                    m = evaluate_metric(run.metric_fn, logits, batch).sum()
+                    g = torch.autograd.grad(m, [leaves[k] for k in want], allow_unused=True, retain_graph=True)
+                    passes["pull"] += 1
+                    keep([None if x is None else x[None] for x in g], 1)
+                    rows.append(row)
+            by_layer: dict[int, list] = {}  # a chunk's targets share a layer: its backward crosses one MLP
+            for row, t in members:
+                if t != (OUT,):
+                    by_layer.setdefault(nodes[t[1]].layer, []).append((row, t[1]))
+            chunks = [same[i:i + r_max] for _, same in sorted(by_layer.items()) for i in range(0, len(same), r_max)]
+            for chunk in chunks:
+                seeds = node_seeds(nodes, [i for _, i in chunk], at, grads, live)
+                layers = sorted(seeds)
+                g = torch.autograd.grad([live[l] for l in layers], [leaves[k] for k in want],
+                                        [seeds[l] for l in layers], allow_unused=True, retain_graph=True,
+                                        is_grads_batched=True)
+                passes["pull"] += 1
+                keep(g, len(chunk))
+                rows += [r for r, _ in chunk]
+            groups.append(_Pulls(rows=torch.tensor(rows), at=sel,
+                                 pulls={k: torch.cat(v).float() for k, v in parts.items()}))
+    return groups, starts
 
 
-def _contract(g: dict, rows: Sequence[tuple], pairs, tangents, push, blocks, nodes, b, n_heads, res,
-              per_head) -> None:
-    """``g[key]``: ``[R, B, pos, …]`` pulls of the targets ``rows`` (row r = rows[r]) at each leaf."""
-    for r, t in enumerate(rows):
-        for s in pairs[t]:
-            parts = [k for k in tangents if k[:2] == s] if s[0] == "e" else ([s] if s in tangents else [])
-            for k in parts:
-                where, tan = tangents[k]
-                leaf = ("mlp", blocks[where]) if s[0] == "n" else where
-                pull = g.get(leaf)
-                if pull is not None:
-                    res[(s, t)] += float((pull[r].float() * tan).sum())
-                for block, z in push[k].items():
-                    gz = g.get(("z", block))
-                    if gz is None:
-                        continue
-                    prod = (gz[r].float().reshape(z.shape) * z.float()).reshape(b, z.shape[1], n_heads, -1)
-                    per_head[(s, t)][block] += prod.sum((0, 1, 3)).double().cpu()
+def _starts(model) -> bool:
+    """Whether the push may start at a block from its residual input (a HookedTransformer without shortformer
+    positions, whose blocks read positions from the residual stream alone)."""
+    return backends.supports_start_at_layer(model) and model.cfg.positional_embedding_type != "shortformer"
+
+
+def _keep_value(store: dict, key):
+    """Forward hook: remember the value, detached, in ``store[key]``; leave it unchanged."""
+    def hook(x, hook):
+        store[key] = x.detach()
+
+    return hook
+
+
+def _residual_shares(tangents: dict, column: dict, groups: list[_Pulls], blocks, res_m: torch.Tensor) -> None:
+    """Each source's residual share (every head constant): its target's pull at the source's leaf · its tangent,
+    summed over prompts and positions, into ``res_m`` ``[target, source]``."""
+    for k, (where, tan) in tangents.items():
+        leaf = ("mlp", blocks[where]) if isinstance(where, int) else where
+        for grp in groups:
+            pull = grp.pulls[leaf]  # [T, B, P, d]
+            dots = (pull.double() * tan[:, grp.at].to(pull.device).double()).sum((1, 2, 3))
+            res_m.index_put_((grp.rows, torch.tensor(column[k])), dots.cpu(), accumulate=True)
+
+
+def _push_and_contract(model, run, batch, tangents: dict, column: dict, groups: list[_Pulls],
+                       starts: dict[int, torch.Tensor], blocks, use_relp: bool, edge_batch: int, passes: dict,
+                       head_m: torch.Tensor) -> None:
+    """Forward mode (steps 3-4): the tangent each source sends into every head output ``z`` (MLPs constant),
+    dotted with every target's pull there, into ``head_m`` ``[target, source, block, head]``.
+
+    ``torch.func.jvp`` under ``vmap``: the batch's forward pass runs once per chunk of at most
+    ``edge_batch // B`` sources (:func:`_chunks`), the tangents as one batched stack; the MLPs see no tangent
+    (their input is cut where a hook allows it, their output always), so only attention and the norms carry
+    one. A target's pull on ``z`` of block l is its pull on the block's attention output times ``W_O``ᵀ. A
+    chunk whose sources all sit at or after block s starts at s from the residual input the pull's forward pass
+    kept (``starts``), where the model allows it; sources in the last block reach no head and are not pushed."""
+    tokens = batch.clean_tokens.to(model.cfg.device)
+    b = tokens.shape[0]
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+
+    def entry(key):  # the first block whose z the source can reach
+        where = tangents[key][0]
+        return blocks[where] + 1 if isinstance(where, int) else 0
+
+    order = sorted((k for k in tangents if entry(k) < n_layers), key=entry)
+    r_max = max(1, edge_batch // b)
+    cut = [next(h for h in mlp_inputs(block) if h in model.hook_dict) for block in range(n_layers)
+           if any(h in model.hook_dict for h in mlp_inputs(block))]
+    w_o = {blk: backends.W_O(model, blk).float() for blk in range(n_layers)}  # [n_heads·d_head, d_model]
+    pulls_z = {}  # (group, block) -> the pull on z, [T, B, P, n_heads, d_head]
+    for gi, grp in enumerate(groups):
+        for blk in range(n_layers):
+            g = grp.pulls[("attn", blk)]
+            pulls_z[gi, blk] = (g @ w_o[blk].to(g.device).T).unflatten(-1, (n_heads, -1))
+    for chunk in _chunks(order, [entry(k) for k in order], n_layers, r_max):
+        first = min(entry(k) for k in chunk)
+        begin = first - 1  # the block of the chunk's earliest MLP source (-1: an embedding, from the tokens)
+        wheres = list(dict.fromkeys(tangents[k][0] for k in chunk))
+        stacks = []  # per entry point: [R, B, pos, d], zero for the chunk's sources that enter elsewhere
+        for w in wheres:
+            like = next(tangents[k][1] for k in chunk if tangents[k][0] == w)
+            stacks.append(torch.stack([tangents[k][1] if tangents[k][0] == w else torch.zeros_like(like)
+                                       for k in chunk]))
+
+        def z_of(*deltas):  # the head outputs z of every block, with deltas added at the sources' entry points
+            got: dict[int, torch.Tensor] = {}
+
+            def enter(i):  # the tangents sit on their leaf's device already (built from its block's W_out)
+                return lambda x, hook: x.detach() + (deltas[i] if deltas[i].dtype == x.dtype else deltas[i].to(x.dtype))
+
+            def record(block):
+                def hook(x, hook):
+                    got[block] = x
+
+                return hook
+
+            where_of = {w: i for i, w in enumerate(wheres)}
+            fwd = [(h, enter(where_of[h])) for h in EMBED_HOOKS if h in where_of]
+            fwd += [(h, lambda x, hook: x.detach()) for h in cut]
+            for block in range(n_layers):
+                layer = blocks.index(block) if block in blocks else None
+                fwd.append((mlp_out(block), enter(where_of[layer]) if layer in where_of
+                            else (lambda x, hook: x.detach())))
+                fwd.append((attn_z(block), record(block)))
+            with backends.hooks(model, fwd_hooks=fwd):
+                if begin in starts:
+                    model(starts[begin], start_at_layer=begin, stop_at_layer=n_layers)
+                else:
+                    model(tokens, stop_at_layer=n_layers)
+            return tuple(got[block] for block in range(first, n_layers))
+
+        zeros = tuple(torch.zeros_like(t[0]) for t in stacks)  # outside vmap: the forward pass runs unbatched
+
+        def push(*tans):
+            return torch.func.jvp(z_of, zeros, tans)[1]
+
+        mode = relp(model, **vars(run.rules)) if use_relp else contextlib.nullcontext()
+        with torch.no_grad(), mode:
+            zt = torch.func.vmap(push)(*stacks)  # per block [R, B, pos, n_heads·d_head] (or [.., n_heads, d_head])
+        passes["push"] += 1
+        cols = torch.tensor([column[k] for k in chunk])
+        for blk in range(first, n_layers):
+            t = zt[blk - first].float().reshape(len(chunk), b, zt[blk - first].shape[2], n_heads, -1)
+            for gi, grp in enumerate(groups):
+                g = pulls_z[gi, blk]
+                w = torch.einsum("tbphd,rbphd->trh", g, t[:, :, grp.at].to(g.device)).double()
+                head_m.index_put_((grp.rows[:, None], cols[None, :], torch.tensor(blk)), w.cpu(), accumulate=True)
+
+
+PASS_ROWS = 32  # what one block of a push pass costs beyond its tangents, in tangent rows (measured on CPU)
+
+
+def _chunks(order: list, entries: list[int], n_layers: int, r_max: int) -> list[list]:
+    """``order`` (sorted by ``entries``, the first block each source reaches) cut into chunks of at most
+    ``r_max``, minimising Σ over chunks of (blocks the chunk runs) × (:data:`PASS_ROWS` + its sources): a chunk
+    runs from its earliest source's block, so mixing early and late sources wastes the late ones' rows, while
+    every pass also pays a fixed cost per block. Dynamic programming over the cut points."""
+    best = [0.0] + [float("inf")] * len(order)
+    cut = [0] * (len(order) + 1)
+    for j in range(1, len(order) + 1):
+        for i in range(max(0, j - r_max), j):
+            cost = best[i] + (n_layers - entries[i]) * (PASS_ROWS + j - i)
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    bounds, j = [], len(order)
+    while j:
+        bounds.append((cut[j], j))
+        j = cut[j]
+    return [order[i:j] for i, j in reversed(bounds)]

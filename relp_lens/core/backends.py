@@ -171,6 +171,16 @@ def W_out(model: Any, layer: int) -> torch.Tensor:
     return _as_shape(w, model.cfg.d_mlp, model.cfg.d_model, f"blocks.{layer}.mlp.W_out")
 
 
+def W_O(model: Any, layer: int) -> torch.Tensor:
+    """Attention's output projection of ``layer``: ``[n_heads·d_head, d_model]`` (rows head by head)."""
+    attn = model.blocks[layer].attn
+    if is_bridge(model):
+        w = getattr(attn.o, "weight", None)
+        return (attn.o.original_component.weight if w is None else w).T
+    w = attn.W_O  # [n_heads, d_head, d_model]
+    return w.reshape(-1, w.shape[-1])
+
+
 def W_U(model: Any) -> torch.Tensor:
     """The unembedding ``[d_model, d_vocab]``."""
     w = model.W_U

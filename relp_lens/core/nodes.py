@@ -145,6 +145,35 @@ def attn_pattern(block: int) -> str:
     return block_hook(block, "attn.hook_pattern")
 
 
+def attn_out(block: int) -> str:
+    """The attention output of one block, what it adds to the residual stream (``[batch, pos, d_model]``).
+
+    1. Names the block's ``hook_attn_out``.
+
+    Args:
+        block: the block's index.
+
+    Returns:
+        ``"blocks.{block}.hook_attn_out"``.
+    """
+    return block_hook(block, "hook_attn_out")
+
+
+def mlp_inputs(block: int) -> list[str]:
+    """Hooks that carry one block's MLP input and nothing else, in order of preference.
+
+    1. A bridge's ``mlp.hook_in``, then the normalised residual ``ln2.hook_normalized`` (HookedTransformer;
+       a bridge has it too). A model may have neither (a parallel block without ``ln2``).
+
+    Args:
+        block: the block's index.
+
+    Returns:
+        ``["blocks.{block}.mlp.hook_in", "blocks.{block}.ln2.hook_normalized"]``.
+    """
+    return [block_hook(block, "mlp.hook_in"), block_hook(block, "ln2.hook_normalized")]
+
+
 def resid_pre(layer: int) -> str:
     """The residual stream entering one block (the ``resid_pre`` basis).
 

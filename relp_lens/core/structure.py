@@ -162,14 +162,8 @@ def _is_norm_of(out: torch.Tensor, x: torch.Tensor) -> bool:
 def _W_O(model: Any, layer: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Attention's output projection of ``layer`` as ``([n_heads·d_head, d_model], b_O or None)``."""
     attn = model.blocks[layer].attn
-    if backends.is_bridge(model):
-        o = attn.o
-        w = getattr(o, "weight", None)
-        if w is None:
-            w = o.original_component.weight
-        return w.T, getattr(o, "bias", None)
-    w = attn.W_O  # [n_heads, d_head, d_model]
-    return w.reshape(-1, w.shape[-1]), getattr(attn, "b_O", None)
+    bias = getattr(attn.o, "bias", None) if backends.is_bridge(model) else getattr(attn, "b_O", None)
+    return backends.W_O(model, layer), bias
 
 
 def structure_report(model: Any) -> list[Broken]:
@@ -428,18 +422,21 @@ class MLPPostNorms:
         blocks: the blocks (of those asked for) whose MLP output goes through a post-norm.
     """
 
-    def __init__(self, model: Any, blocks: Any, *, frozen: bool) -> None:
+    def __init__(self, model: Any, blocks: Any, *, frozen: bool, sublayer: str = "mlp") -> None:
         """
         Args:
             model: a HookedTransformer or a TransformerBridge whose structure check passed.
             blocks: the blocks whose neurons are read (an iterable of block indices).
             frozen: the norm scales are constants (RelP mode with the LN rule).
+            sublayer: ``"mlp"`` (the norm after the MLP, ``ln2_post``) or ``"attn"`` (the norm after attention,
+                ``ln1_post``: ``hook_attn_out = w ⊙ (z @ W_O + b_O) / r``, read the same way by head splits).
         """
         post = post_normed(model)
         self.frozen = frozen
-        self.blocks = sorted({int(b) for b in blocks if ("mlp", int(b)) in post})
-        self._weight = {b: backends.norm_weight(model, getattr(model.blocks[b], POST_NORMS["mlp"])).detach().float()
-                        for b in self.blocks}
+        self.sublayer = sublayer
+        self.blocks = sorted({int(b) for b in blocks if (sublayer, int(b)) in post})
+        self._weight = {b: backends.norm_weight(model, getattr(model.blocks[b], POST_NORMS[sublayer])).detach()
+                        .float() for b in self.blocks}
         self._scale: dict[int, torch.Tensor] = {}  # [batch, pos, 1]
         self._normalized: dict[int, torch.Tensor] = {}  # [batch, pos, d_model]
 
@@ -452,9 +449,10 @@ class MLPPostNorms:
 
             return hook
 
-        fwd = [(post_norm_hook(b, "mlp", "hook_scale"), grab(self._scale, b)) for b in self.blocks]
+        fwd = [(post_norm_hook(b, self.sublayer, "hook_scale"), grab(self._scale, b)) for b in self.blocks]
         if not self.frozen:
-            fwd += [(post_norm_hook(b, "mlp", "hook_normalized"), grab(self._normalized, b)) for b in self.blocks]
+            fwd += [(post_norm_hook(b, self.sublayer, "hook_normalized"), grab(self._normalized, b))
+                    for b in self.blocks]
         return fwd
 
     def capture(self, model: Any, tokens: torch.Tensor) -> None:
