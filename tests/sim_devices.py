@@ -134,8 +134,19 @@ class _Functions(TorchFunctionMode):
         if sim.state.unchecked or torch._C._functorch.maybe_current_level() is not None:
             # inside a torch.func transform (head splits' jvp under vmap) the tensors are functorch's wrappers,
             # which the side table cannot follow: those ops run unchecked (their values are still compared)
+            # — and every tensor is on the one real device: moves are no-ops (a dtype change kept), factories
+            # drop the simulated device they were given
             sim.state.unchecked += 1
             try:
+                if func in (torch.Tensor.cpu, torch.Tensor.cuda):
+                    return args[0]
+                if func is torch.Tensor.to:
+                    x, rest = args[0], args[1:]
+                    if rest and isinstance(rest[0], torch.Tensor):
+                        return x.to(rest[0].dtype)
+                    dtype = torch._C._nn._parse_to(*rest, **kwargs)[1]
+                    return x if dtype is None or dtype == x.dtype else x.to(dtype)
+                kwargs.pop("device", None)
                 return func(*args, **kwargs)
             finally:
                 sim.state.unchecked -= 1
