@@ -80,7 +80,11 @@ from relp_lens.core.nodes import attn_out, attn_z, mlp_inputs, mlp_out, resid_pr
 from relp_lens.core.relp_mode import RelPConfig, relp
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from transformer_lens import HookedTransformer
+
+    from relp_lens.core.data import Prompts
 
 RULE = "last head"
 __all__ = ["OUT", "RULE", "HeadStats", "attribute_head_splits", "edge_key", "embedding_key"]
@@ -101,7 +105,8 @@ class HeadStats(StepStats):
     n_edges: int = 0
 
 
-def attribute_head_splits(model: HookedTransformer, circuit: Circuit, prompts, *, method: GradientMethod = "relp",
+def attribute_head_splits(model: HookedTransformer, circuit: Circuit, prompts: Prompts | Sequence[dict], *,
+                          method: GradientMethod = "relp",
                           metric: Metric | None = None, rules: RelPConfig | None = None, batch_size: int = 8,
                           edge_batch: int = 256, top: int | None = 12, max_nodes: int | None = None,
                           progress: bool = True) -> Circuit:
