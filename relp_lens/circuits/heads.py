@@ -308,7 +308,7 @@ def _pull(model, run, batch, circuit, targets, grads, at, blocks, embeds, use_re
     fwd += attn_post.hooks()
     for block in range(model.cfg.n_layers):
         if _starts(model):
-            fwd.append((resid_pre(block), _keep_value(starts, block)))
+            fwd.append((resid_pre(block), backends.capture_hook(starts, block, torch.Tensor.detach)))
         if block in blocks:
             layer = blocks.index(block)
             fwd.append((circuit.hook_names[layer], keep_hook(live, layer)))
@@ -366,14 +366,6 @@ def _starts(model) -> bool:
     """Whether the push may start at a block from its residual input (a HookedTransformer without shortformer
     positions, whose blocks read positions from the residual stream alone)."""
     return backends.supports_start_at_layer(model) and model.cfg.positional_embedding_type != "shortformer"
-
-
-def _keep_value(store: dict, key):
-    """Forward hook: remember the value, detached, in ``store[key]``; leave it unchanged."""
-    def hook(x, hook):
-        store[key] = x.detach()
-
-    return hook
 
 
 def _residual_shares(tangents: dict, column: dict, groups: list[_Pulls], blocks, res_m: torch.Tensor) -> None:

@@ -444,10 +444,7 @@ class MLPPostNorms:
         """Forward hooks that read each post-norm's scale (and, not frozen, its normalised input): add them
         to the forward pass whose gradients :meth:`pull` will take. They change nothing."""
         def grab(store, block):
-            def hook(x, hook):
-                store[block] = x.detach().float()
-
-            return hook
+            return backends.capture_hook(store, block, lambda x: x.detach().float())
 
         fwd = [(post_norm_hook(b, self.sublayer, "hook_scale"), grab(self._scale, b)) for b in self.blocks]
         if not self.frozen:
