@@ -103,6 +103,7 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "DictionarySet": ("core.dictionaries", "DictionarySet"),
     "load_sae": ("core.dictionaries", "load_sae"),
     "load_transcoders": ("core.dictionaries", "load_transcoders"),
+    "splice": ("core.splice", "splice"),
 }
 # the stage subpackages and entry points, reachable as attributes after a bare ``import relp_lens``
 _SUBMODULES = {"core", "circuits", "analysis", "views", "pipeline", "cli", "demo"}
@@ -129,6 +130,7 @@ __all__ = [
     "group_neurons", "groups_of", "group_steering", "data_parallel", "IOEdges", "HeadSplits", "NeuronGroups",
     "Evaluation", "to_circuit_tracer", "trace", "TraceOptions", "TraceResult", "split_prompts", "task_prompts",
     "gradients", "attribution_from_cache", "Dictionary", "DictionarySet", "load_sae", "load_transcoders",
+    "splice",
 ]
 _moved.install(__name__, MOVED)
 

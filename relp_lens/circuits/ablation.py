@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from relp_lens.core import backends
 from relp_lens.core import distributed as dp
-from relp_lens.core import validate
+from relp_lens.core import splice, validate
 from relp_lens.core.attribution import Attribution, _mean_acts, as_prompts
 from relp_lens.circuits.circuit import (ABLATIONS, RATIOS, AblationRatios, Circuit, Evaluation, LegacyKeys,
                                         consistent_ablation)
@@ -43,6 +43,7 @@ from relp_lens.core.data import Prompts, make_batches, tokenize
 from relp_lens.core.errors import RelPLensError
 from relp_lens.core.options import AblationKind, Metric
 from relp_lens.core.metrics import MetricFn, check_metric, evaluate_metric, resolve_metric, warn_same_answers
+from relp_lens.core.nodes import resolve_hooks
 from relp_lens.core.positions import Alignment, require
 
 if TYPE_CHECKING:  # annotations only: TransformerLens 4 has no HookedTransformer
@@ -135,8 +136,13 @@ class Ablation:
     means: list[torch.Tensor] | None  # per hook [column, node] (mode "mean")
     patch_acts: dict[int, list[torch.Tensor]] | None  # batch number → per hook [batch, pos, node]
     n_prompts: int
-    width: int
+    width: int  # elements per position of each hook
     prepend_bos: bool = True  # the prompts start with BOS
+    latents: list[int | None] | None = None  # per hook: d_sae of a spliced dictionary (latents, then one error node)
+
+    def __post_init__(self) -> None:
+        if self.latents is None:
+            self.latents = [splice.n_latents(self.model, h) for h in self.hook_names]
 
     @classmethod
     def build(cls, model: HookedTransformer, hook_names: Sequence[str], prompts, metric: Metric | MetricFn | None = None,
@@ -147,9 +153,7 @@ class Ablation:
             raise RelPLensError(f"unknown ablation {mode!r}; choose from {list(ABLATIONS)}")
         validate.positive_int(batch_size, "batch_size")
         data = as_prompts(prompts)
-        for name in hook_names:
-            if name not in model.hook_dict:
-                raise RelPLensError(f"model has no hook {name!r}")
+        resolve_hooks(model, list(hook_names))  # unknown names (a dictionary not spliced in) refused by name
         if mode == "counterfactual" and not data.paired:
             raise RelPLensError("counterfactual ablation needs paired evaluation prompts (patch_prefix)")
         metric_name, metric_fn = resolve_metric(metric, data.paired and data.patch_answers is not None)
@@ -164,16 +168,12 @@ class Ablation:
             means, _ = _mean_acts(model, batches, names, alignment, patch=data.paired)
             width = means[0].shape[-1]
         else:
-            with torch.no_grad():
-                _, cache = model.run_with_cache(batches[0].clean_tokens[:1].to(model.cfg.device),
-                                                names_filter=lambda n: n == names[0])
+            _, cache = backends.capture(model, batches[0].clean_tokens[:1], names[:1])
             width = cache[names[0]].reshape(1, cache[names[0]].shape[1], -1).shape[-1]
         if mode == "counterfactual":
             patch_acts = {}
             for j, b in dp.shard(list(enumerate(batches))):  # only the batches this rank scores
-                with torch.no_grad():
-                    _, cache = model.run_with_cache(b.patch_tokens.to(model.cfg.device),
-                                                    names_filter=lambda n: n in set(names))
+                _, cache = backends.capture(model, b.patch_tokens, names)
                 patch_acts[j] = [cache[h].reshape(*b.patch_tokens.shape, -1).cpu() for h in names]
         return cls(model, names, metric_fn, batches, data, mode, alignment, means, patch_acts, len(data), width,
                    tok.prepend_bos)
@@ -190,17 +190,18 @@ class Ablation:
             length = b.clean_tokens.shape[1]
             if length in out:
                 continue
-            m = [torch.zeros(length, self.width, dtype=torch.bool) for _ in self.hook_names]
+            n_nodes = splice.node_width(self.width, self.latents[0])
+            m = [torch.zeros(length, n_nodes, dtype=torch.bool) for _ in self.hook_names]
             for layer, pos, idx in keys:
-                if not 0 <= idx < self.width:
-                    raise RelPLensError(f"node L{layer}/{idx}: index outside [0, {self.width})")
+                if not 0 <= idx < n_nodes:
+                    raise RelPLensError(f"node L{layer}/{idx}: index outside [0, {n_nodes})")
                 if pos is None:
                     m[layer][:, idx] = True
                 else:
                     t = require(pos, length, f"L{layer}/{idx}@{pos}", self.prompts.clean[b.indices[0]],
                                 self.alignment.tail_start)
                     m[layer][t, idx] = True
-            out[length] = m
+            out[length] = [splice.unfold(x, lat, self.width) for x, lat in zip(m, self.latents)]
         return out
 
     def _value(self, j: int, b, layer: int) -> torch.Tensor:

@@ -98,7 +98,7 @@ import torch
 from relp_lens.circuits import schema
 # the file format's names, public here too (FINGERPRINT: step 4)
 from relp_lens.circuits.schema import ABLATIONS, BASELINES, FEATURES, FINGERPRINT, SCHEMA, VERSION  # noqa: F401
-from relp_lens.core import backends
+from relp_lens.core import backends, nodes
 from relp_lens.core.errors import RelPLensError
 from relp_lens.core.options import AblationKind, CircuitBaseline
 from relp_lens.core.files import read_input, write_json_atomic
@@ -958,8 +958,13 @@ class Circuit:
                 f"configuration, but another model (a circuit's neurons are those of the weights it was found "
                 f"in); load {made_on!r}, or, for the same weights under another name, set "
                 f"model.cfg.model_name = {made_on!r}")
+        hook_dict = backends.hook_points(model)  # with the points of spliced dictionaries
         for name in self.hook_names:
-            if name not in model.hook_dict:
+            if name not in hook_dict and name.endswith(nodes.SAE_SUFFIXES):
+                raise RelPLensError(f"{where}circuit uses the dictionary hook {name!r}, which exists only while "
+                                    "the dictionary is spliced in: run this inside `with relp_lens.splice(model, "
+                                    "dictionaries):` with the dictionaries the circuit was found with")
+            if name not in hook_dict:
                 raise RelPLensError(f"{where}circuit uses hook {name!r}, which this model does not have "
                                     f"(layer missing?)")
 

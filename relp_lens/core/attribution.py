@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 from relp_lens.core import backends
 from relp_lens.core import distributed as dp
-from relp_lens.core import validate
+from relp_lens.core import splice, validate
 from relp_lens.core.data import Batch, Prompts, make_batches, str_tokens_of, tokenize, warn_unlikely_answers
 from relp_lens.core.errors import RelPLensError
 from relp_lens.core.options import BASELINES, METHODS, REDUCTIONS, Baseline, Method, Metric, Reduce  # noqa: F401
@@ -253,7 +253,8 @@ class Attribution:
 
         ``example``: that example's activations; ``None``: the per-column mean over the examples that reach
         each column (as :meth:`mean` averages scores). → ``[layer, pos, node]`` (columns the example, or
-        every example, lacks hold NaN).
+        every example, lacks hold NaN). On dictionaries (run it inside :func:`relp_lens.splice`), an error
+        node's activation is the norm of its (mean) error vector.
         """
         if self.prompts is None:
             raise RelPLensError("this attribution keeps no prompts; activations need them")
@@ -265,8 +266,9 @@ class Attribution:
             raise RelPLensError("this model tokenizes the prompts differently from the attribution's model")
         batches = make_batches(tok, batch_size)
         align = self.alignment
-        means, counts = _mean_acts(model, batches, self.hook_names, align)  # per hook [pos, node]
-        out = torch.stack(means)  # [layer, pos, node]
+        means, counts = _mean_acts(model, batches, self.hook_names, align)  # per hook [pos, element]
+        # a dictionary's error node: the norm of its error vector
+        out = torch.stack([splice.fold_norm(m, splice.n_latents(model, h)) for m, h in zip(means, self.hook_names)])
         return out.masked_fill((counts == 0)[None, :, None], float("nan"))
 
     # -- TransformerLens-native (relp_lens.core.tl_cache) ----------------------------------------------------
@@ -333,12 +335,11 @@ def _cache_acts(model: HookedTransformer, tokens: torch.Tensor, hooks: list[str]
     With ``resume``, also keeps each needed ``blocks.{L}.hook_resid_pre`` so that later passes which
     patch a hook inside block L can start there (see :func:`_forward_from`).
     """
-    wanted = set(hooks)
+    wanted = list(hooks)
     resume = resume and backends.supports_start_at_layer(model)
     if resume:
-        wanted |= {resid_pre(layer) for h in hooks if (layer := _block_of(model, h)) is not None}
-    with torch.no_grad():
-        logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n in wanted)
+        wanted += [resid_pre(layer) for h in hooks if (layer := _block_of(model, h)) is not None]
+    logits, cache = backends.capture(model, tokens, wanted)  # reaches a spliced dictionary's hook points too
     starts = {layer: cache[resid_pre(layer)] for h in hooks
               if resume and (layer := _block_of(model, h)) is not None}
     return logits, [_flat(cache[h]) for h in hooks], starts
@@ -376,6 +377,11 @@ class _Run:
     prompts: Prompts
     progress: bool = False
     known_zero: set[int] = field(default_factory=set)  # examples already warned about (same answers)
+    latents: list[int | None] = field(default_factory=list)  # per hook: d_sae of a spliced dictionary, else None
+
+    def __post_init__(self) -> None:
+        if not self.latents:
+            self.latents = [splice.n_latents(self.model, h) for h in self.hooks]
 
     def reference(self, batch: Batch) -> tuple[list[torch.Tensor], torch.Tensor | None]:
         """Reference activations per hook [batch, pos, node] and the metric on the patch run."""
@@ -461,9 +467,14 @@ def batch_gradients(run: _Run, batch: Batch, use_relp: bool, hooked: dict | None
 
 def _grad_batch(run: _Run, batch: Batch, use_relp: bool, hooked: dict):
     _, grads, deltas, m, m_ref = batch_gradients(run, batch, use_relp, hooked)
-    scores = torch.empty(len(batch), len(grads), *grads[0].shape[1:])  # [batch, layer, pos, node] on the CPU
+    width = splice.node_width(grads[0].shape[-1], run.latents[0])
+    scores = torch.empty(len(batch), len(grads), grads[0].shape[1], width)  # [batch, layer, pos, node] on the CPU
     for layer, (g, d) in enumerate(zip(grads, deltas)):
-        scores[:, layer] = g.float() * d.float()  # float32 also for half models
+        s = splice.fold(g.float() * d.float(), run.latents[layer])  # float32 also for half models
+        if s.shape[-1] != width:
+            raise RelPLensError(f"the layers of this basis have different widths ({run.hooks[0]}: {width} nodes, "
+                                f"{run.hooks[layer]}: {s.shape[-1]}); attribute them separately")
+        scores[:, layer] = s
     return scores, m, m_ref
 
 
@@ -493,7 +504,7 @@ def _ig_batch(run: _Run, batch: Batch, steps: int):
                 (g,) = torch.autograd.grad(m.sum(), [point], allow_unused=True)
             if g is not None:
                 grad_sum += g.float()
-        scores.append(((grad_sum / steps) * run.delta(a, r).float()).cpu())
+        scores.append(splice.fold((grad_sum / steps) * run.delta(a, r).float(), run.latents[layer]).cpu())
     return torch.stack(scores, 1), m_clean.cpu(), m_ref
 
 
@@ -506,7 +517,8 @@ def _exact_batch(run: _Run, batch: Batch, nodes: list[Node], node_batch: int):
     ref, m_ref = run.reference(batch)
     ref = [r.to(c.device).expand_as(c) for r, c in zip(ref, clean)]
     blocks = [_block_of(model, h) for h in hooks]
-    scores = torch.full((b, len(hooks), pos, clean[0].shape[-1]), float("nan"))
+    width = splice.node_width(clean[0].shape[-1], run.latents[0])
+    scores = torch.full((b, len(hooks), pos, width), float("nan"))
     # every node must exist in every prompt; its position resolved for this length (negative: from the end)
     where = {n: None if n[1] is None else require(n[1], pos, f"L{n[0]}/{n[2]}@{n[1]}",
                                                    run.prompts.clean[batch.indices[0]],
@@ -526,7 +538,7 @@ def _exact_batch(run: _Run, batch: Batch, nodes: list[Node], node_batch: int):
             def patch(x, hook, items=items, layer=layer):
                 flat = x.reshape(x.shape[0], x.shape[1], -1).clone()
                 for j, node in items:
-                    p, idx = where[node], node[2]
+                    p, idx = where[node], splice.elements(node[2], run.latents[layer])
                     sl = slice(None) if p is None else slice(p, p + 1)
                     flat[rows[j], sl, idx] = ref[layer][:, sl, idx]
                 return flat.reshape(x.shape)
@@ -655,13 +667,13 @@ def available_memory() -> int | None:
     return None
 
 
-def _check_memory(model, tok, hooks, batch_size: int, reduce: str) -> None:
+def _check_memory(model, tok, hooks, batch_size: int, reduce: str, width: int | None = None) -> None:
     if str(model.cfg.device).startswith("cuda"):
         return  # scores live on the CPU; the device's own limits are torch's to report
     have = available_memory()
     if have is None:
         return
-    need = memory_estimate(model, tok.lengths, hooks, batch_size=batch_size, reduce=reduce)
+    need = memory_estimate(model, tok.lengths, hooks, batch_size=batch_size, reduce=reduce, width=width)
     if need["total"] > 0.9 * have:
         advice = []
         if reduce == "none" and need["scores"] > 0.3 * have:
@@ -683,7 +695,7 @@ def attribute(
     *,
     patch: str | Sequence[str] | None = None,
     patch_answers: str | Sequence | None = None,
-    basis: str | Sequence[str] = "mlp_post",
+    basis: str | Sequence[str] | splice.Dictionaries = "mlp_post",
     method: Method = "relp",
     metric: Metric | MetricFn | None = None,
     baseline: Baseline | None = None,
@@ -706,7 +718,11 @@ def attribute(
         patch: with string prompts: the patch prompts (same token length as the clean ones).
         patch_answers: with string prompts: the patch answers.
         basis: ``mlp_post`` (neurons; default), ``mlp_out``, ``attn_out``, ``resid_pre``, ``resid_post``, a
-            hook name, a ``{L}`` template or a list of hook names (see :mod:`relp_lens.core.nodes`).
+            hook name, a ``{L}`` template or a list of hook names (see :mod:`relp_lens.core.nodes`); or
+            dictionaries (a :class:`~relp_lens.core.dictionaries.Dictionary`, ``DictionarySet`` or list of
+            them: SAEs, transcoders), spliced in for the call (:func:`relp_lens.core.splice.splice`): each
+            layer's nodes are its ``d_sae`` latents and then one error node per position, ``scores[...,
+            :d_sae]`` and ``scores[..., d_sae]``; the hooks are ``{hook_out}.hook_sae_nodes``.
         method: ``relp`` | ``grad`` | ``ig`` | ``exact``.
         metric: ``logit_diff`` (paired default) | ``logit`` (unpaired default) | ``logprob`` | a callable.
         baseline: unpaired data only: ``zero`` (default) or ``mean`` (per-position mean over the prompts).
@@ -744,6 +760,15 @@ def attribute(
         raise RelPLensError(f"unknown reduce {reduce!r}; choose from {list(REDUCTIONS)}")
     if reduce == "mean" and method == "exact":
         raise RelPLensError("method 'exact' keeps per-example effects of the patched nodes; use reduce='none'")
+    if splice.is_dictionaries(basis):  # spliced in for this call only; the basis is their node hooks
+        dicts = splice.as_list(basis)
+        with splice.splice(model, dicts) as feature_hooks:
+            attr = attribute(model, prompts, answers, patch=patch, patch_answers=patch_answers, basis=feature_hooks,
+                             method=method, metric=metric, baseline=baseline, nodes=nodes, ig_steps=ig_steps,
+                             rules=rules, batch_size=batch_size, node_batch=node_batch, reduce=reduce,
+                             progress=progress, prepend_bos=prepend_bos)
+        attr.basis = splice.basis_label(dicts)
+        return attr
     data = as_prompts(prompts, answers, patch, patch_answers)
     if method == "exact":
         if not nodes:
@@ -757,7 +782,8 @@ def attribute(
     run, batches, tok, metric_name = prepare_run(model, data, basis, metric, baseline, rules, batch_size,
                                                  progress, prepend_bos)
     hooks, paired, align = run.hooks, run.paired, run.alignment
-    _check_memory(model, tok, hooks, batch_size, reduce)
+    _check_memory(model, tok, hooks, batch_size, reduce,
+                  None if run.latents[0] is None else splice.node_width(0, run.latents[0]))
 
     # -- run (under relp_lens.data_parallel: this rank's batches, sums combined below) ---------------
     if dp.active() and method == "exact":

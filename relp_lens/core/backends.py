@@ -36,6 +36,11 @@ What differs, and how each is handled:
    model's own), eval mode, parameters frozen.
 8. **Hooks.** :func:`hooks` adds hooks by name on either backend; :func:`capture` (a no-grad forward that
    records hook values), :func:`capture_hook` and :func:`leaf_hook` are how relp_lens records values anywhere.
+9. **Hook points relp_lens adds.** A spliced dictionary (:mod:`relp_lens.core.splice`) brings its own hook
+   points (``….hook_sae_acts_post``, ...), which neither backend's ``hook_dict`` knows. :func:`added_points`
+   registers them for a model while a context is open — in TransformerLens' own dicts too (HookedTransformer's
+   ``hook_dict``/``mod_dict``, a bridge's hook registry), so ``run_with_cache``, ``hooks`` and ``add_hook`` reach
+   them — and :func:`hook_points` is the model's ``hook_dict`` with them.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ import contextlib
 import functools
 import importlib.metadata
 import warnings
+import weakref
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import torch
@@ -363,6 +369,60 @@ def ln_rule_hooks(model: Any, rule: Callable[[torch.Tensor], torch.Tensor]) -> l
 
 
 # --- hooks ----------------------------------------------------------------------------------------------
+_ADDED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model → {name: HookPoint} relp_lens added
+
+
+def hook_points(model: Any) -> dict[str, Any]:
+    """The model's hook points by name: its own ``hook_dict`` and those relp_lens added (:func:`added_points`).
+
+    A bridge builds its ``hook_dict`` anew on every access (~20 ms): read this once per operation.
+
+    Args:
+        model: a HookedTransformer or TransformerBridge.
+
+    Returns:
+        ``{name: HookPoint}``.
+    """
+    added = _ADDED.get(model)
+    return {**model.hook_dict, **added} if added else model.hook_dict
+
+
+@contextlib.contextmanager
+def added_points(model: Any, points: dict[str, Any]) -> Iterator[None]:
+    """Make ``points`` (``{name: HookPoint}``, modules that the forward pass calls) reachable by name on ``model``
+    while the context is open: :func:`hook_points`, :func:`hooks`, :func:`capture` and every relp_lens function
+    that takes hook names see them. Removed on exit, exception or not.
+
+    Args:
+        model: a HookedTransformer or TransformerBridge.
+        points: the hook points to add; a name the model already has is refused.
+    """
+    have = hook_points(model)
+    clash = sorted(set(points) & set(have))
+    if clash:
+        raise RelPLensError(f"the model already has a hook point {clash[0]!r}: a dictionary is spliced there "
+                            "already (one dictionary per hook)")
+    for name, point in points.items():
+        point.name = name
+    mine = dict(points)
+    # TransformerLens' own look-ups (run_with_cache, hooks, add_hook) read these dicts: there the points are native
+    native = [getattr(model, "_hook_registry", None)] if is_bridge(model) else [model.hook_dict, model.mod_dict]
+    native = [d for d in native if isinstance(d, dict)]
+    _ADDED.setdefault(model, {}).update(mine)
+    for d in native:
+        d.update(mine)
+    try:
+        yield
+    finally:
+        added = _ADDED.get(model, {})
+        for name in mine:
+            added.pop(name, None)
+            for d in native:
+                d.pop(name, None)
+        if not added:
+            _ADDED.pop(model, None)
+
+
 @contextlib.contextmanager
 def hooks(model: Any, fwd_hooks: Sequence[tuple[str, Callable]] = (),
           bwd_hooks: Sequence[tuple[str, Callable]] = ()) -> Iterator[Any]:
@@ -375,20 +435,23 @@ def hooks(model: Any, fwd_hooks: Sequence[tuple[str, Callable]] = (),
     its hook point at a fresh context level, removed by that level from the points it was added to on exit
     (hooks the caller had stay), as TransformerLens does. TransformerLens 4's bridge: its own ``hooks()``.
     """
-    hook_dict = model.hook_dict
+    hook_dict = hook_points(model)
     todo = [(name, fn, "fwd") for name, fn in fwd_hooks] + [(name, fn, "bwd") for name, fn in bwd_hooks]
     unknown = sorted({name for name, _, _ in todo if name not in hook_dict})
     if unknown:
         raise RelPLensError(f"the model has no hook point {unknown[0]!r}" +
                             (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""))
     bridge = is_bridge(model)
-    if bridge and transformer_lens_version() >= (4,):  # its own hooks() reads the dict once
-        with model.hooks(fwd_hooks=list(fwd_hooks), bwd_hooks=list(bwd_hooks)):
+    added = _ADDED.get(model) or {}
+    if bridge and transformer_lens_version() >= (4,) and not any(name in added for name, _, _ in todo):
+        with model.hooks(fwd_hooks=list(fwd_hooks), bwd_hooks=list(bwd_hooks)):  # its own hooks() reads the dict once
             yield model
         return
     check = getattr(model, "check_hooks_to_add", None)  # a gated-off hook point (set_use_*) raises here
-    if check is not None:
+    if check is not None and not (bridge and transformer_lens_version() >= (4,)):
         for name, fn, direction in todo:
+            if name in added:
+                continue
             if bridge:
                 check(name)
             else:

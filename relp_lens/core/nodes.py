@@ -248,16 +248,45 @@ def block_of(hook: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+SAE_NODES = "hook_sae_nodes"  # a spliced dictionary's nodes: its latents, then its error vector
+SAE_SUFFIXES = (SAE_NODES, "hook_sae_acts_post", "hook_sae_error", "hook_sae_input", "hook_sae_output")
+
+
+def sae_hook(hook_out: str, name: str = SAE_NODES) -> str:
+    """A hook point of a dictionary spliced in at ``hook_out`` (:mod:`relp_lens.core.splice`), named as SAELens
+    names those of an SAE attached to a hook.
+
+    1. Appends ``name`` to ``hook_out``.
+
+    Args:
+        hook_out: the hook the dictionary reconstructs (``blocks.3.hook_mlp_out``).
+        name: ``hook_sae_nodes`` (latents then error: the attribution basis), ``hook_sae_acts_post`` (the
+            latents), ``hook_sae_error`` (target − reconstruction), ``hook_sae_input`` or ``hook_sae_output``.
+
+    Returns:
+        ``"{hook_out}.{name}"``.
+    """
+    if name not in SAE_SUFFIXES:
+        raise RelPLensError(f"unknown dictionary hook {name!r}; choose from {list(SAE_SUFFIXES)}")
+    return f"{hook_out}.{name}"
+
+
 def _check_exists(model: HookedTransformer, names: list[str], what: str) -> None:
     backends.check_model(model)  # a bridge outside compatibility mode lacks the hooks: say how to fix it
+    hook_dict = backends.hook_points(model)  # with the points of spliced dictionaries
     for name in names:
-        if name not in model.hook_dict:
-            if ".mlp." in name and not any(".mlp.hook_post" in n for n in model.hook_dict):
+        if name not in hook_dict:
+            if ".mlp." in name and not any(".mlp.hook_post" in n for n in hook_dict):
                 raise RelPLensError(
                     f"model has no MLP neuron hooks (no {name!r}; attn_only={model.cfg.attn_only}): "
                     f"the neuron basis needs MLPs; try basis='attn_out' or 'resid_post'"
                 )
-            close = difflib.get_close_matches(name, list(model.hook_dict), n=3)
+            if name.endswith(SAE_SUFFIXES):
+                raise RelPLensError(
+                    f"the model has no hook {name!r}: it is a dictionary's hook, which exists only while the "
+                    f"dictionary is spliced in (attribute(basis=dictionaries) or `with relp_lens.splice(model, "
+                    f"dictionaries):`)")
+            close = difflib.get_close_matches(name, list(hook_dict), n=3)
             hint = f"; did you mean {close}?" if close else ""
             raise RelPLensError(
                 f"unknown node basis or hook {what!r}: the model has no hook {name!r}{hint} "

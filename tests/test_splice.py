@@ -1,0 +1,251 @@
+"""Dictionaries as a node basis (relp_lens.core.splice): the spliced forward pass is the model's own and leaves
+nothing behind; feature scores conserve the score of the hook they reconstruct (latents + error + the decoder
+bias's and skip path's shares), on both backends, for relp, grad and ig and every baseline; the gradient equals a
+hand-written replacement model with frozen error terms; error nodes are patched and ablated as whole vectors;
+a circuit of every latent and error node has faithfulness 1."""
+
+import pytest
+import torch
+
+from relp_lens import Dictionary, DictionarySet, RelPLensError, attribute, relp
+from relp_lens.circuits.ablation import Ablation, evaluate_circuit
+from relp_lens.circuits.selection import select_top_k
+from relp_lens.core import backends, splice as sp
+from relp_lens.core.splice import splice
+from tests.helpers import AGREEMENT_ROWS, hooks_left, same_length_rows, tiny_hf_llama, tiny_llama, word_tokenizer
+
+D_SAE = 24
+KINDS = ["sae", "transcoder", "skip_transcoder", "topk_transcoder", "jumprelu_sae"]
+PROMPT, ANSWER = "The keys to the cabinet", " are"
+
+
+def make_dict(model, layer: int, kind: str, seed: int = 0) -> Dictionary:
+    """A random dictionary of ``kind`` at ``layer``: SAEs on hook_mlp_out, transcoders from ln2's output."""
+    d = model.cfg.d_model
+    g = torch.Generator().manual_seed(100 * seed + layer)
+
+    def r(*shape, scale=0.3):
+        return scale * torch.randn(*shape, generator=g)
+
+    sae = kind.endswith("sae")
+    kw = dict(kind="sae" if sae else kind.replace("topk_", ""), activation="relu", W_enc=r(d, D_SAE),
+              b_enc=r(D_SAE, scale=0.1), W_dec=r(D_SAE, d), b_dec=r(d, scale=0.2), layer=layer,
+              hook_in=f"blocks.{layer}.hook_mlp_out" if sae else f"blocks.{layer}.ln2.hook_normalized",
+              hook_out=f"blocks.{layer}.hook_mlp_out", apply_b_dec_to_input=sae)
+    if kind == "skip_transcoder":
+        kw["W_skip"] = r(d, d, scale=0.1)
+    if kind.startswith("topk"):
+        kw.update(activation="topk", k=5)
+    if kind.startswith("jumprelu"):
+        kw.update(activation="jumprelu", threshold=r(D_SAE, scale=0.1).abs())
+    return Dictionary(**kw)
+
+
+def dict_set(model, kind: str, layers=None) -> DictionarySet:
+    return DictionarySet([make_dict(model, layer, kind) for layer in (layers or range(model.cfg.n_layers))])
+
+
+@pytest.fixture(params=["hooked", "bridge"])
+def model(request):
+    if request.param == "hooked":
+        if not backends.hooked_transformer_available():
+            pytest.skip("HookedTransformer needs TransformerLens 3.x")
+        return tiny_llama()
+    return backends.wrap_hf_model(tiny_hf_llama(), word_tokenizer(), "tiny-llama")
+
+
+def no_trace(model) -> None:
+    assert hooks_left(model) == []
+    assert not any(n.endswith(sp.nodes.SAE_SUFFIXES) for n in backends.hook_points(model))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_spliced_forward_pass_is_the_models_own_and_leaves_nothing_behind(model, kind):
+    tokens = model.to_tokens(["The keys to the cabinet", "The author near the doctors"])
+    with torch.no_grad():
+        base = model(tokens)
+    ds = dict_set(model, kind)
+    with splice(model, ds) as names:
+        assert names == [f"blocks.{layer}.hook_mlp_out.hook_sae_nodes" for layer in range(model.cfg.n_layers)]
+        out, got = backends.capture(model, tokens, [n.replace("nodes", "acts_post") for n in names] + names)
+        assert torch.allclose(out, base, atol=1e-5)
+        _, ref = backends.capture(model, tokens, [d.hook_in for d in ds])
+        for layer, d in enumerate(ds):
+            f = got[f"blocks.{layer}.hook_mlp_out.hook_sae_acts_post"]
+            assert f.shape == (*tokens.shape, D_SAE)
+            assert torch.equal(got[names[layer]][..., :D_SAE], f)
+            if kind == "sae":  # the latents are the dictionary's on what the hook holds
+                assert torch.allclose(f, d.encode(ref[d.hook_in]), atol=1e-5)
+        # TransformerLens' own API reaches the points (names as SAELens': hook_sae_acts_post, hook_sae_error)
+        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith(("hook_sae_acts_post",
+                                                                                   "hook_sae_error")))
+        assert sorted(cache.keys()) == sorted(f"blocks.{layer}.hook_mlp_out.hook_sae_{what}"
+                                              for layer in range(model.cfg.n_layers) for what in ("acts_post", "error"))
+        assert torch.equal(cache[names[0].replace("nodes", "acts_post")], got[names[0].replace("nodes", "acts_post")])
+    no_trace(model)
+    with pytest.raises(ZeroDivisionError):  # an exception inside: nothing left either
+        with splice(model, ds):
+            model(tokens)
+            1 / 0
+    no_trace(model)
+
+
+def gradient_at(model, tokens, hook: str, answer: int, use_relp: bool) -> torch.Tensor:
+    """d logit(answer at the last position) / d value at ``hook`` [batch, pos, d], plain or RelP."""
+    got = {}
+
+    def leaf(x, hook):
+        got["x"] = x.detach().requires_grad_(True)
+        return got["x"]
+
+    mode = relp(model) if use_relp else torch.enable_grad()
+    with mode, torch.enable_grad(), backends.hooks(model, fwd_hooks=[(hook, leaf)]):
+        logits = model(tokens)
+        (g,) = torch.autograd.grad(logits[:, -1, answer].sum(), [got["x"]])
+    return g
+
+
+@pytest.mark.parametrize("kind", ["sae", "transcoder", "skip_transcoder", "topk_transcoder"])
+@pytest.mark.parametrize("method", ["relp", "grad"])
+def test_feature_scores_conserve_the_score_of_the_hook_they_reconstruct(model, kind, method):
+    """Zero baseline, every layer: Σ latents + error + ∇·b_dec + ∇·(x W_skip) = Σ of the spliced model's
+    hook_mlp_out scores, per layer and position, exactly (float32 rounding)."""
+    ds = dict_set(model, kind)
+    feats = attribute(model, [PROMPT], [ANSWER], basis=ds, method=method, progress=False)
+    assert feats.basis == f"{ds[0].kind} features" and feats.scores.shape[-1] == D_SAE + 1
+    tokens = model.to_tokens([PROMPT])
+    answer = model.to_single_token(ANSWER)
+    with splice(model, ds):
+        out = attribute(model, [PROMPT], [ANSWER], basis="mlp_out", method=method, progress=False)
+        _, x = backends.capture(model, tokens, [d.hook_in for d in ds])
+        for layer, d in enumerate(ds):
+            d = d.check_against(model)
+            g = gradient_at(model, tokens, d.hook_out, answer, method == "relp")[0]  # [pos, d_model]
+            share = g @ d.b_dec
+            if d.W_skip is not None:
+                share = share + (g * (x[d.hook_in][0] @ d.W_skip)).sum(-1)
+            total = feats.scores[0, layer].sum(-1) + share
+            assert torch.allclose(total, out.scores[0, layer].sum(-1), atol=2e-5, rtol=1e-4), (layer, total)
+            assert feats.scores[0, layer, :, D_SAE].abs().sum() > 0  # the error node carries a share
+
+
+@pytest.mark.parametrize("method", ["relp", "grad", "ig"])
+def test_paired_and_mean_baselines_conserve_without_a_bias_share(model, method):
+    ds = dict_set(model, "transcoder")
+    rows = AGREEMENT_ROWS[:2]
+    for kwargs in (dict(prompts=rows), dict(prompts=[PROMPT, "The parents"], answers=[ANSWER, ANSWER],
+                                            baseline="mean")):
+        feats = attribute(model, basis=ds, method=method, progress=False, **kwargs)
+        with splice(model, ds):
+            out = attribute(model, basis="mlp_out", method=method, progress=False, **kwargs)
+        if method == "ig":  # IG on the last layer only: nothing spliced downstream moves along the path
+            assert torch.allclose(feats.scores[:, -1].sum(-1), out.scores[:, -1].sum(-1), atol=1e-4, rtol=1e-3)
+        else:
+            assert torch.allclose(feats.scores.sum(-1), out.scores.sum(-1), atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.hooked
+def test_grad_scores_equal_a_replacement_model_with_frozen_errors():
+    """An independent replacement model: each hook_mlp_out becomes decode(encode(x)) + e with e the clean run's
+    error, a constant; latents of layer 0 and 1 are leaves there. grad scores = ∂logit/∂f · f."""
+    model = tiny_llama()
+    ds = dict_set(model, "topk_transcoder")
+    tokens = model.to_tokens([PROMPT])
+    answer = model.to_single_token(ANSWER)
+    feats = attribute(model, [PROMPT], [ANSWER], basis=ds, method="grad", progress=False)
+    _, clean = backends.capture(model, tokens, [h for d in ds for h in (d.hook_in, d.hook_out)])
+    errors = {d.layer: clean[d.hook_out] - d.forward(clean[d.hook_in]) for d in ds}
+    for leaf_layer in (0, 1):
+        leaves = {}
+
+        def in_hook(x, hook, layer):
+            leaves[("x", layer)] = x
+
+        def out_hook(y, hook, layer):
+            d = ds[layer]
+            f = d.encode(leaves[("x", layer)])
+            if layer == leaf_layer:
+                f = f.detach().requires_grad_(True)
+                leaves["f"] = f
+            return d.decode(f) + errors[layer]
+
+        hooks = [(h, fn) for d in ds for h, fn in (
+            (d.hook_in, lambda x, hook, layer=d.layer: in_hook(x, hook, layer)),
+            (d.hook_out, lambda y, hook, layer=d.layer: out_hook(y, hook, layer)))]
+        with torch.enable_grad(), backends.hooks(model, fwd_hooks=hooks):
+            logits = model(tokens)
+            (g,) = torch.autograd.grad(logits[0, -1, answer], [leaves["f"]])
+        want = (g * leaves["f"].detach())[0]
+        assert torch.allclose(feats.scores[0, leaf_layer, :, :D_SAE], want, atol=1e-5)
+        assert (want == 0).any()  # TopK's unkept latents: no gradient, no score
+
+
+def test_exact_patches_an_error_node_as_a_whole_vector(model):
+    ds = dict_set(model, "sae")
+    last = model.cfg.n_layers - 1
+    nodes = [(last, -1, D_SAE), (last, -1, 3)]
+    ex = attribute(model, [PROMPT], [ANSWER], basis=ds, method="exact", nodes=nodes, progress=False)
+    tokens = model.to_tokens([PROMPT])
+    answer = model.to_single_token(ANSWER)
+    with splice(model, ds) as names:
+        clean = model(tokens)[0, -1, answer]
+        err = names[last].replace("nodes", "error")
+
+        def zero_last(x, hook):
+            x = x.clone()
+            x[:, -1] = 0
+            return x
+
+        with torch.no_grad(), backends.hooks(model, fwd_hooks=[(err, zero_last)]):
+            patched = model(tokens)[0, -1, answer]
+    assert torch.allclose(ex.scores[0, last, -1, D_SAE], clean - patched, atol=1e-5)
+    assert ex.scores[0, last, -1, 3].isfinite() and ex.scores[0, last, -1, 4].isnan()
+
+
+def test_error_nodes_are_ablated_separately_and_all_nodes_give_faithfulness_one(model):
+    ds = dict_set(model, "transcoder")
+    rows = same_length_rows(model)
+    feats = attribute(model, rows, basis=ds, progress=False)
+    with splice(model, ds):
+        everything = select_top_k(feats, model, feats.scores[0].numel(), include_fixed=True)
+        assert len(everything) == model.cfg.n_layers * feats.n_positions * (D_SAE + 1)
+        ev = evaluate_circuit(model, everything, rows, warn=False)
+        assert ev.faithfulness == pytest.approx(1.0, abs=1e-5)  # nothing ablated: the model itself
+        assert ev.completeness == pytest.approx(0.0, abs=1e-4)  # its complement is empty: everything ablated
+        abl = Ablation.build(model, everything.hook_names, rows, mode="mean")
+        errors_only = {(layer, None, D_SAE) for layer in range(model.cfg.n_layers)}
+        masks = abl.masks(errors_only)
+        for m in next(iter(masks.values())):  # [pos, element]: the whole error vector, no latent
+            assert m[:, D_SAE:].all() and not m[:, :D_SAE].any()
+        latents_only = {(layer, None, i) for layer in range(model.cfg.n_layers) for i in range(D_SAE)}
+        f_errors, f_latents = abl.score(masks), abl.score(abl.masks(latents_only))
+        assert f_errors != pytest.approx(f_latents) and f_errors != pytest.approx(abl.score(None))
+    no_trace(model)
+
+
+def test_feature_hooks_outside_a_splice_and_bad_dictionaries_are_refused(model):
+    ds = dict_set(model, "transcoder")
+    feats = attribute(model, AGREEMENT_ROWS[:2], basis=ds, progress=False)
+    circuit = select_top_k(feats, model, 10)
+    with pytest.raises(RelPLensError, match="exists only while the dictionary is spliced in"):
+        evaluate_circuit(model, circuit, AGREEMENT_ROWS[:2], warn=False)
+    with pytest.raises(RelPLensError, match="two dictionaries reconstruct blocks.1.hook_mlp_out"):
+        with splice(model, [ds[1], make_dict(model, 1, "sae")]):
+            pass
+    with splice(model, ds):
+        with pytest.raises(RelPLensError, match="already has a hook point"):
+            attribute(model, [PROMPT], [ANSWER], basis=ds, progress=False)
+    with pytest.raises(RelPLensError, match="dictionaries must be a Dictionary"):
+        with splice(model, ["blocks.0.hook_mlp_out"]):
+            pass
+    no_trace(model)
+
+
+def test_fold_and_unfold_are_inverse_on_node_masks():
+    x = torch.arange(2 * 7, dtype=torch.float32).view(2, 7)  # 4 latents, an error of 3 elements
+    assert sp.fold(x, 4).tolist() == [[0, 1, 2, 3, 4 + 5 + 6], [7, 8, 9, 10, 11 + 12 + 13]]
+    assert sp.fold(x, None) is x
+    mask = torch.tensor([[True, False, False, False, True]])
+    assert sp.unfold(mask, 4, 7).tolist() == [[True, False, False, False, True, True, True]]
+    assert sp.elements(4, 4) == slice(4, None) and sp.elements(2, 4) == slice(2, 3)
+    assert sp.node_width(7, 4) == 5 and sp.node_width(7, None) == 7
