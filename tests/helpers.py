@@ -269,13 +269,15 @@ def edge_circuit(model, basis_hook: str = "blocks.{L}.mlp.hook_post", width: int
     return Circuit(nodes=nodes, basis="mlp_post", hook_names=hooks, node_width=width, model=model_facts(model))
 
 
-def brute_force_edges(model, circuit, rows, use_relp: bool, answer=None, rules=None) -> torch.Tensor:
+def brute_force_edges(model, circuit, rows, use_relp: bool, answer=None, rules=None, latents=None) -> torch.Tensor:
     """``w(u→d) = Σ ∇_d m · J · Δu`` with ``J = jacobian(d(u))`` taken by setting ``u``'s ``hook_post`` and
     holding every intermediate ``hook_post`` at its clean value (the MLP between them constant), the metric
     ``m`` the clean answer's logit minus the patch answer's, averaged over ``rows``. Hook names are bound in
     closures (a bridge's ``hook.name`` may be an alias's), so it runs on either backend. ``answer(model, text)``
     gives an answer's token id (default :func:`token_id`, for the word-level tokenizer; a real tokenizer
     keeps the leading space: ``model.to_single_token``). ``rules``: a :class:`RelPConfig` (default: all rules).
+    ``latents``: for a spliced dictionary's nodes, ``d_sae`` (node ``d_sae`` is the error vector: its elements
+    are summed as one source).
 
     Returns:
         ``[source, target]`` weights (float64), indexed like ``circuit.nodes``.
@@ -331,7 +333,8 @@ def brute_force_edges(model, circuit, rows, use_relp: bool, answer=None, rules=N
                     mask = torch.zeros_like(gd)
                     mask[d.pos] = 1
                     gd = gd * mask
-                contrib = torch.einsum("p,pqw,qw->qw", gd, J, delta)[:, u.index]  # [pos_u]
+                cols = slice(u.index, u.index + 1) if latents is None or u.index < latents else slice(latents, None)
+                contrib = torch.einsum("p,pqw,qw->qw", gd, J, delta)[:, cols].sum(-1)  # [pos_u]
                 W[j, i] += (contrib.sum() if u.pos is None else contrib[u.pos]).item()
     return W / len(rows)
 

@@ -249,3 +249,77 @@ def test_fold_and_unfold_are_inverse_on_node_masks():
     assert sp.unfold(mask, 4, 7).tolist() == [[True, False, False, False, True, True, True]]
     assert sp.elements(4, 4) == slice(4, None) and sp.elements(2, 4) == slice(2, 3)
     assert sp.node_width(7, 4) == 5 and sp.node_width(7, None) == 7
+
+
+@pytest.mark.parametrize("kind", ["transcoder", "topk_transcoder", "sae"])
+@pytest.mark.parametrize("method", ["relp", "grad"])
+def test_feature_edges_equal_a_brute_force_jacobian(model, kind, method):
+    """Edges between latents and from error nodes, with every intermediate dictionary output held at its clean
+    value, equal a brute-force Jacobian (tests.helpers.brute_force_edges, per element) to 1e-4; error nodes get
+    no incoming edge."""
+    from relp_lens.circuits.circuit import Circuit, CircuitNode, model_facts
+    from relp_lens.circuits.edges import attribute_edges
+    from tests.helpers import brute_force_edges, edge_matrix, token_id
+
+    ds = dict_set(model, kind)
+    rows = same_length_rows(model)[:2]
+    with splice(model, ds) as hooks:
+        feats = attribute(model, rows, basis=hooks, progress=False)
+        mean = feats.mean()  # [layer, pos, node]: pick latents that are active somewhere
+        picks = []
+        for layer in range(model.cfg.n_layers):
+            live = mean[layer, :, :D_SAE].abs().sum(0).argsort(descending=True)[:2].tolist()
+            picks += [CircuitNode(layer, -1, live[0]), CircuitNode(layer, None, live[1]),
+                      CircuitNode(layer, -2, D_SAE)]  # the error node at one position
+        circuit = Circuit(nodes=picks, basis=feats.basis, hook_names=hooks, node_width=D_SAE + 1,
+                          model=model_facts(model))
+        got = edge_matrix(attribute_edges(model, circuit, rows, method=method, progress=False))
+        want = brute_force_edges(model, circuit, rows, method == "relp", answer=token_id, latents=D_SAE)
+    assert want.abs().max() > 1e-3  # edges are there to compare
+    into_errors = [i for i, n in enumerate(picks) if n.index == D_SAE]
+    assert got[:, into_errors].abs().max() == 0
+    want[:, into_errors] = 0
+    assert torch.allclose(got, want, atol=1e-4 * want.abs().max(), rtol=1e-3), (got - want).abs().max()
+    no_trace(model)
+
+
+@pytest.mark.parametrize("kind", ["transcoder", "sae"])
+def test_feature_graph_accounts_for_the_metric_and_every_score(model, kind):
+    """Bias-free dictionaries, all rules and the AH rule, zero baseline, every latent and error node at every
+    position: m = Σ_u w(u→out) + Σ_p w(E_p→out), and score(d) = Σ_u w(u→d) + Σ_p w(E_p→d) for every latent
+    (as tests/test_io_edges.py checks for neurons); error nodes have no input edges."""
+    from relp_lens.circuits.circuit import Circuit, CircuitNode, model_facts
+    from relp_lens.circuits.edges import attribute_edges
+    from relp_lens.circuits.io_edges import attribute_io_edges
+    from relp_lens.core.relp_mode import RelPConfig
+
+    rules = RelPConfig(attention=True)
+    ds = DictionarySet([Dictionary(**{**vars_of(make_dict(model, layer, kind)),
+                                      "b_enc": torch.zeros(D_SAE), "b_dec": torch.zeros(model.cfg.d_model)})
+                        for layer in range(model.cfg.n_layers)])
+    with splice(model, ds) as hooks:
+        attr = attribute(model, [PROMPT], [ANSWER], basis=hooks, metric="logit", baseline="zero", rules=rules,
+                         progress=False)
+        s = attr.mean()  # [layer, pos, node]
+        nodes = [CircuitNode(l, attr.positions[p], i, score=float(s[l, p, i]))
+                 for l in range(s.shape[0]) for p in range(s.shape[1]) for i in range(s.shape[2])]
+        circuit = Circuit(nodes=nodes, basis=attr.basis, hook_names=hooks, node_width=D_SAE + 1, metric="logit",
+                          baseline="zero", model=model_facts(model))
+        io = attribute_io_edges(model, circuit, attr.prompts, rules=rules, progress=False).io_edges
+        edged = attribute_edges(model, circuit, attr.prompts, rules=rules, progress=False)
+    assert io.output.sum().item() + io.direct.sum().item() == pytest.approx(io.metric, rel=1e-4, abs=1e-5)
+    errors = torch.tensor([n.index == D_SAE for n in nodes])
+    assert io.input[:, errors].abs().max() == 0
+    incoming = io.input.sum(0).clone()
+    for e in edged.edges:
+        incoming[e.target] += e.weight
+    scores = torch.tensor([n.score for n in nodes], dtype=torch.float64)
+    assert (incoming - scores)[~errors].abs().max().item() < 1e-4 * scores.abs().max().item()
+    assert scores[errors].abs().max() > 0  # the error nodes carry scores (outgoing edges only)
+    no_trace(model)
+
+
+def vars_of(d: Dictionary) -> dict:
+    import dataclasses
+
+    return {f.name: getattr(d, f.name) for f in dataclasses.fields(d)}

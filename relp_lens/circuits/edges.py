@@ -31,6 +31,10 @@ Algorithm (one backward pass serves many downstream nodes):
    hooks read ``r`` in the forward pass of step 2). The identities are checked on the model itself, one
    small cached forward pass (:func:`relp_lens.core.structure.check_neuron_directions`), and a model that
    breaks them (another norm after the MLP, whatever it is called) is refused naming the layer.
+   **Dictionary features** (transcoders, SAEs on ``hook_mlp_out``; :mod:`relp_lens.core.splice`, run inside the
+   splice): the spliced output ``y' = f @ W_dec + b_dec (+ x @ W_skip) + e`` is the leaf, so ∂d/∂f_u =
+   W_dec[u] · ∂d/∂y' and an error node's edge is ``Σ ∂d/∂y' · Δe`` over its vector; error nodes have
+   outgoing edges only (the error is a leaf of every backward pass).
 6. The result is a new circuit with the edges (the input is left unchanged), its run statistics in
    ``circuit.stats["edges"]`` (:class:`EdgeStats`). Head splits of the old edges are dropped, and so are groups
    made from them (stale).
@@ -52,7 +56,7 @@ from tqdm.auto import tqdm
 
 from relp_lens.core import backends
 from relp_lens.core import distributed as dp
-from relp_lens.core import structure
+from relp_lens.core import splice, structure
 from relp_lens.core import validate
 from relp_lens.core.attribution import BASELINES, DEFAULT_BASELINE, as_prompts, batch_gradients, prepare_run
 from relp_lens.circuits.circuit import Circuit, CircuitEdge, StepStats
@@ -69,7 +73,7 @@ if TYPE_CHECKING:  # annotations only: TransformerLens 4 has no HookedTransforme
     from relp_lens.circuits.circuit import IOEdges
     from relp_lens.core.data import Prompts
 
-_EDGE_HOOK = re.compile(r"^blocks\.(\d+)\.(mlp\.hook_post|hook_mlp_out)$")
+_EDGE_HOOK = re.compile(r"^blocks\.(\d+)\.(mlp\.hook_post|hook_mlp_out|hook_mlp_out\.hook_sae_nodes)$")
 
 
 @dataclass(kw_only=True)
@@ -88,13 +92,14 @@ class EdgeStats(StepStats):
 
 
 def edge_layers(hook_names: Sequence[str]) -> list[int]:
-    """Block index of each hook; edges are defined for MLP neurons (mlp_post) and MLP outputs (mlp_out)."""
+    """Block index of each hook; edges are defined for MLP neurons (mlp_post), MLP outputs (mlp_out) and the
+    features of dictionaries that reconstruct MLP outputs (transcoders, SAEs on ``hook_mlp_out``)."""
     blocks = []
     for name in hook_names:
         match = _EDGE_HOOK.match(name)
         if match is None:
-            raise RelPLensError(f"edges need MLP nodes (blocks.L.mlp.hook_post or blocks.L.hook_mlp_out); "
-                                f"got hook {name!r}")
+            raise RelPLensError(f"edges need MLP nodes (blocks.L.mlp.hook_post or blocks.L.hook_mlp_out) or the "
+                                f"features of dictionaries that reconstruct blocks.L.hook_mlp_out; got hook {name!r}")
         blocks.append(int(match.group(1)))
     if blocks != sorted(set(blocks)):
         raise RelPLensError(f"edge hooks must be one per block in increasing order, got blocks {blocks}")
@@ -252,6 +257,7 @@ def attribute_edges(
     blocks = edge_layers(circuit.hook_names)
     if circuit.hook_names[0].endswith("mlp.hook_post"):
         structure.check_neuron_directions(model)
+    dicts = [splice.dictionary_at(model, h) for h in circuit.hook_names]  # None: not a dictionary's nodes
     data, run, batches = circuit_run(model, circuit, prompts, metric, rules, batch_size)
     # every node's position in every prompt (negative: from the end); a missing one is an error
     where = {batch.clean_tokens.shape[1]: node_positions(circuit.nodes, batch, data, run) for batch in batches}
@@ -261,7 +267,11 @@ def attribute_edges(
     by_layer: dict[int, list[int]] = {}
     for i, n in enumerate(nodes):
         by_layer.setdefault(n.layer, []).append(i)
-    targets = sorted((i for i, n in enumerate(nodes) if n.layer > min(by_layer)), key=lambda i: nodes[i].layer)
+    def is_error(n) -> bool:  # a dictionary's error node: a leaf, no incoming edges
+        return dicts[n.layer] is not None and n.index >= dicts[n.layer].d_sae
+
+    targets = sorted((i for i, n in enumerate(nodes) if n.layer > min(by_layer) and not is_error(n)),
+                     key=lambda i: nodes[i].layer)
     t_max = max((nodes[i].layer for i in targets), default=0)
     src_layers = [l for l in sorted(by_layer) if l < t_max]
     weights = torch.zeros(len(nodes), len(nodes), dtype=torch.float64)  # [source, target]
@@ -318,13 +328,17 @@ def attribute_edges(
                             continue
                         src = by_layer[layer]
                         idx = [nodes[j].index for j in src]
-                        if neurons:  # ∂d/∂post[j] = W_out[j] · Jᵀ ∂d/∂mlp_out: project only the circuit's neurons
-                            grad = post.pull(blocks[layer], grad) @ backends.W_out(model, blocks[layer])[idx].T
+                        d = dicts[layer]
+                        if d is not None:  # latents through W_dec; error nodes: the gradient at y' · Δe
+                            w = _feature_weights(d, grad, idx, deltas[layer], at_mask[layer])
                         else:
-                            grad = grad[..., idx]
-                        # Δu at each source node's own position(s), zero elsewhere: [B, pos, n_src]
-                        delta = deltas[layer][..., idx] * at_mask[layer]
-                        w = torch.einsum("rbpn,bpn->rn", grad, delta)  # [R, n_src]
+                            if neurons:  # ∂d/∂post[j] = W_out[j] · Jᵀ ∂d/∂mlp_out: project only the circuit's neurons
+                                grad = post.pull(blocks[layer], grad) @ backends.W_out(model, blocks[layer])[idx].T
+                            else:
+                                grad = grad[..., idx]
+                            # Δu at each source node's own position(s), zero elsewhere: [B, pos, n_src]
+                            delta = deltas[layer][..., idx] * at_mask[layer]
+                            w = torch.einsum("rbpn,bpn->rn", grad, delta)  # [R, n_src]
                         w = w.masked_fill((chunk_layers <= layer)[:, None].to(w.device), 0.0)  # edges go upwards
                         weights[torch.tensor(src)[:, None], torch.tensor(chunk)[None, :]] += w.T.double().cpu()
 
@@ -340,6 +354,25 @@ def attribute_edges(
         groups = None
     return replace(circuit, edges=edges, selection=sel, heads=None, groups=groups,  # old splits are stale
                    stats={**circuit.stats, "edges": stats})
+
+
+def _feature_weights(d, grad: torch.Tensor, idx: Sequence[int], delta: torch.Tensor,
+                     at_mask: torch.Tensor) -> torch.Tensor:
+    """Edge weights ``[R, n_src]`` from one layer's dictionary nodes ``idx`` (latents ``< d_sae``, the error node
+    ``d_sae``), given ``grad`` ``[R, B, pos, d_out]`` at the spliced output, ``delta`` ``[B, pos, d_sae + d_out]``
+    (per element) and ``at_mask`` ``[pos, n_src]`` (each source's position(s))."""
+    n = d.d_sae
+    idx_t = torch.tensor(list(idx))
+    latent = idx_t < n
+    w = torch.zeros(grad.shape[0], len(idx), dtype=grad.dtype, device=grad.device)
+    if latent.any():
+        lat = idx_t[latent]
+        g = grad @ d.W_dec[lat].to(grad.device, grad.dtype).T  # [R, B, pos, n_lat]
+        w[:, latent] = torch.einsum("rbpn,bpn->rn", g, delta[..., lat] * at_mask[:, latent])
+    if (~latent).any():  # Σ over the error vector at each error node's position(s)
+        per_pos = torch.einsum("rbpd,bpd->rbp", grad, delta[..., n:].to(grad.dtype))  # [R, B, pos]
+        w[:, ~latent] = torch.einsum("rbp,pn->rn", per_pos, at_mask[:, ~latent])
+    return w
 
 
 def prune_edges(circuit: Circuit, keep_fraction: float) -> Circuit:

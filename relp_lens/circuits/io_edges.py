@@ -38,6 +38,9 @@ Algorithm, per batch of prompts of one length:
    2/3; :class:`relp_lens.core.structure.MLPPostNorms`, as for edges).
 4. Input edges: seeds ``∇̃_d m`` at each node ``d`` (chunks of ``edge_batch`` rows), vectorised backward passes
    to the embedding leaves only.
+   **Dictionary features** (inside :func:`relp_lens.splice`): a latent's direct gradient is ``W_dec[u] · ∂m/∂y'``
+   at its dictionary's spliced output, an error node's output edge ``Σ ∂m/∂y' · Δe`` over its vector; error
+   nodes are leaves, so they have no input edges.
 5. The result is a new circuit with ``io_edges`` (an :class:`~relp_lens.circuits.circuit.IOEdges`, the type
    of the data model, importable from here too) and ``stats["io_edges"]``; the input circuit is left unchanged.
 
@@ -57,7 +60,7 @@ from tqdm.auto import tqdm
 
 from relp_lens.core import backends
 from relp_lens.core import distributed as dp
-from relp_lens.core import structure
+from relp_lens.core import splice, structure
 from relp_lens.core.attribution import batch_gradients
 from relp_lens.circuits.circuit import Circuit, IOEdges
 from relp_lens.circuits.edges import (EdgeStats, check_edge_options, circuit_run, edge_layers, keep_hook, leaf_hook,
@@ -102,10 +105,14 @@ def attribute_io_edges(model: HookedTransformer, circuit: Circuit, prompts: Prom
     circuit.check_model(model)
     if not circuit.nodes:
         raise RelPLensError("the circuit is empty: no edges to attribute")
-    if not circuit.hook_names[0].endswith("mlp.hook_post"):
-        raise RelPLensError("input/output edges are defined for MLP neurons (basis mlp_post)")
+    dicts = [splice.dictionary_at(model, h) for h in circuit.hook_names]  # None: not a dictionary's nodes
+    features = all(d is not None for d in dicts)
+    if not (circuit.hook_names[0].endswith("mlp.hook_post") or features):
+        raise RelPLensError("input/output edges are defined for MLP neurons (basis mlp_post) and for the features of "
+                            "dictionaries spliced in at hook_mlp_out")
     blocks = edge_layers(circuit.hook_names)
-    structure.check_structure(model, mlp=True, embed=True)  # neuron directions, and the embedding as the first residual
+    # neuron directions (neurons only), and the embedding as the first residual
+    structure.check_structure(model, mlp=not features, embed=True)
     data, run, batches = circuit_run(model, circuit, prompts, metric, rules, batch_size, embed=True)
     embeds = [h for h in EMBED_HOOKS if h in model.hook_dict]
     nodes = circuit.nodes
@@ -118,7 +125,9 @@ def attribute_io_edges(model: HookedTransformer, circuit: Circuit, prompts: Prom
     t_out = torch.zeros(len(targets), len(nodes), dtype=torch.float64)
     t_direct = torch.zeros(len(targets), n_cols, dtype=torch.float64)
     use_relp = method == "relp"
-    w_outs = {layer: backends.W_out(model, blocks[layer]) for layer in {n.layer for n in nodes}}
+    # what a node writes into its layer's output leaf: W_out rows (neurons) or W_dec rows (latents)
+    w_outs = {layer: dicts[layer].W_dec if features else backends.W_out(model, blocks[layer])
+              for layer in {n.layer for n in nodes}}
     passes, rows_per_pass = 0, 0
 
     with dp.stage("input/output edges"):  # under torchrun: this rank's batches; the sums are combined below
@@ -136,7 +145,8 @@ def attribute_io_edges(model: HookedTransformer, circuit: Circuit, prompts: Prom
                         (mlp_out(block), leaf_hook(leaves, layer))]
             for block in set(range(model.cfg.n_layers)) - set(blocks):  # MLPs outside the basis: constants too
                 fwd.append((mlp_out(block), leaf_hook(leaves, f"other.{block}")))
-            post = structure.MLPPostNorms(model, [blocks[n.layer] for n in nodes], frozen=use_relp and run.rules.ln)
+            post = structure.MLPPostNorms(model, [] if features else [blocks[n.layer] for n in nodes],
+                                          frozen=use_relp and run.rules.ln)
             fwd += post.hooks()  # the norms after the nodes' MLPs, read in this forward pass
             mode = relp(model, **vars(run.rules)) if use_relp else contextlib.nullcontext()
             with torch.enable_grad(), mode, backends.hooks(model, fwd_hooks=fwd):
@@ -162,12 +172,17 @@ def attribute_io_edges(model: HookedTransformer, circuit: Circuit, prompts: Prom
                         gl = at_x.get(n.layer)
                         if gl is None:
                             continue
-                        direct = gl @ w_outs[n.layer][n.index].float()  # [B, pos]: ∂m/∂post_u, direct paths
-                        contrib = direct * deltas[n.layer][..., n.index].float()
+                        d = dicts[n.layer]
+                        if d is not None and n.index >= d.d_sae:  # an error node: Σ over its vector
+                            contrib = (gl * deltas[n.layer][..., d.d_sae:].float()).sum(-1)
+                        else:
+                            direct = gl @ w_outs[n.layer][n.index].float()  # [B, pos]: ∂m/∂u, direct paths
+                            contrib = direct * deltas[n.layer][..., n.index].float()
                         to_out[k] += (contrib.sum() if at[k] is None else contrib[:, at[k]].sum()).double().cpu()
                 # 4. input edges: seed ∇̃_d m at each node, backward to the embedding leaves
                 r_max = max(1, edge_batch // b)
-                order = list(range(len(nodes)))
+                # error nodes are leaves: no input edges
+                order = [k for k, n in enumerate(nodes) if dicts[n.layer] is None or n.index < dicts[n.layer].d_sae]
                 for start in range(0, len(order), r_max):
                     chunk = order[start:start + r_max]
                     R = len(chunk)

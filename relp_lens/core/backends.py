@@ -307,6 +307,29 @@ def _native_norm(module: Any) -> bool:
 
 def _norm_surrogate(module: Any, x: torch.Tensor) -> torch.Tensor:
     """``module``'s output on ``x`` with the normalising scale treated as a constant (LN rule)."""
+    return module._apply_weight_and_bias(normalized_surrogate(module, x), x.dtype)
+
+
+def native_norm(model: Any, hook_name: str) -> Any | None:
+    """The bridge norm whose ``hook_normalized`` is ``hook_name`` when that norm returns Hugging Face's own
+    output (its ``hook_normalized`` then carries the norm's full Jacobian, whatever the LN rule: the rule sits
+    on the norm's output, :func:`ln_rule_hooks`); None on a HookedTransformer or for any other hook."""
+    if not is_bridge(model) or not hook_name.endswith(".hook_normalized"):
+        return None
+    module = model
+    try:
+        for part in hook_name.split(".")[:-1]:
+            module = module[int(part)] if part.isdigit() else getattr(module, part)
+    except (AttributeError, IndexError, TypeError):
+        return None
+    if getattr(module, "hook_normalized", None) is None or not _native_norm(module):
+        return None
+    return module
+
+
+def normalized_surrogate(module: Any, x: torch.Tensor) -> torch.Tensor:
+    """A bridge norm's ``hook_normalized`` on its input ``x`` (before weight and bias) with the normalising scale
+    treated as a constant (LN rule)."""
     weight = getattr(module.original_component, "weight", None)
     if isinstance(weight, torch.Tensor) and weight.device != x.device:  # device_map: the norm sits elsewhere
         x = x.to(weight.device)
@@ -319,7 +342,7 @@ def _norm_surrogate(module: Any, x: torch.Tensor) -> torch.Tensor:
     if eps is None:
         eps = getattr(module.config, "eps", 1e-5)
     scale = (xf.detach().pow(2).mean(-1, keepdim=True) + eps).sqrt()
-    return module._apply_weight_and_bias(xf / scale, x.dtype)
+    return xf / scale
 
 
 def ln_rule_hooks(model: Any, rule: Callable[[torch.Tensor], torch.Tensor]) -> list[tuple[str, Callable]]:

@@ -273,7 +273,22 @@ def relp(
         hooks += stack.enter_context(_logit_softcap(model, cfg))
         stack.enter_context(backends.hooks(model, fwd_hooks=hooks))
         _keep_order(model, hooks, stack)
+        _ACTIVE.setdefault(model, []).append(cfg)
+        stack.callback(_ACTIVE[model].pop)
         yield model
+
+
+_ACTIVE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model → the RelPConfigs of open relp() contexts
+
+
+def active_rules(model: HookedTransformer) -> RelPConfig | None:
+    """The rules of the innermost open :func:`relp` context on ``model``; None outside RelP mode.
+
+    Code that builds part of the backward graph itself (a spliced dictionary reading a bridge norm's
+    ``hook_normalized``, :mod:`relp_lens.core.splice`) reads it at forward time to apply the same rules.
+    """
+    stack = _ACTIVE.get(model)
+    return stack[-1] if stack else None
 
 
 def _tl_rule_modules(model: HookedTransformer) -> list[tuple[str, object]]:

@@ -36,9 +36,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from relp_lens.core import backends, nodes
+from relp_lens.core import backends, nodes, relp_mode
 from relp_lens.core.dictionaries import Dictionary, DictionarySet
 from relp_lens.core.errors import RelPLensError
+from relp_lens.core.rules import ForwardAs
 
 if TYPE_CHECKING:  # annotations only: TransformerLens 4 has no HookedTransformer
     from transformer_lens import HookedTransformer
@@ -67,6 +68,7 @@ class SplicedDictionary(torch.nn.Module):
         for name in nodes.SAE_SUFFIXES:
             setattr(self, name, _hook_point())
         self.hook_sae_nodes.relp_lens_latents = dictionary.d_sae
+        self.hook_sae_nodes.relp_lens_dictionary = dictionary
 
     def points(self) -> dict[str, Any]:
         """``{hook name: HookPoint}`` of this dictionary's hook points."""
@@ -122,7 +124,9 @@ def splice(model: HookedTransformer, dictionaries: Dictionaries) -> Iterator[lis
     1. Each dictionary is checked against the model (:meth:`Dictionary.check_against`: hooks, widths, the
        tensor it was trained on) before anything is added; two dictionaries on one ``hook_out`` are refused.
     2. A forward hook on ``hook_in`` keeps the input, one on ``hook_out`` replaces the value by the spliced
-       module's output; the spliced hook points are registered by name.
+       module's output; the spliced hook points are registered by name. A bridge norm that returns Hugging
+       Face's own output gives ``hook_normalized`` its full Jacobian (the LN rule sits on its output there):
+       inside :func:`relp_lens.relp` with the LN rule, the input read there gets the rule's constant scale.
     3. On exit, hooks and hook points are removed, exception or not.
 
     Args:
@@ -149,8 +153,14 @@ def splice(model: HookedTransformer, dictionaries: Dictionaries) -> Iterator[lis
             fwd_hooks.append((d.hook_out, lambda y, hook, m=m: m(y, y)))
             continue
         kept: dict[str, torch.Tensor] = {}
+        norm = backends.native_norm(model, d.hook_in)
+        if norm is not None:  # a bridge norm whose hook_normalized has the full Jacobian: remember its input
+            fwd_hooks.append((_point_name(model, norm.hook_in), lambda x, hook, kept=kept: kept.__setitem__("in", x)))
 
-        def keep(x, hook, kept=kept):
+        def keep(x, hook, kept=kept, norm=norm):
+            rules = relp_mode.active_rules(model)
+            if norm is not None and rules is not None and rules.ln and "in" in kept:  # the LN rule, as elsewhere
+                x = ForwardAs.apply(x, backends.normalized_surrogate(norm, kept.pop("in")).to(x.dtype))
             kept["x"] = x
 
         def replace(y, hook, kept=kept, m=m):
@@ -165,11 +175,25 @@ def splice(model: HookedTransformer, dictionaries: Dictionaries) -> Iterator[lis
         yield [nodes.sae_hook(m.dictionary.hook_out) for m in modules]
 
 
+def _point_name(model: HookedTransformer, point: Any) -> str:
+    """The name ``model`` lists a hook point under (a bridge lists aliases too: the canonical one if listed)."""
+    names = [n for n, p in backends.hook_points(model).items() if p is point]
+    if not names:
+        raise RelPLensError(f"hook point {point!r} is not listed by the model")
+    return point.name if point.name in names else min(names, key=len)
+
+
 def n_latents(model: HookedTransformer, hook: str) -> int | None:
     """``d_sae`` when ``hook`` is a spliced dictionary's node hook (latents, then the error vector), else None
     (every element is a node)."""
     point = backends.hook_points(model).get(hook) if hook.endswith(nodes.SAE_NODES) else None
     return getattr(point, "relp_lens_latents", None)
+
+
+def dictionary_at(model: HookedTransformer, hook: str) -> Dictionary | None:
+    """The dictionary (as the model reads it) whose node hook ``hook`` is, when it is spliced in; else None."""
+    point = backends.hook_points(model).get(hook) if hook.endswith(nodes.SAE_NODES) else None
+    return getattr(point, "relp_lens_dictionary", None)
 
 
 def fold(x: torch.Tensor, latents: int | None) -> torch.Tensor:
