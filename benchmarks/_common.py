@@ -63,3 +63,22 @@ def write_result(path: str | Path, result: dict, summary: str | None = None) -> 
     path.write_text(json.dumps({**where, **result, **where}, indent=1) + "\n")
     name = Path(sys.argv[0]).stem
     print(f"{name}: {summary or _numbers(result) or 'done'} (wrote {path})")
+
+
+def curves_figure(panels: dict, title: str, x_title: str = "circuit size (nodes)"):
+    """A Plotly figure of faithfulness against circuit size: one panel per key of ``panels``, each a list of
+    ``(name, colour, dash, curve)`` with ``curve`` rows holding ``n_nodes`` and ``faithfulness`` (log x axis,
+    shared y axis, each name in the legend once)."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=list(panels), shared_yaxes=True)
+    for col, lines in enumerate(panels.values(), 1):
+        for name, colour, dash, curve in lines:
+            fig.add_trace(go.Scatter(x=[r["n_nodes"] for r in curve], y=[r["faithfulness"] for r in curve],
+                                     mode="lines+markers", name=name, legendgroup=name, showlegend=col == 1,
+                                     line=dict(color=colour, dash=dash)), row=1, col=col)
+        fig.update_xaxes(type="log", title_text=x_title, row=1, col=col)
+    fig.update_yaxes(title_text="faithfulness", row=1, col=1)
+    fig.update_layout(title=title, height=450, width=max(600, 380 * len(panels)))
+    return fig

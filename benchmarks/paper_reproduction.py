@@ -28,15 +28,12 @@ import json
 import time
 from pathlib import Path
 
-import plotly.graph_objects as go
-from plotly.subplots import make_subplots
-
 import relp_lens
 from relp_lens.circuits.ablation import faithfulness_sweep
 from relp_lens.core.exact import sample_nodes
 from relp_lens.core.models import SHIPPED_MODELS
 from relp_lens.core.tasks import AGREEMENT_SETS, agreement, task_report
-from _common import write_result
+from _common import curves_figure, write_result
 
 BASES = ("mlp_post", "mlp_out", "resid_post", "attn_out")
 GRID = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
@@ -134,24 +131,13 @@ def tables(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def figure(results: dict) -> go.Figure:
-    sets = list(results["sets"])
-    fig = make_subplots(rows=1, cols=len(sets), subplot_titles=sets, shared_yaxes=True)
+def figure(results: dict):
     colours = {"mlp_post": "#1f77b4", "mlp_out": "#d62728", "resid_post": "#2ca02c", "attn_out": "#9467bd"}
-    for col, kind in enumerate(sets, 1):
-        for basis, b in results["sets"][kind]["bases"].items():
-            for m, dash in (("relp", "solid"), ("ig", "dot")):
-                c = b["curves"][m]
-                fig.add_trace(go.Scatter(x=[r["n_nodes"] for r in c], y=[r["faithfulness"] for r in c],
-                                         mode="lines+markers", name=f"{basis} · {m}", legendgroup=f"{basis}{m}",
-                                         showlegend=col == 1, line=dict(color=colours.get(basis), dash=dash)),
-                              row=1, col=col)
-        fig.update_xaxes(type="log", title_text="circuit size (nodes)", row=1, col=col)
-    fig.update_yaxes(title_text="faithfulness", row=1, col=1)
+    panels = {kind: [(f"{basis} · {m}", colours.get(basis), dash, b["curves"][m])
+                     for basis, b in s["bases"].items() for m, dash in (("relp", "solid"), ("ig", "dot"))]
+              for kind, s in results["sets"].items()}
     name = {"smollm2-135m": "SmolLM2-135M", "gemma3-270m": "Gemma 3 270M"}.get(results["config"].get("model"), "SmolLM2-135M")
-    fig.update_layout(title=f"Faithfulness vs circuit size on {name} (mean ablation, held-out pairs)",
-                      height=450, width=max(600, 380 * len(sets)))
-    return fig
+    return curves_figure(panels, f"Faithfulness vs circuit size on {name} (mean ablation, held-out pairs)")
 
 
 def main() -> None:

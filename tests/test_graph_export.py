@@ -128,3 +128,68 @@ def test_input_and_output_edges_become_links():
 
     assert to_circuit_tracer(replace(circuit(), io_edges=io), TOKENS, prompt="The keys to the cabinet", slug="keys",
                              token_ids=IDS, output_label=" are", output_token=389, output_prob=0.42) == g  # its own
+
+
+def feature_circuit(io_weights=None):
+    """Two layers of a 4-latent dictionary (node 4 of a layer: its error node), one prompt position kept."""
+    import torch
+
+    from relp_lens.circuits.circuit import IOEdges
+
+    hooks = [f"blocks.{i}.hook_mlp_out.hook_sae_nodes" for i in range(2)]
+    nodes = [CircuitNode(0, 1, 2, score=0.5), CircuitNode(0, 1, 4, score=0.3),  # a latent, an error node
+             CircuitNode(1, 2, 0, score=0.8)]
+    edges = [CircuitEdge(0, 2, 0.4), CircuitEdge(1, 2, 0.4)]
+    io = IOEdges(positions=[0, 1, 2], input=torch.tensor([[0.0, 0, 0], [0.5, 0, 0], [0, 0, 0]], dtype=torch.float64),
+                 output=torch.tensor([0.1, 0.0, 0.8], dtype=torch.float64),
+                 direct=torch.tensor([0.0, 0.0, 0.1], dtype=torch.float64), metric=1.0)
+    return Circuit(nodes=nodes, basis="transcoder features", hook_names=hooks, node_width=5, edges=edges, io_edges=io,
+                   model=dict(name="tiny", n_layers=2, d_model=8))
+
+
+def test_feature_graphs_type_latents_and_error_nodes_as_circuit_tracer_does():
+    from circuit_tracer.frontend.graph_models import Model
+
+    c = feature_circuit()
+    assert [c.is_error(n) for n in c.nodes] == [False, True, False]
+    g = to_circuit_tracer(c, TOKENS[:3], slug="features")
+    Model.model_validate(g)
+    by_id = {n["node_id"]: n for n in g["nodes"]}
+    err = by_id["0_0_1"]  # circuit-tracer's error-node id: 0_{layer}_{pos}
+    assert err["feature_type"] == "mlp reconstruction error" and err["feature"] == -1
+    assert err["clerp"].startswith("Err: blocks.0.hook_mlp_out")
+    assert by_id["0_2_1"]["feature_type"] == "cross layer transcoder"
+    links = {(l["source"], l["target"]): l["weight"] for l in g["links"]}
+    assert links[("0_0_1", "1_0_2")] == 0.4 and ("E_1_1", "0_0_1") not in links  # errors: outgoing edges only
+
+
+def test_graph_scores_follow_circuit_tracers_definition_by_hand():
+    """Hand computation on feature_circuit's graph (rows normalised by absolute sums, output weight 1):
+    output ← latent0 0.1, error 0, latent1 0.8, E2 0.1 (sum 1.0): influence latent0 0.1, latent1 0.8, E2 0.1;
+    latent1 ← latent0 0.4, error 0.4 (sum 0.8, normalised 0.5/0.5): latent0 += 0.4, error 0.4;
+    latent0 ← E1 0.5 (normalised 1): E1 = 0.1 + 0.4 = 0.5.
+    Replacement = tokens / (tokens + errors) = (0.5 + 0.1) / (0.6 + 0.4) = 0.6.
+    Completeness = Σ_nodes (1 − error share of its inputs) · (influence + weight) / Σ (influence + weight):
+    the output (weight 1, no error input) 1·1, latent1 (0.8) 0.5·0.8, latent0 (0.5) 1·0.5, error (0.4) 1·0.4,
+    E1 (0.5) 1·0.5, E2 (0.1) 1·0.1, E0 (0) → (1 + 0.4 + 0.5 + 0.4 + 0.5 + 0.1) / (1 + 0.8 + 0.5 + 0.4 + 0.5 + 0.1)."""
+    from relp_lens.circuits.pruning import graph_scores
+
+    replacement, completeness = graph_scores(feature_circuit())
+    assert replacement == pytest.approx(0.6)
+    assert completeness == pytest.approx(2.9 / 3.3)
+    g = to_circuit_tracer(feature_circuit(), TOKENS[:3], slug="features")
+    assert g["metadata"]["replacement_score"] == pytest.approx(0.6)
+
+
+def test_neuron_graphs_score_one():
+    import torch
+
+    from dataclasses import replace
+
+    from relp_lens.circuits.circuit import IOEdges
+    from relp_lens.circuits.pruning import graph_scores
+
+    io = IOEdges(positions=list(range(6)), input=torch.rand(6, 3, dtype=torch.float64),
+                 output=torch.tensor([0.05, -0.9, 0.3], dtype=torch.float64),
+                 direct=torch.zeros(6, dtype=torch.float64), metric=1.0)
+    assert graph_scores(replace(circuit(), io_edges=io)) == (pytest.approx(1.0), pytest.approx(1.0))

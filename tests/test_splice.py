@@ -323,3 +323,30 @@ def vars_of(d: Dictionary) -> dict:
     import dataclasses
 
     return {f.name: getattr(d, f.name) for f in dataclasses.fields(d)}
+
+
+def test_signed_ranking_and_error_counts_in_a_sweep(model):
+    """rank='signed' picks the most negative scores of paired data (they carry the clean behaviour), |score|
+    ranking the largest magnitudes; the circuit records the rank; a sweep on features counts error nodes."""
+    from relp_lens.circuits.ablation import faithfulness_sweep
+
+    ds = dict_set(model, "transcoder")
+    rows = same_length_rows(model)
+    feats = attribute(model, rows, basis=ds, progress=False)
+    with splice(model, ds):
+        mean = feats.mean()[:, feats.alignment.n_shared:]  # positions selection may choose
+        signed = select_top_k(feats, model, 5, rank="signed")
+        by_abs = select_top_k(feats, model, 5)
+        assert signed.selection["rank"] == "signed" and "rank" not in by_abs.selection
+        assert sorted(n.score for n in signed.nodes) == pytest.approx(mean.flatten().sort().values[:5].tolist())
+        assert sorted(abs(n.score) for n in by_abs.nodes) == pytest.approx(
+            mean.abs().flatten().sort(descending=True).values[:5].flip(0).tolist())
+        rows_out = faithfulness_sweep(model, feats, rows, sizes=[3, 200], rank="signed", progress=False)
+        for r in rows_out:
+            circuit = select_top_k(feats, model, r.k, rank="signed")
+            assert r.rank == "signed" and r.n_errors == sum(circuit.is_error(n) for n in circuit.nodes)
+        assert rows_out[-1].n_errors > 0
+        with pytest.raises(RelPLensError, match="unknown rank"):
+            select_top_k(feats, model, 5, rank="sign")
+        with pytest.raises(RelPLensError, match="give sizes="):
+            faithfulness_sweep(model, feats, rows, taus=[0.1], rank="signed", progress=False)

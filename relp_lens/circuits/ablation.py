@@ -41,9 +41,9 @@ from relp_lens.circuits.circuit import (ABLATIONS, RATIOS, AblationRatios, Circu
 from relp_lens.circuits.selection import select_threshold, select_top_k
 from relp_lens.core.data import Prompts, make_batches, tokenize
 from relp_lens.core.errors import RelPLensError
-from relp_lens.core.options import AblationKind, Metric
+from relp_lens.core.options import RANKS, AblationKind, Metric, Rank
 from relp_lens.core.metrics import MetricFn, check_metric, evaluate_metric, resolve_metric, warn_same_answers
-from relp_lens.core.nodes import resolve_hooks
+from relp_lens.core.nodes import SAE_NODES, resolve_hooks
 from relp_lens.core.positions import Alignment, require
 
 if TYPE_CHECKING:  # annotations only: TransformerLens 4 has no HookedTransformer
@@ -72,6 +72,8 @@ class SweepPoint(AblationRatios):
         basis: the attribution's basis.
         method: the attribution's method.
         ablation: how nodes were removed.
+        n_errors: how many of the nodes are dictionary error nodes (``None`` for other bases).
+        rank: how top-k ranked the nodes (``"abs"`` or ``"signed"``).
     """
 
     n_nodes: int
@@ -80,6 +82,8 @@ class SweepPoint(AblationRatios):
     basis: str | None = None
     method: str | None = None
     ablation: AblationKind | None = None
+    n_errors: int | None = None
+    rank: Rank = "abs"
 
     def to_dict(self) -> dict[str, Any]:
         """The row as a dict (the form :func:`faithfulness_sweep` returned before).
@@ -90,6 +94,10 @@ class SweepPoint(AblationRatios):
         d = {k: getattr(self, k) for k in RATIOS}
         d.update({k: getattr(self, k) for k in ("k", "tau") if getattr(self, k) is not None})
         d.update(n_nodes=self.n_nodes, basis=self.basis, method=self.method, ablation=self.ablation)
+        if self.n_errors is not None:
+            d["n_errors"] = self.n_errors
+        if self.rank != "abs":
+            d["rank"] = self.rank
         return d
 
 
@@ -353,7 +361,7 @@ def faithfulness_sweep(model: HookedTransformer, attr: Attribution, prompts: Pro
                        ablation: AblationKind | None = None, include_fixed: bool | None = None,
                        exclude_neurons: Sequence[tuple[int, int]] | None = None,
                        batch_size: int = 16, progress: bool = True,
-                       prepend_bos: bool | None = None) -> list[SweepPoint]:
+                       prepend_bos: bool | None = None, rank: Rank = "abs") -> list[SweepPoint]:
     """Faithfulness/completeness against circuit size: top-k for each k in ``sizes``, or τ in ``taus``.
 
     Selection and ablation as :func:`relp_lens.circuits.selection.select_top_k` and :func:`evaluate_circuit`
@@ -373,12 +381,19 @@ def faithfulness_sweep(model: HookedTransformer, attr: Attribution, prompts: Pro
         batch_size: prompts per forward pass.
         progress: show a progress bar.
         prepend_bos: default the attribution's own (:attr:`~relp_lens.core.attribution.Attribution.prepend_bos`).
+        rank: top-k by ``"abs"`` |score| (default) or ``"signed"`` score (as
+            :func:`~relp_lens.circuits.selection.select_top_k`); sizes only.
 
     Returns:
-        One :class:`SweepPoint` per size (``to_dict()``: the dict rows this returned before).
+        One :class:`SweepPoint` per size (``to_dict()``: the dict rows this returned before); on dictionary
+        features, ``n_errors`` counts the error nodes among the ``n_nodes`` (they count as nodes).
     """
     if (sizes is None) == (taus is None):
         raise RelPLensError("give exactly one of sizes= (top-k) or taus= (thresholds)")
+    if rank not in RANKS:
+        raise RelPLensError(f"unknown rank {rank!r}; choose from {list(RANKS)}")
+    if rank != "abs" and taus is not None:
+        raise RelPLensError("rank='signed' ranks top-k circuits: give sizes=, not taus=")
     if sizes is not None:
         sizes = validate.int_list(sizes, "sizes")
     else:
@@ -393,12 +408,14 @@ def faithfulness_sweep(model: HookedTransformer, attr: Attribution, prompts: Pro
     opts = dict(aggregate_pos=aggregate_pos, ablation=mode, include_fixed=include_fixed,
                 exclude_neurons=exclude_neurons)
     for kind, value in tqdm(grid, desc="ablation sweep", disable=not progress, leave=False):
-        circuit = (select_top_k(attr, model, value, **opts) if kind == "k"
+        circuit = (select_top_k(attr, model, value, **opts, rank=rank) if kind == "k"
                    else select_threshold(attr, model, value, **opts))
         keep = abl.masks(circuit.keys)
         r = _ratios(f_m, f_empty, abl.score(keep), abl.score(keep, ablate_kept=True))
+        errors = (sum(circuit.is_error(n) for n in circuit.nodes)
+                  if any(h.endswith(SAE_NODES) for h in circuit.hook_names) else None)
         rows.append(SweepPoint(**r, **{kind: value}, n_nodes=len(circuit), basis=attr.basis, method=attr.method,
-                               ablation=mode))
+                               ablation=mode, n_errors=errors, rank=rank))
     return rows
 
 

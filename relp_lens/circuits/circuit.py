@@ -861,6 +861,18 @@ class Circuit:
     def __len__(self) -> int:
         return len(self.nodes)
 
+    def is_error(self, node: CircuitNode) -> bool:
+        """Whether ``node`` is a dictionary's error node: the last node (``index == d_sae``) of a layer of
+        dictionary features (hook ``….hook_sae_nodes``, :mod:`relp_lens.core.splice`).
+
+        Args:
+            node: one of the circuit's nodes.
+
+        Returns:
+            True for an error node, False for a neuron, a latent or any other node.
+        """
+        return self.hook_names[node.layer].endswith(nodes.SAE_NODES) and node.index == self.node_width - 1
+
     @property
     def keys(self) -> set[tuple[int, int | None, int]]:
         """The nodes' identities.

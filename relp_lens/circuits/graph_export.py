@@ -9,7 +9,9 @@ How a circuit maps onto that schema:
 1. **Neurons** are typed as features (the viewer knows transcoder features): ``node_id`` =
    ``{layer}_{neuron}_{pos}``; ``feature`` = the Cantor pairing of (layer, neuron), as circuit-tracer writes it,
    so the viewer's label ``L{layer}/{neuron}`` is right and features are unique across layers; ``clerp`` names
-   the hook and neuron. An aggregated node (``pos=None``) sits at the last position.
+   the hook and neuron. An aggregated node (``pos=None``) sits at the last position. **Dictionary latents**
+   (:mod:`relp_lens.core.splice`) are features the same way; a dictionary's **error node** is circuit-tracer's
+   ``mlp reconstruction error`` node: ``node_id`` ``0_{layer}_{pos}``, ``feature`` −1.
 2. **Influence** is circuit-tracer's cumulative share: nodes sorted by |score|, ``influence`` = running sum of
    |score| / total, so the most important node has the smallest value and the viewer's pruning slider
    (``influence <= threshold``) removes the least important first. No ``node_threshold`` is written (the
@@ -20,7 +22,10 @@ How a circuit maps onto that schema:
 5. **Links**: the circuit's edges (direct effects), and each neuron → output with its attribution score (its
    total effect on the metric) — or, given the input/output edges (:mod:`relp_lens.circuits.io_edges`), embedding →
    neuron, neuron → output and embedding → output direct effects.
-6. ``scan`` is a local path (``./data/features-{slug}``), so clicking a node never sends requests for feature
+6. **Scores**: with input/output edges, the metadata carries circuit-tracer's ``replacement_score`` and
+   ``completeness_score`` of the graph (:func:`relp_lens.circuits.pruning.graph_scores`; 1 for neuron graphs,
+   which have no error node).
+7. ``scan`` is a local path (``./data/features-{slug}``), so clicking a node never sends requests for feature
    details to the internet; the model's name goes into the index entry's ``title_prefix``.
 
 :func:`to_circuit_tracer` makes the graph of a circuit (with its own input/output edges), :func:`write_circuit_tracer`
@@ -33,6 +38,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -133,17 +139,27 @@ def circuit_tracer_graph(circuit: Circuit, prompt_tokens: list[str], *, prompt: 
         pos = last if n.pos is None else n.pos if n.pos >= 0 else n_pos + n.pos
         if not 0 <= pos <= last:
             raise RelPLensError(f"node {n.label()} is outside the {n_pos}-token prompt")
-        node_id = f"{n.layer}_{n.index}_{pos}"
+        error = circuit.is_error(n)
+        node_id = f"0_{n.layer}_{pos}" if error else f"{n.layer}_{n.index}_{pos}"  # circuit-tracer's ids
         if node_id in ids:
             raise RelPLensError(f"two circuit nodes land on {node_id} (an aggregated node and one at the last "
-                                f"position); export one kind")
+                                f"position, or a layer-0 latent and an error node under circuit-tracer's ids); "
+                                f"export one kind")
         ids.append(node_id)
+        where = " (all positions)" if n.pos is None else ""
+        hook = circuit.hook_names[n.layer]
+        if error:
+            nodes.append(dict(
+                node_id=node_id, feature=-1, layer=str(n.layer), ctx_idx=pos, feature_type="mlp reconstruction error",
+                token_prob=0.0, is_target_logit=False, run_idx=0, reverse_ctx_idx=last - pos,
+                jsNodeId=f"{n.layer}_{pos}-0", influence=infl, activation=None,
+                clerp=f"Err: {hook.removesuffix('.hook_sae_nodes')} score {n.score:+.3g}{where}"))
+            continue
         nodes.append(dict(
             node_id=node_id, feature=cantor_pairing(n.layer, n.index), layer=str(n.layer), ctx_idx=pos,
             feature_type="cross layer transcoder", token_prob=0.0, is_target_logit=False, run_idx=0,
             reverse_ctx_idx=last - pos, jsNodeId=f"{n.layer}_{n.index}-0",
-            clerp=f"{circuit.hook_names[n.layer]}[{n.index}] score {n.score:+.3g}"
-                  + (" (all positions)" if n.pos is None else ""),
+            clerp=f"{hook}[{n.index}] score {n.score:+.3g}{where}",
             influence=infl, activation=None,
         ))
     for pos in range(n_pos):
@@ -182,9 +198,14 @@ def circuit_tracer_graph(circuit: Circuit, prompt_tokens: list[str], *, prompt: 
         bad = [l for l in links if not math.isfinite(l["weight"])]
         if bad:
             raise RelPLensError(f"link {bad[0]['source']} → {bad[0]['target']} has weight {bad[0]['weight']}")
+    metadata = dict(slug=slug, scan=f"./data/features-{slug}", transcoder_list=[], prompt_tokens=list(prompt_tokens),
+                    prompt=prompt, node_threshold=None, schema_version=1)
+    if io is not None and circuit.edges:
+        from relp_lens.circuits.pruning import graph_scores
+
+        metadata["replacement_score"], metadata["completeness_score"] = graph_scores(replace(circuit, io_edges=io))
     return dict(
-        metadata=dict(slug=slug, scan=f"./data/features-{slug}", transcoder_list=[], prompt_tokens=list(prompt_tokens),
-                      prompt=prompt, node_threshold=None, schema_version=1),
+        metadata=metadata,
         qParams=dict(pinnedIds=[], supernodes=[], linkType="both", clickedId="", sg_pos=""),
         nodes=nodes, links=links,
     )

@@ -221,6 +221,40 @@ def graph_adjacency(circuit: Circuit, io: IOEdges) -> torch.Tensor:
     return a
 
 
+def graph_scores(circuit: Circuit) -> tuple[float, float]:
+    """circuit-tracer's replacement and completeness scores of a circuit's full graph (``compute_graph_scores`` in
+    its ``graph.py``, written here from its definition), with the output node weighted 1.
+
+    1. ``A`` = :func:`graph_adjacency`, each row normalised by its absolute sum; influence = ``w·(A + A² + …)``
+       from the output.
+    2. Replacement: the share of the embeddings' influence in that of embeddings and error nodes together.
+    3. Completeness: the mean, weighted by each node's influence (the output's own weight included), of the
+       share of its normalised incoming weight that does not come from error nodes.
+
+    Neuron graphs have no error node: both scores are 1 by construction. Dictionary graphs score below 1 as far
+    as their error nodes carry the computation; the scores are of the graph as selected (circuit-tracer's graphs
+    hold every error node).
+
+    Args:
+        circuit: a circuit with edges and input/output edges.
+
+    Returns:
+        ``(replacement, completeness)``.
+    """
+    io = _io_of(circuit)
+    a = _normalise(graph_adjacency(circuit, io))
+    n, p = len(circuit.nodes), len(io.positions)
+    errors = torch.tensor([circuit.is_error(node) for node in circuit.nodes] + [False] * (p + 1))
+    weights = torch.zeros(n + p + 1, dtype=torch.float64)
+    weights[n + p] = 1.0
+    influence = _influence(a, weights)
+    tokens, error = influence[n:n + p].sum(), influence[errors].sum()
+    replacement = float(tokens / (tokens + error)) if tokens + error > 0 else 1.0
+    non_error = 1.0 - a[:, errors].sum(1)
+    total = influence + weights
+    return replacement, float((non_error * total).sum() / total.sum())
+
+
 def _io_of(circuit: Circuit) -> IOEdges:
     if not circuit.edges or circuit.io_edges is None:
         raise RelPLensError("this needs the full graph: run attribute_edges and attribute_io_edges "

@@ -34,6 +34,7 @@ from typing import Any
 
 from relp_lens.core.errors import RelPLensError
 from relp_lens.core.options import ABLATIONS, CIRCUIT_BASELINES as BASELINES, GROUP_FEATURES as FEATURES  # noqa: F401
+from relp_lens.core.options import RANKS
 from relp_lens.core.validate import finite_float, is_int, need, show
 
 SCHEMA = "relp_lens.circuit"
@@ -293,7 +294,8 @@ _SELECTION = [("k", _or_null(_must("a non-negative integer or null", _is_nonneg)
               ("tau", _or_null(_number(low=0.0))), ("m", _or_null(_NUMBER)),
               ("aggregate_pos", _or_null(_BOOL)), ("include_fixed", _or_null(_BOOL)),
               ("excluded_positions", _or_null(_int_list)), ("positions_not_in_every_prompt", _or_null(_int_list)),
-              ("excluded_neurons", _or_null(_neuron_pairs))]
+              ("excluded_neurons", _or_null(_neuron_pairs)),
+              ("rank", _or_null(_must("'abs' or 'signed'", lambda v: v in RANKS)))]
 _EVALUATION = [("faithfulness", _NUMBER, _REQUIRED), ("completeness", _NUMBER, _REQUIRED),
                *((key, _or_null(_NUMBER)) for key in ("f_model", "f_empty", "f_circuit", "f_complement")),
                ("n_prompts", _or_null(_NONNEG)), ("n_nodes", _or_null(_NONNEG)),

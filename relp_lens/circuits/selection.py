@@ -28,7 +28,7 @@ import torch
 from relp_lens.circuits.circuit import ABLATIONS, Circuit, CircuitNode, consistent_ablation, model_facts
 from relp_lens.core.attribution import Attribution
 from relp_lens.core.errors import RelPLensError
-from relp_lens.core.options import AblationKind
+from relp_lens.core.options import RANKS, AblationKind, Rank
 from relp_lens.core.validate import finite_float, positive_int
 
 if TYPE_CHECKING:  # annotations only: TransformerLens 4 has no HookedTransformer
@@ -100,8 +100,10 @@ def _ablation(attr: Attribution, ablation: str | None) -> str:
 
 def select_top_k(attr: Attribution, model: HookedTransformer, k: int, *, aggregate_pos: bool = False,
                  task: str | None = None, ablation: AblationKind | None = None, include_fixed: bool | None = None,
-                 exclude_neurons: Sequence[tuple[int, int]] | None = None, everywhere: bool = True) -> Circuit:
-    """The ``k`` nodes with the largest |mean score| (steps 1–4).
+                 exclude_neurons: Sequence[tuple[int, int]] | None = None, everywhere: bool = True,
+                 rank: Rank = "abs") -> Circuit:
+    """The ``k`` nodes with the largest |mean score|, or (``rank="signed"``) that carry the behaviour most
+    (steps 1–4).
 
     Args:
         attr: the attribution to select from.
@@ -115,21 +117,29 @@ def select_top_k(attr: Attribution, model: HookedTransformer, k: int, *, aggrega
             unpaired data, which cannot move them).
         exclude_neurons: ``(layer, index)`` pairs never selected.
         everywhere: only positions every prompt has, so the circuit applies to all of them.
+        rank: ``"abs"`` (default): by |mean score|; ``"signed"``: by the signed score in the direction that
+            carries the behaviour (``−score`` for paired data, ``+score`` for unpaired), so nodes that work
+            against it are chosen last (recorded as ``selection["rank"]``).
 
     Returns:
         The circuit, nodes by decreasing |score|.
     """
     k = positive_int(k, "k")
+    if rank not in RANKS:
+        raise RelPLensError(f"unknown rank {rank!r}; choose from {list(RANKS)}")
     ablation = _ablation(attr, ablation)
     s = _node_scores(attr, aggregate_pos)
     ok, left_out = _candidates(attr, s, aggregate_pos, ablation, include_fixed, exclude_neurons, everywhere)
     keep = torch.zeros_like(s, dtype=torch.bool)
-    key = s.abs().masked_fill(~ok, -1.0)
+    key = s.abs() if rank == "abs" else (-s if attr.paired else s)
+    key = key.masked_fill(~ok, -float("inf"))
     k_eff = min(k, int(ok.sum()))
     if k_eff:
         flat = key.flatten().topk(k_eff).indices
         keep.view(-1)[flat] = True
-    return _from_scores(attr, model, keep, s, aggregate_pos, dict(k=k, tau=None, **left_out), task, ablation)
+    extra = {} if rank == "abs" else dict(rank=rank)  # files of |score| circuits stay as they were
+    return _from_scores(attr, model, keep, s, aggregate_pos, dict(k=k, tau=None, **left_out, **extra), task,
+                        ablation)
 
 
 def select_threshold(attr: Attribution, model: HookedTransformer, tau: float = 0.005, *,

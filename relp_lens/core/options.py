@@ -55,6 +55,11 @@ AGREEMENT_SETS: tuple[str, ...] = get_args(AgreementSet)
 PaddingSide = Literal["right", "left"]
 PADDING_SIDES: tuple[str, ...] = get_args(PaddingSide)
 
+#: How top-k selection ranks nodes: by |score|, or by how much a node carries the behaviour (the signed score:
+#: ``−score`` for paired data, whose scores are ``∇m·(patch − clean)``; ``+score`` for unpaired data).
+Rank = Literal["abs", "signed"]
+RANKS: tuple[str, ...] = get_args(Rank)
+
 #: What neuron groups may be made from.
 GroupFeature = Literal["attribution", "activation", "edges"]
 GROUP_FEATURES: tuple[str, ...] = get_args(GroupFeature)
