@@ -82,7 +82,8 @@ def run_basis(model, basis: str, build, held_out, args, kind: str) -> dict:
 
 def run(args) -> dict:
     model = relp_lens.load_model(args.model)
-    results: dict = {"config": {k: v for k, v in vars(args).items() if k != "dictionaries"}, "dictionaries": {},
+    config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    results: dict = {"config": config, "dictionaries": {},
                      "sets": {}}
     quality = Path("benchmarks/results/dictionaries_smollm2.json")
     if args.model == "smollm2-135m" and quality.is_file():
