@@ -14,10 +14,10 @@ Two families, one dictionary on every layer's MLP (the Hugging Face module ``lay
    ``metadata.csv``), oldest first; the last ``--holdout`` fraction of addresses (by date) is held out. Each
    part is tokenized with the model's tokenizer as one stream (addresses separated by ``<|endoftext|>``) and cut
    into rows of ``--ctx`` tokens, each starting with the BOS relp_lens prepends (``<|endoftext|>``).
-2. **BOS.** Position 0 is SmolLM2's attention sink: its MLP output is up to 30 times the norm of other
-   positions' (layers 9 and 27), enough to dominate the variance a dictionary is scored on. Tokens equal to the
-   BOS id (row starts and address separators) are left out of training (sparsify's ``exclude_tokens``), of the
-   scores, and of the splice (they keep their MLP output).
+2. **BOS.** Position 0 is SmolLM2's attention sink: its MLP output reaches 13 times the mean norm of other
+   positions' at layer 9 (6 times at layer 27), enough to dominate the variance a dictionary is scored on.
+   Tokens equal to the BOS id (row starts and address separators) are left out of training (sparsify's
+   ``exclude_tokens``), of the scores, and of the splice (they keep their MLP output).
 3. **Training** (:func:`train_family`): sparsify's ``Trainer`` on the Hugging Face model that transformers'
    GGUF loader builds from the shipped file (the weights relp_lens' bridge backend wraps), ``--tokens`` tokens
    of shuffled training rows (repeated in a new order when the budget exceeds the text), expansion factor
@@ -33,7 +33,8 @@ Two families, one dictionary on every layer's MLP (the Hugging Face module ``lay
 5. **Evaluation** (:func:`evaluate_family`), on the held-out rows, reading the weights back through
    ``load_transcoders(folder).check_against(model)`` on the relp_lens model (``relp_lens.load_model``):
    per layer, FVU of the MLP output (sparsify's definition: ``Σ‖y − ŷ‖² / Σ‖y − ȳ‖²`` over tokens), L0 (mean
-   non-zero latents per token), dead latents (never non-zero on the held-out tokens, %); and the cross-entropy
+   non-zero latents per token), dead latents (never non-zero on the held-out tokens, %), a typical token's
+   relative error and how much of the output a few tokens hold (:func:`dictionary_stats`); and the cross-entropy
    increase and ``KL(original ‖ spliced)`` of the next-token distribution when one layer's MLP output is
    replaced by its reconstruction (every layer in turn), and when all layers are replaced at once.
 6. **Output.** ``--out`` (JSON, with the command, machine and versions) and one summary line per family.
@@ -95,7 +96,7 @@ def default_root() -> Path:
 def require_sparsify() -> None:
     """Refuse, naming the install command, where sparsify (or ``datasets``, which it needs) is missing."""
     try:
-        import datasets  # noqa: F401
+        import datasets  # noqa: F401  (imported to check it is there)
         import sparsify  # noqa: F401
     except ImportError as e:
         raise RelPLensError(f"training needs EleutherAI's sparsify ({e}): pip install eai-sparsify") from e
@@ -300,15 +301,19 @@ def _batches(rows: torch.Tensor, batch_size: int):
 
 def dictionary_stats(model: Any, dicts: DictionarySet, rows: torch.Tensor, bos_id: int,
                      batch_size: int = 8) -> list[dict]:
-    """Per layer: FVU of the reconstruction of ``hook_out``, L0 and dead latents (%), on the non-BOS tokens.
+    """Per layer, on the non-BOS tokens: FVU of the reconstruction of ``hook_out``, L0, dead latents (%), and
+    two figures that say whether a few tokens dominate it.
 
     1. One clean forward pass per batch records every dictionary's ``hook_in`` and ``hook_out``.
     2. Sums in float64 over the tokens ``t``: ``Σ‖y_t − ŷ_t‖²``, ``Σ y_t``, ``Σ‖y_t‖²``, the non-zero latents,
-       and which latents ever fire; FVU = ``Σ‖y − ŷ‖² / (Σ‖y‖² − ‖Σ y‖² / n)``.
+       and which latents ever fire; FVU = ``Σ‖y − ŷ‖² / (Σ‖y‖² − ‖Σ y‖² / n)`` (sparsify's, pooled over tokens).
+    3. Per token ``‖y_t − ŷ_t‖²`` and ``‖y_t‖²`` are kept: ``nmse_median`` is the median over tokens of their
+       ratio (a typical token's relative error), ``top_share`` the fraction of ``Σ‖y_t‖²`` held by the 0.1% of
+       tokens with the largest ``‖y_t‖²`` (near 1: the pooled FVU is about those few tokens).
     """
     names = sorted({h for d in dicts for h in (d.hook_in, d.hook_out)})
     acc = {d.layer: dict(sse=0.0, sum_y=torch.zeros(d.d_out, dtype=torch.float64), sum_y2=0.0, l0=0.0,
-                         fired=torch.zeros(d.d_sae, dtype=torch.bool)) for d in dicts}
+                         fired=torch.zeros(d.d_sae, dtype=torch.bool), res2=[], y2=[]) for d in dicts}
     n = 0
     stop = {"stop_at_layer": model.cfg.n_layers} if backends.supports_start_at_layer(model) else {}  # no unembed
     for batch in _batches(rows, batch_size):
@@ -321,9 +326,12 @@ def dictionary_stats(model: Any, dicts: DictionarySet, rows: torch.Tensor, bos_i
             y = got[d.hook_out][keep.to(got[d.hook_out].device)].double()  # [tokens, d_out]
             f = d.encode(x.to(d.W_enc.device))  # [tokens, d_sae]
             y_hat = d.decode(f, x.to(d.W_enc.device)).double().to(y.device)
-            a["sse"] += float((y - y_hat).pow(2).sum())
+            res2, y2 = (y - y_hat).pow(2).sum(-1).cpu(), y.pow(2).sum(-1).cpu()  # [tokens]
+            a["res2"].append(res2)
+            a["y2"].append(y2)
+            a["sse"] += float(res2.sum())
             a["sum_y"] += y.sum(0).cpu()
-            a["sum_y2"] += float(y.pow(2).sum())
+            a["sum_y2"] += float(y2.sum())
             active = f != 0
             a["l0"] += float(active.sum())
             a["fired"] |= active.any(0).cpu()
@@ -331,8 +339,12 @@ def dictionary_stats(model: Any, dicts: DictionarySet, rows: torch.Tensor, bos_i
     for d in dicts:
         a = acc[d.layer]
         variance = a["sum_y2"] - float(a["sum_y"].pow(2).sum()) / n
+        res2, y2 = torch.cat(a["res2"]), torch.cat(a["y2"])
+        top = y2.topk(max(1, math.ceil(0.001 * n))).values
         out.append({"layer": d.layer, "fvu": a["sse"] / variance, "l0": a["l0"] / n,
-                    "dead_pct": 100.0 * float((~a["fired"]).float().mean()), "tokens": n})
+                    "dead_pct": 100.0 * float((~a["fired"]).float().mean()),
+                    "nmse_median": float((res2 / y2.clamp_min(1e-30)).median()),
+                    "top_share": float(top.sum() / y2.sum()), "tokens": n})
     return out
 
 
@@ -387,7 +399,8 @@ def evaluate_family(model: Any, folder: str | Path, rows: torch.Tensor, splice_r
        and for all layers at once.
 
     Returns:
-        ``{"per_layer": [{"layer", "fvu", "l0", "dead_pct", "delta_ce", "kl"}], "mean": {...},
+        ``{"per_layer": [{"layer", "fvu", "l0", "dead_pct", "nmse_median", "top_share", "delta_ce", "kl"}],
+        "mean": {...},
         "all_layers": {"delta_ce", "kl"}, "clean_ce", "tokens", "splice_tokens"}``.
     """
     dicts = load_transcoders(folder).check_against(model)
@@ -399,7 +412,7 @@ def evaluate_family(model: Any, folder: str | Path, rows: torch.Tensor, splice_r
     per_layer = [{**st, "delta_ce": ls["delta_ce"], "kl": ls["kl"]} for st, ls in zip(stats, losses["sets"])]
     for row in per_layer:
         del row["tokens"]
-    keys = ("fvu", "l0", "dead_pct", "delta_ce", "kl")
+    keys = ("fvu", "l0", "dead_pct", "nmse_median", "top_share", "delta_ce", "kl")
     mean = {key: sum(r[key] for r in per_layer) / len(per_layer) for key in keys}
     every = losses["sets"][-1]
     return {"kind": d0.kind, "d_sae": d0.d_sae, "k": d0.k, "layers": len(layers), "mean": mean,
@@ -410,7 +423,8 @@ def evaluate_family(model: Any, folder: str | Path, rows: torch.Tensor, splice_r
 
 def summary_line(family: str, ev: dict) -> str:
     m, a = ev["mean"], ev["all_layers"]
-    return (f"{family}: FVU {m['fvu']:.3f}, L0 {m['l0']:.1f}, dead {m['dead_pct']:.1f}%, ΔCE one layer "
+    return (f"{family}: FVU {m['fvu']:.3f} (median token nMSE {m['nmse_median']:.3f}), L0 {m['l0']:.1f}, "
+            f"dead {m['dead_pct']:.1f}%, ΔCE one layer "
             f"{m['delta_ce']:.3f} (KL {m['kl']:.3f}), all {a['delta_ce']:.2f} (KL {a['kl']:.2f}) nats")
 
 

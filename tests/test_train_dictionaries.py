@@ -107,6 +107,7 @@ def test_train_then_evaluate_both_families_on_a_tiny_llama(tmp_path):
             for r, fvu in zip(ev["per_layer"], theirs):
                 assert r["fvu"] == pytest.approx(fvu, rel=1e-4, abs=1e-6)
                 assert 0 < r["l0"] <= 4 and 0 <= r["dead_pct"] <= 100 and r["kl"] >= -1e-9
+                assert 0 < r["nmse_median"] and 0 < r["top_share"] <= 1
             assert ev["all_layers"]["kl"] > 0
             assert "FVU" in td.summary_line(family, ev)
 
