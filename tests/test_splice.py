@@ -350,3 +350,56 @@ def test_signed_ranking_and_error_counts_in_a_sweep(model):
             select_top_k(feats, model, 5, rank="sign")
         with pytest.raises(RelPLensError, match="give sizes="):
             faithfulness_sweep(model, feats, rows, taus=[0.1], rank="signed", progress=False)
+
+
+@pytest.mark.parametrize("fmt", ["saelens", "sparsify", "circuit_tracer"])
+def test_dictionaries_read_from_files_serve_as_bases_with_exact_conservation(model, tmp_path, fmt):
+    """SAELens SAEs, a sparsify transcoder run and a circuit-tracer transcoder set, written here in each format
+    and read by relp_lens' loaders, are bases whose latents + error conserve the spliced hook_mlp_out score
+    (paired data: no bias share) on both backends."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from relp_lens import load_sae, load_transcoders
+    from tests.test_dictionaries import sparsify_files
+
+    d, n = model.cfg.d_model, D_SAE
+    g = torch.Generator().manual_seed(7)
+
+    def r(*shape):
+        return 0.3 * torch.randn(*shape, generator=g)
+
+    layers = range(model.cfg.n_layers)
+    if fmt == "saelens":
+        saes = []
+        for layer in layers:
+            folder = tmp_path / f"sae_{layer}"
+            folder.mkdir()
+            (folder / "cfg.json").write_text(json.dumps({
+                "architecture": "standard", "d_in": d, "d_sae": n, "dtype": "float32", "device": "cpu",
+                "apply_b_dec_to_input": True, "normalize_activations": "none", "reshape_activations": "none",
+                "metadata": {"hook_name": f"blocks.{layer}.hook_mlp_out", "sae_lens_version": "6.54.12"}}))
+            save_file({"W_enc": r(d, n), "b_enc": r(n), "W_dec": r(n, d), "b_dec": r(d)},
+                      str(folder / "sae_weights.safetensors"))
+            saes.append(load_sae(folder))
+        ds = DictionarySet(saes)
+    elif fmt == "sparsify":
+        for layer in layers:
+            sparsify_files(tmp_path / f"layers.{layer}.mlp", transcode=True, skip=False, d_in=d, seed=layer)
+        ds = load_transcoders(tmp_path)
+    else:
+        for layer in layers:
+            save_file({"W_enc": r(n, d), "b_enc": r(n), "W_dec": r(n, d), "b_dec": r(d)},
+                      str(tmp_path / f"layer_{layer}.safetensors"))
+        (tmp_path / "config.yaml").write_text("model_kind: transcoder_set\nfeature_input_hook: mlp.hook_in\n"
+                                              "feature_output_hook: hook_mlp_out\n")
+        ds = load_transcoders(tmp_path)
+    rows = AGREEMENT_ROWS[:2]
+    feats = attribute(model, rows, basis=ds, progress=False)
+    with splice(model, ds):
+        out = attribute(model, rows, basis="mlp_out", progress=False)
+    assert feats.scores.shape[-1] == ds[0].d_sae + 1
+    assert feats.scores[..., :-1].abs().sum() > 0
+    assert torch.allclose(feats.scores.sum(-1), out.scores.sum(-1), atol=2e-5, rtol=1e-4)
+    no_trace(model)
