@@ -167,6 +167,20 @@ def _finish(cfg: HookedTransformerConfig, biases: bool, seed: int) -> HookedTran
     return model
 
 
+def tiny_llama_on(backend: str):
+    """The tiny Llama as a HookedTransformer (``"hooked"``; skipped on TransformerLens 4) or as a bridge over the
+    tiny Hugging Face Llama (``"bridge"``): the ``model`` fixture of tests that run on both backends."""
+    import pytest
+
+    from relp_lens.core import backends
+
+    if backend == "hooked":
+        if not backends.hooked_transformer_available():
+            pytest.skip("HookedTransformer needs TransformerLens 3.x")
+        return tiny_llama()
+    return backends.wrap_hf_model(tiny_hf_llama(), word_tokenizer(), "tiny-llama")
+
+
 def tiny_gpt2(biases: bool = False, seed: int = 0, **overrides) -> HookedTransformer:
     """GPT-2 style: LayerNorm, GELU MLP, learned positions."""
     cfg = dict(n_layers=3, d_model=32, n_ctx=16, d_head=8, n_heads=4, d_mlp=64, d_vocab=len(WORDS) + 2,

@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 import relp_lens
 from relp_lens import Dictionary, DictionarySet, RelPLensError, load_sae, load_transcoders
 from relp_lens.core import backends
-from tests.helpers import tiny_gemma, tiny_hf_llama, tiny_llama, word_tokenizer
+from tests.helpers import tiny_gemma, tiny_hf_llama, tiny_llama, tiny_llama_on
 
 D_IN, D_SAE, D_OUT = 6, 10, 5
 
@@ -671,11 +671,7 @@ def mlp_inputs(model, tokens):
 
 @pytest.fixture(params=["hooked", "bridge"])
 def model(request):
-    if request.param == "hooked":
-        if not backends.hooked_transformer_available():
-            pytest.skip("HookedTransformer needs TransformerLens 3.x")
-        return tiny_llama()
-    return backends.wrap_hf_model(tiny_hf_llama(), word_tokenizer(), "tiny-llama")
+    return tiny_llama_on(request.param)
 
 
 def test_check_against_folds_ln2_into_mlp_input_transcoders(tmp_path, model):

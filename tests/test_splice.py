@@ -12,7 +12,7 @@ from relp_lens.circuits.ablation import Ablation, evaluate_circuit
 from relp_lens.circuits.selection import select_top_k
 from relp_lens.core import backends, splice as sp
 from relp_lens.core.splice import splice
-from tests.helpers import AGREEMENT_ROWS, hooks_left, same_length_rows, tiny_hf_llama, tiny_llama, word_tokenizer
+from tests.helpers import AGREEMENT_ROWS, hooks_left, same_length_rows, tiny_llama, tiny_llama_on
 
 D_SAE = 24
 KINDS = ["sae", "transcoder", "skip_transcoder", "topk_transcoder", "jumprelu_sae"]
@@ -47,11 +47,7 @@ def dict_set(model, kind: str, layers=None) -> DictionarySet:
 
 @pytest.fixture(params=["hooked", "bridge"])
 def model(request):
-    if request.param == "hooked":
-        if not backends.hooked_transformer_available():
-            pytest.skip("HookedTransformer needs TransformerLens 3.x")
-        return tiny_llama()
-    return backends.wrap_hf_model(tiny_hf_llama(), word_tokenizer(), "tiny-llama")
+    return tiny_llama_on(request.param)
 
 
 def no_trace(model) -> None:

@@ -310,17 +310,33 @@ def _norm_surrogate(module: Any, x: torch.Tensor) -> torch.Tensor:
     return module._apply_weight_and_bias(normalized_surrogate(module, x), x.dtype)
 
 
+def point_names(model: Any, hook_dict: dict[str, Any] | None = None) -> dict[int, str]:
+    """Each hook point's name, by ``id`` of the point: its canonical name where the model lists it (a bridge lists
+    aliases such as ``blocks.L.hook_resid_mid`` beside the canonical ``blocks.L.hook_in``), else the first name.
+
+    Args:
+        model: a HookedTransformer or TransformerBridge.
+        hook_dict: the model's hook dict when already read (a bridge builds it anew on every access).
+
+    Returns:
+        ``{id(point): name}``.
+    """
+    hook_dict = hook_points(model) if hook_dict is None else hook_dict
+    name_of: dict[int, str] = {}
+    for n, hp in hook_dict.items():
+        name_of.setdefault(id(hp), hp.name if getattr(hp, "name", None) in hook_dict else n)
+    return name_of
+
+
 def native_norm(model: Any, hook_name: str) -> Any | None:
     """The bridge norm whose ``hook_normalized`` is ``hook_name`` when that norm returns Hugging Face's own
     output (its ``hook_normalized`` then carries the norm's full Jacobian, whatever the LN rule: the rule sits
     on the norm's output, :func:`ln_rule_hooks`); None on a HookedTransformer or for any other hook."""
     if not is_bridge(model) or not hook_name.endswith(".hook_normalized"):
         return None
-    module = model
     try:
-        for part in hook_name.split(".")[:-1]:
-            module = module[int(part)] if part.isdigit() else getattr(module, part)
-    except (AttributeError, IndexError, TypeError):
+        module = model.get_submodule(hook_name.removesuffix(".hook_normalized"))
+    except AttributeError:
         return None
     if getattr(module, "hook_normalized", None) is None or not _native_norm(module):
         return None
@@ -357,9 +373,7 @@ def ln_rule_hooks(model: Any, rule: Callable[[torch.Tensor], torch.Tensor]) -> l
         return [(n, lambda x, hook: rule(x)) for n in hook_dict if n.endswith("hook_scale")]
     from relp_lens.core.rules import ForwardAs
 
-    name_of = {}  # hook point → its canonical name (aliases such as blocks.L.hook_resid_mid share the point)
-    for n, hp in hook_dict.items():
-        name_of.setdefault(id(hp), hp.name if getattr(hp, "name", None) in hook_dict else n)
+    name_of = point_names(model, hook_dict)
     hooks: list[tuple[str, Callable]] = []
     covered = set()
     for module in model.modules():

@@ -57,17 +57,15 @@ class SplicedDictionary(torch.nn.Module):
     """One dictionary in a model's forward pass, with its hook points (the module docstring, steps 1–2).
 
     Attributes:
-        dictionary: the dictionary, as the model reads it (:meth:`Dictionary.check_against`).
-        n_latents: ``d_sae``: nodes ``0..d_sae-1`` are latents, node ``d_sae`` the error.
+        dictionary: the dictionary, as the model reads it (:meth:`Dictionary.check_against`); its node hook
+            point carries it too (:func:`dictionary_at`).
     """
 
     def __init__(self, dictionary: Dictionary):
         super().__init__()
         self.dictionary = dictionary
-        self.n_latents = dictionary.d_sae
         for name in nodes.SAE_SUFFIXES:
             setattr(self, name, _hook_point())
-        self.hook_sae_nodes.relp_lens_latents = dictionary.d_sae
         self.hook_sae_nodes.relp_lens_dictionary = dictionary
 
     def points(self) -> dict[str, Any]:
@@ -155,7 +153,7 @@ def splice(model: HookedTransformer, dictionaries: Dictionaries) -> Iterator[lis
         kept: dict[str, torch.Tensor] = {}
         norm = backends.native_norm(model, d.hook_in)
         if norm is not None:  # a bridge norm whose hook_normalized has the full Jacobian: remember its input
-            fwd_hooks.append((_point_name(model, norm.hook_in), lambda x, hook, kept=kept: kept.__setitem__("in", x)))
+            fwd_hooks.append((backends.point_names(model)[id(norm.hook_in)], backends.capture_hook(kept, "in")))
 
         def keep(x, hook, kept=kept, norm=norm):
             rules = relp_mode.active_rules(model)
@@ -175,19 +173,11 @@ def splice(model: HookedTransformer, dictionaries: Dictionaries) -> Iterator[lis
         yield [nodes.sae_hook(m.dictionary.hook_out) for m in modules]
 
 
-def _point_name(model: HookedTransformer, point: Any) -> str:
-    """The name ``model`` lists a hook point under (a bridge lists aliases too: the canonical one if listed)."""
-    names = [n for n, p in backends.hook_points(model).items() if p is point]
-    if not names:
-        raise RelPLensError(f"hook point {point!r} is not listed by the model")
-    return point.name if point.name in names else min(names, key=len)
-
-
 def n_latents(model: HookedTransformer, hook: str) -> int | None:
     """``d_sae`` when ``hook`` is a spliced dictionary's node hook (latents, then the error vector), else None
     (every element is a node)."""
-    point = backends.hook_points(model).get(hook) if hook.endswith(nodes.SAE_NODES) else None
-    return getattr(point, "relp_lens_latents", None)
+    d = dictionary_at(model, hook)
+    return None if d is None else d.d_sae
 
 
 def dictionary_at(model: HookedTransformer, hook: str) -> Dictionary | None:
