@@ -103,6 +103,7 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "DictionarySet": ("core.dictionaries", "DictionarySet"),
     "load_sae": ("core.dictionaries", "load_sae"),
     "load_transcoders": ("core.dictionaries", "load_transcoders"),
+    "load_dictionaries": ("core.dictionaries", "load_dictionaries"),
     "splice": ("core.splice", "splice"),
 }
 # the stage subpackages and entry points, reachable as attributes after a bare ``import relp_lens``
@@ -130,7 +131,7 @@ __all__ = [
     "group_neurons", "groups_of", "group_steering", "data_parallel", "IOEdges", "HeadSplits", "NeuronGroups",
     "Evaluation", "to_circuit_tracer", "trace", "TraceOptions", "TraceResult", "split_prompts", "task_prompts",
     "gradients", "attribution_from_cache", "Dictionary", "DictionarySet", "load_sae", "load_transcoders",
-    "splice",
+    "load_dictionaries", "splice",
 ]
 _moved.install(__name__, MOVED)
 
@@ -172,6 +173,7 @@ if TYPE_CHECKING:
     from relp_lens.core.options import METHODS
     from relp_lens.core.backends import wrap_hf_model
     from relp_lens.core.data import Prompts
+    from relp_lens.core.dictionaries import Dictionary, DictionarySet, load_dictionaries, load_sae, load_transcoders
     from relp_lens.core.distributed import data_parallel
     from relp_lens.pipeline import TraceOptions, TraceResult, split_prompts, task_prompts, trace
     from relp_lens.core.errors import RelPLensError
@@ -179,6 +181,7 @@ if TYPE_CHECKING:
     from relp_lens.core.models import load_model, shipped_gguf_path
     from relp_lens.core.nodes import BASES, resolve_hooks
     from relp_lens.core.relp_mode import RelPConfig, relp, relp_hooks
+    from relp_lens.core.splice import splice
     from relp_lens.core.tasks import only_correct
     from relp_lens.core.tl_cache import from_cache as attribution_from_cache
     from relp_lens.core.tl_cache import gradients

@@ -141,6 +141,11 @@ def _check_outputs(named: list[tuple[str, str | None]],
             if in_path is not None and _same_file(p, Path(in_path)):
                 raise RelPLensError(f"{flag} {path} is the input {in_flag} {in_path}; writing it would destroy "
                                     f"the input: give another output file")
+            folder = Path(in_path) if in_path is not None else None
+            if folder is not None and folder.is_dir() and p.exists() and \
+                    Path(os.path.realpath(p)).is_relative_to(os.path.realpath(folder)):
+                raise RelPLensError(f"{flag} {path} is a file of the input {in_flag} {in_path}; writing it would "
+                                    f"destroy the input: give another output file")
         if p.is_dir():
             raise RelPLensError(f"{flag} {path} is a folder; give a file name")
         parent = p.parent
@@ -234,7 +239,15 @@ def cmd_trace(args) -> int:
     for flag, given in (("--heads", args.heads), ("--influence-prune", args.influence_prune is not None)):
         if given and args.basis != "mlp_post":
             raise RelPLensError(f"{flag} needs the mlp_post basis (neurons), not {args.basis!r}")
-    inputs = [("--data", args.data), ("--gguf", args.gguf)]
+    if args.dictionaries:
+        if args.basis != "mlp_post":
+            raise RelPLensError(f"--dictionaries makes the basis (their latents and error nodes); leave out "
+                                f"--basis {args.basis}")
+        for flag, given in (("--heads", args.heads), ("--groups", args.groups),
+                            ("--exclude-always-on", args.exclude_always_on)):
+            if given:
+                raise RelPLensError(f"{flag} works on neurons; it cannot be used with --dictionaries")
+    inputs = [("--data", args.data), ("--gguf", args.gguf)] + [("--dictionaries", p) for p in args.dictionaries or ()]
     named = [("--out", args.out), ("--export-circuit-tracer", args.export_circuit_tracer), ("--report", args.report)]
     if args.export_circuit_tracer is not None:  # the graph's index beside it is read, updated and written
         from relp_lens.circuits.graph_export import INDEX_FILE, check_graph_path
@@ -242,7 +255,7 @@ def cmd_trace(args) -> int:
         named.append((INDEX_FILE, str(Path(args.export_circuit_tracer).parent / INDEX_FILE)))
     outputs = _check_outputs(named, inputs)
     if "--export-circuit-tracer" in outputs:
-        slug = check_graph_path(outputs["--export-circuit-tracer"])  # {slug}.json, a readable index beside it
+        check_graph_path(outputs["--export-circuit-tracer"])  # {slug}.json, a readable index beside it
     task = None if args.data else args.task
     from relp_lens.pipeline import TraceOptions
 
@@ -251,18 +264,53 @@ def cmd_trace(args) -> int:
     prompts = _read_prompts(args.data) if args.data else None
     if args.influence_prune is not None and prompts is not None and not prompts.paired and args.baseline != "zero":
         raise RelPLensError("--influence-prune needs input/output edges: paired data or --baseline zero")
+    dicts = _read_dictionaries(args, say)
     model = _load_model(args, say)
+    with _spliced(model, dicts) as hooks:  # feature hooks exist only inside: trace, report and graph alike
+        return _trace_and_write(args, model, prompts, task, outputs, hooks, say)
+
+
+def _read_dictionaries(args, say: Callable[[str], None]):
+    """``--dictionaries``: read and checked before the model loads (None without the flag)."""
+    if not getattr(args, "dictionaries", None):
+        return None
+    from relp_lens.core.dictionaries import load_dictionaries
+
+    say(f"reading the dictionaries in {', '.join(args.dictionaries)} ...")
+    return load_dictionaries(args.dictionaries)
+
+
+@contextlib.contextmanager
+def _spliced(model, dicts):
+    """The dictionaries spliced into ``model`` (their node hooks), or nothing (None) without them."""
+    if dicts is None:
+        yield None
+        return
+    from relp_lens.core.splice import splice
+
+    with splice(model, dicts) as hooks:
+        yield hooks
+
+
+def _trace_and_write(args, model, prompts, task, outputs, hooks, say) -> int:
+    from relp_lens.circuits.graph_export import INDEX_FILE, check_graph_path
     from relp_lens.pipeline import split_prompts, task_prompts, trace
 
+    slug = check_graph_path(outputs["--export-circuit-tracer"]) if "--export-circuit-tracer" in outputs else None
     if prompts is None:
         say(f"making the {args.task!r} prompts ...")
         prompts = task_prompts(model, args.task, args.n_prompts + args.n_eval, args.seed)
     _check_tokens(model, prompts, args.prepend_bos)
     build, held_out = split_prompts(prompts, args.n_prompts, args.n_eval, args.seed)
-    result = trace(model, build, held_out=held_out, say=say, **_trace_options(args, task))
+    options = _trace_options(args, task)
+    if hooks is not None:
+        options["basis"] = hooks
+    result = trace(model, build, held_out=held_out, say=say, **options)
     circuit, attr = result.circuit, result.attribution
     accuracy = str(result.task_report) if result.task_report is not None else None
     held_out = circuit.data["eval_rows"]  # (only the prompts the model gets right, with --only-correct)
+    if hooks is not None:  # `relp-lens evaluate` splices the same dictionaries back in
+        circuit.data["dictionaries"] = [os.path.realpath(p) for p in args.dictionaries]
     files: list[tuple[Path, Callable[[Path], object]]] = [(outputs["--out"], circuit.save)]
     if "--export-circuit-tracer" in outputs:
         files += _graph_writers(model, attr, circuit, outputs, slug)
@@ -302,8 +350,10 @@ def _report_writer(args, model, attr, circuit, held_out: list[dict], accuracy: s
     """Computes the report's inputs now (the slow part); the returned function renders and writes it."""
     from relp_lens.views.report import report_inputs
 
-    cards = args.report_cards if circuit.basis == "mlp_post" else 0
-    say(f"building the report (curves on {len(held_out)} held-out prompts, {cards} neuron cards) ...")
+    features = bool(getattr(args, "dictionaries", None))
+    cards = args.report_cards if circuit.basis == "mlp_post" or features else 0
+    say(f"building the report (curves on {len(held_out)} held-out prompts, {cards} {'latent' if features else 'neuron'} "
+        f"cards) ...")
     inputs = report_inputs(model, attr, circuit, held_out=held_out, task=circuit.data["source"],
                            n_cards=args.report_cards, accuracy=accuracy, batch_size=args.batch_size,
                            progress=not args.no_progress, corpus=None if args.corpus == "package" else args.corpus)
@@ -327,7 +377,6 @@ def cmd_plan(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from relp_lens.circuits.ablation import evaluate_circuit
     from relp_lens.circuits.circuit import Circuit
 
     circuit = Circuit.load(args.circuit)  # validate before the (slow) model load
@@ -341,7 +390,22 @@ def cmd_evaluate(args) -> int:
     else:
         raise RelPLensError(f"{args.circuit} stores no held-out prompts; pass --data FILE.jsonl")
     say = _say_fn(args)
+    from relp_lens.core.nodes import SAE_NODES
+
+    if not args.dictionaries and any(h.endswith(SAE_NODES) for h in circuit.hook_names):
+        args.dictionaries = circuit.data.get("dictionaries")  # recorded by trace --dictionaries
+        if not args.dictionaries:
+            raise RelPLensError(f"{args.circuit}: its nodes are dictionary features; pass the dictionaries it was "
+                                f"traced with (--dictionaries PATH ...)")
+    dicts = _read_dictionaries(args, say)
     model = _load_model(args, say)
+    with _spliced(model, dicts):
+        return _evaluate(args, model, circuit, rows, sizes, say)
+
+
+def _evaluate(args, model, circuit, rows, sizes, say) -> int:
+    from relp_lens.circuits.ablation import evaluate_circuit
+
     circuit.check_model(model)
     say(f"evaluating {len(circuit)} nodes on {len(rows)} held-out prompts ...")
     ev = evaluate_circuit(model, circuit, rows, ablation=args.ablation, batch_size=args.batch_size, warn=False,
@@ -402,6 +466,10 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--data", default=None, help="JSONL of {clean_prefix, patch_prefix, clean_answer, patch_answer}")
     t.add_argument("--basis", default="mlp_post", help="node basis: mlp_post (neurons), mlp_out, attn_out, "
                    "resid_pre, resid_post, or a hook name / {L} template (default: mlp_post)")
+    t.add_argument("--dictionaries", nargs="+", default=None, metavar="PATH",
+                   help="trace dictionary features instead of neurons: SAELens SAE folders, or a sparsify / "
+                        "circuit-tracer / Gemma Scope 2 transcoder folder; nodes are their latents plus one error "
+                        "node per layer and position (relp_lens.load_dictionaries)")
     t.add_argument("--method", default="relp", choices=TRACE_METHODS, help="attribution method (default relp)")
     t.add_argument("--k", type=POS_INT, default=None, help="keep the top-k nodes by |score|")
     t.add_argument("--tau", type=arg(finite_float, float, low=0.0), default=None, help="keep nodes with |score| >= tau * |metric| (paper: 0.005)")
@@ -450,6 +518,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("circuit", help="circuit JSON written by `relp-lens trace`")
     model_opts(e)
     e.add_argument("--data", default=None, help="JSONL of held-out prompts (default: the split stored in the circuit)")
+    e.add_argument("--dictionaries", nargs="+", default=None, metavar="PATH",
+                   help="the dictionaries a feature circuit was traced with (as for trace --dictionaries)")
     e.add_argument("--n-eval", type=POS_INT, default=40, help="at most this many held-out prompts (default 40)")
     e.add_argument("--sweep", type=arg_list(positive_int), default=None, metavar="K1,K2,...", help="also evaluate the top-k sub-circuits")
     e.add_argument("--ablation", default=None, choices=ABLATIONS,

@@ -298,7 +298,7 @@ def trace(model: HookedTransformer, prompts: Prompts | Sequence[dict], *,
     from relp_lens.circuits.ablation import evaluate_circuit
     from relp_lens.circuits.edges import attribute_edges, prune_edges
     from relp_lens.circuits.selection import select_threshold, select_top_k
-    from relp_lens.core import backends
+    from relp_lens.core import backends, splice
     from relp_lens.core.attribution import as_prompts
     from relp_lens.core.data import Prompts, tokenize
     from relp_lens.core.tasks import MIN_ACCURACY, only_correct, task_report
@@ -386,17 +386,19 @@ def trace(model: HookedTransformer, prompts: Prompts | Sequence[dict], *,
                                   progress=opt.progress)
         note(f"edges: {len(circuit.edges)} from {circuit.stats['edges'].backward_passes} backward passes "
              f"over {len(edge_rows)} prompts")
-        if circuit.basis == "mlp_post" and circuit.baseline in ("patch", "zero"):
+        features = all(splice.dictionary_at(model, h) is not None for h in circuit.hook_names)
+        if (circuit.basis == "mlp_post" or features) and circuit.baseline in ("patch", "zero"):
             from relp_lens.circuits.io_edges import attribute_io_edges
 
             circuit = attribute_io_edges(model, circuit, edge_rows, method=opt.edge_method,
                                          batch_size=opt.batch_size, progress=opt.progress)
             io = circuit.io_edges
-            note(f"input/output edges: {int((io.input != 0).sum())} embedding → neuron, {len(circuit)} neuron → "
+            unit = "feature" if features else "neuron"
+            note(f"input/output edges: {int((io.input != 0).sum())} embedding → {unit}, {len(circuit)} {unit} → "
                  f"output, {int((io.direct != 0).sum())} embedding → output")
         else:
-            note(f"no input/output edges: they need the mlp_post basis and paired data or the zero baseline "
-                 f"(this circuit: {circuit.basis}, baseline {circuit.baseline})")
+            note(f"no input/output edges: they need the mlp_post basis (or dictionary features) and paired data or "
+                 f"the zero baseline (this circuit: {circuit.basis}, baseline {circuit.baseline})")
         if opt.edge_keep < 1:
             circuit = prune_edges(circuit, opt.edge_keep)
             circuit.data["eval_rows"] = held_rows

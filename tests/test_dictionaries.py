@@ -44,6 +44,7 @@ SAELENS_ARCHS = {  # architecture → (transcoder?, skip?, activation)
     "standard": (False, False, "relu"), "topk": (False, False, "topk"), "jumprelu": (False, False, "jumprelu"),
     "transcoder": (True, False, "relu"), "skip_transcoder": (True, True, "relu"),
     "jumprelu_transcoder": (True, False, "jumprelu"), "jumprelu_skip_transcoder": (True, True, "jumprelu"),
+    "gated": (False, False, "gated"),
 }
 
 
@@ -62,6 +63,9 @@ def saelens_files(folder, arch="standard", *, seed=0, cfg_extra=None, meta_extra
         t["log_threshold" if log_threshold else "threshold"] = thr.log() if log_threshold else thr
     if skip:
         t["W_skip"] = rand(d_out, D_IN, seed=seed + 5)
+    if act == "gated":  # SAELens' GatedSAE has no b_enc: b_gate, and the magnitude path's r_mag, b_mag
+        t["b_gate"] = t.pop("b_enc")
+        t["r_mag"], t["b_mag"] = 0.5 * rand(D_SAE, seed=seed + 6), 0.3 * rand(D_SAE, seed=seed + 7)
     t.update(tensors_extra or {})
     meta = {"sae_lens_version": "6.54.12", "hook_name": hook}
     if transcoder:
@@ -84,7 +88,8 @@ def saelens_files(folder, arch="standard", *, seed=0, cfg_extra=None, meta_extra
 def saelens_hand(cfg, t, x):
     """SAELens' maps written out from its file layout: (latents, reconstruction), float64."""
     x = np64(x)
-    W_enc, b_enc, W_dec, b_dec = (np64(t[k]) for k in ("W_enc", "b_enc", "W_dec", "b_dec"))
+    W_enc, W_dec, b_dec = (np64(t[k]) for k in ("W_enc", "W_dec", "b_dec"))
+    b_enc = np64(t["b_gate" if cfg["architecture"] == "gated" else "b_enc"])
     scale = cfg.get("_scale", 1.0)
     xin = x * scale - (b_dec if cfg["apply_b_dec_to_input"] else 0.0)
     p = xin @ W_enc + b_enc
@@ -96,6 +101,8 @@ def saelens_hand(cfg, t, x):
         f = np.maximum(p, 0) * (p > thr)
     elif arch == "topk":
         f = np.maximum(p, 0) * topk_mask(p, cfg["k"])
+    elif arch == "gated":  # the gate selects, the magnitude path (W_enc·exp(r_mag), b_mag) sets the value
+        f = (p > 0) * np.maximum(xin @ (W_enc * np.exp(np64(t["r_mag"]))) + np64(t["b_mag"]), 0)
     else:
         f = np.maximum(p, 0)
     fd = f / np.linalg.norm(W_dec, axis=-1) if cfg.get("rescale_acts_by_decoder_norm") else f
@@ -152,7 +159,6 @@ def test_load_sae_applies_a_saved_scaling_factor_or_refuses(tmp_path):
 
 
 @pytest.mark.parametrize("change, match", [
-    ({"cfg_extra": {"architecture": "gated"}}, "'gated' is not supported: a gated SAE"),
     ({"cfg_extra": {"architecture": "matryoshka"}}, "'architecture' is 'matryoshka'; supported"),
     ({"cfg_extra": {"normalize_activations": "layer_norm"}}, "'normalize_activations' is 'layer_norm'"),
     ({"cfg_extra": {"reshape_activations": "hook_z"}}, "hook_z"),
@@ -495,6 +501,10 @@ def tiny_dict(**changes):
     ({"k": 3}, "k is for the topk activation"),
     ({"activation": "jumprelu"}, "jumprelu needs threshold"),
     ({"threshold": torch.zeros(D_SAE)}, "threshold is for the jumprelu"),
+    ({"activation": "gated", "r_mag": torch.zeros(D_SAE)}, "gated needs r_mag"),
+    ({"b_mag": torch.zeros(D_SAE)}, "r_mag and b_mag are for the gated activation"),
+    ({"activation": "gated", "r_mag": torch.zeros(D_SAE + 1), "b_mag": torch.zeros(D_SAE)},
+     r"r_mag has shape \(11,\), expected \(10,\)"),
     ({"b_enc": torch.zeros(D_SAE + 1)}, r"b_enc has shape \(11,\), expected \(10,\)"),
     ({"W_dec": rand(D_SAE, D_OUT).double()}, "W_dec is torch.float64 .* but W_enc is torch.float32"),
     ({"W_enc": torch.zeros(D_IN, D_SAE, dtype=torch.long)}, "W_enc must be a 2-D floating-point tensor"),
@@ -532,11 +542,15 @@ def test_encode_decode_check_their_inputs():
         DictionarySet(())
 
 
-def test_fold_input_is_exact():
-    d = tiny_dict(kind="skip_transcoder", W_skip=rand(D_IN, D_OUT, seed=3), b_enc=rand(D_SAE, seed=4))
+@pytest.mark.parametrize("activation", ["relu", "gated"])
+def test_fold_input_is_exact(activation):
+    gated = dict(r_mag=0.5 * rand(D_SAE, seed=8), b_mag=0.3 * rand(D_SAE, seed=9)) if activation == "gated" else {}
+    d = tiny_dict(kind="skip_transcoder", W_skip=rand(D_IN, D_OUT, seed=3), b_enc=rand(D_SAE, seed=4),
+                  activation=activation, **gated)
     w, b, n = rand(D_IN, seed=5), rand(D_IN, seed=6), rand(7, D_IN, seed=7)
     folded = d.fold_input(w, b)
     assert folded.input_site == "hook"
+    assert (d.encode(n * w + b) > 0).any() and (d.encode(n * w + b) == 0).any()
     assert torch.allclose(folded.encode(n), d.encode(n * w + b), atol=1e-5)
     assert torch.allclose(folded.forward(n), d.forward(n * w + b), atol=1e-5)
     with pytest.raises(RelPLensError, match="an SAE reads what it writes"):
@@ -569,7 +583,7 @@ def fuzz_outcome(load, folder):
                                                 "rescale_acts_by_decoder_norm", "activation_fn", "activation_fn_kwargs",
                                                 "<delete>"]), json_value), max_size=3),
        reshaped=st.one_of(st.none(), st.tuples(st.sampled_from(["W_enc", "b_enc", "W_dec", "b_dec", "threshold",
-                                                                  "W_skip"]), shape)))
+                                                                  "W_skip", "b_gate", "r_mag", "b_mag"]), shape)))
 def test_fuzz_saelens_configs_and_shapes(tmp_path_factory, arch, edits, reshaped):
     folder = tmp_path_factory.mktemp("fuzz")
     cfg, t = saelens_files(folder, arch)
@@ -798,6 +812,7 @@ def _saelens_models():
                                                 metadata=SAEMetadata(**meta))),
         sae_lens.JumpReLUSAE(sae_lens.JumpReLUSAEConfig(d_in=d_in, d_sae=d_sae, metadata=SAEMetadata(
             **meta))),
+        sae_lens.GatedSAE(sae_lens.GatedSAEConfig(d_in=d_in, d_sae=d_sae, metadata=SAEMetadata(**meta))),
         sae_lens.Transcoder(sae_lens.TranscoderConfig(d_in=d_in, d_sae=d_sae, d_out=d_out,
                                                       apply_b_dec_to_input=False,
                                                       metadata=SAEMetadata(**tmeta))),

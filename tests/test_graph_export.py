@@ -1,6 +1,7 @@
 """circuit-tracer graph files: valid for circuit-tracer's own schema, readable by its viewer, written safely."""
 
 import json
+from dataclasses import replace
 import re
 
 import pytest
@@ -161,6 +162,26 @@ def test_feature_graphs_type_latents_and_error_nodes_as_circuit_tracer_does():
     assert by_id["0_2_1"]["feature_type"] == "cross layer transcoder"
     links = {(l["source"], l["target"]): l["weight"] for l in g["links"]}
     assert links[("0_0_1", "1_0_2")] == 0.4 and ("E_1_1", "0_0_1") not in links  # errors: outgoing edges only
+
+
+def test_an_error_node_whose_circuit_tracer_id_a_layer_0_latent_holds_gets_its_own():
+    """circuit-tracer writes an error node 0_{layer}_{pos} and a feature {layer}_{index}_{pos}: layer 1's error
+    at position 2 and layer 0's latent 1 at position 2 would share 0_1_2. The error node becomes err_1_2; ids
+    stay unique, the links follow, the file validates."""
+    from circuit_tracer.frontend.graph_models import Model
+
+    c = feature_circuit()
+    c = replace(c, nodes=c.nodes + [CircuitNode(0, 2, 1, score=0.2), CircuitNode(1, 2, 4, score=0.1)],
+                edges=c.edges + [CircuitEdge(3, 2, 0.2)], io_edges=None)
+    g = to_circuit_tracer(c, TOKENS[:3], slug="collide")
+    Model.model_validate(g)
+    ids = [n["node_id"] for n in g["nodes"]]
+    assert len(ids) == len(set(ids))
+    by_id = {n["node_id"]: n for n in g["nodes"]}
+    assert by_id["0_1_2"]["feature_type"] == "cross layer transcoder"
+    assert by_id["err_1_2"]["feature_type"] == "mlp reconstruction error"
+    assert by_id["0_0_1"]["feature_type"] == "mlp reconstruction error"  # no collision: circuit-tracer's id
+    assert {l["source"] for l in g["links"]} >= {"0_1_2", "0_0_1"}
 
 
 def test_graph_scores_follow_circuit_tracers_definition_by_hand():

@@ -119,3 +119,16 @@ def test_readable_graph_is_the_largest_that_fits(max_nodes):
     for i in range(len(g.nodes)):  # every drawn neuron has a drawn way in and a drawn way out
         assert any(e.target == i for e in g.edges) or drawn.input[:, i].any()
         assert any(e.source == i for e in g.edges) or drawn.output[i] != 0
+
+
+def test_error_nodes_are_sources_for_survival_and_drawing():
+    """A dictionary's error node has no incoming edge by construction: it survives pruning and drawing with an
+    outgoing edge alone, where a latent or neuron needs both (0: error node, 1, 2: latents)."""
+    from relp_lens.circuits.pruning import _connected
+
+    edges = [(0, 1, 3.0), (INPUT, 2, 2.0), (1, OUTPUT, 1.0), (2, OUTPUT, 0.5), (INPUT, 1, 0.1)]
+    assert survivors(edges, 3, 4) == [1, 2]
+    assert survivors(edges, 3, 4, sources=[0]) == [0, 1, 2]
+    assert survivors(edges, 3, 1, sources=[0]) == [0]  # one pass (the paper's rule): its edge's end not checked
+    assert _connected(edges[:4], 3) == {2}  # without its source, latent 1 has no way in
+    assert _connected(edges[:4], 3, {0}) == {0, 1, 2}

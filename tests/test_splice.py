@@ -4,6 +4,8 @@ bias's and skip path's shares), on both backends, for relp, grad and ig and ever
 hand-written replacement model with frozen error terms; error nodes are patched and ablated as whole vectors;
 a circuit of every latent and error node has faithfulness 1."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -15,12 +17,13 @@ from relp_lens.core.splice import splice
 from tests.helpers import AGREEMENT_ROWS, hooks_left, same_length_rows, tiny_llama, tiny_llama_on
 
 D_SAE = 24
-KINDS = ["sae", "transcoder", "skip_transcoder", "topk_transcoder", "jumprelu_sae"]
+KINDS = ["sae", "transcoder", "skip_transcoder", "topk_transcoder", "jumprelu_sae", "gated_sae"]
 PROMPT, ANSWER = "The keys to the cabinet", " are"
 
 
 def make_dict(model, layer: int, kind: str, seed: int = 0) -> Dictionary:
-    """A random dictionary of ``kind`` at ``layer``: SAEs on hook_mlp_out, transcoders from ln2's output."""
+    """A random dictionary of ``kind`` at ``layer``: SAEs on hook_mlp_out (``resid_sae``: on hook_resid_post),
+    transcoders from ln2's output."""
     d = model.cfg.d_model
     g = torch.Generator().manual_seed(100 * seed + layer)
 
@@ -28,16 +31,19 @@ def make_dict(model, layer: int, kind: str, seed: int = 0) -> Dictionary:
         return scale * torch.randn(*shape, generator=g)
 
     sae = kind.endswith("sae")
+    site = f"blocks.{layer}.hook_resid_post" if kind.startswith("resid") else f"blocks.{layer}.hook_mlp_out"
     kw = dict(kind="sae" if sae else kind.replace("topk_", ""), activation="relu", W_enc=r(d, D_SAE),
               b_enc=r(D_SAE, scale=0.1), W_dec=r(D_SAE, d), b_dec=r(d, scale=0.2), layer=layer,
-              hook_in=f"blocks.{layer}.hook_mlp_out" if sae else f"blocks.{layer}.ln2.hook_normalized",
-              hook_out=f"blocks.{layer}.hook_mlp_out", apply_b_dec_to_input=sae)
+              hook_in=site if sae else f"blocks.{layer}.ln2.hook_normalized",
+              hook_out=site, apply_b_dec_to_input=sae)
     if kind == "skip_transcoder":
         kw["W_skip"] = r(d, d, scale=0.1)
     if kind.startswith("topk"):
         kw.update(activation="topk", k=5)
     if kind.startswith("jumprelu"):
         kw.update(activation="jumprelu", threshold=r(D_SAE, scale=0.1).abs())
+    if kind.startswith("gated"):
+        kw.update(activation="gated", r_mag=r(D_SAE), b_mag=r(D_SAE, scale=0.1))
     return Dictionary(**kw)
 
 
@@ -101,7 +107,7 @@ def gradient_at(model, tokens, hook: str, answer: int, use_relp: bool) -> torch.
     return g
 
 
-@pytest.mark.parametrize("kind", ["sae", "transcoder", "skip_transcoder", "topk_transcoder"])
+@pytest.mark.parametrize("kind", ["sae", "transcoder", "skip_transcoder", "topk_transcoder", "gated_sae"])
 @pytest.mark.parametrize("method", ["relp", "grad"])
 def test_feature_scores_conserve_the_score_of_the_hook_they_reconstruct(model, kind, method):
     """Zero baseline, every layer: Σ latents + error + ∇·b_dec + ∇·(x W_skip) = Σ of the spliced model's
@@ -247,7 +253,7 @@ def test_fold_and_unfold_are_inverse_on_node_masks():
     assert sp.node_width(7, 4) == 5 and sp.node_width(7, None) == 7
 
 
-@pytest.mark.parametrize("kind", ["transcoder", "topk_transcoder", "sae"])
+@pytest.mark.parametrize("kind", ["transcoder", "topk_transcoder", "sae", "gated_sae", "resid_sae"])
 @pytest.mark.parametrize("method", ["relp", "grad"])
 def test_feature_edges_equal_a_brute_force_jacobian(model, kind, method):
     """Edges between latents and from error nodes, with every intermediate dictionary output held at its clean
@@ -276,10 +282,12 @@ def test_feature_edges_equal_a_brute_force_jacobian(model, kind, method):
     assert got[:, into_errors].abs().max() == 0
     want[:, into_errors] = 0
     assert torch.allclose(got, want, atol=1e-4 * want.abs().max(), rtol=1e-3), (got - want).abs().max()
+    if kind == "resid_sae":  # each spliced residual carries everything: edges join adjacent layers only
+        assert all(got[j, i] == 0 for j, u in enumerate(picks) for i, d in enumerate(picks) if d.layer - u.layer > 1)
     no_trace(model)
 
 
-@pytest.mark.parametrize("kind", ["transcoder", "sae"])
+@pytest.mark.parametrize("kind", ["transcoder", "sae", "resid_sae"])
 def test_feature_graph_accounts_for_the_metric_and_every_score(model, kind):
     """Bias-free dictionaries, all rules and the AH rule, zero baseline, every latent and error node at every
     position: m = Σ_u w(u→out) + Σ_p w(E_p→out), and score(d) = Σ_u w(u→d) + Σ_p w(E_p→d) for every latent
@@ -399,3 +407,164 @@ def test_dictionaries_read_from_files_serve_as_bases_with_exact_conservation(mod
     assert feats.scores[..., :-1].abs().sum() > 0
     assert torch.allclose(feats.scores.sum(-1), out.scores.sum(-1), atol=2e-5, rtol=1e-4)
     no_trace(model)
+
+
+def test_views_name_latents_and_error_nodes(tmp_path):
+    """Labels, summaries, plots, the report and the graph file tell latents (``L3/f12``) from error nodes
+    (``L3/err``) and neurons (``L3/12``), and point at SAELens' hook names (``….hook_sae_acts_post[12]``,
+    ``….hook_sae_error``)."""
+    from relp_lens.circuits.edges import attribute_edges
+    from relp_lens.circuits.graph_export import circuit_tracer_graph
+    from relp_lens.circuits.io_edges import attribute_io_edges
+    from relp_lens.views import plots
+    from relp_lens.views.report import render_report
+
+    model = tiny_llama()
+    # blocks 1 and 2: circuit-tracer's ids for error nodes (0_{layer}_{pos}) would meet a block-0 latent's
+    with splice(model, dict_set(model, "transcoder", layers=[1, 2])) as hooks:
+        attr = attribute(model, [PROMPT], [ANSWER], basis=hooks, progress=False)
+        circuit = select_top_k(attr, model, attr.scores[0].numel(), include_fixed=True)
+        circuit = attribute_io_edges(model, circuit, attr.prompts, progress=False)
+        circuit = attribute_edges(model, circuit, attr.prompts, progress=False)
+    error = next(n for n in circuit.nodes if circuit.is_error(n))
+    latent = next(n for n in circuit.nodes if not circuit.is_error(n))
+    eb, lb = error.layer + 1, latent.layer + 1  # the blocks of basis layers 0 and 1
+    assert circuit.node_label(error) == f"L{eb}/err@{error.pos}"
+    assert circuit.node_label(latent) == f"L{lb}/f{latent.index}@{latent.pos}"
+    assert circuit.node_hook(error) == f"blocks.{eb}.hook_mlp_out.hook_sae_error"
+    assert circuit.node_hook(latent) == f"blocks.{lb}.hook_mlp_out.hook_sae_acts_post[{latent.index}]"
+    assert attr.node_label((error.layer, error.pos, D_SAE)).startswith(f"L{eb}/err@")
+    assert f"L{lb}/f{latent.index}@" in attr.node_label((latent.layer, latent.pos, latent.index))
+    top_error = next(n for n in sorted(circuit.nodes, key=lambda n: -abs(n.score)) if circuit.is_error(n))
+    rank = sorted(circuit.nodes, key=lambda n: -abs(n.score)).index(top_error)
+    assert "error" in circuit.summary(rank + 1).splitlines()[-1]
+
+    graph = plots.attribution_graph(circuit, max_nodes=12)
+    drawn = next(t for t in graph.data if t.name == "features")
+    assert "features" in graph.layout.title.text
+    symbols = list(drawn.marker.symbol)
+    texts = list(drawn.text)
+    assert "x" in symbols and "circle" in symbols
+    for symbol, text in zip(symbols, texts):
+        assert ("hook_sae_error" in text and "/err@" in text) == (symbol == "x")
+        assert ("hook_sae_acts_post[" in text) == (symbol == "circle")
+    hover = plots.attribution_heatmap(attr).data[0].text
+    assert "error node" in hover[0][0] and "top node " in hover[0][0]
+    bars = plots.top_neurons_bar(attr, 30)
+    assert any("/err@" in y for y in bars.data[0].y) and any("/f" in y for y in bars.data[0].y)
+
+    html = render_report(attr, circuit)
+    assert "dictionary error nodes" in html and "hook_sae_acts_post" in html and f"L{eb}/err<" in html
+    exported = circuit_tracer_graph(circuit, attr.str_tokens[0])
+    assert any("hook_sae_acts_post[" in n["clerp"] for n in exported["nodes"])
+    assert {n["layer"] for n in exported["nodes"] if n["feature_type"] not in ("embedding", "logit")} == {"1", "2"}
+    assert list(graph.layout.yaxis.ticktext)[1:3] == ["1", "2"]  # the graph's layer axis names the blocks
+
+
+def test_feature_cards_read_decoder_rows_and_latent_activations(model):
+    """A latent's card: promoted tokens = top of (W_dec[u] ⊙ w_final) @ W_U, activations = the encoder's
+    output at the last position (computed here from the hook it reads), contexts from the given texts; error
+    nodes, indices past d_sae, the cached context index and a closed splice are refused; the report of a
+    feature circuit opens latent cards."""
+    from relp_lens.analysis.cards import feature_cards
+    from relp_lens.views.report import render_report, report_inputs
+
+    ds = dict_set(model, "transcoder", layers=[1, 2])
+    prompts = ["The keys to the cabinet", "The author near the doctors"]
+    with splice(model, ds) as hooks:
+        cards = feature_cards(model, [(hooks[0], 3), (hooks[1], 7)], prompts=prompts, corpus=prompts, k=3)
+        for bad in ((hooks[0], D_SAE), (hooks[0], -1)):
+            with pytest.raises(RelPLensError, match="outside"):
+                feature_cards(model, [bad])
+        with pytest.raises(RelPLensError, match="neurons only"):
+            feature_cards(model, [(hooks[0], 3)], corpus="sotu")
+        expected = {}  # the encoder's output at the last position, from the input the dictionary reads
+        for hook, u in ((hooks[0], 3), (hooks[1], 7)):
+            d = sp.dictionary_at(model, hook)  # the dictionary as the model reads it
+            x_in = sp.nodes.sae_hook(d.hook_out, "hook_sae_input")
+            for text in prompts:
+                _, cache = model.run_with_cache(model.to_tokens(text), names_filter=x_in)
+                expected[u, text] = float(d.encode(cache[x_in])[0, -1, u])
+        attr = attribute(model, [PROMPT], [ANSWER], basis=hooks, progress=False)
+        circuit = select_top_k(attr, model, 12)
+        inputs = report_inputs(model, attr, circuit, n_cards=3)
+    with pytest.raises(RelPLensError, match="spliced"):
+        feature_cards(model, [(hooks[0], 3)])
+    no_trace(model)
+    w_u, w_final = backends.W_U(model), backends.final_norm_weight(model)
+    for card, (layer, u) in zip(cards, [(1, 3), (2, 7)]):
+        d = ds[layer]
+        logits = (d.W_dec[u] * (1 if w_final is None else w_final)) @ w_u
+        assert [t for t, _ in card.promoted] == [model.to_string(int(i)) for i in logits.topk(3).indices]
+        assert card.name == f"latent L{layer}/f{u}" and card.layer == layer
+        assert [p for p, _ in card.task_activations] == prompts
+        assert [v for _, v in card.task_activations] == pytest.approx([expected[u, t] for t in prompts], abs=1e-5)
+        assert any(v != 0 for _, v in card.top_contexts)
+        assert len(card.top_contexts) == 3 and "⟦" in card.top_contexts[0][0]
+    assert inputs.cards and all(c.name.startswith("latent L") for c in inputs.cards)
+    for n in circuit.nodes:  # a basis of blocks 1 and 2: labels name the block, not the index into the basis
+        assert circuit.node_label(n).startswith(f"L{n.layer + 1}/")
+        assert attr.node_label((n.layer, n.pos, n.index)).startswith(f"L{n.layer + 1}/")
+    html = render_report(attr, circuit, inputs)
+    assert "latent cards (click a node)" in html and "<details><summary>L" in html
+    with pytest.raises(RelPLensError, match="no latents given"):
+        feature_cards(model, [])
+
+
+def test_cli_traces_and_evaluates_dictionary_features(tmp_path, monkeypatch, capsys):
+    """`relp-lens trace --dictionaries` (SAELens folders, one per layer) splices them around the whole run:
+    a feature circuit with edges and input/output edges, its graph file with error nodes, a report with latent
+    cards; the circuit records the dictionaries, so `relp-lens evaluate` splices them back by itself. Options
+    that work on neurons, --basis beside it and an output over a dictionary file are refused before the model
+    loads."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from relp_lens import cli
+
+    model = tiny_llama()
+    monkeypatch.setattr(cli, "_load_model", lambda args, say: model)
+    g = torch.Generator().manual_seed(3)
+    d = model.cfg.d_model
+    folders = []
+    for layer in range(model.cfg.n_layers):
+        folder = tmp_path / f"sae_{layer}"
+        folder.mkdir()
+        (folder / "cfg.json").write_text(json.dumps({
+            "architecture": "standard", "d_in": d, "d_sae": D_SAE, "dtype": "float32", "device": "cpu",
+            "apply_b_dec_to_input": False, "normalize_activations": "none", "reshape_activations": "none",
+            "metadata": {"hook_name": f"blocks.{layer}.hook_mlp_out"}}))
+        save_file({k: 0.3 * torch.randn(*s, generator=g) for k, s in
+                   (("W_enc", (d, D_SAE)), ("b_enc", (D_SAE,)), ("W_dec", (D_SAE, d)), ("b_dec", (d,)))},
+                  str(folder / "sae_weights.safetensors"))
+        folders.append(str(folder))
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in AGREEMENT_ROWS * 2))
+    out, graph, report = tmp_path / "c.json", tmp_path / "g.json", tmp_path / "r.html"
+    base = ["trace", "--data", str(data), "--k", "12", "--n-prompts", "4", "--n-eval", "4", "--no-progress",
+            "--dictionaries", *folders]
+    assert cli.main(base + ["--edges", "--edge-prompts", "2", "--out", str(out), "--export-circuit-tracer",
+                            str(graph), "--report", str(report), "--report-cards", "2"]) == 0, capsys.readouterr()
+    text = capsys.readouterr().out
+    assert "input/output edges:" in text and "embedding → feature" in text
+    saved = json.loads(out.read_text())
+    assert saved["hook_names"][0].endswith("hook_sae_nodes") and saved["edges"]
+    assert saved["data"]["dictionaries"] == [str(Path(f).resolve()) for f in folders]
+    assert any(n["feature_type"] == "mlp reconstruction error" for n in json.loads(graph.read_text())["nodes"]) or \
+        not any(n["index"] == D_SAE for n in saved["nodes"])
+    assert "latent cards (click a node)" in report.read_text()
+    no_trace(model)
+    assert cli.main(["evaluate", str(out)]) == 0
+    assert "faithfulness" in capsys.readouterr().out
+    no_trace(model)
+    for extra, message in ((["--basis", "mlp_out"], "leave out --basis"), (["--groups"], "--groups works on neurons"),
+                           (["--out", str(Path(folders[0]) / "cfg.json")], "a file of the input --dictionaries")):
+        assert cli.main(base + extra) == 2
+        assert message in capsys.readouterr().err
+    assert json.loads((Path(folders[0]) / "cfg.json").read_text())["d_sae"] == D_SAE  # untouched
+    bare = json.loads(out.read_text())
+    del bare["data"]["dictionaries"]
+    (tmp_path / "bare.json").write_text(json.dumps(bare))
+    assert cli.main(["evaluate", str(tmp_path / "bare.json")]) == 2
+    assert "pass the dictionaries it was traced with" in capsys.readouterr().err

@@ -17,18 +17,21 @@ For neuron ``index`` of layer ``layer`` (``blocks.{layer}.mlp.hook_post``):
    - ``None``: :data:`CORPUS`, 40 sentences written for this package (fast; for tests and quick looks).
 4. A one-line description from 1 and 3 (:func:`describe`): the tokens it fires on most often among its top
    contexts, the tokens it writes, and the tokens of its most negative contexts.
+
+Dictionary latents get the same cards (:func:`feature_cards`): their decoder row as the output direction,
+their activation read at SAELens' ``….hook_sae_acts_post`` inside the splice.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm.auto import tqdm
 
-from relp_lens.core import backends
+from relp_lens.core import backends, nodes
 from relp_lens.core import validate
 from relp_lens.core.data import resolve_prepend_bos, str_tokens_of
 from relp_lens.core.errors import RelPLensError
@@ -72,9 +75,11 @@ class NeuronCard:
     bottom_contexts: list[tuple[str, float]] = field(default_factory=list)  # most negative first
     description: str = ""  # one line (describe())
     corpus: str = "package sentences"
+    name: str = ""  # how the card is titled: "neuron L3/12" (default), "latent L10/f12" for a dictionary latent
 
     def summary(self) -> str:
-        lines = [f"neuron L{self.layer}/{self.index}" + (f": {self.description}" if self.description else ""),
+        title = self.name or f"neuron L{self.layer}/{self.index}"
+        lines = [title + (f": {self.description}" if self.description else ""),
                  "  promotes:   " + ", ".join(f"{t!r} {v:+.2f}" for t, v in self.promoted),
                  "  suppresses: " + ", ".join(f"{t!r} {v:+.2f}" for t, v in self.suppressed)]
         if self.task_activations:
@@ -127,12 +132,62 @@ def neuron_card(model: HookedTransformer, layer: int, index: int, *, prompts: Se
     return neuron_cards(model, [(layer, index)], prompts=prompts, corpus=corpus, k=k, progress=False)[0]
 
 
+def _latent_units(model: HookedTransformer, latents: Sequence[tuple[str, int]]) -> list[tuple[str, int, Any]]:
+    """``(hook_sae_acts_post hook, index, dictionary)`` of each ``(node hook, index)`` latent of a spliced
+    dictionary, checked."""
+    from relp_lens.core import splice
+
+    units = []
+    for hook, index in latents:
+        d = splice.dictionary_at(model, hook)
+        if d is None:
+            raise RelPLensError(f"{hook!r} is not the node hook of a dictionary spliced into this model: cards of "
+                                f"latents are read inside relp_lens.splice(model, dictionaries)")
+        if not (validate.is_int(index) and 0 <= index < d.d_sae):
+            raise RelPLensError(f"latent index {index!r} outside [0, {d.d_sae}) at {hook!r} (the error node, "
+                                f"index {d.d_sae}, has no card)")
+        units.append((nodes.sae_hook(d.hook_out, "hook_sae_acts_post"), int(index), d))
+    return units
+
+
+def feature_cards(model: HookedTransformer, latents: Sequence[tuple[str, int]], *, prompts: Sequence[str] = (),
+                  corpus: Sequence[str] | None = None, k: int = 8, progress: bool = True) -> list[NeuronCard]:
+    """Cards of dictionary latents, as :func:`neuron_cards` makes them for neurons; call inside
+    ``relp_lens.splice(model, dictionaries)``.
+
+    1. Output direction: the latent's decoder row ``W_dec[index]`` (what it writes into the dictionary's
+       ``hook_out``) through the final norm's weight and the unembedding.
+    2. Activations read at ``{hook_out}.hook_sae_acts_post`` (SAELens' name): on ``prompts`` (last position)
+       and over ``corpus``: the package sentences (``None``) or texts you pass. The cached per-neuron context
+       index (``"sotu"``) covers neurons only; pass its texts
+       (``relp_lens.analysis.corpus.corpus_texts("sotu")``) to read latents over it.
+
+    Args:
+        model: the model, with the dictionaries spliced in.
+        latents: ``(node hook, index)`` pairs: the ``….hook_sae_nodes`` hook of a circuit's layer
+            (``circuit.hook_names[node.layer]``) and the latent's index (``< d_sae``).
+        prompts, corpus, k, progress: as for :func:`neuron_cards` (``corpus``: ``None`` or texts).
+
+    Returns:
+        One card per latent (``card.name`` ``"latent L10/f12"``; ``card.layer`` the block).
+    """
+    if isinstance(corpus, str) or not (corpus is None or isinstance(corpus, Sequence)):
+        raise RelPLensError(f"feature cards read contexts from texts (corpus=[...]) or the package sentences "
+                            f"(corpus=None); got {corpus!r} (the cached context index covers neurons only)")
+    if not latents:
+        raise RelPLensError("no latents given: pass (node hook, index) pairs, e.g. "
+                            "[(circuit.hook_names[n.layer], n.index) for n in circuit.nodes if not circuit.is_error(n)]")
+    units = _latent_units(model, latents)
+    blocks = [nodes.layer_numbers([h])[0] for h, _ in latents]  # the node hook's block
+    return _cards(model, [(h, i) for h, i, _ in units], [d.W_dec[i] for _, i, d in units],
+                  [f"latent L{b}/f{i}" for (_, i, _), b in zip(units, blocks)], blocks,
+                  prompts=prompts, corpus=corpus, k=k, progress=progress)
+
+
 def neuron_cards(model: HookedTransformer, neurons: Sequence[tuple[int, int]], *, prompts: Sequence[str] = (),
                  corpus=None, k: int = 8, progress: bool = True) -> list[NeuronCard]:
     """Cards of several ``(layer, index)`` neurons; each prompt and corpus text is run once for all of them
     (``corpus``: see the module docstring, step 3)."""
-    from relp_lens.analysis.corpus import ContextIndex, context_index, model_key
-
     neurons = [(int(layer), int(index)) for layer, index in neurons]
     for layer, index in neurons:
         if not 0 <= layer < model.cfg.n_layers:
@@ -141,7 +196,21 @@ def neuron_cards(model: HookedTransformer, neurons: Sequence[tuple[int, int]], *
             raise RelPLensError(f"neuron index {index} outside [0, {model.cfg.d_mlp})")
         if mlp_post(layer) not in model.hook_dict:
             raise RelPLensError(f"model has no MLP neuron hook {mlp_post(layer)!r}")
-    hooks = sorted({mlp_post(layer) for layer, _ in neurons})
+    with torch.no_grad():
+        directions = [backends.W_out(model, layer)[index] for layer, index in neurons]
+    return _cards(model, [(mlp_post(layer), index) for layer, index in neurons], directions, [""] * len(neurons),
+                  [layer for layer, _ in neurons], prompts=prompts, corpus=corpus, k=k, progress=progress,
+                  neurons=neurons)
+
+
+def _cards(model: HookedTransformer, units: list[tuple[str, int]], directions: list[torch.Tensor], names: list[str],
+           layers: list[int], *, prompts: Sequence[str], corpus, k: int, progress: bool,
+           neurons: list[tuple[int, int]] | None = None) -> list[NeuronCard]:
+    """The cards of ``units`` (``(hook, index)``: the value read) writing ``directions`` (``[d_model]`` each);
+    ``neurons`` (``(layer, index)``) where the units are MLP neurons, whose contexts a context index may hold."""
+    from relp_lens.analysis.corpus import ContextIndex, context_index, model_key
+
+    hooks = sorted({hook for hook, _ in units})
 
     first = 1 if resolve_prepend_bos(model) else 0  # the first real token (after BOS, where there is one)
 
@@ -149,12 +218,12 @@ def neuron_cards(model: HookedTransformer, neurons: Sequence[tuple[int, int]], *
         tokens = model.to_tokens(text, prepend_bos=bool(first))
         with torch.no_grad():
             _, cache = model.run_with_cache(tokens, names_filter=lambda name: name in hooks)
-        values = torch.stack([cache[mlp_post(layer)][0, :, index].cpu()  # layers may sit on
-                              for layer, index in neurons])                            # several devices
-        return values.float().cpu(), str_tokens_of(model, tokens[0])  # [neuron, pos], tokens
+        values = torch.stack([cache[hook][0, :, index].cpu()  # layers may sit on several devices
+                              for hook, index in units])
+        return values.float().cpu(), str_tokens_of(model, tokens[0])  # [unit, pos], tokens
 
     task = [acts(p)[0][:, -1].tolist() for p in prompts]  # [prompt][neuron], last position
-    found: list[list[tuple[str, float]]] = [[] for _ in neurons]
+    found: list[list[tuple[str, float]]] = [[] for _ in units]
     ctx = corpus if isinstance(corpus, ContextIndex) else None
     if isinstance(corpus, str):
         ctx = context_index(model, corpus, k=max(k, 8), progress=progress)
@@ -162,6 +231,8 @@ def neuron_cards(model: HookedTransformer, neurons: Sequence[tuple[int, int]], *
         raise RelPLensError("this context index was built with another model (its activations differ); build it "
                             "with relp_lens.analysis.corpus.context_index(model, ...)")
     if ctx is not None:
+        if neurons is None:
+            raise RelPLensError("a context index holds neurons' contexts only")
         if len(ctx.hook_names) != model.cfg.n_layers or ctx.top_values.shape[-1] != model.cfg.d_mlp:
             raise RelPLensError("this context index was built for a model of another shape")
         if k > ctx.top_values.shape[0]:
@@ -171,18 +242,18 @@ def neuron_cards(model: HookedTransformer, neurons: Sequence[tuple[int, int]], *
                 found[j] += [(prefix + MARK.format(tok), v)
                              for prefix, tok, v in ctx.contexts(model, layer, idx, negative=negative, k=k)]
     texts = [] if ctx is not None else CORPUS if corpus is None else corpus
-    for text in tqdm(texts, desc=f"cards of {len(neurons)} neurons", disable=not progress, leave=False):
+    for text in tqdm(texts, desc=f"cards of {len(units)} units", disable=not progress, leave=False):
         a, toks = acts(text)
         for pos in range(first, len(toks)):  # skip the BOS position, where there is one
             context = "".join(toks[first: pos]) + MARK.format(toks[pos])
-            for j in range(len(neurons)):
+            for j in range(len(units)):
                 found[j].append((context, float(a[j, pos])))
     cards = []
     with torch.no_grad():
         w_final = backends.final_norm_weight(model)
-        for j, (layer, index) in enumerate(neurons):
+        for j, ((_, index), layer) in enumerate(zip(units, layers)):
             w_u = backends.W_U(model)
-            direction = backends.W_out(model, layer)[index].to(w_u.device)  # [d_model]
+            direction = directions[j].to(w_u.device, w_u.dtype)  # [d_model]
             if w_final is not None:
                 direction = direction * w_final.to(w_u.device)
             logits = direction @ w_u  # [d_vocab]
@@ -195,7 +266,7 @@ def neuron_cards(model: HookedTransformer, neurons: Sequence[tuple[int, int]], *
                               [c for c in ranked[:k] if ctx is None or c[1] > 0], bottom,
                               corpus=("package sentences" if corpus is None else
                                       f"{ctx.corpus}, {ctx.n_bytes / 1e6:.2f} MB" if ctx is not None
-                                      else f"{len(texts)} texts"))
+                                      else f"{len(texts)} texts"), name=names[j])
             card.description = describe(card)
             cards.append(card)
     return cards

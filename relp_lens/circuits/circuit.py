@@ -873,6 +873,35 @@ class Circuit:
         """
         return self.hook_names[node.layer].endswith(nodes.SAE_NODES) and node.index == self.node_width - 1
 
+    def node_label(self, node: CircuitNode) -> str:
+        """A node's name for people: ``L3/123@5`` a neuron, ``L3/f123@5`` a dictionary latent, ``L3/err@5`` an
+        error node (``@all``: every position), ``L3`` the block of the node's hook (a basis of some layers names
+        them as the model does; :func:`relp_lens.core.nodes.layer_numbers`). Display only:
+        ``CircuitNode.label()`` stays the node's identity.
+
+        Args:
+            node: one of the circuit's nodes.
+
+        Returns:
+            The label.
+        """
+        hook = self.hook_names[node.layer]
+        unit = nodes.unit_label(hook, node.index, self.node_width)
+        shown = nodes.layer_numbers(self.hook_names)[node.layer]
+        return f"L{shown}/{unit}@{'all' if node.pos is None else node.pos}"
+
+    def node_hook(self, node: CircuitNode) -> str:
+        """Where a node's activation lives: ``blocks.3.mlp.hook_post[123]``, a latent's
+        ``….hook_sae_acts_post[123]`` or an error node's ``….hook_sae_error`` (:func:`relp_lens.core.nodes.unit_hook`).
+
+        Args:
+            node: one of the circuit's nodes.
+
+        Returns:
+            The hook name, with the index where the node is one unit of it.
+        """
+        return nodes.unit_hook(self.hook_names[node.layer], node.index, self.node_width)
+
     @property
     def keys(self) -> set[tuple[int, int | None, int]]:
         """The nodes' identities.
@@ -914,7 +943,11 @@ class Circuit:
             lines.append("positions: prompts differ in length; negative positions count from the end (-1 = last)")
         for n in sorted(self.nodes, key=lambda n: -abs(n.score))[:k]:
             tok = f" {self.token_label(n.pos, str_tokens)}" if n.pos is not None else ""
-            lines.append(f"  layer {n.layer:2d} index {n.index:5d} pos {'all' if n.pos is None else n.pos}{tok}"
+            unit = nodes.unit_label(self.hook_names[n.layer], n.index, self.node_width)
+            what = "error" if unit == "err" else ("latent" if unit.startswith("f") else "index")
+            shown = "" if what == "error" else f"{n.index:5d}"
+            layer = nodes.layer_numbers(self.hook_names)[n.layer]
+            lines.append(f"  layer {layer:2d} {what} {shown} pos {'all' if n.pos is None else n.pos}{tok}"
                          f"  score {n.score:+.4f}")
         return "\n".join(lines)
 

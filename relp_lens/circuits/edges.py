@@ -34,7 +34,9 @@ Algorithm (one backward pass serves many downstream nodes):
    **Dictionary features** (transcoders, SAEs on ``hook_mlp_out``; :mod:`relp_lens.core.splice`, run inside the
    splice): the spliced output ``y' = f @ W_dec + b_dec (+ x @ W_skip) + e`` is the leaf, so ∂d/∂f_u =
    W_dec[u] · ∂d/∂y' and an error node's edge is ``Σ ∂d/∂y' · Δe`` over its vector; error nodes have
-   outgoing edges only (the error is a leaf of every backward pass).
+   outgoing edges only (the error is a leaf of every backward pass). SAEs on the residual stream
+   (``hook_resid_pre``/``_mid``/``_post``): the spliced residual is the leaf and the blocks in between stay
+   live (:func:`output_leaves`): with an SAE at every layer, edges join adjacent layers' features.
 6. The result is a new circuit with the edges (the input is left unchanged), its run statistics in
    ``circuit.stats["edges"]`` (:class:`EdgeStats`). Head splits of the old edges are dropped, and so are groups
    made from them (stale).
@@ -73,7 +75,8 @@ if TYPE_CHECKING:  # annotations only: TransformerLens 4 has no HookedTransforme
     from relp_lens.circuits.circuit import IOEdges
     from relp_lens.core.data import Prompts
 
-_EDGE_HOOK = re.compile(r"^blocks\.(\d+)\.(mlp\.hook_post|hook_mlp_out|hook_mlp_out\.hook_sae_nodes)$")
+_EDGE_HOOK = re.compile(r"^blocks\.(\d+)\.(mlp\.hook_post|hook_mlp_out|"
+                        r"(?:hook_mlp_out|hook_resid_pre|hook_resid_mid|hook_resid_post)\.hook_sae_nodes)$")
 
 
 @dataclass(kw_only=True)
@@ -93,17 +96,40 @@ class EdgeStats(StepStats):
 
 def edge_layers(hook_names: Sequence[str]) -> list[int]:
     """Block index of each hook; edges are defined for MLP neurons (mlp_post), MLP outputs (mlp_out) and the
-    features of dictionaries that reconstruct MLP outputs (transcoders, SAEs on ``hook_mlp_out``)."""
+    features of dictionaries that reconstruct MLP outputs (transcoders, SAEs on ``hook_mlp_out``) or the
+    residual stream (SAEs on ``hook_resid_pre``/``_mid``/``_post``)."""
     blocks = []
     for name in hook_names:
         match = _EDGE_HOOK.match(name)
         if match is None:
             raise RelPLensError(f"edges need MLP nodes (blocks.L.mlp.hook_post or blocks.L.hook_mlp_out) or the "
-                                f"features of dictionaries that reconstruct blocks.L.hook_mlp_out; got hook {name!r}")
+                                f"features of dictionaries that reconstruct blocks.L.hook_mlp_out or the residual "
+                                f"stream (blocks.L.hook_resid_pre/_mid/_post); got hook {name!r}")
         blocks.append(int(match.group(1)))
     if blocks != sorted(set(blocks)):
         raise RelPLensError(f"edge hooks must be one per block in increasing order, got blocks {blocks}")
     return blocks
+
+
+def output_leaves(dicts: Sequence, blocks: Sequence[int]) -> tuple[list[str], bool]:
+    """Where each node layer's output becomes a detached leaf, and whether the MLPs outside the basis are held
+    constant.
+
+    1. Neurons, MLP outputs and dictionaries reconstructing ``hook_mlp_out``: the layer's ``hook_mlp_out``; every
+       other MLP is held constant too (edges are direct effects with intermediate MLPs constant).
+    2. A dictionary on the residual stream: its ``hook_out`` (the spliced residual). Its reconstruction carries
+       everything the stream holds, so the leaves of the basis already cut every indirect path; the blocks in
+       between (attention and MLPs) stay live, and an edge runs from one spliced residual to the next.
+
+    Args:
+        dicts: per node layer, the spliced dictionary (:func:`relp_lens.core.splice.dictionary_at`) or None.
+        blocks: per node layer, its block (:func:`edge_layers`).
+
+    Returns:
+        ``(leaf hook per layer, hold the other MLPs constant)``.
+    """
+    sites = [mlp_out(b) if d is None else d.hook_out for d, b in zip(dicts, blocks)]
+    return sites, all(s == mlp_out(b) for s, b in zip(sites, blocks))
 
 
 def leaf_hook(store: dict, key):
@@ -258,6 +284,7 @@ def attribute_edges(
     if circuit.hook_names[0].endswith("mlp.hook_post"):
         structure.check_neuron_directions(model)
     dicts = [splice.dictionary_at(model, h) for h in circuit.hook_names]  # None: not a dictionary's nodes
+    sites, hold_mlps = output_leaves(dicts, blocks)
     data, run, batches = circuit_run(model, circuit, prompts, metric, rules, batch_size)
     # every node's position in every prompt (negative: from the end); a missing one is an error
     where = {batch.clean_tokens.shape[1]: node_positions(circuit.nodes, batch, data, run) for batch in batches}
@@ -295,11 +322,10 @@ def attribute_edges(
             leaves: dict[int, torch.Tensor] = {}
 
             fwd = []
-            for layer in range(t_max + 1):  # every MLP output becomes a leaf: MLPs are constants for what follows
-                out_name = mlp_out(blocks[layer])
-                fwd += [(circuit.hook_names[layer], keep_hook(live, layer)), (out_name, leaf_hook(leaves, layer))]
-            for block in sorted(set(range(blocks[t_max] + 1)) - set(blocks)):  # MLPs outside the basis: constants too
-                fwd.append((mlp_out(block), lambda x, hook: x.detach()))
+            for layer in range(t_max + 1):  # every layer's output becomes a leaf: constants for what follows
+                fwd += [(circuit.hook_names[layer], keep_hook(live, layer)), (sites[layer], leaf_hook(leaves, layer))]
+            for block in sorted(set(range(blocks[t_max] + 1)) - set(blocks)) if hold_mlps else ():
+                fwd.append((mlp_out(block), lambda x, hook: x.detach()))  # MLPs outside the basis: constants too
             # the norms after the source MLPs, read in this forward pass (frozen scales under the LN rule)
             post = structure.MLPPostNorms(model, [blocks[l] for l in src_layers] if neurons else [],
                                           frozen=use_relp and run.rules.ln)

@@ -11,7 +11,9 @@ How a circuit maps onto that schema:
    so the viewer's label ``L{layer}/{neuron}`` is right and features are unique across layers; ``clerp`` names
    the hook and neuron. An aggregated node (``pos=None``) sits at the last position. **Dictionary latents**
    (:mod:`relp_lens.core.splice`) are features the same way; a dictionary's **error node** is circuit-tracer's
-   ``mlp reconstruction error`` node: ``node_id`` ``0_{layer}_{pos}``, ``feature`` −1.
+   ``mlp reconstruction error`` node: ``node_id`` ``0_{layer}_{pos}`` (``err_{layer}_{pos}`` where a layer-0
+   latent holds that id: circuit-tracer's two schemes meet there), ``feature`` −1. ``layer`` is the model's
+   block (``blocks.10.…`` → 10), also for a basis of some layers.
 2. **Influence** is circuit-tracer's cumulative share: nodes sorted by |score|, ``influence`` = running sum of
    |score| / total, so the most important node has the smallest value and the viewer's pruning slider
    (``influence <= threshold``) removes the least important first. No ``node_threshold`` is written (the
@@ -44,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 from relp_lens.core.errors import RelPLensError
 from relp_lens.core.files import write_text_atomic
+from relp_lens.core.nodes import layer_numbers
 
 if TYPE_CHECKING:
     from relp_lens.circuits.circuit import Circuit, IOEdges
@@ -135,31 +138,42 @@ def circuit_tracer_graph(circuit: Circuit, prompt_tokens: list[str], *, prompt: 
             influence[i] = min(1.0, running / total)
 
     nodes, ids = [], []
-    for n, infl in zip(circuit.nodes, influence):
+    shown = layer_numbers(circuit.hook_names)
+
+    def position(n) -> int:
         pos = last if n.pos is None else n.pos if n.pos >= 0 else n_pos + n.pos
         if not 0 <= pos <= last:
             raise RelPLensError(f"node {n.label()} is outside the {n_pos}-token prompt")
+        return pos
+
+    # circuit-tracer's ids; its error-node id 0_{layer}_{pos} is a layer-0 feature's too (feature index = layer):
+    # such an error node is written err_{layer}_{pos} instead
+    feature_ids = {f"{shown[n.layer]}_{n.index}_{position(n)}" for n in circuit.nodes if not circuit.is_error(n)}
+    for n, infl in zip(circuit.nodes, influence):
+        pos = position(n)
         error = circuit.is_error(n)
-        node_id = f"0_{n.layer}_{pos}" if error else f"{n.layer}_{n.index}_{pos}"  # circuit-tracer's ids
+        block = shown[n.layer]  # the model's layer (a basis may skip some)
+        node_id = f"{block}_{n.index}_{pos}"
+        if error:
+            node_id = f"0_{block}_{pos}" if f"0_{block}_{pos}" not in feature_ids else f"err_{block}_{pos}"
         if node_id in ids:
             raise RelPLensError(f"two circuit nodes land on {node_id} (an aggregated node and one at the last "
-                                f"position, or a layer-0 latent and an error node under circuit-tracer's ids); "
-                                f"export one kind")
+                                f"position); export one kind")
         ids.append(node_id)
         where = " (all positions)" if n.pos is None else ""
         hook = circuit.hook_names[n.layer]
         if error:
             nodes.append(dict(
-                node_id=node_id, feature=-1, layer=str(n.layer), ctx_idx=pos, feature_type="mlp reconstruction error",
+                node_id=node_id, feature=-1, layer=str(block), ctx_idx=pos, feature_type="mlp reconstruction error",
                 token_prob=0.0, is_target_logit=False, run_idx=0, reverse_ctx_idx=last - pos,
-                jsNodeId=f"{n.layer}_{pos}-0", influence=infl, activation=None,
+                jsNodeId=f"{block}_{pos}-0", influence=infl, activation=None,
                 clerp=f"Err: {hook.removesuffix('.hook_sae_nodes')} score {n.score:+.3g}{where}"))
             continue
         nodes.append(dict(
-            node_id=node_id, feature=cantor_pairing(n.layer, n.index), layer=str(n.layer), ctx_idx=pos,
+            node_id=node_id, feature=cantor_pairing(block, n.index), layer=str(block), ctx_idx=pos,
             feature_type="cross layer transcoder", token_prob=0.0, is_target_logit=False, run_idx=0,
-            reverse_ctx_idx=last - pos, jsNodeId=f"{n.layer}_{n.index}-0",
-            clerp=f"{hook}[{n.index}] score {n.score:+.3g}{where}",
+            reverse_ctx_idx=last - pos, jsNodeId=f"{block}_{n.index}-0",
+            clerp=f"{circuit.node_hook(n)} score {n.score:+.3g}{where}",
             influence=infl, activation=None,
         ))
     for pos in range(n_pos):

@@ -40,7 +40,9 @@ Algorithm, per batch of prompts of one length:
    to the embedding leaves only.
    **Dictionary features** (inside :func:`relp_lens.splice`): a latent's direct gradient is ``W_dec[u] · ∂m/∂y'``
    at its dictionary's spliced output, an error node's output edge ``Σ ∂m/∂y' · Δe`` over its vector; error
-   nodes are leaves, so they have no input edges.
+   nodes are leaves, so they have no input edges. On the residual stream the spliced residual is the leaf
+   and the blocks stay live (:func:`relp_lens.circuits.edges.output_leaves`): with an SAE at every layer,
+   only the first layer's features have input edges and only the last layer's output edges.
 5. The result is a new circuit with ``io_edges`` (an :class:`~relp_lens.circuits.circuit.IOEdges`, the type
    of the data model, importable from here too) and ``stats["io_edges"]``; the input circuit is left unchanged.
 
@@ -64,7 +66,7 @@ from relp_lens.core import splice, structure
 from relp_lens.core.attribution import batch_gradients
 from relp_lens.circuits.circuit import Circuit, IOEdges
 from relp_lens.circuits.edges import (EdgeStats, check_edge_options, circuit_run, edge_layers, keep_hook, leaf_hook,
-                                      node_positions, node_seeds)
+                                      node_positions, node_seeds, output_leaves)
 from relp_lens.core.errors import RelPLensError
 from relp_lens.core.options import GradientMethod, Metric
 from relp_lens.core.metrics import evaluate_metric
@@ -109,8 +111,9 @@ def attribute_io_edges(model: HookedTransformer, circuit: Circuit, prompts: Prom
     features = all(d is not None for d in dicts)
     if not (circuit.hook_names[0].endswith("mlp.hook_post") or features):
         raise RelPLensError("input/output edges are defined for MLP neurons (basis mlp_post) and for the features of "
-                            "dictionaries spliced in at hook_mlp_out")
+                            "dictionaries spliced in at hook_mlp_out or the residual stream")
     blocks = edge_layers(circuit.hook_names)
+    sites, hold_mlps = output_leaves(dicts, blocks)
     # neuron directions (neurons only), and the embedding as the first residual
     structure.check_structure(model, mlp=not features, embed=True)
     data, run, batches = circuit_run(model, circuit, prompts, metric, rules, batch_size, embed=True)
@@ -140,11 +143,10 @@ def attribute_io_edges(model: HookedTransformer, circuit: Circuit, prompts: Prom
             leaves: dict[str | int, torch.Tensor] = {}
             live: dict[int, torch.Tensor] = {}
             fwd = [(h, leaf_hook(leaves, h)) for h in embeds]
-            for layer, block in enumerate(blocks):
-                fwd += [(circuit.hook_names[layer], keep_hook(live, layer)),
-                        (mlp_out(block), leaf_hook(leaves, layer))]
-            for block in set(range(model.cfg.n_layers)) - set(blocks):  # MLPs outside the basis: constants too
-                fwd.append((mlp_out(block), leaf_hook(leaves, f"other.{block}")))
+            for layer, site in enumerate(sites):
+                fwd += [(circuit.hook_names[layer], keep_hook(live, layer)), (site, leaf_hook(leaves, layer))]
+            for block in set(range(model.cfg.n_layers)) - set(blocks) if hold_mlps else ():
+                fwd.append((mlp_out(block), leaf_hook(leaves, f"other.{block}")))  # MLPs outside: constants too
             post = structure.MLPPostNorms(model, [] if features else [blocks[n.layer] for n in nodes],
                                           frozen=use_relp and run.rules.ln)
             fwd += post.hooks()  # the norms after the nodes' MLPs, read in this forward pass

@@ -106,10 +106,14 @@ def graph_edges(circuit: Circuit, io: IOEdges) -> list[tuple[int, int, float]]:
     return edges
 
 
-def survivors(edges: Sequence[tuple[int, int, float]], n_nodes: int, n_keep: int) -> list[int]:
-    """Node numbers with ≥ 1 incoming and ≥ 1 outgoing edge among the top ``n_keep`` edges by |weight|."""
+def survivors(edges: Sequence[tuple[int, int, float]], n_nodes: int, n_keep: int,
+              sources: Sequence[int] = ()) -> list[int]:
+    """Node numbers with ≥ 1 incoming and ≥ 1 outgoing edge among the top ``n_keep`` edges by |weight|;
+    ``sources`` (dictionary error nodes: no incoming edges by construction) need an outgoing one only."""
     kept = sorted(edges, key=lambda e: -abs(e[2]))[:n_keep]
     has_in, has_out = [False] * n_nodes, [False] * n_nodes
+    for i in sources:
+        has_in[i] = True
     for s, t, _ in kept:
         if t >= 0:
             has_in[t] = True
@@ -159,13 +163,14 @@ def edge_pruning_sweep(model: HookedTransformer, circuit: Circuit, prompts: Prom
     backends.require_model(model)
     percents = validate.float_list(percents, "percents", low=0.0, high=100.0, low_open=True)
     edges = graph_edges(circuit, _io_of(circuit))
+    errors = [i for i, node in enumerate(circuit.nodes) if circuit.is_error(node)]  # sources: no way in
     mode = ablation or circuit.ablation
     abl = Ablation.build(model, circuit.hook_names, prompts, metric or circuit.metric, batch_size, mode)
     f_m, f_empty = abl.score(None), abl.score(abl.masks(set()))
     rows = []
     for p in tqdm(percents, desc="edge pruning sweep", disable=not progress, leave=False):
         n_keep = max(1, math.ceil(p / 100 * len(edges)))
-        alive = survivors(edges, len(circuit.nodes), n_keep)
+        alive = survivors(edges, len(circuit.nodes), n_keep, errors)
         keep = abl.masks({circuit.nodes[i].key for i in alive})
         r = _ratios(f_m, f_empty, abl.score(keep), abl.score(keep, ablate_kept=True))
         rows.append(PruningPoint(**r, percent=p, n_edges=n_keep, n_edges_total=len(edges), n_nodes=len(alive),
@@ -290,9 +295,10 @@ def influence_prune(circuit: Circuit, *, node_threshold: float = 0.8, edge_thres
     norm = _normalise(pruned)
     edge_score = norm * (_influence(norm, weights) + weights)[:, None]
     keep_edge = (edge_score >= _threshold(edge_score.flatten(), edge_threshold)) & (pruned != 0)
-    while True:  # a neuron needs a kept incoming and a kept outgoing edge
+    is_error = torch.tensor([circuit.is_error(node) for node in circuit.nodes], dtype=torch.bool)
+    while True:  # a neuron needs a kept incoming and a kept outgoing edge (an error node: no way in by construction)
         alive = keep_node.clone()
-        alive[:n] &= keep_edge[:, :n].any(0) & keep_edge[:n].any(1)
+        alive[:n] &= keep_edge[:, :n].any(0) & (keep_edge[:n].any(1) | is_error)
         keep_edge &= alive[:, None] & alive[None, :]
         if torch.equal(alive, keep_node):
             break
@@ -342,8 +348,9 @@ def readable_graph(circuit: Circuit, max_nodes: int = 40) -> Circuit:
         return circuit.subgraph(ends(k), ranked[:k], selection=dict(drawn_nodes=max_nodes))
     io = circuit.io_edges
     edges = sorted(graph_edges(circuit, io), key=lambda e: -abs(e[2]))
-    k = _largest(len(edges), lambda k: len(_connected(edges[:k], n)) <= max_nodes)
-    alive = _connected(edges[:k], n)
+    errors = {i for i, node in enumerate(circuit.nodes) if circuit.is_error(node)}  # sources: no way in
+    k = _largest(len(edges), lambda k: len(_connected(edges[:k], n, errors)) <= max_nodes)
+    alive = _connected(edges[:k], n, errors)
     cut = abs(edges[k - 1][2])  # the k-th largest |weight|: keep every edge at least this large between live ends
     kept = [e for e in circuit.edges if abs(e.weight) >= cut and e.source in alive and e.target in alive]
     big = lambda w: w.abs() >= cut  # noqa: E731
@@ -356,13 +363,14 @@ def readable_graph(circuit: Circuit, max_nodes: int = 40) -> Circuit:
     return circuit.subgraph(sorted(alive), kept, io=io, selection=dict(drawn_nodes=max_nodes))
 
 
-def _connected(kept: Sequence[tuple[int, int, float]], n_nodes: int) -> set[int]:
-    """Neurons on a path embedding → … → output along ``kept`` edges: :func:`survivors`' rule repeated
-    until no neuron loses its last incoming or outgoing edge to a dropped one (for drawing)."""
+def _connected(kept: Sequence[tuple[int, int, float]], n_nodes: int, sources: set[int] = frozenset()) -> set[int]:
+    """Neurons on a path embedding (or a ``sources`` node: an error node) → … → output along ``kept`` edges:
+    :func:`survivors`' rule repeated until no neuron loses its last incoming or outgoing edge to a dropped one
+    (for drawing)."""
     alive = set(range(n_nodes))
     while True:
         live = [(s, t) for s, t, _ in kept if (s < 0 or s in alive) and (t < 0 or t in alive)]
-        now = {t for _, t in live if t >= 0} & {s for s, _ in live if s >= 0}
+        now = ({t for _, t in live if t >= 0} | (sources & alive)) & {s for s, _ in live if s >= 0}
         if now == alive:
             return alive
         alive = now

@@ -289,7 +289,9 @@ def _neuron_pairs(value: Any, where: str) -> None:
 
 _DATA = [("task", _or_null(_must("a string or null", lambda v: isinstance(v, str)))),
          ("rows", _or_null(_rows)), ("eval_rows", _or_null(_rows)), ("n_prompts", _or_null(_NONNEG)),
-         ("prepend_bos", _BOOL)]
+         ("prepend_bos", _BOOL),
+         ("dictionaries", _or_null(_must("a list of paths (strings)",
+                                         lambda v: _is_list(v) and all(isinstance(x, str) for x in v))))]
 _SELECTION = [("k", _or_null(_must("a non-negative integer or null", _is_nonneg))),
               ("tau", _or_null(_number(low=0.0))), ("m", _or_null(_NUMBER)),
               ("aggregate_pos", _or_null(_BOOL)), ("include_fixed", _or_null(_BOOL)),

@@ -49,7 +49,7 @@ from relp_lens.core.errors import RelPLensError
 from relp_lens.core.options import BASELINES, METHODS, REDUCTIONS, Baseline, Method, Metric, Reduce  # noqa: F401
 from relp_lens.core.metrics import (MetricFn, check_metric, evaluate_metric, resolve_metric, warn_same_answers,
                                     warn_zero_rows)
-from relp_lens.core.nodes import basis_name, resid_pre, resolve_hooks
+from relp_lens.core.nodes import basis_name, layer_numbers, resid_pre, resolve_hooks, unit_label
 from relp_lens.core.positions import Alignment, check_position, is_int, column_tokens, require, resolve, token_label
 from relp_lens.core.relp_mode import RelPConfig, relp
 
@@ -206,7 +206,9 @@ class Attribution:
 
     def node_label(self, node: Node, example: int | None = None) -> str:
         layer, pos, idx = node
-        return f"L{layer}/{idx}@" + ("all" if pos is None else f"{pos}:{self.token_label(pos, example)}")
+        hook = self.hook_names[layer]
+        where = "all" if pos is None else f"{pos}:{self.token_label(pos, example)}"
+        return f"L{layer_numbers(self.hook_names)[layer]}/{unit_label(hook, idx, self.width)}@{where}"
 
     def token_label(self, pos: int, example: int | None = None) -> str:
         """The token at node position ``pos``: of ``example``, or over all prompts — the token when every

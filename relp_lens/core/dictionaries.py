@@ -9,7 +9,8 @@ transcoder). Shapes: ``x [..., d_in]``, ``f [..., d_sae]``, ``x̂ [..., d_out]``
 
    - ``encode(x) = σ((x − b_dec·[apply_b_dec_to_input]) @ W_enc + b_enc)`` with σ one of ``relu``,
      ``jumprelu`` (``p·[p > threshold]``) or ``topk`` (the ``k`` largest pre-activations kept, then a ReLU
-     unless ``topk_relu`` is off, as in circuit-tracer's TopK);
+     unless ``topk_relu`` is off, as in circuit-tracer's TopK); a ``gated`` SAE gates with ``[p > 0]`` and
+     takes the value from a magnitude path, ``relu(x' @ (W_enc·exp(r_mag)) + b_mag)`` (:meth:`Dictionary.encode`);
    - ``decode(f, x) = f @ W_dec + b_dec (+ x @ W_skip)``.
 
    Every field is checked when it is built (``__post_init__``): a wrong shape, kind or hook is a
@@ -22,7 +23,7 @@ transcoder). Shapes: ``x [..., d_in]``, ``f [..., d_sae]``, ``x̂ [..., d_out]``
    transcoder folders (``config.json`` + ``params.safetensors``: ``w_enc``, ``w_dec``, ``threshold``,
    ``affine_skip_connection``; also when listed in a circuit-tracer ``config.yaml``). Whatever a format folds at load time (SAELens' saved activation scaling,
    ``rescale_acts_by_decoder_norm``, a log-threshold) is folded into the weights exactly; what cannot be
-   expressed (gated SAEs, run-time input normalisation, ``hook_z`` reshaping, cross-layer transcoders) is
+   expressed (run-time input normalisation, ``hook_z`` reshaping, cross-layer transcoders) is
    refused, never approximated.
 3. **Which tensor it reads.** ``input_site`` records what the dictionary was trained on: ``"hook"`` (the
    tensor at ``hook_in`` itself, e.g. the pre-norm ``hook_resid_mid``), ``"mlp_input"`` (the MLP module's own
@@ -44,7 +45,7 @@ import dataclasses
 import json
 import math
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -56,12 +57,12 @@ from relp_lens.core.files import read_input
 from relp_lens.core.structure import mismatch, post_normed, structure_report, tolerance
 
 Kind = Literal["sae", "transcoder", "skip_transcoder"]
-Activation = Literal["relu", "topk", "jumprelu"]
+Activation = Literal["relu", "topk", "jumprelu", "gated"]
 InputSite = Literal["hook", "mlp_input", "mlp_output"]
 OutputSite = Literal["hook", "mlp_output"]
 Format = Literal["saelens", "sae_lens_object", "sparsify", "circuit_tracer", "gemma_scope_2", "memory"]
 KINDS: tuple[str, ...] = ("sae", "transcoder", "skip_transcoder")
-ACTIVATIONS: tuple[str, ...] = ("relu", "topk", "jumprelu")
+ACTIVATIONS: tuple[str, ...] = ("relu", "topk", "jumprelu", "gated")
 INPUT_SITES: tuple[str, ...] = ("hook", "mlp_input", "mlp_output")
 OUTPUT_SITES: tuple[str, ...] = ("hook", "mlp_output")
 FORMATS: tuple[str, ...] = ("saelens", "sae_lens_object", "sparsify", "circuit_tracer", "gemma_scope_2", "memory")
@@ -97,7 +98,8 @@ class Dictionary:
     Attributes:
         kind: ``"sae"`` (reconstructs its input: ``hook_in == hook_out``), ``"transcoder"`` or
             ``"skip_transcoder"`` (predicts ``hook_out`` from ``hook_in``; the latter adds ``x @ W_skip``).
-        activation: ``"relu"``, ``"topk"`` (with ``k``) or ``"jumprelu"`` (with ``threshold``).
+        activation: ``"relu"``, ``"topk"`` (with ``k``), ``"jumprelu"`` (with ``threshold``) or ``"gated"``
+            (with ``r_mag`` and ``b_mag``; ``b_enc`` is the gate's bias ``b_gate``).
         W_enc: the encoder, ``[d_in, d_sae]``.
         b_enc: the encoder bias, ``[d_sae]``.
         W_dec: the decoder, ``[d_sae, d_out]`` (row ``i``: what latent ``i`` writes).
@@ -107,6 +109,8 @@ class Dictionary:
         k: the number of latents ``topk`` keeps; ``None`` for the other activations.
         threshold: ``jumprelu``'s per-latent threshold, ``[d_sae]``; ``None`` for the others.
         topk_relu: ``topk`` zeroes negative kept values (SAELens, sparsify); off for circuit-tracer's TopK.
+        r_mag: ``gated``'s magnitude path scales the encoder by ``exp(r_mag)``, ``[d_sae]``; ``None`` otherwise.
+        b_mag: ``gated``'s magnitude bias, ``[d_sae]``; ``None`` otherwise.
         W_skip: the skip connection of a skip transcoder, ``[d_in, d_out]``; ``None`` otherwise.
         apply_b_dec_to_input: subtract ``b_dec`` from the input before encoding (SAEs only).
         input_site: what ``hook_in`` stands for (:data:`INPUT_SITES`; the module docstring, step 3).
@@ -126,6 +130,8 @@ class Dictionary:
     k: int | None = None
     threshold: torch.Tensor | None = None
     topk_relu: bool = True
+    r_mag: torch.Tensor | None = None
+    b_mag: torch.Tensor | None = None
     W_skip: torch.Tensor | None = None
     apply_b_dec_to_input: bool = False
     input_site: InputSite = "hook"
@@ -164,7 +170,7 @@ class Dictionary:
                 raise bad(f"{name} of a site {site!r} dictionary at layer {self.layer} is "
                           f"{site_hooks[site](self.layer)}, got {hook!r}")
         required = {"W_enc": 2, "b_enc": 1, "W_dec": 2, "b_dec": 1}
-        optional = {"threshold": 1, "W_skip": 2}
+        optional = {"threshold": 1, "W_skip": 2, "r_mag": 1, "b_mag": 1}
         for name, ndim in {**required, **optional}.items():
             t = getattr(self, name)
             if t is None and name in optional:
@@ -180,7 +186,7 @@ class Dictionary:
         d_in, d_sae = self.W_enc.shape
         d_out = self.W_dec.shape[1]
         want = {"b_enc": (d_sae,), "W_dec": (d_sae, d_out), "b_dec": (d_out,), "threshold": (d_sae,),
-                "W_skip": (d_in, d_out)}
+                "W_skip": (d_in, d_out), "r_mag": (d_sae,), "b_mag": (d_sae,)}
         for name, shape in want.items():
             t = getattr(self, name)
             if t is not None and tuple(t.shape) != shape:
@@ -206,7 +212,11 @@ class Dictionary:
         if (self.threshold is not None) != (self.activation == "jumprelu"):
             raise bad("threshold is for the jumprelu activation" if self.threshold is not None
                       else "jumprelu needs threshold [d_sae]")
-        for name in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold", "W_skip"):
+        gated = (self.r_mag is not None, self.b_mag is not None)
+        if gated != ((self.activation == "gated"),) * 2:
+            raise bad("gated needs r_mag [d_sae] and b_mag [d_sae]" if self.activation == "gated"
+                      else "r_mag and b_mag are for the gated activation")
+        for name in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold", "W_skip", "r_mag", "b_mag"):
             t = getattr(self, name)
             if t is not None and not bool(torch.isfinite(t).all()):
                 raise bad(f"{name} holds NaN or infinite values")
@@ -232,8 +242,14 @@ class Dictionary:
         if t.ndim == 0 or t.shape[-1] != width:
             raise RelPLensError(f"{self.source}: {name} must be [..., {what}={width}], got {tuple(t.shape)}")
 
+    def _encoder_input(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_width(x, self.d_in, "d_in", "x")
+        x = x.to(self.W_enc.dtype)
+        return x - self.b_dec if self.apply_b_dec_to_input else x
+
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
-        """The encoder's pre-activations ``(x − b_dec·[apply_b_dec_to_input]) @ W_enc + b_enc``.
+        """The encoder's pre-activations ``(x − b_dec·[apply_b_dec_to_input]) @ W_enc + b_enc`` (a gated
+        dictionary's gate pre-activations).
 
         Args:
             x: activations at ``hook_in``, ``[..., d_in]`` (cast to the dictionary's dtype).
@@ -241,17 +257,17 @@ class Dictionary:
         Returns:
             ``[..., d_sae]``.
         """
-        self._check_width(x, self.d_in, "d_in", "x")
-        x = x.to(self.W_enc.dtype)
-        if self.apply_b_dec_to_input:
-            x = x - self.b_dec
-        return x @ self.W_enc + self.b_enc
+        return self._encoder_input(x) @ self.W_enc + self.b_enc
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """The latents: the activation function applied to :meth:`pre_activations`.
 
         1. ``relu``: ``max(p, 0)``; ``jumprelu``: ``p·[p > threshold]``; ``topk``: the ``k`` largest ``p``
-           kept (ReLU'd when ``topk_relu``), the rest 0.
+           kept (ReLU'd when ``topk_relu``), the rest 0; ``gated`` (SAELens' ``GatedSAE``):
+           ``[p > 0] · max(x' @ (W_enc·exp(r_mag)) + b_mag, 0)`` with ``x'`` the encoder's input — the gate
+           selects, the magnitude path (sharing the encoder's directions) sets the value.
+        2. Gradients flow through the kept values only (the gate is a comparison): the frozen-gate reading
+           RelP gives MLP gates.
 
         Args:
             x: activations at ``hook_in``, ``[..., d_in]``.
@@ -259,6 +275,10 @@ class Dictionary:
         Returns:
             ``[..., d_sae]``.
         """
+        if self.activation == "gated":
+            x_in = self._encoder_input(x)
+            gate = (x_in @ self.W_enc + self.b_enc > 0).to(self.W_enc.dtype)
+            return gate * (x_in @ (self.W_enc * self.r_mag.exp()) + self.b_mag).clamp_min(0)
         p = self.pre_activations(x)
         if self.activation == "relu":
             return p.clamp_min(0)
@@ -308,13 +328,15 @@ class Dictionary:
             A new :class:`Dictionary`.
         """
         moved = {f: getattr(self, f).to(device=device, dtype=dtype)
-                 for f in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold", "W_skip") if getattr(self, f) is not None}
+                 for f in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold", "W_skip", "r_mag", "b_mag")
+                 if getattr(self, f) is not None}
         return dataclasses.replace(self, **moved)
 
     def fold_input(self, scale: torch.Tensor, shift: torch.Tensor | None = None) -> Dictionary:
         """The transcoder reading ``n`` where this one reads ``n ⊙ scale + shift``, exactly.
 
-        1. ``W_enc ← scale[:, None]·W_enc``, ``b_enc ← b_enc + shift @ W_enc``; a skip transcoder also
+        1. ``W_enc ← scale[:, None]·W_enc``, ``b_enc ← b_enc + shift @ W_enc`` (a gated one also
+           ``b_mag ← b_mag + (shift @ W_enc)·exp(r_mag)``); a skip transcoder also
            ``W_skip ← scale[:, None]·W_skip``, ``b_dec ← b_dec + shift @ W_skip``.
         2. Used for ``input_site="mlp_input"``: ``ln2(x) = hook_normalized ⊙ w + b``. An SAE is refused: it
            reads what it writes, so it cannot read another tensor.
@@ -336,6 +358,8 @@ class Dictionary:
         shift = torch.zeros_like(scale) if shift is None else shift.to(self.W_enc)
         changes: dict[str, Any] = {"W_enc": scale[:, None] * self.W_enc, "b_enc": self.b_enc + shift @ self.W_enc,
                                    "input_site": "hook"}
+        if self.activation == "gated":  # the magnitude path reads through W_enc·exp(r_mag)
+            changes["b_mag"] = self.b_mag + (shift @ self.W_enc) * self.r_mag.exp()
         if self.W_skip is not None:
             changes.update(W_skip=scale[:, None] * self.W_skip, b_dec=self.b_dec + shift @ self.W_skip)
         return dataclasses.replace(self, **changes)
@@ -593,13 +617,9 @@ def _no_leftovers(tensors: dict[str, torch.Tensor], where: str) -> None:
 
 # --- SAELens ------------------------------------------------------------------------------------------------
 _SAELENS_ARCHS = {  # architecture → (kind, activation)
-    "standard": ("sae", "relu"), "topk": ("sae", "topk"), "jumprelu": ("sae", "jumprelu"),
+    "standard": ("sae", "relu"), "topk": ("sae", "topk"), "jumprelu": ("sae", "jumprelu"), "gated": ("sae", "gated"),
     "transcoder": ("transcoder", "relu"), "skip_transcoder": ("skip_transcoder", "relu"),
     "jumprelu_transcoder": ("transcoder", "jumprelu"), "jumprelu_skip_transcoder": ("skip_transcoder", "jumprelu"),
-}
-_SAELENS_REFUSED = {
-    "gated": "a gated SAE gates with one encoder path and scales with another (b_gate, r_mag, b_mag), which is "
-             "not one activation function of one encoder",
 }
 
 
@@ -613,11 +633,8 @@ def _saelens_dictionary(cfg_dict: dict, tensors: dict[str, torch.Tensor], where:
     elif act_fn not in (None, "relu"):
         raise RelPLensError(f"{where}: key 'activation_fn' is {act_fn!r}; only 'relu' (or 'topk' without an "
                             "'architecture' key, SAELens < 6) is understood")
-    if arch in _SAELENS_REFUSED:
-        raise RelPLensError(f"{where}: architecture {arch!r} is not supported: {_SAELENS_REFUSED[arch]}")
     if arch not in _SAELENS_ARCHS:
-        raise RelPLensError(f"{where}: key 'architecture' is {arch!r}; supported: {sorted(_SAELENS_ARCHS)} "
-                            f"(refused: {sorted(_SAELENS_REFUSED)})")
+        raise RelPLensError(f"{where}: key 'architecture' is {arch!r}; supported: {sorted(_SAELENS_ARCHS)}")
     kind, activation = _SAELENS_ARCHS[arch]
     d_in, d_sae = cfg.int("d_in"), cfg.int("d_sae")
     d_out = d_in if kind == "sae" else cfg.int("d_out")
@@ -653,10 +670,12 @@ def _saelens_dictionary(cfg_dict: dict, tensors: dict[str, torch.Tensor], where:
         raise RelPLensError(f"{where}: missing key 'metadata.hook_name_out' (which hook the {arch} writes); "
                             "give it with hook_out=")
     W_enc = _take(tensors, "W_enc", (d_in, d_sae), where)
-    b_enc = _take(tensors, "b_enc", (d_sae,), where)
+    b_enc = _take(tensors, "b_gate" if activation == "gated" else "b_enc", (d_sae,), where)
     W_dec = _take(tensors, "W_dec", (d_sae, d_out), where)
     b_dec = _take(tensors, "b_dec", (d_out,), where)
-    threshold = W_skip = k = None
+    threshold = W_skip = k = r_mag = b_mag = None
+    if activation == "gated":
+        r_mag, b_mag = _take(tensors, "r_mag", (d_sae,), where), _take(tensors, "b_mag", (d_sae,), where)
     if activation == "jumprelu":
         if "log_threshold" in tensors:  # older SAELens checkpoints
             threshold = _take(tensors, "log_threshold", (d_sae,), where).exp()
@@ -696,7 +715,7 @@ def _saelens_dictionary(cfg_dict: dict, tensors: dict[str, torch.Tensor], where:
                             "'expected_average_only_in' (a saved scaling factor) are")
     hin, hout = names["hook_name"], names["hook_name_out"]
     return Dictionary(kind=kind, activation=activation, W_enc=W_enc, b_enc=b_enc, W_dec=W_dec, b_dec=b_dec,
-                  hook_in=hin, hook_out=hout, k=k, threshold=threshold, W_skip=W_skip,
+                  hook_in=hin, hook_out=hout, k=k, threshold=threshold, W_skip=W_skip, r_mag=r_mag, b_mag=b_mag,
                   apply_b_dec_to_input=apply_b_dec, layer=nodes.block_of(hin), source=source)
 
 
@@ -708,7 +727,7 @@ def load_sae(path: str | Path | Any, *, scaling_factor: float | None = None, hoo
        writes), or an ``sae_lens.SAE`` object (its config and weights are read the same way).
     2. Architectures ``standard``, ``topk`` (``rescale_acts_by_decoder_norm`` folded), ``jumprelu``
        (``threshold`` or ``log_threshold``), ``transcoder``, ``skip_transcoder``, ``jumprelu_transcoder``,
-       ``jumprelu_skip_transcoder``; ``gated`` is refused.
+       ``jumprelu_skip_transcoder``, ``gated`` (``b_gate``, ``r_mag``, ``b_mag``).
     3. ``normalize_activations="expected_average_only_in"``: the scaling factor (``scaling_factor=``, else
        ``activation_scaler.json`` beside the weights) is folded in as SAELens does; other normalisations are
        refused.
@@ -1034,3 +1053,39 @@ def load_transcoders(path: str | Path, *, dtype: torch.dtype = torch.float32) ->
                             "sae.safetensors (sparsify)")
     dicts = sorted((_load_sparsify_one(p, p.name, dtype) for p in subs), key=lambda d: d.layer)
     return DictionarySet(tuple(dicts), DictionarySource(str(folder), "sparsify"))
+
+
+def load_dictionaries(paths: str | Path | Sequence[str | Path], *,
+                      dtype: torch.dtype = torch.float32) -> list[Dictionary]:
+    """Read dictionaries from any of the formats above, one path or several, for ``splice`` / ``basis=``.
+
+    1. A folder with ``cfg.json`` and ``sae_weights.safetensors`` is one SAELens SAE or transcoder
+       (:func:`load_sae`); any other folder a set (:func:`load_transcoders`: sparsify, circuit-tracer, Gemma
+       Scope 2).
+    2. The dictionaries of every path together, in path order; two on one hook are refused (a hook has one
+       splice).
+
+    Args:
+        paths: a folder, or a list of them (e.g. one SAELens folder per layer).
+        dtype: the dtype of the returned weights.
+
+    Returns:
+        The dictionaries (pass them to :func:`relp_lens.splice` or as ``basis=``).
+    """
+    items = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    if not items:
+        raise RelPLensError("no dictionary paths given")
+    out: list[Dictionary] = []
+    for item in items:
+        folder = Path(item)
+        if (folder / "cfg.json").is_file() and (folder / "sae_weights.safetensors").is_file():
+            out.append(load_sae(folder, dtype=dtype))
+        else:
+            out.extend(load_transcoders(folder, dtype=dtype).dictionaries)
+    seen: dict[str, Dictionary] = {}
+    for d in out:
+        if d.hook_out in seen:
+            raise RelPLensError(f"{d.source} and {seen[d.hook_out].source} both write {d.hook_out}: one dictionary "
+                                "per hook")
+        seen[d.hook_out] = d
+    return out

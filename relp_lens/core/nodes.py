@@ -271,6 +271,55 @@ def sae_hook(hook_out: str, name: str = SAE_NODES) -> str:
     return f"{hook_out}.{name}"
 
 
+def unit_label(hook: str, index: int, width: int) -> str:
+    """How a node's unit is written in labels: a neuron by its index, a dictionary's latent and error apart.
+
+    Args:
+        hook: the node's hook (a basis hook; ``….hook_sae_nodes`` for spliced dictionaries).
+        index: the node's index along the hook's last dimension.
+        width: that dimension's size (``d_sae + 1`` for a dictionary: the error node is the last).
+
+    Returns:
+        ``"123"`` (a neuron or other unit), ``"f123"`` (latent 123), ``"err"`` (the error node).
+    """
+    if not hook.endswith(SAE_NODES):
+        return str(index)
+    return "err" if index == width - 1 else f"f{index}"
+
+
+def layer_numbers(hooks: Sequence[str]) -> list[int]:
+    """The layer each hook of a basis is shown as: its block (``blocks.10.…`` → 10), so a basis of some layers
+    names them as the model does; where a hook has no block or two hooks share one, every hook's index in the
+    basis instead (labels stay unique).
+
+    Args:
+        hooks: the basis' hooks, one per node layer.
+
+    Returns:
+        One number per hook.
+    """
+    blocks = [block_of(h) for h in hooks]
+    if None in blocks or len(set(blocks)) != len(blocks):
+        return list(range(len(hooks)))
+    return blocks  # type: ignore[return-value]
+
+
+def unit_hook(hook: str, index: int, width: int) -> str:
+    """Where a node's activation lives, as TransformerLens and SAELens name it.
+
+    Args:
+        hook, index, width: as for :func:`unit_label`.
+
+    Returns:
+        ``"blocks.3.mlp.hook_post[123]"``; ``"blocks.3.hook_mlp_out.hook_sae_acts_post[123]"`` for a latent;
+        ``"blocks.3.hook_mlp_out.hook_sae_error"`` (the whole error vector) for an error node.
+    """
+    if not hook.endswith(SAE_NODES):
+        return f"{hook}[{index}]"
+    hook_out = hook[: -len(SAE_NODES) - 1]
+    return sae_hook(hook_out, "hook_sae_error") if index == width - 1 else f"{sae_hook(hook_out, 'hook_sae_acts_post')}[{index}]"
+
+
 def _check_exists(model: HookedTransformer, names: list[str], what: str) -> None:
     backends.check_model(model)  # a bridge outside compatibility mode lacks the hooks: say how to fix it
     hook_dict = backends.hook_points(model)  # with the points of spliced dictionaries

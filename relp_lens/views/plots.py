@@ -19,6 +19,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import torch
 
+from relp_lens.core import nodes
 from relp_lens.core.attribution import Attribution
 
 
@@ -53,9 +54,14 @@ def attribution_heatmap(attr: Attribution, *, example: int | None = None, value:
         acts = attr.activations(model, example)[:, cols]  # [layer, pos, node]
         act = torch.gather(acts, -1, top_idx[..., None])[..., 0]  # [layer, pos]
     n_pos = len(tokens)
-    hover = [[f"{layers[l]} @ {tokens[p]}<br>top node {int(top_idx[l, p])} score {float(signed_top[l, p]):+.4f}"
+    width = s.shape[-1]
+    spliced = [h.endswith(nodes.SAE_NODES) for h in attr.hook_names]  # a dictionary's last node: its error
+    hover = [[f"{layers[l]} @ {tokens[p]}<br>top node {nodes.unit_label(attr.hook_names[l], int(top_idx[l, p]), width)}"
+              f" score {float(signed_top[l, p]):+.4f}"
               + ("" if act is None else f", activation {float(act[l, p]):+.3f}")
-              + f"<br>mass {float(s[l, p].abs().sum()):.4f}" for p in range(n_pos)] for l in range(len(layers))]
+              + f"<br>mass {float(s[l, p].abs().sum()):.4f}"
+              + (f", error node {float(s[l, p, -1]):+.4f}" if spliced[l] else "") for p in range(n_pos)]
+             for l in range(len(layers))]
     fig = go.Figure(go.Heatmap(
         z=z.tolist(), x=tokens, y=layers, text=hover, hoverinfo="text",
         colorscale="Blues" if value == "mass" else "RdBu", zmid=None if value == "mass" else 0.0,
@@ -72,7 +78,8 @@ def attribution_heatmap(attr: Attribution, *, example: int | None = None, value:
 
 def top_neurons_bar(attr: Attribution, k: int = 20, *, aggregate_pos: bool = True,
                     everywhere: bool = True) -> go.Figure:
-    """Horizontal bars of the ``k`` nodes with the largest |mean score| (labels ``L{layer}/{index}@pos``),
+    """Horizontal bars of the ``k`` nodes with the largest |mean score| (labels ``L{layer}/{index}@pos``;
+    ``L{layer}/f{index}`` a dictionary latent, ``L{layer}/err`` its error node),
     at positions every prompt has unless ``everywhere=False`` (as circuit selection does)."""
     top = attr.top_k(k, aggregate_pos=aggregate_pos, everywhere=everywhere)
     labels = [attr.node_label(node) for node, _ in top][::-1]
@@ -130,7 +137,7 @@ def circuit_graph(circuit, str_tokens: list[str] | None = None, *, max_edges: in
                     ey += [ys[e.source], ys[e.target], None]
             traces.append(go.Scatter(x=ex, y=ey, mode="lines", line=dict(color=colour, width=1),
                                      hoverinfo="skip", name="positive edges" if sign > 0 else "negative edges"))
-    hover = [f"{circuit.hook_names[n.layer]}[{n.index}]<br>pos {'all' if n.pos is None else n.pos}"
+    hover = [f"<b>{circuit.node_label(n)}</b><br>{circuit.node_hook(n)}<br>pos {'all' if n.pos is None else n.pos}"
              + (f" {labels[n.pos]}" if n.pos is not None and n.pos in labels else "")
              + f"<br>score {n.score:+.4f}" for n in circuit.nodes]
     traces.append(go.Scatter(
@@ -147,7 +154,8 @@ def circuit_graph(circuit, str_tokens: list[str] | None = None, *, max_edges: in
             else "token position")
     fig.update_layout(title=f"circuit: {len(circuit.nodes)} {circuit.basis} nodes, {len(circuit.edges)} edges{shown}",
                       xaxis=dict(title=axis, tickvals=ticks, ticktext=ticktext),
-                      yaxis=dict(title="layer"), height=700,
+                      yaxis=dict(title="layer", tickvals=list(range(len(circuit.hook_names))),
+                                 ticktext=[str(l) for l in nodes.layer_numbers(circuit.hook_names)]), height=700,
                       legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0))
     return fig
 
@@ -173,6 +181,14 @@ HIGHLIGHT_JS = """
 GROUP_COLOURS = ["#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#bcbd22", "#7f7f7f"]
 
 
+def _noun(circuit) -> str:
+    """What a circuit's nodes are, for titles: neurons, dictionary features (latents and error nodes), or nodes."""
+    hooks = circuit.hook_names
+    if hooks and all(h.endswith(nodes.SAE_NODES) for h in hooks):
+        return "features"
+    return "neurons" if hooks and all(h.endswith("mlp.hook_post") for h in hooks) else "nodes"
+
+
 def _groups(circuit) -> tuple[list, list[int]]:
     """The circuit's neuron groups (none without a ``groups`` field) and each node's group number (-1: none)."""
     if circuit.groups is None:
@@ -187,7 +203,7 @@ def attribution_graph(circuit, *, max_nodes: int = 40, cards: dict | None = None
 
     Token embeddings sit along the bottom (one node per position, labelled by its token), neurons at
     (position, layer), the output at the top; edge width ∝ |weight|, blue positive, red negative. Hover: a
-    node's label, token, score and, from ``cards`` (``{(layer, index): text}``), its card summary; an edge's
+    node's label, token, score and, from ``cards`` (``{(block, index): text}``), its card summary; an edge's
     (marker at its middle) weight and its top heads when the circuit has head splits
     (:func:`relp_lens.circuits.heads.attribute_head_splits`). Neuron groups (:func:`relp_lens.group_neurons`) outline
     their members in one colour each (legend) and name the group on hover.
@@ -196,6 +212,8 @@ def attribution_graph(circuit, *, max_nodes: int = 40, cards: dict | None = None
     from relp_lens.circuits.pruning import readable_graph
 
     g = readable_graph(circuit, max_nodes)
+    noun = _noun(g)
+    shown_layers = nodes.layer_numbers(g.hook_names)  # blocks (a basis of some layers names them as the model does)
     order, labels = _position_axis(g, str_tokens)
     io = g.io_edges
     if io is not None:
@@ -212,7 +230,8 @@ def attribution_graph(circuit, *, max_nodes: int = 40, cards: dict | None = None
         for rank, i in enumerate(members):  # 0, +1, −1, +2, … spread over ±0.4 of the cell
             slot = (rank + 1) // 2 * (1 if rank % 2 else -1)
             pos_xy[f"n{i}"] = (x + (0.0 if len(members) == 1 else 0.8 * slot / len(members)), float(layer))
-    names = {f"n{i}": n.label() for i, n in enumerate(g.nodes)}
+    names = {f"n{i}": n.label() for i, n in enumerate(g.nodes)}  # identities: head splits are keyed by them
+    shown = {f"n{i}": g.node_label(n) for i, n in enumerate(g.nodes)}
     links: list[tuple[str, str, float]] = [(f"n{e.source}", f"n{e.target}", e.weight) for e in g.edges]
     if io is not None:
         for r, p in enumerate(io.positions):
@@ -232,7 +251,7 @@ def attribution_graph(circuit, *, max_nodes: int = 40, cards: dict | None = None
         traces.append(go.Scatter(x=[x0, x1], y=[y0, y1], mode="lines", hoverinfo="skip", showlegend=False,
                                  line=dict(color=colour, width=0.5 + 6 * abs(w) / wmax), opacity=0.55,
                                  meta=dict(edge=True, s=s, t=t)))
-        text = f"{names[s]} → {names[t]}<br>weight {w:+.4g}"
+        text = f"{shown.get(s, names[s])} → {shown.get(t, names[t])}<br>weight {w:+.4g}"
         if t == OUT and io.targets:  # the metric's edge = Σ sign · the edges into each target logit
             per = (io.target_output if s.startswith("n") else io.target_direct)[:, int(s[1:])]  # [target]
             text += "".join(f"<br>into {name} {float(v):+.4g}" for name, v in zip(io.targets, per))
@@ -256,9 +275,9 @@ def attribution_graph(circuit, *, max_nodes: int = 40, cards: dict | None = None
     hover = []
     for i, n in enumerate(g.nodes):
         tok = f" {labels[n.pos]}" if n.pos is not None and n.pos in labels else ""
-        card = (cards or {}).get((n.layer, n.index))
+        card = (cards or {}).get((shown_layers[n.layer], n.index))  # keyed by the layer shown
         grp = groups[group_of[i]] if group_of[i] >= 0 else None
-        hover.append(f"<b>{n.label()}</b>{tok}<br>{g.hook_names[n.layer]}[{n.index}]<br>score {n.score:+.4g}"
+        hover.append(f"<b>{g.node_label(n)}</b>{tok}<br>{g.node_hook(n)}<br>score {n.score:+.4g}"
                      f"<br>{n_in[f'n{i}']} edges in, {n_out[f'n{i}']} out" + (f"<br>{card}" if card else "")
                      + (f"<br>group {grp.name}: {grp.label}" if grp else ""))
     outline = [GROUP_COLOURS[k % len(GROUP_COLOURS)] if k >= 0 else "black" for k in group_of]
@@ -268,8 +287,9 @@ def attribution_graph(circuit, *, max_nodes: int = 40, cards: dict | None = None
                                      k % len(GROUP_COLOURS)])), hoverinfo="skip"))
     traces.append(go.Scatter(
         x=[pos_xy[f"n{i}"][0] for i in range(len(g.nodes))], y=[pos_xy[f"n{i}"][1] for i in range(len(g.nodes))],
-        mode="markers", text=hover, hoverinfo="text", name="neurons", customdata=[f"n{i}" for i in range(len(g.nodes))],
+        mode="markers", text=hover, hoverinfo="text", name=noun, customdata=[f"n{i}" for i in range(len(g.nodes))],
         marker=dict(size=[8 + 22 * abs(v) / biggest for v in scores], color=scores, colorscale="RdBu", cmid=0.0,
+                    symbol=["x" if g.is_error(n) else "circle" for n in g.nodes],
                     colorbar=dict(title="score"),
                     line=dict(width=[3 if k >= 0 else 0.5 for k in group_of], color=outline))))
     if io is not None:
@@ -291,12 +311,14 @@ def attribution_graph(circuit, *, max_nodes: int = 40, cards: dict | None = None
     ticktext = [f"{labels[p]}" if p in labels else str(p) for p in order] + (
         ["all"] if any(n.pos is None for n in g.nodes) else [])
     y_ticks = ([-1] if io is not None else []) + list(range(n_layers)) + ([n_layers] if io is not None else [])
-    y_text = (["tokens"] if io is not None else []) + [str(l) for l in range(n_layers)] + (
+    y_text = (["tokens"] if io is not None else []) + [str(l) for l in shown_layers] + (
         ["output"] if io is not None else [])
-    how = (f"top edges leaving ≤ {max_nodes} neurons with an input and an output edge" if io is not None
-           else f"top edges between ≤ {max_nodes} neurons" if circuit.edges else f"top {max_nodes} nodes, no edges")
+    how = (f"top edges leaving ≤ {max_nodes} {noun} with an input and an output edge" if io is not None
+           else f"top edges between ≤ {max_nodes} {noun}" if circuit.edges else f"top {max_nodes} nodes, no edges")
+    errors = sum(g.is_error(n) for n in g.nodes)
     fig.update_layout(
-        title=f"attribution graph: {len(g.nodes)} of {len(circuit.nodes)} neurons, {len(links)} edges ({how})",
+        title=f"attribution graph: {len(g.nodes)} of {len(circuit.nodes)} {noun}, {len(links)} edges ({how})"
+              + (f"<br>{errors} error nodes (×): what the dictionaries do not reconstruct" if errors else ""),
         xaxis=dict(title="token position" + (" (from the end)" if g.positions.get("rule") == "end" else ""),
                    tickvals=list(range(len(ticktext))), ticktext=ticktext, zeroline=False),
         yaxis=dict(title="layer", tickvals=y_ticks, ticktext=y_text, zeroline=False),

@@ -2,7 +2,7 @@
 
 1. :func:`report_inputs` computes what the page needs beyond the attribution and the circuit: task accuracy
    on the build prompts, a faithfulness/completeness sweep on held-out prompts, and the cards of the top
-   circuit neurons (MLP-neuron basis only; other bases have no neuron cards).
+   circuit neurons (MLP-neuron basis), or of the top latents of a feature circuit (inside the splice).
 2. :func:`render_report` lays the page out: the task and model, task accuracy and circuit evaluation, the
    attribution heatmap, the top-neuron bars, the circuit graph, the curves, an optional steering sweep, and a
    table of circuit nodes whose neuron rows open to their cards. It is pure: inputs in, HTML string out.
@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING
 import plotly.graph_objects as go
 
 from relp_lens.core.attribution import Attribution
-from relp_lens.analysis.cards import NeuronCard, neuron_cards
+from relp_lens.analysis.cards import NeuronCard, feature_cards, neuron_cards
 from relp_lens.circuits.circuit import Circuit
+from relp_lens.core import nodes, splice
 from relp_lens.core.errors import RelPLensError
 from relp_lens.core.files import write_text_atomic
 from relp_lens.views.plots import (HIGHLIGHT_JS, attribution_graph, attribution_heatmap, circuit_graph, faithfulness_curves,
@@ -72,11 +73,21 @@ def report_inputs(model: HookedTransformer, attr: Attribution, circuit: Circuit,
                                            include_fixed=sel.get("include_fixed"),
                                            exclude_neurons=sel.get("excluded_neurons"),
                                            batch_size=batch_size, progress=progress)
+    ranked = sorted(circuit.nodes, key=lambda n: -abs(n.score))
+    prompts = attr.prompts.clean[:16] if attr.prompts is not None else []
     if circuit.basis == "mlp_post" and n_cards > 0:
-        ranked = sorted(circuit.nodes, key=lambda n: -abs(n.score))
         neurons = list(dict.fromkeys((n.layer, n.index) for n in ranked))[:n_cards]
-        prompts = attr.prompts.clean[:16] if attr.prompts is not None else []
         inputs.cards = neuron_cards(model, neurons, prompts=prompts, corpus=corpus, k=6, progress=progress)
+    features = all(h.endswith(nodes.SAE_NODES) for h in circuit.hook_names)
+    if features and n_cards > 0 and all(splice.dictionary_at(model, h) is not None for h in circuit.hook_names):
+        latents = list(dict.fromkeys((n.layer, n.index) for n in ranked if not circuit.is_error(n)))[:n_cards]
+        texts = corpus if corpus is None or isinstance(corpus, (list, tuple)) else None  # index: neurons only
+        shown = nodes.layer_numbers(circuit.hook_names)
+        if latents:
+            inputs.cards = feature_cards(model, [(circuit.hook_names[l], i) for l, i in latents], prompts=prompts,
+                                         corpus=texts, k=6, progress=progress)
+            for card, (l, _) in zip(inputs.cards, latents):
+                card.layer = shown[l]  # the node table and graph find a card by the layer its label shows
     return inputs
 
 
@@ -292,19 +303,29 @@ def render_report(attr: Attribution, circuit: Circuit, inputs: ReportInputs | No
     group_list, group_of = _groups(circuit)
     group_name = {n.key: group_list[k].name for n, k in zip(circuit.nodes, group_of) if k >= 0}
     rows = []
+    shown = nodes.layer_numbers(circuit.hook_names)  # cards are keyed by the layer a label shows
     for rank, n in enumerate(sorted(circuit.nodes, key=lambda n: -abs(n.score)), 1):
         where = "all" if n.pos is None else f"{n.pos} <span class='tok'>{_e(circuit.token_label(n.pos))}</span>"
         cls = "neg" if n.score < 0 else "pos"
-        card = cards.get((n.layer, n.index))
-        label = f"L{n.layer}/{n.index}"
+        card = cards.get((shown[n.layer], n.index))
+        label = circuit.node_label(n).rsplit("@", 1)[0]  # L3/123, a latent L3/f123, an error node L3/err
         cell = (f"<details><summary>{label}</summary>{_card_html(card)}</details>" if card else label)
         grp = f"<td>{_e(group_name.get(n.key, ''))}</td>" if group_list else ""
-        rows.append(f"<tr><td class='num'>{rank}</td><td>{cell}</td><td>{_e(circuit.hook_names[n.layer])}</td>"
+        hook = circuit.node_hook(n).split("[")[0]
+        rows.append(f"<tr><td class='num'>{rank}</td><td>{cell}</td><td>{_e(hook)}</td>"
                     f"<td class='where'>{where}</td><td class='num {cls}'>{n.score:+.4f}</td>{grp}</tr>")
-    body.append(f"<h2>Circuit nodes</h2><p class='muted'>Sorted by |score|. "
-                f"{len(cards)} neuron cards (click a node): output direction read through the unembedding, "
-                f"activation on the task prompts, top-activating contexts. Gated-MLP "
-                f"activations can be negative: such a neuron then writes the opposite of its promoted tokens.</p>")
+    n_errors = sum(circuit.is_error(n) for n in circuit.nodes)
+    features = bool(circuit.hook_names) and all(h.endswith(nodes.SAE_NODES) for h in circuit.hook_names)
+    errors = (f" {n_errors} of the {len(circuit.nodes)} nodes are dictionary error nodes (<code>L…/err</code>: "
+              f"the part of a layer's output its dictionary does not reconstruct, one node per position; "
+              f"latents are <code>L…/f…</code>)." if n_errors else "")
+    body.append(f"<h2>Circuit nodes</h2><p class='muted'>Sorted by |score|.{errors} "
+                + (f"{len(cards)} latent cards (click a node): decoder row read through the unembedding, "
+                   f"activation on the task prompts, top-activating contexts." if cards and features else
+                   f"{len(cards)} neuron cards (click a node): output direction read through the unembedding, "
+                   f"activation on the task prompts, top-activating contexts. Gated-MLP "
+                   f"activations can be negative: such a neuron then writes the opposite of its promoted tokens."
+                   if cards else "") + "</p>")
     body.append("<table id='nodes'><tr><th>#</th><th>node</th><th>hook</th><th>position</th><th>score</th>"
                 + ("<th>group</th>" if group_list else "") + "</tr>" + "".join(rows) + "</table>")
     body.append(_prompts_html(attr, inputs.held_out))
