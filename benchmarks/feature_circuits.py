@@ -246,7 +246,8 @@ def main() -> None:
         results = merged(json.loads(args.out.read_text()), {**results, **provenance()})
     print(table(results))
     results["table"] = table(results)
-    write_result(args.out, results, f"{len(args.sets)} sets × {len(args.bases)} bases in {results['total_seconds']:.0f} s")
+    write_result(args.out, results, f"{len(args.sets)} sets, {len(args.tasks)} unpaired tasks × {len(args.bases)} bases "
+                 f"in {results['total_seconds']:.0f} s" + (" (all runs merged)" if args.update else ""))
     args.html.parent.mkdir(parents=True, exist_ok=True)
     figure(results).write_html(args.html, include_plotlyjs=True)
     print(f"wrote {args.html}")

@@ -625,3 +625,34 @@ def test_shipped_bridge_circuit_tools_agree(smollm_bridge, smollm):
     assert t1 == t2
     assert [t for t, _ in k1[0].promoted] == [t for t, _ in k2[0].promoted]
     assert [v for _, v in k1[0].top_contexts] == pytest.approx([v for _, v in k2[0].top_contexts], rel=1e-3)
+
+
+@pytest.mark.parametrize("backend", ["hooked", "bridge"])
+def test_hooks_whose_value_the_forward_pass_drops_are_refused(backend):
+    """backends.dead_hooks agrees with an independent value test (adding noise at a live hook moves the logits,
+    at a dead one nothing), the attention output, MLP output and residual hooks are live everywhere, and a basis
+    at a dead hook (TransformerBridge 4.3: attn.hook_z, a reshaped copy) is refused instead of scored 0."""
+    from helpers import tiny_llama_on
+
+    if backend == "hooked" and not hasattr(__import__("transformer_lens"), "HookedTransformer"):
+        pytest.skip("no HookedTransformer in this TransformerLens")
+    model = tiny_llama_on(backend)
+    n = model.cfg.n_layers
+    names = [f"blocks.{l}.{h}" for l in range(n) for h in ("attn.hook_z", "attn.hook_q", "attn.hook_v",
+                                                           "hook_attn_out", "hook_mlp_out", "hook_resid_mid")]
+    dead = backends.dead_hooks(model, names)
+    assert not {h for h in dead if h.endswith(("attn_out", "mlp_out", "resid_mid"))}
+    if backend == "hooked":
+        assert dead == []
+    tokens = model.to_tokens("The keys to the cabinet")
+    with torch.no_grad():
+        base = model(tokens)
+        for name in names:
+            noise = lambda x, hook: x + 3.0 * torch.randn_like(x)  # noqa: E731
+            with backends.hooks(model, fwd_hooks=[(name, noise)]):
+                moved = (model(tokens) - base).abs().max().item() > 1e-3
+            assert moved == (name not in dead), name
+    for name in dead[:2]:
+        with pytest.raises(RelPLensError, match="reshaped copy its forward pass does not use"):
+            relp_lens.attribute(model, AGREEMENT_ROWS[:1], basis=name, progress=False)
+    assert hooks_left(model) == []

@@ -548,6 +548,51 @@ def leaf_hook(store: dict, key: Any) -> Callable:
     return hook
 
 
+_LIVE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # bridge → {hook name: its value is used}
+
+
+def dead_hooks(model: Any, names: Sequence[str]) -> list[str]:
+    """The hooks among ``names`` whose value the model's forward pass does not use (a bridge only).
+
+    TransformerBridge hands some hook points a reshaped copy of the tensor it computes with (TransformerLens
+    4.3: ``attn.hook_z``, ``attn.hook_q``): what a forward hook returns there is dropped, and no gradient flows
+    back to it, so scores, patches and ablations at such a hook would be silently zero.
+
+    1. Each hook not probed before is replaced by a detached leaf in one forward pass of three tokens; one
+       plain backward pass of the summed logits reaches every leaf the forward pass used. A hook that never
+       fires counts as dead too.
+    2. The answers are cached per model. Hooks relp_lens added (:func:`added_points`) are live by construction;
+       a HookedTransformer's hooks are all live (nothing is probed).
+
+    Args:
+        model: a HookedTransformer or TransformerBridge.
+        names: hook names (each must exist on the model).
+
+    Returns:
+        The dead ones, in the order given.
+    """
+    if not is_bridge(model):
+        return []
+    known = _LIVE.setdefault(model, {})
+    ours = _ADDED.get(model) or {}
+    todo = [n for n in dict.fromkeys(names) if n not in known and n not in ours]
+    if todo:
+        from relp_lens.core import relp_mode  # relp_mode imports this module
+
+        if relp_mode.active_rules(model) is not None:  # the rules cut some gradients: probe outside relp()
+            return []
+        store: dict[str, torch.Tensor] = {}
+        tokens = (torch.arange(3)[None] % model.cfg.d_vocab).to(model.cfg.device)
+        with torch.enable_grad(), hooks(model, fwd_hooks=[(n, leaf_hook(store, n)) for n in todo]):
+            logits = model(tokens)
+            fired = [n for n in todo if n in store]
+            grads = torch.autograd.grad(logits.float().sum(), [store[n] for n in fired], allow_unused=True) \
+                if fired else []
+        live = {n for n, g in zip(fired, grads) if g is not None}
+        known.update({n: n in live for n in todo})
+    return [n for n in names if known.get(n) is False]
+
+
 def capture(model: Any, tokens: torch.Tensor, names: Sequence[str], *,
             keep: Callable[[torch.Tensor], Any] = torch.Tensor.detach,
             **forward_kwargs: Any) -> tuple[Any, dict[str, Any]]:

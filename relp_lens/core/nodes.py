@@ -341,6 +341,14 @@ def _check_exists(model: HookedTransformer, names: list[str], what: str) -> None
                 f"unknown node basis or hook {what!r}: the model has no hook {name!r}{hint} "
                 f"(bases: {sorted(BASES)}, or any name in model.hook_dict)"
             )
+    dead = backends.dead_hooks(model, names)
+    if dead:
+        raise RelPLensError(
+            f"on this TransformerBridge the value at {dead[0]!r}"
+            + (f" (and {len(dead) - 1} more hooks)" if len(dead) > 1 else "")
+            + " is a reshaped copy its forward pass does not use: scores, patches and ablations there would be "
+              "silently zero. Use hook_attn_out, hook_mlp_out or the residual stream, or a HookedTransformer "
+              "(TransformerLens 3)")
 
 
 def resolve_hooks(model: HookedTransformer, basis: str | Sequence[str]) -> list[str]:
