@@ -362,8 +362,10 @@ def test_gpt2_style_bridge_equals_hooked_transformer():
 
 # --- attribution and everything built on it -------------------------------------------------------------
 @pytest.mark.parametrize("method", ["relp", "grad", "ig"])
-@pytest.mark.parametrize("basis", ["mlp_post", "resid_pre"])
+@pytest.mark.parametrize("basis", ["mlp_post", "resid_pre", "blocks.{L}.attn.hook_z", "blocks.{L}.attn.hook_q"])
 def test_attribution_equals_hooked_transformer(bridge, hooked, method, basis):
+    """Also at hooks a bridge hands a reshaped copy (attn.hook_z, hook_q): the captured copy is returned to the
+    bridge, so it is the tensor the forward pass computes on (scored 0 beyond the first layer before)."""
     got = relp_lens.attribute(bridge, AGREEMENT_ROWS, method=method, basis=basis, progress=False)
     want = relp_lens.attribute(hooked, AGREEMENT_ROWS, method=method, basis=basis, progress=False)
     assert got.hook_names == want.hook_names and got.positions == want.positions
@@ -630,8 +632,9 @@ def test_shipped_bridge_circuit_tools_agree(smollm_bridge, smollm):
 @pytest.mark.parametrize("backend", ["hooked", "bridge"])
 def test_hooks_whose_value_the_forward_pass_drops_are_refused(backend):
     """backends.dead_hooks agrees with an independent value test (adding noise at a live hook moves the logits,
-    at a dead one nothing), the attention output, MLP output and residual hooks are live everywhere, and a basis
-    at a dead hook (TransformerBridge 4.3: attn.hook_z, a reshaped copy) is refused instead of scored 0."""
+    at a dead one nothing); attention (z, q, v), MLP and residual hooks are live on both backends (a bridge's
+    reshaped copies at hook_z / hook_q are live because attribution returns them); a basis at a dead hook (a
+    bridge's hook_pos_embed on a rotary model never fires) is refused instead of scored 0."""
     from helpers import tiny_llama_on
 
     if backend == "hooked" and not hasattr(__import__("transformer_lens"), "HookedTransformer"):
@@ -640,10 +643,14 @@ def test_hooks_whose_value_the_forward_pass_drops_are_refused(backend):
     n = model.cfg.n_layers
     names = [f"blocks.{l}.{h}" for l in range(n) for h in ("attn.hook_z", "attn.hook_q", "attn.hook_v",
                                                            "hook_attn_out", "hook_mlp_out", "hook_resid_mid")]
+    if backend == "bridge":  # a rotary model's bridge lists hook_pos_embed, which never fires
+        names.append("hook_pos_embed")
     dead = backends.dead_hooks(model, names)
-    assert not {h for h in dead if h.endswith(("attn_out", "mlp_out", "resid_mid"))}
+    assert not {h for h in dead if h.endswith(("attn_out", "mlp_out", "resid_mid", "hook_z", "hook_q"))}
     if backend == "hooked":
         assert dead == []
+    else:
+        assert dead == ["hook_pos_embed"]
     tokens = model.to_tokens("The keys to the cabinet")
     with torch.no_grad():
         base = model(tokens)
@@ -653,6 +660,6 @@ def test_hooks_whose_value_the_forward_pass_drops_are_refused(backend):
                 moved = (model(tokens) - base).abs().max().item() > 1e-3
             assert moved == (name not in dead), name
     for name in dead[:2]:
-        with pytest.raises(RelPLensError, match="reshaped copy its forward pass does not use"):
+        with pytest.raises(RelPLensError, match="not one its forward pass computes on"):
             relp_lens.attribute(model, AGREEMENT_ROWS[:1], basis=name, progress=False)
     assert hooks_left(model) == []

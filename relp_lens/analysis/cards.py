@@ -166,7 +166,10 @@ def feature_cards(model: HookedTransformer, latents: Sequence[tuple[str, int]], 
         model: the model, with the dictionaries spliced in.
         latents: ``(node hook, index)`` pairs: the ``….hook_sae_nodes`` hook of a circuit's layer
             (``circuit.hook_names[node.layer]``) and the latent's index (``< d_sae``).
-        prompts, corpus, k, progress: as for :func:`neuron_cards` (``corpus``: ``None`` or texts).
+        prompts: prompts whose last position's activation the card shows.
+        corpus: ``None`` (the package sentences) or texts to read top contexts from.
+        k: contexts kept (top and most negative), and tokens listed.
+        progress: show a progress bar.
 
     Returns:
         One card per latent (``card.name`` ``"latent L10/f12"``; ``card.layer`` the block).

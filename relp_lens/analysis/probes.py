@@ -73,7 +73,7 @@ def node_values(model: HookedTransformer, prompts: Sequence[str], *, basis: str 
     if not prompts:
         raise RelPLensError("no prompts")
     validate.positive_int(batch_size, "batch_size")
-    hooks = resolve_hooks(model, basis)
+    hooks = resolve_hooks(model, basis, live=False)  # activations read only
     tokens = [prompt_tokens(model, p, f"prompt {i}", prepend_bos) for i, p in enumerate(prompts)]
     for i, t in enumerate(tokens):
         if not -len(t) <= position < len(t):

@@ -144,9 +144,11 @@ def leaf_hook(store: dict, key):
 
 
 def keep_hook(store: dict, key):
-    """Forward hook: remember the live value in ``store[key]`` (its graph kept), leave it unchanged."""
+    """Forward hook: remember the live value in ``store[key]`` (its graph kept), leave it unchanged (returned,
+    so that a bridge computes on with this very tensor: see :func:`relp_lens.core.attribution.gradient_hooks`)."""
     def hook(x, hook):
         store[key] = x
+        return x
 
     return hook
 

@@ -426,10 +426,10 @@ def gradient_hooks(run: _Run, use_relp: bool) -> Iterator[dict]:
                 return None
             if not x.requires_grad:  # frozen weights: the first captured hook starts the graph
                 x = x.detach().requires_grad_(True)
-                captured[name] = x
-                return x
             captured[name] = x
-            return None
+            # returned, not just kept: a bridge hands some hooks (attn.hook_z, hook_q, ...) a reshaped copy and
+            # computes on with its own tensor unless the hook returns one, so only a returned copy is in the graph
+            return x
 
         return hook
 

@@ -552,17 +552,18 @@ _LIVE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # bridge → {ho
 
 
 def dead_hooks(model: Any, names: Sequence[str]) -> list[str]:
-    """The hooks among ``names`` whose value the model's forward pass does not use (a bridge only).
+    """The hooks among ``names`` whose value the model's forward pass does not compute on (a bridge only).
 
-    TransformerBridge hands some hook points a reshaped copy of the tensor it computes with (TransformerLens
-    4.3: ``attn.hook_z``, ``attn.hook_q``): what a forward hook returns there is dropped, and no gradient flows
-    back to it, so scores, patches and ablations at such a hook would be silently zero.
+    A hook that never fires (a rotary model's bridge lists ``hook_pos_embed``), a hook on token ids, or one
+    whose returned value the bridge drops would be scored, patched and ablated as 0 without a sign.
 
-    1. Each hook not probed before is replaced by a detached leaf in one forward pass of three tokens; one
-       plain backward pass of the summed logits reaches every leaf the forward pass used. A hook that never
-       fires counts as dead too.
-    2. The answers are cached per model. Hooks relp_lens added (:func:`added_points`) are live by construction;
-       a HookedTransformer's hooks are all live (nothing is probed).
+    1. One forward pass of ``len(names) + 1`` copies of a three-token input: row ``i + 1`` adds noise at hook
+       ``i`` only (the value returned, as relp_lens' hooks return what they capture), row 0 is left alone.
+       A hook is live when its row's logits move. Forward values do not depend on the RelP rules, so the probe
+       holds inside ``relp()`` too.
+    2. The answers are cached per model; aliases (``blocks.1.hook_resid_pre`` of ``blocks.0.hook_resid_post``)
+       share one probe. Hooks relp_lens added (:func:`added_points`) are live by construction; a
+       HookedTransformer's hooks are all live (nothing is probed).
 
     Args:
         model: a HookedTransformer or TransformerBridge.
@@ -577,19 +578,30 @@ def dead_hooks(model: Any, names: Sequence[str]) -> list[str]:
     ours = _ADDED.get(model) or {}
     todo = [n for n in dict.fromkeys(names) if n not in known and n not in ours]
     if todo:
-        from relp_lens.core import relp_mode  # relp_mode imports this module
+        points = hook_points(model)
+        first: dict[int, str] = {}
+        for n in todo:
+            first.setdefault(id(points[n]), n)
+        probe = list(first.values())
+        g = torch.Generator().manual_seed(0)
 
-        if relp_mode.active_rules(model) is not None:  # the rules cut some gradients: probe outside relp()
-            return []
-        store: dict[str, torch.Tensor] = {}
-        tokens = (torch.arange(3)[None] % model.cfg.d_vocab).to(model.cfg.device)
-        with torch.enable_grad(), hooks(model, fwd_hooks=[(n, leaf_hook(store, n)) for n in todo]):
-            logits = model(tokens)
-            fired = [n for n in todo if n in store]
-            grads = torch.autograd.grad(logits.float().sum(), [store[n] for n in fired], allow_unused=True) \
-                if fired else []
-        live = {n for n, g in zip(fired, grads) if g is not None}
-        known.update({n: n in live for n in todo})
+        def nudge(row: int):
+            def hook(x, hook):
+                if not torch.is_floating_point(x) or x.shape[0] != len(probe) + 1:
+                    return None  # token ids, or not batch-first: not a value nodes are scored at
+                x = x.clone()
+                noise = torch.randn(x[row].shape, generator=g).to(x.device, x.dtype)
+                x[row] = x[row] + 3.0 * (1.0 + x[row].float().std().nan_to_num()) * noise
+                return x
+            return hook
+
+        tokens = (torch.arange(3)[None] % model.cfg.d_vocab).expand(len(probe) + 1, 3).to(model.cfg.device)
+        with torch.no_grad(), hooks(model, fwd_hooks=[(n, nudge(i + 1)) for i, n in enumerate(probe)]):
+            logits = model(tokens).float()
+        moved = (logits[1:] - logits[:1]).abs().flatten(1).amax(1)  # [hook]
+        scale = logits[0].abs().max().clamp_min(1.0)
+        live = {n for n, d in zip(probe, moved.tolist()) if d > 1e-4 * float(scale)}
+        known.update({n: first[id(points[n])] in live for n in todo})
     return [n for n in names if known.get(n) is False]
 
 

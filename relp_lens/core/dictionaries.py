@@ -475,7 +475,7 @@ def _check_against(model: Any, dicts: list[Dictionary]) -> list[Dictionary]:
     backends.require_model(model)
     hooks = sorted({h for d in dicts for h in (d.hook_in, d.hook_out)}
                    | {nodes.resid_mid(d.layer) for d in dicts if d.input_site == "mlp_input"})
-    nodes.resolve_hooks(model, hooks)  # unknown hooks: refused with the nearest names
+    nodes.resolve_hooks(model, hooks, live=False)  # unknown hooks: refused with the nearest names (values read only)
     got = _capture(model, hooks)
     for d in dicts:
         for name, hook, want in (("d_in", d.hook_in, d.d_in), ("d_out", d.hook_out, d.d_out)):

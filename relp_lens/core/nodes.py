@@ -308,7 +308,9 @@ def unit_hook(hook: str, index: int, width: int) -> str:
     """Where a node's activation lives, as TransformerLens and SAELens name it.
 
     Args:
-        hook, index, width: as for :func:`unit_label`.
+        hook: the node's hook.
+        index: the node's index along the hook's last dimension.
+        width: that dimension's size (``d_sae + 1`` for a dictionary).
 
     Returns:
         ``"blocks.3.mlp.hook_post[123]"``; ``"blocks.3.hook_mlp_out.hook_sae_acts_post[123]"`` for a latent;
@@ -341,18 +343,25 @@ def _check_exists(model: HookedTransformer, names: list[str], what: str) -> None
                 f"unknown node basis or hook {what!r}: the model has no hook {name!r}{hint} "
                 f"(bases: {sorted(BASES)}, or any name in model.hook_dict)"
             )
+
+
+
+def _check_live(model: HookedTransformer, names: list[str]) -> None:
+    """Nodes are scored, patched and ablated at their hooks: a bridge hook whose value the forward pass never
+    computes on (:func:`relp_lens.core.backends.dead_hooks`) is refused (reading such a hook's value is fine)."""
     dead = backends.dead_hooks(model, names)
     if dead:
         raise RelPLensError(
             f"on this TransformerBridge the value at {dead[0]!r}"
             + (f" (and {len(dead) - 1} more hooks)" if len(dead) > 1 else "")
-            + " is a reshaped copy its forward pass does not use: scores, patches and ablations there would be "
-              "silently zero. Use hook_attn_out, hook_mlp_out or the residual stream, or a HookedTransformer "
-              "(TransformerLens 3)")
+            + " is not one its forward pass computes on (a copy it drops, token ids, or a hook that never fires): "
+              "scores, patches and ablations there would be silently zero. Use hook_attn_out, hook_mlp_out or the "
+              "residual stream, or a HookedTransformer (TransformerLens 3)")
 
 
-def resolve_hooks(model: HookedTransformer, basis: str | Sequence[str]) -> list[str]:
-    """Hook names, one per "layer" of nodes, for a basis name, hook name, ``{L}`` template or list."""
+def resolve_hooks(model: HookedTransformer, basis: str | Sequence[str], *, live: bool = True) -> list[str]:
+    """Hook names, one per "layer" of nodes, for a basis name, hook name, ``{L}`` template or list; each must
+    exist, and (``live``, for what scores, patches or ablates there) be one the forward pass computes on."""
     backends.require_model(model)
     if isinstance(basis, str):
         if not basis:
@@ -369,6 +378,8 @@ def resolve_hooks(model: HookedTransformer, basis: str | Sequence[str]) -> list[
         if not all(isinstance(n, str) for n in names):
             raise RelPLensError(f"hook names must be strings, got {names!r}")
     _check_exists(model, names, basis if isinstance(basis, str) else str(names))
+    if live:
+        _check_live(model, names)
     return names
 
 
