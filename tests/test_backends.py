@@ -663,3 +663,11 @@ def test_hooks_whose_value_the_forward_pass_drops_are_refused(backend):
         with pytest.raises(RelPLensError, match="not one its forward pass computes on"):
             relp_lens.attribute(model, AGREEMENT_ROWS[:1], basis=name, progress=False)
     assert hooks_left(model) == []
+
+
+def test_attention_patterns_are_refused_as_a_basis_by_name(bridge):
+    """[batch, head, query, key] hooks are not per-position nodes: refused naming the hook and what to use
+    (before, a position-alignment error about prompt lengths)."""
+    for hook in ("blocks.0.attn.hook_pattern", "blocks.{L}.attn.hook_attn_scores"):
+        with pytest.raises(RelPLensError, match="not one value per position.*hook_z"):
+            relp_lens.attribute(bridge, AGREEMENT_ROWS[:1], basis=hook, progress=False)

@@ -378,6 +378,11 @@ def resolve_hooks(model: HookedTransformer, basis: str | Sequence[str], *, live:
         if not all(isinstance(n, str) for n in names):
             raise RelPLensError(f"hook names must be strings, got {names!r}")
     _check_exists(model, names, basis if isinstance(basis, str) else str(names))
+    per_head = [n for n in names if n.endswith(("hook_pattern", "hook_attn_scores"))]
+    if per_head:
+        raise RelPLensError(f"{per_head[0]!r} is [batch, head, query, key], not one value per position: nodes are "
+                            f"per position; use blocks.{{L}}.attn.hook_z (each head at each position) or "
+                            f"hook_attn_out")
     if live:
         _check_live(model, names)
     return names
