@@ -26,7 +26,6 @@ there, one process at a time. It imports nothing from relp_lens. Subcommands:
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import io
 import json
 import sys
@@ -34,17 +33,12 @@ import time
 import traceback
 from pathlib import Path
 
+from peers import versions  # stdlib only at import: safe in circuit-tracer's environment
+
 LAYER_FILE = "layer_{}.safetensors"
 
 
-def versions() -> dict:
-    out = {}
-    for name in ("circuit-tracer", "torch", "transformers", "nnsight", "transformer-lens", "safetensors"):
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = None
-    return out
+CT_PACKAGES = ("circuit-tracer", "torch", "transformers", "nnsight", "transformer-lens", "safetensors")
 
 
 def prepare(args) -> dict:
@@ -212,7 +206,7 @@ def main() -> None:
     ap.add_argument("--out-json", required=True)
     args = ap.parse_args()
     result = prepare(args) if args.command == "prepare" else run(args)
-    result["versions"] = versions()
+    result["versions"] = versions(CT_PACKAGES)
     Path(args.out_json).write_text(json.dumps(result, indent=1) + "\n")
 
 
