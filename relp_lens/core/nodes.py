@@ -21,6 +21,7 @@ dimensions (``hook_z``: [batch, pos, head, d_head]) are flattened after ``pos``.
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -298,10 +299,16 @@ def layer_numbers(hooks: Sequence[str]) -> list[int]:
     Returns:
         One number per hook.
     """
+    return list(_layer_numbers(tuple(hooks)))
+
+
+@functools.lru_cache(maxsize=64)
+def _layer_numbers(hooks: tuple[str, ...]) -> tuple[int, ...]:
+    """:func:`layer_numbers`, cached: labels ask for it once per node."""
     blocks = [block_of(h) for h in hooks]
     if None in blocks or len(set(blocks)) != len(blocks):
-        return list(range(len(hooks)))
-    return blocks  # type: ignore[return-value]
+        return tuple(range(len(hooks)))
+    return tuple(blocks)  # type: ignore[arg-type]
 
 
 def unit_hook(hook: str, index: int, width: int) -> str:
